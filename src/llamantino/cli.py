@@ -1,0 +1,110 @@
+"""The `llamantino` command: thin wrappers over library functions.
+
+Sub-commands are imported only when used, so `llamantino --help` is instant and a
+command that needs no torch never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from llamantino import __version__
+from llamantino.errors import LlamantinoError
+
+# name -> (module, help). The module defines add_arguments(parser) and main(args) -> int,
+# or, for a module serving several commands, add_<suffix>_arguments / <suffix>_main.
+COMMANDS = {
+    "run": ("llamantino.runner", "run the stages of a recipe (a chain: skips finished stages, resumes interrupted ones)"),
+    "config show": ("llamantino.runner", "print the fully resolved settings of a recipe, running nothing"),
+    "config list": ("llamantino.runner", "list the bundled recipes"),
+    "clean": ("llamantino.clean", "clean a web corpus with the clean_mc4_it rules"),
+    "demo-base": ("llamantino.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
+    "eval bpb": ("llamantino.bpb", "bits per byte of a model on held-out text"),
+    "eval evalita": ("llamantino.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
+    "adapt": ("llamantino.adapt", "language adaptation: QLoRA continued pretraining"),
+    "translate": ("llamantino.translate", "machine-translate chat or instruction data"),
+    "sft": ("llamantino.sft", "chat fine-tuning (QLoRA) with the Italian LLaMA 2 chat template"),
+    "preview": ("llamantino.preview", "show training examples exactly as the model sees them"),
+    "chat": ("llamantino.chat", "chat with a model in the terminal"),
+    "evalita prepare": ("llamantino.evalita.prepare", "turn EVALITA 2023 task files into instruction records"),
+    "evalita score": ("llamantino.evalita.score", "score predictions against gold with a task's official metric"),
+    "instruct": ("llamantino.instruct", "full-parameter instruction tuning with FSDP"),
+    "merge": ("llamantino.merge", "merge a LoRA adapter into its base model"),
+    "diff make": ("llamantino.weightdiff", "make an exact weight difference between two checkpoints"),
+    "diff apply": ("llamantino.weightdiff", "rebuild a checkpoint from its base and a weight difference"),
+    "build": ("llamantino.build", "rebuild one of the ten released models from its chain"),
+    "release": ("llamantino.release", "package a trained run as it is published (adapter or weight difference)"),
+}
+
+
+def _top_help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"llamantino {__version__}: adapt open LLaMA-family models to Italian (the LLaMAntino pipeline).",
+        "",
+        "usage: llamantino COMMAND [options]      (llamantino COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Examples:", "  llamantino run demo", "  llamantino config show LLaMAntino-2-7b-hf-ITA",
+              "  llamantino clean shards/ --output clean/"]
+    return "\n".join(lines)
+
+
+def _functions(name: str):
+    module_name, _ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parts = name.split()
+    candidates = [parts[-1].replace("-", "_")] if len(parts) > 1 else []
+    for suffix in candidates + [parts[0].replace("-", "_")]:
+        add = getattr(module, f"add_{suffix}_arguments", None)
+        run = getattr(module, f"{suffix}_main", None)
+        if add and run:
+            return add, run
+    return module.add_arguments, module.main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--version":
+        print(f"llamantino {__version__}")
+        return 0
+    name = " ".join(argv[:2]) if " ".join(argv[:2]) in COMMANDS else argv[0]
+    if name not in COMMANDS:
+        groups = sorted({c.split()[0] for c in COMMANDS if " " in c})
+        if argv[0] in groups:
+            subs = [c.split()[1] for c in COMMANDS if c.startswith(argv[0] + " ")]
+            print(f"error: '{argv[0]}' needs a sub-command: {', '.join(subs)}", file=sys.stderr)
+        else:
+            from llamantino.config import closest
+
+            print(f"error: unknown command '{argv[0]}'{closest(argv[0], [c.split()[0] for c in COMMANDS])}; "
+                  "see llamantino --help", file=sys.stderr)
+        return 2
+    rest = argv[len(name.split()):]
+    logging.basicConfig(level=os.environ.get("LLAMANTINO_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        add_arguments, run = _functions(name)
+        parser = argparse.ArgumentParser(prog=f"llamantino {name}", description=COMMANDS[name][1])
+        add_arguments(parser)
+        args = parser.parse_args(rest)
+        return int(run(args) or 0)
+    except LlamantinoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

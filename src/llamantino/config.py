@@ -1,0 +1,208 @@
+"""Typed, validated settings for every stage.
+
+Each stage declares its settings as a dataclass whose fields are built with `setting()`.
+The same dataclass serves three masters:
+
+* recipes (YAML): `build_config` checks every key, suggests the closest valid one for a
+  typo, and coerces the values to the declared types;
+* the command line: `add_config_arguments` turns each field into `--kebab-name`;
+* manifests: `fingerprint` hashes the fields that change a stage's result, so a chain
+  can tell a finished stage from one with other settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from typing import Any
+
+from llamantino.errors import LlamantinoError
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices=None,
+            fingerprint: bool = True, cli: bool = True):
+    """A dataclass field with the metadata the CLI and manifests need.
+
+    fingerprint=False marks settings that do not change the result (worker counts,
+    logging intervals, overwrite flags), so changing them does not invalidate a run.
+    """
+    meta = {"help": help, "choices": choices, "fingerprint": fingerprint, "cli": cli}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def closest(name: str, candidates) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _base_type(tp):
+    """Unwrap Optional[X] / X | None to (X, optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp, where: str):
+    """Convert a YAML or command-line value to the declared type, or fail naming `where`."""
+    base, optional = _base_type(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise LlamantinoError(f"{where}: a value is required")
+    origin = typing.get_origin(base)
+    try:
+        if origin is list:
+            (item,) = typing.get_args(base) or (str,)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v != ""] if value else []
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return [coerce(v, item, where) for v in value]
+        if origin is dict or base is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError("expected a mapping")
+            return dict(value)
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            if isinstance(value, str):
+                value = value.replace("_", "")
+                return int(float(value)) if ("e" in value.lower() and float(value).is_integer()) else int(value)
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError("expected a string")
+            return str(value)
+    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise LlamantinoError(f"{where}: {value!r} is not valid ({exc})") from None
+    return value
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def build_config(cls, values: dict, source: str = "settings"):
+    """Create `cls` from a mapping, validating names, types and choices."""
+    if not isinstance(values, dict):
+        raise LlamantinoError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
+    types_ = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise LlamantinoError(f"{source}: unknown setting '{key}'{closest(key, fields)}")
+        value = coerce(value, types_[key], f"{source}: setting '{key}'")
+        choices = fields[key].metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise LlamantinoError(
+                f"{source}: setting '{key}' is {value!r}; valid: {', '.join(map(str, choices))}")
+        kwargs[key] = value
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise LlamantinoError(f"{source}: missing required setting(s): {', '.join(missing)}")
+    cfg = cls(**kwargs)
+    check = getattr(cfg, "validate", None)
+    if check:
+        check(source)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def fingerprint(kind: str, cfg) -> str:
+    """Hash of the settings that change a stage's result."""
+    data = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("fingerprint", True)}
+    blob = json.dumps({"stage": kind, "settings": data}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def differing_settings(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, *, skip=()):
+    """One `--kebab-case` option per setting; only options given on the line are returned.
+
+    Values stay strings here and are coerced by `build_config`, so the command line and
+    YAML follow exactly the same rules.
+    """
+    types_ = _field_types(cls)
+    group = parser.add_argument_group("settings (each overrides the recipe)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        base, _ = _base_type(types_[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        helptext = f.metadata.get("help", "")
+        if default not in (None, "", []):
+            helptext += f" [default: {default}]"
+        if base is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=helptext)
+        elif typing.get_origin(base) is list:
+            group.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS,
+                               metavar=f.name.upper(), help=helptext)
+        else:
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                               metavar=f.name.upper(), help=helptext)
+
+
+def cli_overrides(args: argparse.Namespace, cls) -> dict:
+    """The settings that were actually given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def parse_set_options(items: list[str] | None) -> dict:
+    """`--set stage.key=value` pairs into a nested mapping {stage: {key: value}}."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise LlamantinoError(f"--set {item!r}: expected KEY=VALUE, e.g. adapt.max_steps=100")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,135 @@
+"""The contract every EVALITA 2023 task implements.
+
+A task module reads the task's own released files into `Item`s (instruction of Table 1,
+input text, target answer, structured gold), decodes a generated answer back into the
+task's label or structure, reads and writes the official submission format, and scores
+predictions with the official metric. `TASKS` (in `llamantino.evalita`) maps each task
+name to its `Task` instance.
+
+Rules shared by all tasks:
+* `decode` never raises: an answer it cannot parse becomes `None` (or an empty
+  structure where the task has a natural empty answer), which the scorer counts wrong;
+* `score` takes gold and predictions as {id: label} mappings and refuses predictions that
+  do not line up with the gold ids (missing or extra ids are named);
+* readers raise `LlamantinoError` naming file, line and column for bad input.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamantino.errors import LlamantinoError
+
+
+@dataclass
+class Item:
+    id: str                 # the record's id in the task's files (what predictions are keyed by)
+    task: str               # task name, e.g. "acti-a"
+    instruction: str        # Table 1 instruction, placeholders filled
+    input: str              # the input text shown to the model
+    output: str             # the target answer the model is trained to produce
+    gold: Any = None        # structured gold label (None for unlabelled test data)
+    meta: dict = field(default_factory=dict)  # whatever is needed to write the official files back
+
+    def record(self) -> dict:
+        """The prepared instruction record (`llamantino evalita prepare` writes these)."""
+        return {"id": self.id, "task": self.task, "instruction": self.instruction,
+                "input": self.input, "output": self.output}
+
+
+class Task:
+    name: str = ""              # e.g. "acti-a"
+    official: str = ""          # e.g. "ACTI subtask A"
+    labels: tuple = ()          # the closed label set, where there is one
+    primary_metric: str = ""    # key of score()'s result used in summary tables
+    higher_is_better: bool = True
+
+    # --- data ------------------------------------------------------------------------
+    def read(self, paths: list[Path]) -> list[Item]:
+        """Read the task's released data files (train, or test with gold) into items."""
+        raise NotImplementedError
+
+    # --- answers ---------------------------------------------------------------------
+    def decode(self, answer: str, item: Item | None = None) -> Any:
+        """A generated answer -> the task's label or structure; None when unparseable."""
+        raise NotImplementedError
+
+    def target(self, label: Any, item: Item | None = None) -> str:
+        """The answer string for a label (inverse of decode on clean answers)."""
+        raise NotImplementedError
+
+    # --- official files --------------------------------------------------------------
+    def read_gold(self, paths: list[Path]) -> dict:
+        """{id: gold label} from the task's gold files."""
+        return {it.id: it.gold for it in self.read(paths)}
+
+    def read_predictions(self, path: Path) -> dict:
+        """{id: predicted label} from a file in the official submission format."""
+        raise NotImplementedError
+
+    def write_predictions(self, items: list[Item], predictions: list, path: Path) -> None:
+        """Write predictions (aligned with items) in the official submission format."""
+        raise NotImplementedError
+
+    # --- metric ----------------------------------------------------------------------
+    def score(self, gold: dict, pred: dict) -> dict:
+        """The official metric(s) as a flat {name: value} mapping."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers shared by task modules
+
+
+def normalize(text: str) -> str:
+    """Lower-case, strip accents and punctuation, squeeze spaces: 'Sì!' -> 'si'."""
+    text = unicodedata.normalize("NFKD", str(text))
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = re.sub(r"[^\w\s\[\]]", " ", text.lower())
+    return re.sub(r"\s+", " ", text).strip()
+
+
+YES = {"si", "yes", "vero", "true", "1"}
+NO = {"no", "falso", "false", "0"}
+
+
+def decode_yes_no(answer: str):
+    """'Sì.', 'si, contiene...', 'No' -> 1 / 0; the first yes/no word wins; else None."""
+    for word in normalize(answer).split():
+        if word in YES:
+            return 1
+        if word in NO:
+            return 0
+    return None
+
+
+def check_alignment(gold: dict, pred: dict, task: str) -> None:
+    """Predictions must cover exactly the gold ids."""
+    missing = [k for k in gold if k not in pred]
+    extra = [k for k in pred if k not in gold]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} gold id(s) have no prediction (e.g. {', '.join(map(str, missing[:3]))})")
+        if extra:
+            parts.append(f"{len(extra)} prediction id(s) are not in the gold (e.g. {', '.join(map(str, extra[:3]))})")
+        raise LlamantinoError(f"{task}: predictions do not line up with the gold: " + "; ".join(parts))
+    if not pred:
+        raise LlamantinoError(f"{task}: no predictions")
+
+
+def require_columns(header, required, path, *, alternatives: dict | None = None) -> dict:
+    """Map required column names to their index in `header`; name the missing one and file."""
+    index = {name: i for i, name in enumerate(header)}
+    out = {}
+    for name in required:
+        options = [name] + list((alternatives or {}).get(name, ()))
+        found = next((o for o in options if o in index), None)
+        if found is None:
+            raise LlamantinoError(f"{path}: missing column '{name}' (columns: {', '.join(header) or 'none'})")
+        out[name] = index[found]
+    return out

@@ -1,0 +1,1 @@
+"""One module per EVALITA 2023 task family; each defines TASKS = {name: Task()}."""

@@ -1,0 +1,236 @@
+"""Recipes: YAML files naming a model, data and the settings of a chain of stages.
+
+    name: LLaMAntino-2-7b-hf-ITA
+    description: ...
+    run_dir: runs/LLaMAntino-2-7b-hf-ITA       # default runs/<name>
+    release: {released_as: adapter, parent: meta-llama/Llama-2-7b-hf, ...}
+    stages:
+      adapt:                                   # stage name; its kind defaults to the name
+        model: meta-llama/Llama-2-7b-hf
+        max_steps: 25000
+      bpb_after:
+        kind: bpb
+        adapter: ${adapt.output}               # ${run_dir}, ${name}, ${STAGE.SETTING}
+
+Every stage's `output` defaults to `${run_dir}/<stage name>`. Unknown keys are errors
+that name the key and suggest the closest valid one. The paper's ten models and the demo
+ship as named recipes (`llamantino config list`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llamantino.config import build_config, closest, setting, to_dict
+from llamantino.errors import LlamantinoError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+# Stage kind -> module. Each module defines `Config` (a settings dataclass with an
+# `output` field) and `run(cfg, *, overwrite=False, resume=False) -> dict`.
+STAGE_MODULES = {
+    "demo_base": "llamantino.demo_base",
+    "clean": "llamantino.clean",
+    "bpb": "llamantino.bpb",
+    "adapt": "llamantino.adapt",
+    "translate": "llamantino.translate",
+    "sft": "llamantino.sft",
+    "chat": "llamantino.chat",
+    "evalita_prepare": "llamantino.evalita.prepare",
+    "instruct": "llamantino.instruct",
+    "evalita_eval": "llamantino.evalita.evaluate",
+    "merge": "llamantino.merge",
+    "release": "llamantino.release",
+    "build": "llamantino.build",
+    "verify": "llamantino.build",
+}
+
+TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")
+
+
+@dataclasses.dataclass
+class ReleaseInfo:
+    """How a recipe's model is published and rebuilt (SPEC section 2)."""
+
+    released_as: str = setting("adapter", "what is published",
+                               choices=("adapter", "weight-diff", "none"))
+    parent: str = setting("", "the model this one is made from: a hub model or another recipe's name")
+    merge_parent: bool = setting(False, "merge the parent's adapter into its base before applying this one")
+    hub_repo: str = setting("", "hub repository the release is published under")
+    datasets: list[str] = setting([], "datasets used for training (for the model card)")
+    license: str = setting("llama2", "licence of the released artefacts")
+    language: list[str] = setting(["it"], "languages of the model")
+    prompt_format: str = setting("", "prompt format of the model: llama2-chat, alpaca-it or none")
+
+
+def stage_module(kind: str):
+    if kind not in STAGE_MODULES:
+        raise LlamantinoError(f"unknown stage kind '{kind}'{closest(kind, STAGE_MODULES)}; "
+                              f"valid: {', '.join(STAGE_MODULES)}")
+    return importlib.import_module(STAGE_MODULES[kind])
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    kind: str
+    config: Any
+
+    @property
+    def output(self) -> str:
+        return self.config.output
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    description: str
+    run_dir: str
+    release: ReleaseInfo
+    stages: list[Stage]
+    source: str
+
+    def stage(self, name: str) -> Stage:
+        for st in self.stages:
+            if st.name == name:
+                return st
+        raise LlamantinoError(f"recipe {self.name}: no stage '{name}'"
+                              f"{closest(name, [s.name for s in self.stages])}")
+
+    def first_of_kind(self, kind: str) -> Stage:
+        for st in self.stages:
+            if st.kind == kind:
+                return st
+        raise LlamantinoError(f"recipe {self.name} has no '{kind}' stage "
+                              f"(stages: {', '.join(s.name for s in self.stages)})")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "run_dir": self.run_dir,
+            "release": to_dict(self.release),
+            "stages": {s.name: {"kind": s.kind, **to_dict(s.config)} for s in self.stages},
+        }
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise LlamantinoError(f"{path}: no such recipe file")
+        return path
+    bundled = RECIPE_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise LlamantinoError(f"unknown recipe '{name_or_path}'{closest(name_or_path, list_recipes())}; "
+                          "`llamantino config list` shows the bundled ones")
+
+
+_REF = re.compile(r"\$\{([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?\}")
+
+
+def _interpolate(value, context: dict, where: str):
+    if isinstance(value, str):
+        def repl(match):
+            head, attr = match.group(1), match.group(2)
+            if attr is None:
+                if head not in context or isinstance(context[head], dict):
+                    raise LlamantinoError(f"{where}: unknown reference ${{{head}}}")
+                return str(context[head])
+            stage = context.get("stages", {}).get(head)
+            if stage is None:
+                raise LlamantinoError(f"{where}: ${{{head}.{attr}}} refers to no earlier stage "
+                                      f"named '{head}'")
+            if attr not in stage:
+                raise LlamantinoError(f"{where}: stage '{head}' has no setting '{attr}'{closest(attr, stage)}")
+            return str(stage[attr])
+        return _REF.sub(repl, value)
+    if isinstance(value, list):
+        return [_interpolate(v, context, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolate(v, context, where) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str | None = None) -> Recipe:
+    """Load, override, interpolate and validate a recipe.
+
+    `overrides` is nested {stage_name: {setting: value}} (from `--set stage.key=value`),
+    and may also hold top-level keys such as run_dir.
+    """
+    path = recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LlamantinoError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise LlamantinoError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise LlamantinoError(f"{path}: unknown key '{key}'{closest(key, TOP_LEVEL_KEYS)}")
+    overrides = dict(overrides or {})
+    stage_over = overrides.pop("stages", {})
+    for key in list(overrides):
+        if key in ("run_dir", "name", "description"):
+            raw[key] = overrides.pop(key)
+        elif key == "release":
+            raw["release"] = _merge(raw.get("release") or {}, overrides.pop(key))
+        else:
+            stage_over[key] = overrides.pop(key)
+    if run_dir:
+        raw["run_dir"] = run_dir
+    name = str(raw.get("name") or path.stem)
+    stages_raw = raw.get("stages") or {}
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        raise LlamantinoError(f"{path}: 'stages' must be a non-empty mapping of stage name to settings")
+    for stage_name in stage_over:
+        if stage_name not in stages_raw:
+            raise LlamantinoError(f"override for unknown stage '{stage_name}'"
+                                  f"{closest(stage_name, stages_raw)}; stages: {', '.join(stages_raw)}")
+    context: dict = {"name": name, "run_dir": str(raw.get("run_dir") or f"runs/{name}"), "stages": {}}
+    context["run_dir"] = _interpolate(context["run_dir"], context, f"{path}: run_dir")
+    stages = []
+    for stage_name, settings in stages_raw.items():
+        settings = dict(settings or {})
+        settings = _merge(settings, stage_over.get(stage_name, {}))
+        kind = str(settings.pop("kind", stage_name))
+        module = stage_module(kind)
+        settings.setdefault("output", f"${{run_dir}}/{stage_name}")
+        where = f"{path}: stage '{stage_name}'"
+        settings = _interpolate(settings, context, where)
+        cfg = build_config(module.Config, settings, where)
+        context["stages"][stage_name] = to_dict(cfg)
+        stages.append(Stage(stage_name, kind, cfg))
+    release = build_config(ReleaseInfo, raw.get("release") or {}, f"{path}: release")
+    return Recipe(name=name, description=str(raw.get("description") or ""), run_dir=context["run_dir"],
+                  release=release, stages=stages, source=str(path))
+
+
+def render_recipe(recipe: Recipe, fmt: str = "yaml") -> str:
+    import json
+
+    data = recipe.to_dict()
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

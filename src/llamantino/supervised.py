@@ -1,0 +1,81 @@
+"""Supervised examples: records -> rendered prompt -> token ids with a loss mask.
+
+Shared by chat fine-tuning (`sft`), instruction tuning (`instruct`) and `preview`, so
+what the preview shows is exactly what the trainer computes its loss on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llamantino.errors import LlamantinoError
+from llamantino.prompts import Rendered, render_alpaca_it, render_chat
+from llamantino.records import CONVERSATION_FORMATS, INSTRUCTION_FORMATS, to_conversation, to_instruction
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss is taken
+    truncated: bool = False
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def render_record(record: dict, fmt: str, prompt_format: str, where: str, tokenizer=None) -> Rendered:
+    """Render one source record in a prompt format ("llama2-chat" or "alpaca-it")."""
+    bos = getattr(tokenizer, "bos_token", None) or "<s>"
+    eos = getattr(tokenizer, "eos_token", None) or "</s>"
+    if prompt_format == "llama2-chat":
+        if fmt not in CONVERSATION_FORMATS:
+            raise LlamantinoError(f"{where}: format {fmt} is not a conversation; llama2-chat needs "
+                                  f"{' or '.join(CONVERSATION_FORMATS)}")
+        return render_chat(to_conversation(record, fmt, where), where=where, bos=bos, eos=eos)
+    if prompt_format == "alpaca-it":
+        if fmt not in INSTRUCTION_FORMATS:
+            raise LlamantinoError(f"{where}: format {fmt} is not an instruction record; alpaca-it needs "
+                                  f"{', '.join(INSTRUCTION_FORMATS)}")
+        ins = to_instruction(record, fmt, where)
+        return render_alpaca_it(ins["instruction"], ins["input"], ins["output"], eos=eos)
+    raise LlamantinoError(f"unknown prompt format '{prompt_format}'; valid: llama2-chat, alpaca-it")
+
+
+def encode(tokenizer, rendered: Rendered, max_length: int | None = None) -> Example:
+    """Tokenize the rendered text as one string; a token carries loss when it starts inside
+    a trained span. A leading `<s>` is added unless the text already begins with it.
+    """
+    text = rendered.text
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and not (ids and ids[0] == bos):
+        ids.insert(0, bos)
+        offsets.insert(0, (0, 0))
+        # The inserted BOS covers no characters: it is never trained.
+        offsets[0] = (-1, -1)
+    labels = []
+    spans = rendered.trained
+    for tok, (start, end) in zip(ids, offsets):
+        inside = start >= 0 and any(s <= start < e for s, e in spans)
+        labels.append(tok if inside else IGNORE)
+    truncated = False
+    if max_length is not None and len(ids) > max_length:
+        ids, labels, truncated = ids[:max_length], labels[:max_length], True
+    return Example(ids, labels, truncated)
+
+
+def trained_char_spans(tokenizer, example: Example) -> list[tuple[str, bool]]:
+    """(token text, trained?) pieces for display, joined runs of equal status."""
+    pieces: list[tuple[str, bool]] = []
+    for tok, lab in zip(example.input_ids, example.labels):
+        piece = tokenizer.decode([tok], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        flag = lab != IGNORE
+        if pieces and pieces[-1][1] == flag:
+            pieces[-1] = (pieces[-1][0] + piece, flag)
+        else:
+            pieces.append((piece, flag))
+    return pieces
