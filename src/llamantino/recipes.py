@@ -227,6 +227,16 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
                   release=release, stages=stages, source=str(path))
 
 
+def read_release(name_or_path: str) -> ReleaseInfo:
+    """Only the `release` section of a recipe (for `build`, which runs no stage)."""
+    path = recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise LlamantinoError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    return build_config(ReleaseInfo, raw.get("release") or {}, f"{path}: release")
+
+
 def render_recipe(recipe: Recipe, fmt: str = "yaml") -> str:
     import json
 
