@@ -48,7 +48,7 @@ STAGE_MODULES = {
     "merge": "llamantino.merge",
     "release": "llamantino.release",
     "build": "llamantino.build",
-    "verify": "llamantino.build",
+    "verify": "llamantino.verify",
 }
 
 TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -69,7 +70,7 @@ def run_stage_command(kind: str, args: argparse.Namespace, positional=()) -> int
     module = stage_module(kind)
     cfg = stage_config(kind, args, positional)
     summary = module.run(cfg, overwrite=args.overwrite, resume=getattr(args, "resume", False))
-    if summary is not None:
+    if summary is not None and os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     return 0
 

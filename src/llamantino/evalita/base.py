@@ -16,6 +16,7 @@ Rules shared by all tasks:
 
 from __future__ import annotations
 
+import csv
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Task:
     labels: tuple = ()          # the closed label set, where there is one
     primary_metric: str = ""    # key of score()'s result used in summary tables
     higher_is_better: bool = True
+    lower_is_better: tuple = ()  # other keys of score()'s result where lower is better (e.g. km)
 
     # --- data ------------------------------------------------------------------------
     def read(self, paths: list[Path]) -> list[Item]:
@@ -133,3 +135,67 @@ def require_columns(header, required, path, *, alternatives: dict | None = None)
             raise LlamantinoError(f"{path}: missing column '{name}' (columns: {', '.join(header) or 'none'})")
         out[name] = index[found]
     return out
+
+
+def read_table(path, *, delimiter: str = ",", quoting: bool = True) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A delimited text file with a header line -> (header, [(line number, fields), ...]).
+
+    `quoting=True` follows the CSV rules (quoted fields may hold delimiters and newlines);
+    `quoting=False` takes every character literally, for files released unquoted. The line
+    number is where the record starts; blank lines are skipped; a record with another
+    number of fields than the header is an error naming file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LlamantinoError(f"{path}: no such file")
+    rows: list[tuple[int, list[str]]] = []
+    header = None
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter,
+                                quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
+            while True:
+                start = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    raise LlamantinoError(f"{path}:{start}: unreadable record ({exc})") from None
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue
+                if header is None:
+                    header = [name.strip() for name in fields]
+                    continue
+                if len(fields) != len(header):
+                    raise LlamantinoError(f"{path}:{start}: {len(fields)} fields, expected {len(header)} "
+                                          f"({', '.join(header)})")
+                rows.append((start, fields))
+    except UnicodeDecodeError as exc:
+        raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if header is None:
+        raise LlamantinoError(f"{path}: empty file (no header line)")
+    return header, rows
+
+
+def parse_label(value: str, valid: dict, path, line: int, column: str):
+    """`valid` maps the strings a file may hold to labels; anything else names file, line and value."""
+    key = value.strip()
+    if key not in valid:
+        raise LlamantinoError(f"{path}:{line}: column '{column}' has {value!r}; valid: {', '.join(map(str, valid))}")
+    return valid[key]
+
+
+def check_unique(ids_seen: set, item_id: str, path, line: int) -> None:
+    """Ids key gold and predictions, so a repeated id is an error naming where it repeats."""
+    if item_id in ids_seen:
+        raise LlamantinoError(f"{path}:{line}: id '{item_id}' appears twice")
+    ids_seen.add(item_id)
+
+
+def require_gold(gold: dict, task: str) -> None:
+    """Scoring needs gold labels: an unlabelled (blind test) item is an error naming one."""
+    unlabelled = [k for k, v in gold.items() if v is None]
+    if unlabelled:
+        raise LlamantinoError(f"{task}: {len(unlabelled)} gold item(s) have no label (e.g. {unlabelled[0]}); "
+                              "score against files with gold labels")

@@ -1,0 +1,173 @@
+"""Bits per byte: the tokenizer-independent measure of how well a model knows a language.
+
+For each document: prepend BOS, sum the negative log-likelihood (natural log) of every
+document token given the tokens before it. Documents longer than the context are scored
+in overlapping windows: each window covers `max_length` tokens, advances by `stride`,
+and scores only the tokens the previous window did not, so every token is scored once
+with at least `max_length - stride` tokens of context.
+
+    bits_per_byte = sum(NLL) / (ln 2 * sum of UTF-8 bytes of the documents)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+from llamantino.config import setting
+from llamantino.errors import LlamantinoError
+
+KIND = "bpb"
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = setting("", "model folder or hub name")
+    adapter: str = setting("", "PEFT adapter to apply on top of the model")
+    data: list[str] = setting([], "JSON lines with `text`, or .txt files (one document per blank-line paragraph)")
+    output: str = setting("", "where to write the result: a .json file, or a folder (gets manifest.json)")
+    max_length: int = setting(0, "window length in tokens (0: the model's context length)")
+    stride: int = setting(0, "window advance for long documents (0: half the window)")
+    batch_size: int = setting(8, "windows per forward pass", fingerprint=False)
+    dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
+    max_documents: int = setting(0, "score only the first N documents (0: all)")
+    progress: bool = setting(True, "show a progress bar", fingerprint=False)
+
+    def validate(self, source):
+        if not self.model:
+            raise LlamantinoError(f"{source}: setting 'model' is required")
+        if not self.data:
+            raise LlamantinoError(f"{source}: no data given")
+
+
+def windows(n_tokens: int, max_length: int, stride: int):
+    """(begin, end, first_scored) of each window over n_tokens positions (BOS at 0).
+
+    Positions first_scored..end-1 are scored, each predicted from the positions before it.
+    """
+    begin, prev_end = 0, 1
+    while prev_end < n_tokens:
+        end = min(begin + max_length, n_tokens)
+        yield begin, end, prev_end
+        prev_end = end
+        begin += stride
+
+
+def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: int, batch_size: int = 8,
+                progress: bool = False) -> dict:
+    """The bits-per-byte report of `model` on `texts` (see module docstring)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if stride <= 0 or stride > max_length - 1:
+        raise LlamantinoError(f"stride must be between 1 and max_length - 1 ({max_length - 1}), got {stride}")
+    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    jobs = []  # (input ids of the window, index of the first scored position within it)
+    total_tokens = total_bytes = 0
+    for text in texts:
+        ids = [start_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        total_tokens += len(ids) - 1
+        total_bytes += len(text.encode("utf-8"))
+        for begin, end, first in windows(len(ids), max_length, stride):
+            jobs.append((ids[begin:end], first - begin))
+    # Longest windows first: batches pad less.
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
+    total_nll = 0.0
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with torch.no_grad():
+        for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="bpb", unit="batch"):
+            batch = [jobs[i] for i in order[b: b + batch_size]]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            targets = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (ids, first) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                targets[row, first: len(ids)] = torch.tensor(ids[first:])
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                           use_cache=False).logits.float()
+            # Position t predicts token t+1.
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            tgt = targets[:, 1:].to(device)
+            mask = tgt != -100
+            nll = -logprobs.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            total_nll += float((nll * mask).sum().double())
+    if total_bytes == 0 or total_tokens == 0:
+        raise LlamantinoError("no text to score: the documents are empty")
+    return {
+        "bits_per_byte": total_nll / (math.log(2) * total_bytes),
+        "nll_per_token": total_nll / total_tokens,
+        "perplexity": math.exp(total_nll / total_tokens),
+        "tokens": total_tokens,
+        "bytes": total_bytes,
+        "documents": len(texts),
+        "max_length": max_length,
+        "stride": stride,
+        "windows": len(jobs),
+    }
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    from llamantino.fileio import atomic_write_json
+    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest, run_identity
+    from llamantino.modeling import load_config, load_tokenizer, load_with_adapter
+    from llamantino.records import iter_documents
+
+    to_file = cfg.output.endswith(".json")
+    if cfg.output and not to_file:
+        if prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
+            metrics = read_manifest(cfg.output)["metrics"]
+            return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
+    elif to_file and Path(cfg.output).is_file():
+        old = json.loads(Path(cfg.output).read_text(encoding="utf-8"))
+        if old.get("fingerprint") == run_identity(KIND, cfg)["fingerprint"]:
+            return {"status": "skipped (done)", "headline": _headline(old), "metrics": old}
+        if not overwrite:
+            raise LlamantinoError(f"{cfg.output}: holds a different result; pass --overwrite to replace it")
+    texts = [text for _, text in iter_documents(cfg.data)]
+    if cfg.max_documents:
+        texts = texts[: cfg.max_documents]
+    if not texts:
+        raise LlamantinoError(f"{', '.join(cfg.data)}: no documents")
+    config = load_config(cfg.model)
+    context = getattr(config, "max_position_embeddings", 0) or 2048
+    max_length = cfg.max_length or context
+    if max_length > context:
+        raise LlamantinoError(f"{cfg.model}: max_length {max_length} exceeds the model's context of {context}")
+    stride = cfg.stride or max(1, max_length // 2)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_with_adapter(cfg.model, cfg.adapter, dtype=cfg.dtype)
+    result = compute_bpb(model, tokenizer, texts, max_length=max_length, stride=stride,
+                         batch_size=cfg.batch_size, progress=cfg.progress and sys.stderr.isatty())
+    result.update({"model": cfg.model, "adapter": cfg.adapter, "data": list(cfg.data)})
+    if to_file:
+        atomic_write_json(cfg.output, {**result, **run_identity(KIND, cfg)})
+    elif cfg.output:
+        write_manifest(cfg.output, KIND, cfg, inputs=describe_inputs(cfg.data), metrics=result)
+    return {"status": "done", "headline": _headline(result), "metrics": result}
+
+
+def _headline(m: dict) -> dict:
+    return {"bits_per_byte": round(m["bits_per_byte"], 4), "tokens": m["tokens"]}
+
+
+def add_arguments(parser):
+    from llamantino.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND, positional={"data": {"nargs": "*", "metavar": "DATA",
+                                                           "help": "text to score (JSON lines or .txt)"}})
+
+
+def main(args) -> int:
+    from llamantino.runner import stage_config
+
+    cfg = stage_config(KIND, args, positional=("data",))
+    result = run(cfg, overwrite=args.overwrite)
+    print(json.dumps(result["metrics"], indent=2, ensure_ascii=False))
+    return 0

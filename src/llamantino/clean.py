@@ -1,0 +1,633 @@
+"""Corpus cleaning: the rules that built clean_mc4_it, on all cores, deterministically.
+
+`llamantino clean INPUT... --output DIR` reads mC4-style documents (`text`, `timestamp`,
+`url`) and keeps those that survive the rules of gsarti/clean_mc4_it, itself the
+t5-base-dutch cleaner (c4nlpreproc) adapted to Italian, which follows C4's `clean_page`:
+
+* a document holding a word of the Italian or English bad-words lists is dropped
+  (whole words, case-insensitive, checked on the text as read);
+* each line ("sentence" in the dataset card: mC4 keeps one paragraph per line) is
+  dropped when it has a word longer than 1,000 characters, does not end in `.`, `?`,
+  `!` or `"` (or ends in `...`), has fewer than 3 words, or contains "lorem ipsum",
+  javascript markers ("javascript", `{`) or cookie/privacy-policy boilerplate in Italian
+  or English; Wikipedia-style citations (`[1]`, `[edit]`) are removed from lines first;
+* what is left is dropped when it has fewer than 5 sentences, fewer than 500 or more
+  than 50,000 characters, or is not mostly the target language (`--lang`).
+
+Inputs are JSON lines (gzipped or not), folders of shards, parquet files, or datasets
+read with `datasets` in streaming mode: `hub:NAME?config=C&split=S` (also the packaged
+builders: `hub:json?data_files=shard.jsonl.gz`). Kept documents keep every field, with
+`text` replaced by the cleaned text, in gzipped JSON-lines shards of `shard_docs`
+documents in input order, so the output bytes do not depend on the number of workers.
+A killed run resumes from its last finished shard; a run that fails on bad input leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import json
+import logging
+import multiprocessing
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs
+
+from llamantino.config import closest, setting
+from llamantino.errors import LlamantinoError
+from llamantino.fileio import JSONL_SUFFIXES, LineStats, atomic_open, atomic_write_json, expand_inputs, iter_jsonl
+from llamantino.langid import DETECTORS
+
+log = logging.getLogger(__name__)
+
+KIND = "clean"
+DATA_DIR = Path(__file__).parent / "data"
+BUNDLED_BADWORDS = {"it": DATA_DIR / "badwords_it.txt", "en": DATA_DIR / "badwords_en.txt"}
+HUB_PREFIX = "hub:"
+HUB_OPTIONS = ("config", "split", "revision", "data_dir", "data_files")
+SHARD_PATTERN = "part-{:05d}.jsonl.gz"
+PROGRESS = "progress.json"  # written after each finished shard of an unfinished run
+CHUNK_DOCS = 128  # documents per task sent to a worker; does not change the output
+
+# Why a line is dropped, in the order the rules are tried (C4's order).
+LINE_RULES = ("word_too_long", "no_end_punctuation", "too_few_words", "lorem_ipsum", "javascript", "policy")
+# Why a document is dropped, in the order the rules are tried: the cheap ones first.
+DOC_RULES = ("bad_words", "too_few_sentences", "too_short", "too_long", "wrong_language")
+
+# C4's citation pattern, removed from every line before the line rules apply.
+CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
+ELLIPSIS = "..."
+JAVASCRIPT_MARKERS = ("javascript", "{")
+# C4's English phrases, then the Italian ones of cookie banners and privacy notices.
+POLICY_PHRASES = (
+    "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
+    "informativa sulla privacy", "informativa privacy", "informativa sui cookie", "informativa cookie",
+    "politica sulla privacy", "politica dei cookie", "politica sui cookie", "trattamento dei dati personali",
+    "utilizza i cookie", "utilizza cookie", "utilizziamo i cookie", "usa i cookie", "usiamo i cookie",
+    "uso dei cookie", "utilizzo dei cookie", "accetta i cookie", "consenso ai cookie", "cookie tecnici",
+    "cookie di terze parti", "cookie di profilazione", "termini di utilizzo", "termini d'uso",
+    "condizioni d'uso", "condizioni di utilizzo",
+)
+# A sentence ends at . ! ? or … (plus closing quotes or brackets) followed by a space and
+# a capital letter or digit: punkt's main cue, without its abbreviation model (nothing
+# to download).
+SENTENCE_BREAK = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019\u00bb)\]]*\s+[\"'\u201c\u2018\u00ab(\[]?(\w)")
+WORD = re.compile(r"\w+")
+
+
+@dataclasses.dataclass
+class Config:
+    inputs: list[str] = setting([], "JSON-lines files (gzipped or not), folders of shards, parquet files, "
+                                    "or datasets streamed from the hub: hub:NAME?config=C&split=S")
+    output: str = setting("", "output folder")
+    lang: str = setting("it", "keep documents mostly in this language (ISO 639-1 code)")
+    langid: str = setting("py3langid", "language detector", choices=tuple(DETECTORS))
+    badwords: list[str] = setting(["it", "en"], "bad-word lists: a bundled one (it, en) or a file with one "
+                                                "word or phrase per line")
+    min_words: int = setting(3, "drop lines with fewer words")
+    max_word_length: int = setting(1000, "drop lines with a longer word (characters)")
+    end_marks: list[str] = setting([".", "?", "!", '"'], "keep only lines ending in one of these")
+    min_sentences: int = setting(5, "drop documents with fewer sentences after line filtering")
+    min_chars: int = setting(500, "drop documents shorter than this after line filtering")
+    max_chars: int = setting(50000, "drop documents longer than this after line filtering")
+    text_field: str = setting("text", "field holding the text")
+    shard_docs: int = setting(100000, "kept documents per output shard")
+    skip_bad_lines: bool = setting(False, "count and skip malformed lines instead of stopping")
+    workers: int = setting(0, "processes (0: all cores)", fingerprint=False)
+
+    def validate(self, source):
+        if not self.inputs:
+            raise LlamantinoError(f"{source}: no inputs given")
+        if not self.output:
+            raise LlamantinoError(f"{source}: setting 'output' is required")
+        for name in ("min_words", "max_word_length", "min_sentences", "min_chars", "max_chars", "workers"):
+            if getattr(self, name) < 0:
+                raise LlamantinoError(f"{source}: setting '{name}' must not be negative")
+        if self.shard_docs < 1:
+            raise LlamantinoError(f"{source}: setting 'shard_docs' must be at least 1")
+        if self.min_chars > self.max_chars:
+            raise LlamantinoError(f"{source}: min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
+        if not self.end_marks or any(not m for m in self.end_marks):
+            raise LlamantinoError(f"{source}: setting 'end_marks' needs at least one non-empty mark")
+
+
+# ---------------------------------------------------------------------------------------
+# The rules
+
+
+def read_badwords(spec: str) -> list[str]:
+    """Entries of a bundled list ('it', 'en') or of a file: one per line, '#' comments."""
+    path = BUNDLED_BADWORDS.get(spec, Path(spec))
+    if not path.is_file():
+        raise LlamantinoError(f"{spec}: no such bad-words file (bundled lists: {', '.join(BUNDLED_BADWORDS)})")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return [w.strip().lower() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+
+
+class BadWords:
+    """Whole-word, case-insensitive matching of a word list, like C4's `(?:\\W|^)(...)(?:\\W|$)`.
+
+    Single words are looked up in a set of the text's words (one pass, whatever the list's
+    length); phrases and entries with punctuation go through C4's regular expression.
+    """
+
+    def __init__(self, entries):
+        self.words = {w for w in entries if WORD.fullmatch(w)}
+        others = sorted({w for w in entries if w not in self.words}, key=len, reverse=True)
+        self.phrases = (re.compile(r"(?:\W|^)(?:{})(?:\W|$)".format("|".join(map(re.escape, others))))
+                        if others else None)
+
+    def find(self, text: str) -> str | None:
+        low = text.lower()
+        for word in WORD.findall(low):
+            if word in self.words:
+                return word
+        if self.phrases:
+            match = self.phrases.search(low)
+            if match:
+                return match.group(0).strip()
+        return None
+
+
+def count_sentences(line: str) -> int:
+    breaks = sum(1 for m in SENTENCE_BREAK.finditer(line) if m.group(1).isupper() or m.group(1).isdigit())
+    return breaks + 1
+
+
+class Cleaner:
+    """The clean_mc4_it rules for one document; built once per worker process."""
+
+    def __init__(self, cfg: Config, badwords: list[str] | None = None):
+        from llamantino.langid import make_detector
+
+        self.cfg = cfg
+        self.end_marks = tuple(cfg.end_marks)
+        entries = badwords if badwords is not None else [w for spec in cfg.badwords for w in read_badwords(spec)]
+        self.badwords = BadWords(entries)
+        self.detector = make_detector(cfg.langid)
+
+    def line_rule(self, line: str) -> tuple[str | None, str]:
+        """(rule that drops the line or None, the line without citations)."""
+        cfg = self.cfg
+        if any(len(word) > cfg.max_word_length for word in line.split()):
+            return "word_too_long", line
+        line = CITATION.sub("", line).strip()
+        if not line.endswith(self.end_marks) or line.endswith(ELLIPSIS):
+            return "no_end_punctuation", line
+        if len(line.split()) < cfg.min_words:
+            return "too_few_words", line
+        low = line.lower()
+        if "lorem ipsum" in low:
+            return "lorem_ipsum", line
+        if any(marker in low for marker in JAVASCRIPT_MARKERS):
+            return "javascript", line
+        low = low.replace("\u2019", "'")  # d’uso and d'uso alike
+        if any(phrase in low for phrase in POLICY_PHRASES):
+            return "policy", line
+        return None, line
+
+    def clean(self, text: str) -> tuple[str | None, str | None, collections.Counter]:
+        """(cleaned text or None, rule that dropped the document, line counts by fate)."""
+        lines = [line.strip() for line in text.splitlines()]
+        lines = [line for line in lines if line]
+        counts: collections.Counter = collections.Counter(read=len(lines))
+        if self.badwords.find(text):
+            counts["in_dropped_documents"] = len(lines)
+            return None, "bad_words", counts
+        kept, sentences = [], 0
+        for line in lines:
+            rule, line = self.line_rule(line)
+            if rule:
+                counts[rule] += 1
+                continue
+            kept.append(line)
+            sentences += count_sentences(line)
+        result = "\n".join(kept)
+        reason = None
+        if sentences < self.cfg.min_sentences:
+            reason = "too_few_sentences"
+        elif len(result) < self.cfg.min_chars:
+            reason = "too_short"
+        elif len(result) > self.cfg.max_chars:
+            reason = "too_long"
+        elif self.detector.detect(result) != self.cfg.lang:
+            reason = "wrong_language"
+        if reason:
+            counts["in_dropped_documents"] += len(kept)
+            return None, reason, counts
+        counts["kept"] = len(kept)
+        return result, None, counts
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs: each yields (position, where, record); a position is (input index, line or row)
+
+
+def _check_text(record: dict, where: str, field: str) -> str | None:
+    """The problem with a record's text field, or None."""
+    if field not in record:
+        return f"{where}: missing field '{field}'"
+    if not isinstance(record[field], str):
+        return f"{where}: field '{field}' must be a string, got {type(record[field]).__name__}"
+    return None
+
+
+class Reader:
+    """All inputs in order, resumable after a position, counting the lines it skips."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.sources: list[str] = []
+        for raw in cfg.inputs:
+            if raw.startswith(HUB_PREFIX):
+                parse_hub_spec(raw)  # fail on a bad spec before any work
+                self.sources.append(raw)
+            else:
+                self.sources += [str(p) for p in expand_inputs([raw], JSONL_SUFFIXES + (".parquet",))]
+        self.bad = 0  # lines skipped so far (skip_bad_lines)
+
+    def identity(self) -> list:
+        """What the inputs are, to tell on resume whether they changed."""
+        out = []
+        for src in self.sources:
+            if src.startswith(HUB_PREFIX):
+                out.append([src])
+            else:
+                st = os.stat(src)
+                out.append([src, st.st_size, st.st_mtime_ns])
+        return out
+
+    def records(self, after: tuple[int, int] = (0, 0)) -> Iterator[tuple[tuple[int, int], str, dict, int]]:
+        """Yield (position, where, record, lines skipped so far) for records after `after`."""
+        for index, src in enumerate(self.sources):
+            if index < after[0]:
+                continue
+            start = after[1] if index == after[0] else 0
+            if src.startswith(HUB_PREFIX):
+                items = _hub_records(src, start)
+            elif src.endswith(".parquet"):
+                items = _parquet_records(src, start)
+            else:
+                items = self._jsonl_records(src, start)
+            found = False
+            for number, where, record in items:
+                found = True
+                problem = _check_text(record, where, self.cfg.text_field)
+                if problem:
+                    if not self.cfg.skip_bad_lines:
+                        raise LlamantinoError(problem)
+                    self.bad += 1
+                    continue
+                yield (index, number), where, record, self.bad
+            if not found and start == 0:
+                raise LlamantinoError(f"{src}: empty input (no documents)")
+
+    def _jsonl_records(self, path: str, start: int):
+        stats = LineStats()
+        counted = 0
+        for number, record in iter_jsonl(path, skip_bad_lines=self.cfg.skip_bad_lines, stats=stats,
+                                         start_line=start):
+            self.bad += stats.bad - counted
+            counted = stats.bad
+            yield number, f"{path}:{number}", record
+        self.bad += stats.bad - counted
+
+
+def _parquet_records(path: str, start: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+        number = 0
+        for batch in handle.iter_batches(batch_size=1024):
+            if number + batch.num_rows <= start:
+                number += batch.num_rows
+                continue
+            for record in batch.to_pylist():
+                number += 1
+                if number > start:
+                    yield number, f"{path}: row {number}", record
+    except (pa.ArrowException, OSError) as exc:
+        raise LlamantinoError(f"{path}: unreadable parquet file ({exc})".replace("\n", " ")) from None
+
+
+def parse_hub_spec(spec: str) -> dict:
+    """`hub:NAME?config=C&split=S&revision=R&data_dir=D&data_files=F` -> load_dataset arguments."""
+    body = spec[len(HUB_PREFIX):]
+    name, _, query = body.partition("?")
+    if not name:
+        raise LlamantinoError(f"{spec}: no dataset name; expected hub:NAME?config=C&split=S")
+    options = parse_qs(query, keep_blank_values=True, strict_parsing=False) if query else {}
+    for key in options:
+        if key not in HUB_OPTIONS:
+            raise LlamantinoError(f"{spec}: unknown option '{key}'{closest(key, HUB_OPTIONS)}; "
+                                  f"valid: {', '.join(HUB_OPTIONS)}")
+    args = {"path": name, "name": None, "split": "train", "streaming": True}
+    for key, values in options.items():
+        if key == "data_files":
+            args["data_files"] = [f for v in values for f in v.split(",") if f]
+        elif len(values) > 1:
+            raise LlamantinoError(f"{spec}: option '{key}' given {len(values)} times")
+        else:
+            args["name" if key == "config" else key] = values[0]
+    return args
+
+
+def _hub_records(spec: str, start: int):
+    """A dataset streamed record by record: a corpus of any size is never held or copied."""
+    import datasets
+
+    args = parse_hub_spec(spec)
+    try:
+        stream = datasets.load_dataset(**args)
+    except Exception as exc:  # the library raises many kinds; the user needs one line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LlamantinoError(f"{spec}: cannot open dataset ({type(exc).__name__}: {message})") from None
+    for number, record in enumerate(stream, start=1):
+        if number > start:
+            yield number, f"{spec}: record {number}", record
+
+
+# ---------------------------------------------------------------------------------------
+# Workers
+
+
+_CLEANER: Cleaner | None = None
+
+
+def _init_worker(cfg: Config, badwords: list[str]) -> None:
+    global _CLEANER
+    _CLEANER = Cleaner(cfg, badwords)
+
+
+def _clean_chunk(chunk: list[tuple[tuple[int, int], dict]]) -> list[tuple]:
+    """Clean a list of (position, record): (position, output line or None, reason, line counts, chars)."""
+    out = []
+    field = _CLEANER.cfg.text_field
+    for position, record in chunk:
+        text = record[field]
+        cleaned, reason, counts = _CLEANER.clean(text)
+        line = None
+        if cleaned is not None:
+            record = dict(record)
+            record[field] = cleaned
+            line = json.dumps(record, ensure_ascii=False, default=_json_default) + "\n"
+        out.append((position, line, reason, dict(counts), len(text), len(cleaned or "")))
+    return out
+
+
+def _json_default(value):
+    """JSON for the values parquet files and `datasets` builders give that JSON lacks.
+
+    pyarrow (behind the json and parquet builders) reads mC4's "2020-02-22T22:24:31Z" as a
+    UTC timestamp without a zone: it is written back in the same ISO 8601 form.
+    """
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None or value.utcoffset() == datetime.timedelta(0):
+            return value.replace(tzinfo=None).isoformat() + "Z"
+        return value.isoformat()
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ordered_map(func, chunks, workers: int, initargs: tuple):
+    """Results of func over chunks, in input order, holding only a few chunks in flight."""
+    if workers == 1:
+        _init_worker(*initargs)
+        for chunk in chunks:
+            yield func(chunk)
+        return
+    # spawn: workers start clean on every platform (no inherited locks or threads).
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(func, (chunk,)))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+class Stats:
+    def __init__(self, data: dict | None = None):
+        data = data or {}
+        self.docs = collections.Counter(data.get("docs", {}))
+        self.lines = collections.Counter(data.get("lines", {}))
+        self.chars = collections.Counter(data.get("chars", {}))
+        self.bad_lines = data.get("bad_lines", 0)
+
+    def to_dict(self) -> dict:
+        return {"docs": dict(self.docs), "lines": dict(self.lines), "chars": dict(self.chars),
+                "bad_lines": self.bad_lines}
+
+    def metrics(self) -> dict:
+        docs, lines = self.docs, self.lines
+        return {
+            "documents": {"read": docs["read"], "kept": docs["kept"],
+                          "dropped": {rule: docs[rule] for rule in DOC_RULES}},
+            "lines": {"read": lines["read"], "kept": lines["kept"],
+                      "dropped": {rule: lines[rule] for rule in LINE_RULES},
+                      "in_dropped_documents": lines["in_dropped_documents"]},
+            "characters": {"read": self.chars["read"], "kept": self.chars["kept"]},
+            "bad_lines_skipped": self.bad_lines,
+        }
+
+
+class ShardWriter:
+    """Gzipped JSON-lines shards of `size` documents, each renamed into place when full."""
+
+    def __init__(self, folder: Path, size: int, first: int):
+        self.folder, self.size, self.index = folder, size, first
+        self.count = 0
+        self._context = self._handle = None
+
+    def write(self, line: str) -> bool:
+        """Write one document; True when it completed a shard."""
+        if self._handle is None:
+            self._context = atomic_open(self.folder / SHARD_PATTERN.format(self.index))
+            self._handle = self._context.__enter__()
+        self._handle.write(line)
+        self.count += 1
+        if self.count == self.size:
+            self.close()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._context.__exit__(None, None, None)
+            self._context = self._handle = None
+            self.index += 1
+            self.count = 0
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            try:
+                self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            except RuntimeError:
+                pass
+            self._context = self._handle = None
+
+
+def _remove_run_files(folder: Path) -> None:
+    """Remove what this stage writes (after an error): the folder is left as it was found."""
+    if not folder.is_dir():
+        return
+    from llamantino.manifest import RUN_INFO
+
+    for path in folder.iterdir():
+        if (path.name in (PROGRESS, RUN_INFO) or re.fullmatch(r"part-\d{5}\.jsonl\.gz", path.name)
+                or (path.name.startswith(".") and ".tmp-" in path.name)):
+            path.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _remove_stale(folder: Path, shards_done: int) -> None:
+    """On resume: drop temporary files and shards written after the last saved progress."""
+    for path in folder.iterdir():
+        match = re.fullmatch(r"part-(\d{5})\.jsonl\.gz", path.name)
+        if (match and int(match.group(1)) >= shards_done) or (path.name.startswith(".") and ".tmp-" in path.name):
+            path.unlink()
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    """Clean `cfg.inputs` into `cfg.output`. An interrupted run always resumes (`resume` is
+    accepted for the stage contract)."""
+    from llamantino.langid import make_detector
+    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+
+    out = Path(cfg.output)
+    # Everything that can be checked before work starts is checked before the folder is touched.
+    reader = Reader(cfg)
+    badwords = [w for spec in cfg.badwords for w in read_badwords(spec)]
+    languages = make_detector(cfg.langid).languages()
+    if cfg.lang not in languages:
+        raise LlamantinoError(f"lang '{cfg.lang}': not a language {cfg.langid} identifies"
+                              f"{closest(cfg.lang, languages)}")
+
+    state = prepare_output(out, KIND, cfg, overwrite=overwrite)
+    if state == "complete":
+        return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
+    progress = None
+    if state == "resume":
+        path = out / PROGRESS
+        progress = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if progress and progress["inputs"] != reader.identity():
+            raise LlamantinoError(f"{out}: the inputs changed since the interrupted run; "
+                                  "pass --overwrite to start again")
+    else:
+        start_run(out, KIND, cfg)
+    try:
+        metrics = _clean_all(cfg, reader, badwords, out, progress)
+        write_manifest(out, KIND, cfg, inputs=describe_inputs(cfg.inputs), metrics=metrics)
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):  # interrupted runs resume; failed ones vanish
+            _remove_run_files(out)
+        raise
+    from llamantino.manifest import RUN_INFO
+
+    for name in (PROGRESS, RUN_INFO):
+        (out / name).unlink(missing_ok=True)
+    return {"status": "done", **_summary(metrics)}
+
+
+def _clean_all(cfg: Config, reader: Reader, badwords: list[str], out: Path, progress: dict | None) -> dict:
+    workers = cfg.workers or os.cpu_count() or 1
+    stats = Stats(progress["stats"] if progress else None)
+    position = tuple(progress["position"]) if progress else (0, 0)
+    shards = progress["shards"] if progress else 0
+    _remove_stale(out, shards)
+    if progress:
+        log.info("resuming after %d documents (%d shards written)", stats.docs["read"], shards)
+    reader.bad = stats.bad_lines
+    writer = ShardWriter(out, cfg.shard_docs, shards)
+    t0 = time.time()
+    read_at_start = stats.docs["read"]
+
+    def items():
+        for pos, _where, record, bad in reader.records(after=position):
+            yield (pos, bad), record
+
+    try:
+        for results in _ordered_map(_clean_chunk, _chunks(items(), CHUNK_DOCS), workers, (cfg, badwords)):
+            for (pos, bad), line, reason, counts, chars_in, chars_out in results:
+                stats.docs["read"] += 1
+                stats.docs[reason or "kept"] += 1
+                stats.lines.update(counts)
+                stats.chars["read"] += chars_in
+                stats.chars["kept"] += chars_out
+                stats.bad_lines = bad
+                if line is not None and writer.write(line):
+                    atomic_write_json(out / PROGRESS, {"position": list(pos), "shards": writer.index,
+                                                       "stats": stats.to_dict(), "inputs": reader.identity()})
+                    rate = (stats.docs["read"] - read_at_start) / max(time.time() - t0, 1e-9)
+                    log.info("%d documents read, %d kept, %d shards (%.0f documents/s)",
+                             stats.docs["read"], stats.docs["kept"], writer.index, rate)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    stats.bad_lines = reader.bad
+    seconds = time.time() - t0
+    metrics = stats.metrics()
+    metrics.update({"shards": writer.index, "workers": workers, "seconds": round(seconds, 2),
+                    "documents_per_second": round((stats.docs["read"] - read_at_start) / max(seconds, 1e-9), 1)})
+    return metrics
+
+
+def _summary(metrics: dict) -> dict:
+    docs = metrics["documents"]
+    return {"headline": {"docs_read": docs["read"], "docs_kept": docs["kept"],
+                         "kept_pct": round(100 * docs["kept"] / max(docs["read"], 1), 1),
+                         "shards": metrics["shards"]},
+            "metrics": metrics}
+
+
+POSITIONAL = {"inputs": {"nargs": "+", "metavar": "INPUT",
+                         "help": "JSON-lines files or folders of shards (.jsonl, .json, gzipped or not), "
+                                 ".parquet files, or hub:NAME?config=C&split=S (streamed with datasets)"}}
+
+
+def add_arguments(parser):
+    from llamantino.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND, positional=POSITIONAL)
+
+
+def main(args) -> int:
+    from llamantino.runner import run_stage_command
+
+    return run_stage_command(KIND, args, positional=POSITIONAL)

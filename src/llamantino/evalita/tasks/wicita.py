@@ -1,0 +1,119 @@
+"""WiC-ITA (Word in Context, Italian), subtask 1: is the word used with the same meaning?
+
+Released files are JSON Lines (binary/train.jsonl, binary/dev.jsonl, gold_truth/binary/
+test.jsonl) with id, lemma, sentence1, sentence2, start1, end1, start2, end2 and label
+(1: same meaning); offsets count characters, end exclusive. A file without label gives
+unlabelled items.
+
+The instruction's {word} is the lemma: the target word is often inflected differently in
+the two sentences (bomba / bombe), and the lemma is the one word that names both. The
+input is `sentence1 [SEP] sentence2` with each target occurrence wrapped in `**`, because
+the lemma may occur more than once, or in another form, and the mark says which
+occurrence is meant. Target: si/no.
+
+Submission: `binary.jsonl` with one `{"id": ..., "label": 0|1}` per line (zipped with a
+description.txt for upload). Metric (evaluation.py): per-class precision/recall/F1 for
+labels [0, 1] and their unweighted mean (the script calls it "weighted"); a single
+missing id voids the file, here it is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llamantino.errors import LlamantinoError
+from llamantino.evalita import metrics
+from llamantino.evalita.base import Item, Task, check_alignment, check_unique, decode_yes_no, require_gold
+from llamantino.fileio import atomic_open, iter_jsonl
+from llamantino.prompts import evalita_instruction
+
+FIELDS = ("id", "lemma", "sentence1", "sentence2", "start1", "end1", "start2", "end2")
+MARK = "**"
+
+
+def binary_label(value, path, line: int):
+    """0/1 as the official script's int(): ints, or the strings "0"/"1"."""
+    if isinstance(value, bool) or value not in (0, 1, "0", "1"):
+        raise LlamantinoError(f"{path}:{line}: field 'label' has {value!r}; valid: 0, 1")
+    return int(value)
+
+
+def marked(sentence: str, start, end, path, line: int, which: str) -> str:
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(sentence)):
+        raise LlamantinoError(f"{path}:{line}: fields 'start{which}'/'end{which}' ({start!r}, {end!r}) are not "
+                              f"a span of sentence{which} ({len(sentence)} characters)")
+    return f"{sentence[:start]}{MARK}{sentence[start:end]}{MARK}{sentence[end:]}"
+
+
+class WicIta(Task):
+    name = "wic-ita"
+    official = "WiC-ITA subtask 1 (binary, it-it)"
+    labels = (0, 1)
+    primary_metric = "macro_f1"
+
+    def read(self, paths) -> list[Item]:
+        items, seen = [], set()
+        for path in map(Path, paths):
+            for line, record in iter_jsonl(path):
+                for name in FIELDS:
+                    if name not in record:
+                        raise LlamantinoError(f"{path}:{line}: missing field '{name}'")
+                for name in ("id", "lemma", "sentence1", "sentence2"):
+                    if not isinstance(record[name], str) or not record[name].strip():
+                        raise LlamantinoError(f"{path}:{line}: field '{name}' must be a non-empty string")
+                item_id = record["id"]
+                check_unique(seen, item_id, path, line)
+                gold = binary_label(record["label"], path, line) if "label" in record else None
+                first = marked(record["sentence1"], record["start1"], record["end1"], path, line, "1")
+                second = marked(record["sentence2"], record["start2"], record["end2"], path, line, "2")
+                items.append(Item(id=item_id, task=self.name,
+                                  instruction=evalita_instruction(self.name, word=record["lemma"]),
+                                  input=f"{first} [SEP] {second}",
+                                  output="" if gold is None else self.target(gold), gold=gold))
+        return items
+
+    def target(self, label, item=None) -> str:
+        if label not in self.labels:
+            raise LlamantinoError(f"{self.name}: label {label!r} is not 0 or 1")
+        return "si" if label == 1 else "no"
+
+    def decode(self, answer, item=None):
+        return decode_yes_no(answer)
+
+    def read_predictions(self, path) -> dict:
+        path = Path(path)
+        pred, seen = {}, set()
+        for line, record in iter_jsonl(path):
+            for name in ("id", "label"):
+                if name not in record:
+                    raise LlamantinoError(f"{path}:{line}: missing field '{name}'")
+            check_unique(seen, record["id"], path, line)
+            # null is an answer that could not be decoded: scored wrong.
+            label = record["label"]
+            pred[record["id"]] = None if label is None else binary_label(label, path, line)
+        return pred
+
+    def write_predictions(self, items, predictions, path) -> None:
+        if len(items) != len(predictions):
+            raise LlamantinoError(f"{self.name}: {len(items)} items but {len(predictions)} predictions")
+        with atomic_open(path) as handle:
+            for item, label in zip(items, predictions):
+                handle.write(json.dumps({"id": item.id, "label": label}, ensure_ascii=False) + "\n")
+
+    def score(self, gold: dict, pred: dict) -> dict:
+        check_alignment(gold, pred, self.name)
+        require_gold(gold, self.name)
+        ids = list(gold)
+        g, p = [gold[k] for k in ids], [pred[k] for k in ids]
+        table = metrics.per_class(g, p, self.labels)
+        out = {}
+        for label in self.labels:
+            for key in ("precision", "recall", "f1"):
+                out[f"{key}_{label}"] = table[label][key]
+        out["macro_f1"] = metrics.macro_f1(g, p, self.labels)
+        out["accuracy"] = metrics.accuracy(g, p)
+        return out
+
+
+TASKS = {"wic-ita": WicIta()}

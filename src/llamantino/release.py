@@ -1,0 +1,351 @@
+"""`llamantino release`: package a trained run the way the paper published its models.
+
+The LLaMA 2 licence forbids shipping the weights, so:
+
+* an adapter run (`adapt`, `sft`) is released as its LoRA adapter and tokenizer;
+* a full fine-tuning run (`instruct`) is released as an exact weight difference against
+  the model it was tuned from (the run manifest's `settings.model`, or `--base`).
+
+Next to them go a model card (README.md: metadata front-matter, the LLaMA 2 licence
+note, how to rebuild, the prompt format with an example, training settings and figures
+from the run's manifest) and SHA256SUMS, the sha256 of every released file in the format
+`sha256sum -c` reads. `--push REPO` uploads exactly those files to the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+from llamantino.config import setting
+from llamantino.errors import LlamantinoError
+
+KIND = "release"
+CHECKSUMS = "SHA256SUMS"
+CARD = "README.md"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
+PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "none")
+STAGE_PROMPT = {"sft": "llama2-chat", "instruct": "alpaca-it", "adapt": "none"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LICENCE_NOTE = (
+    "Derived from Llama 2: use is subject to the [Llama 2 Community License]"
+    "(https://ai.meta.com/llama/license/) and Meta's Acceptable Use Policy. This repository holds no "
+    "Llama 2 weights, only {what}; rebuilding the model needs the base weights obtained from Meta.")
+
+
+@dataclasses.dataclass
+class Config:
+    run: str = setting("", "training run folder (adapt, sft or instruct)")
+    output: str = setting("", "folder to write the release into")
+    recipe: str = setting("", "recipe (name or YAML) whose release section names the model, parent, datasets")
+    name: str = setting("", "model name on the card (default: the recipe's name, else the run folder's)")
+    base: str = setting("", "instruct runs: model folder the difference is taken against "
+                            "(default: the run manifest's settings.model)")
+    base_model: str = setting("", "hub name of the parent model for the card (default: the recipe's "
+                                  "parent, else the run's model)")
+    datasets: list[str] = setting([], "datasets named on the card (default: the recipe's)")
+    prompt_format: str = setting("", "prompt format shown on the card (default: the recipe's, else from "
+                                     "the run's stage)", choices=("",) + PROMPT_FORMATS)
+    push: str = setting("", "hub repository to upload the release to (needs network and a token)",
+                        fingerprint=False)
+    private: bool = setting(False, "create the hub repository as private", fingerprint=False)
+
+    def validate(self, source):
+        for name in ("run", "output"):
+            if not getattr(self, name):
+                raise LlamantinoError(f"{source}: setting '{name}' is required")
+
+
+@dataclasses.dataclass
+class Card:
+    """What the model card says, gathered from the run, its recipe and the settings."""
+
+    name: str
+    description: str
+    released_as: str
+    base_model: str
+    datasets: list[str]
+    language: list[str]
+    prompt_format: str
+    hub_repo: str
+    chain: str
+    stage: str
+    settings: dict
+    metrics: dict
+    parent_adapter: str
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the run
+
+
+def _run_manifest(run: Path) -> dict:
+    from llamantino.manifest import read_manifest
+
+    if not run.is_dir():
+        raise LlamantinoError(f"{run}: no such run folder")
+    manifest = read_manifest(run)
+    if manifest is None:
+        raise LlamantinoError(f"{run}: no manifest.json: not a finished training run")
+    return manifest
+
+
+def _recipe_text(recipe: str) -> dict:
+    import yaml
+
+    from llamantino.recipes import recipe_path
+
+    return yaml.safe_load(recipe_path(recipe).read_text(encoding="utf-8")) or {}
+
+
+def _public(value):
+    """A setting as the card shows it: local paths by their last component only."""
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and value and (value.startswith(("/", "./", "../", "~")) or Path(value).exists()):
+        return Path(value).name
+    return value
+
+
+def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
+    from llamantino.build import format_chain, release_chain
+    from llamantino.recipes import list_recipes, read_release
+
+    settings, stage = manifest.get("settings", {}), manifest.get("stage", "")
+    info = read_release(cfg.recipe) if cfg.recipe else None
+    recipe = _recipe_text(cfg.recipe) if cfg.recipe else {}
+    if info and info.released_as != released_as:
+        raise LlamantinoError(f"recipe {cfg.recipe} releases the model as {info.released_as}, "
+                              f"but run {cfg.run} holds {'an adapter' if released_as == 'adapter' else 'a full model'}")
+    name = cfg.name or (recipe.get("name") if cfg.recipe else "") or Path(cfg.run).resolve().name
+    base_model = cfg.base_model
+    if not base_model and info:
+        parent = read_release(info.parent) if info.parent in list_recipes() else None
+        base_model = (parent.hub_repo or info.parent) if parent else info.parent
+    if not base_model:
+        base_model = str(_public(settings.get("model", "")))
+    datasets = cfg.datasets or (info.datasets if info else []) or [
+        d[len("hf://"):].split("?")[0] for d in settings.get("data", []) if str(d).startswith("hf://")]
+    prompt = cfg.prompt_format or (info.prompt_format if info and info.prompt_format else "") \
+        or STAGE_PROMPT.get(stage, "none")
+    chain = ""
+    if cfg.recipe and info and info.hub_repo:
+        chain = format_chain(*release_chain(cfg.recipe))
+    return Card(name=name, description=str(recipe.get("description", "")), released_as=released_as,
+                base_model=base_model, datasets=list(datasets), language=info.language if info else ["it"],
+                prompt_format=prompt, hub_repo=(info.hub_repo if info else "") or cfg.push, chain=chain,
+                stage=stage, settings={k: _public(v) for k, v in settings.items()},
+                metrics=manifest.get("metrics", {}), parent_adapter=str(_public(settings.get("adapter", ""))))
+
+
+# ---------------------------------------------------------------------------------------
+# The model card
+
+
+def prompt_example(prompt_format: str) -> str:
+    from llamantino.prompts import render_alpaca_it, render_chat
+
+    if prompt_format == "llama2-chat":
+        return render_chat([{"role": "user", "content": "Qual è la capitale d'Italia?"}]).text
+    if prompt_format == "alpaca-it":
+        return render_alpaca_it("Riassumi il testo in una frase.",
+                                "Il gatto dorme sul divano mentre fuori piove da tutto il giorno.").text
+    return ""
+
+
+def _flat(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.extend(_flat(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: list[tuple[str, object]], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {key} | {_cell(value)} |" for key, value in rows]
+    return "\n".join(lines)
+
+
+def model_card(card: Card) -> str:
+    import yaml
+
+    adapter = card.released_as == "adapter"
+    tags = ["llamantino", "llama-2", "italian", "text-generation"] + (["peft", "lora"] if adapter else ["weight-diff"])
+    front = {"base_model": card.base_model, "license": "llama2", "language": card.language,
+             "datasets": [d for d in card.datasets if HUB_ID.match(d)], "tags": tags,
+             "pipeline_tag": "text-generation"}
+    if adapter:
+        front["library_name"] = "peft"
+    repo = card.hub_repo or card.name
+    parts = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+             f"# {card.name}", ""]
+    if card.description:
+        parts += [card.description, ""]
+    what = "a LoRA adapter" if adapter else "an exact weight difference (XOR of the raw bits)"
+    parts += [f"This repository holds {what} for `{card.base_model}`, made with llamantino "
+              "(the LLaMAntino pipeline: LLaMA 2 adapted to Italian).", ""]
+    parts += ["## How to use", ""]
+    if adapter:
+        if card.parent_adapter:
+            parts += [f"The adapter was trained on `{card.base_model}` with the adapter `{card.parent_adapter}` "
+                      "merged into it: merge that first (`llamantino merge`), then load this one.", ""]
+        parts += ["```python", "from peft import PeftModel",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  f'base = AutoModelForCausalLM.from_pretrained("{card.base_model}")',
+                  f'model = PeftModel.from_pretrained(base, "{repo}")',
+                  f'tokenizer = AutoTokenizer.from_pretrained("{repo}")', "```", "",
+                  "To save a plain model: `llamantino merge --base BASE --adapter THIS_FOLDER --output MERGED`.", ""]
+    else:
+        parts += ["Rebuild the model, bit for bit, from the model it was tuned from:", "", "```",
+                  "llamantino diff apply --base BASE_FOLDER --diff THIS_FOLDER --output MODEL_FOLDER", "```", "",
+                  f"`BASE_FOLDER` holds `{card.base_model}` exactly as it was when the difference was made. "
+                  "Every base tensor is checked against its sha256 before use and every rebuilt tensor after; "
+                  "a wrong base is refused, naming the tensors that differ. `weight_diff.json` lists each "
+                  "tensor with its shape, dtype and checksums. Memory use stays near twice the largest tensor.", ""]
+    if card.chain:
+        parts += ["The whole chain, from Meta's weights:", "", "```",
+                  f"llamantino build {card.name} --base-dir MODELS --output {card.name}", "```", "",
+                  f"Chain: `{card.chain}`. Inputs are read from `MODELS/<hub name>` "
+                  "(`--download` fetches the missing ones).", ""]
+    parts += ["## Prompt format", ""]
+    example = prompt_example(card.prompt_format)
+    if card.prompt_format == "llama2-chat":
+        parts += ["LLaMA 2 chat format with the Italian system prompt. Example prompt:", ""]
+    elif card.prompt_format == "alpaca-it":
+        parts += ["Italian Alpaca prompt (without an input, the `### Input:` block is left out). "
+                  "Example prompt:", ""]
+    else:
+        parts += ["None: a language model continuing plain Italian text.", ""]
+    if example:
+        parts += ["```", example, "```", ""]
+    parts += ["## Training", "", f"Stage `{card.stage}`; datasets: {', '.join(card.datasets) or 'see the settings'}.",
+              "", _table(_flat(card.settings), ("setting", "value")), ""]
+    if card.metrics:
+        parts += ["## Evaluation and training figures", "", _table(_flat(card.metrics), ("figure", "value")), ""]
+    parts += ["## Licence", "", LICENCE_NOTE.format(what=what), "", "## Files", "",
+              f"`{CHECKSUMS}` holds the sha256 of every file here: check a download with `sha256sum -c {CHECKSUMS}`.",
+              ""]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing and pushing
+
+
+def write_checksums(folder: Path) -> list[str]:
+    """SHA256SUMS over every file of the release (the stage's own records excepted)."""
+    from llamantino.fileio import sha256_file
+    from llamantino.manifest import MANIFEST, RUN_INFO
+
+    names = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and p.name not in (CHECKSUMS, MANIFEST, RUN_INFO) and not p.name.startswith("."))
+    (folder / CHECKSUMS).write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in names), encoding="utf-8")
+    return names
+
+
+def release_into(folder: Path, cfg: Config) -> dict:
+    from llamantino.weightdiff import make_into
+
+    run = Path(cfg.run)
+    manifest = _run_manifest(run)
+    if (run / "adapter_config.json").is_file():
+        released_as = "adapter"
+        card = gather(cfg, manifest, released_as)
+        if not (run / "adapter_model.safetensors").is_file():
+            raise LlamantinoError(f"{run}: no adapter_model.safetensors (release adapters as safetensors)")
+        for name in ADAPTER_FILES + TOKENIZER_FILES:
+            if (run / name).is_file():
+                shutil.copyfile(run / name, folder / name)
+        base = ""
+    elif (run / "config.json").is_file():
+        released_as = "weight-diff"
+        card = gather(cfg, manifest, released_as)
+        base = cfg.base or manifest.get("settings", {}).get("model", "")
+        if not base or not Path(base).is_dir():
+            raise LlamantinoError(f"{run}: the model it was tuned from ({base or 'unknown'}) is not a local "
+                                  "folder; pass --base FOLDER")
+        make_into(base, run, folder, base_name=card.base_model)
+    else:
+        raise LlamantinoError(f"{run}: holds neither an adapter (adapter_config.json) nor a model (config.json)")
+    (folder / CARD).write_text(model_card(card), encoding="utf-8")
+    files = write_checksums(folder)
+    return {"released_as": released_as, "name": card.name, "base_model": card.base_model, "base": str(base),
+            "files": files, "bytes": sum((folder / f).stat().st_size for f in files),
+            "prompt_format": card.prompt_format}
+
+
+def _hub_api():
+    from huggingface_hub import HfApi, get_token
+
+    if not get_token():
+        raise LlamantinoError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    return HfApi()
+
+
+def push_release(folder, repo_id: str, *, private: bool = False, api=None) -> str:
+    """Upload the files listed in SHA256SUMS (after checking them) and SHA256SUMS itself."""
+    from llamantino.build import verify_checksums
+
+    folder = Path(folder)
+    if not (folder / CHECKSUMS).is_file():
+        raise LlamantinoError(f"{folder}: no {CHECKSUMS}: not a release folder")
+    verify_checksums(folder)
+    files = [line.split("  ", 1)[1] for line in (folder / CHECKSUMS).read_text(encoding="utf-8").splitlines()
+             if line.strip()] + [CHECKSUMS]
+    api = api or _hub_api()
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                                   allow_patterns=files, commit_message=f"Release {folder.name} (llamantino)")
+    except Exception as exc:  # network or hub refusal: one line for the user
+        raise LlamantinoError(f"push to {repo_id} failed: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+    return str(getattr(commit, "commit_url", commit))
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    from llamantino.fileio import atomic_dir
+    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
+
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
+    if state == "complete":
+        metrics, status = read_manifest(cfg.output)["metrics"], "skipped (done)"
+    else:
+        with atomic_dir(cfg.output) as tmp:
+            metrics = release_into(tmp, cfg)
+            write_manifest(tmp, KIND, cfg, inputs=describe_inputs([cfg.run]), metrics=metrics)
+        status = "done"
+    summary = {"status": status, "headline": {"released_as": metrics["released_as"], "files": len(metrics["files"]),
+                                              "MB": round(metrics["bytes"] / 1e6, 1)}, "metrics": metrics}
+    if cfg.push:
+        summary["pushed"] = push_release(cfg.output, cfg.push, private=cfg.private)
+    return summary
+
+
+def add_arguments(parser):
+    from llamantino.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND, positional={"run": {"nargs": "?", "help": "training run folder"}})
+
+
+def main(args) -> int:
+    from llamantino.runner import run_stage_command
+
+    return run_stage_command(KIND, args, positional=("run",))

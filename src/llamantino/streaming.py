@@ -1,0 +1,169 @@
+"""Documents read lazily from local files or hub datasets, with a position to resume from.
+
+Sources: JSON lines (gzipped or not), folders of shards, parquet, plain text (one
+document per blank-line paragraph), and hub datasets streamed through `datasets`:
+
+    hf://gsarti/clean_mc4_it?config=medium&split=train
+    hf://json?data_files=shards/*.json.gz           (datasets' packaged builders, local files)
+
+Nothing is read ahead: the first document is available at once, whatever the corpus
+size. With several ranks, rank r takes documents r, r+W, r+2W... of the same stream, so
+ranks see different data without any pre-sharding. `state_dict()` is the position
+(source, records consumed, epoch) saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+from llamantino.errors import LlamantinoError
+from llamantino.fileio import expand_inputs, iter_jsonl, open_text
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz", ".parquet", ".txt", ".txt.gz")
+HUB_PREFIX = "hf://"
+
+
+def parse_hub(spec: str) -> dict:
+    """hf://NAME?config=C&split=S&data_files=F&revision=R -> load_dataset keyword arguments."""
+    rest = spec[len(HUB_PREFIX):]
+    name, _, query = rest.partition("?")
+    if not name:
+        raise LlamantinoError(f"{spec}: no dataset name after {HUB_PREFIX}")
+    params = dict(urllib.parse.parse_qsl(query))
+    allowed = {"config", "split", "data_files", "revision", "data_dir"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise LlamantinoError(f"{spec}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                              f"valid: {', '.join(sorted(allowed))}")
+    kwargs = {"path": name, "split": params.get("split", "train"), "streaming": True}
+    if "config" in params:
+        kwargs["name"] = params["config"]
+    for key in ("data_files", "revision", "data_dir"):
+        if key in params:
+            kwargs[key] = params[key]
+    return kwargs
+
+
+def expand_sources(sources) -> list[str]:
+    """Local paths expanded to files (sorted); hub specs kept as they are."""
+    out: list[str] = []
+    for src in sources:
+        if str(src).startswith(HUB_PREFIX):
+            parse_hub(str(src))
+            out.append(str(src))
+        else:
+            out.extend(str(p) for p in expand_inputs([src], suffixes=LOCAL_SUFFIXES, what="text"))
+    if not out:
+        raise LlamantinoError("no data sources given")
+    return out
+
+
+def _iter_paragraphs(path: str) -> Iterator[str]:
+    with open_text(path) as handle:
+        block: list[str] = []
+        for line in handle:
+            if line.strip():
+                block.append(line.rstrip("\n"))
+            elif block:
+                yield "\n".join(block)
+                block = []
+        if block:
+            yield "\n".join(block)
+
+
+def _records(source: str, text_field: str, skip: int, skip_bad_lines: bool):
+    """Yield the texts of one source, after skipping its first `skip` records."""
+    if source.startswith(HUB_PREFIX):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(**parse_hub(source))
+        except Exception as exc:  # datasets raises many types; all mean "cannot open"
+            raise LlamantinoError(f"{source}: cannot open dataset ({str(exc).splitlines()[0]})") from None
+        if skip:
+            ds = ds.skip(skip)
+        for i, row in enumerate(ds):
+            if text_field not in row:
+                raise LlamantinoError(f"{source}: record {skip + i}: missing field '{text_field}'")
+            yield row[text_field]
+    elif source.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(source)
+        if text_field not in table.schema_arrow.names:
+            raise LlamantinoError(f"{source}: missing column '{text_field}'")
+        seen = 0
+        for batch in table.iter_batches(columns=[text_field], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                if seen >= skip:
+                    yield text
+                seen += 1
+    elif source.endswith((".txt", ".txt.gz")):
+        for i, text in enumerate(_iter_paragraphs(source)):
+            if i >= skip:
+                yield text
+    else:
+        # Records are counted by non-empty line, so skipping needs no JSON parsing.
+        seen = 0
+        for number, record in iter_jsonl(source, skip_bad_lines=skip_bad_lines):
+            if seen >= skip:
+                if text_field not in record:
+                    raise LlamantinoError(f"{source}:{number}: missing field '{text_field}'")
+                yield record[text_field]
+            seen += 1
+
+
+class DocumentStream:
+    """Iterate the documents of this rank, forever (epochs), with a resumable position."""
+
+    def __init__(self, sources, *, text_field: str = "text", rank: int = 0, world: int = 1,
+                 skip_bad_lines: bool = False):
+        self.sources = expand_sources(sources)
+        self.text_field = text_field
+        self.rank, self.world = rank, world
+        self.skip_bad_lines = skip_bad_lines
+        # Position: current source, records of it consumed, global document counter, epoch.
+        self.source_index = 0
+        self.offset = 0
+        self.count = 0
+        self.epoch = 0
+
+    def state_dict(self) -> dict:
+        return {"source_index": self.source_index, "offset": self.offset, "count": self.count,
+                "epoch": self.epoch, "sources": self.sources, "rank": self.rank, "world": self.world}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("sources") != self.sources:
+            raise LlamantinoError("the checkpoint was made on other data sources; resume with the same data")
+        if state.get("world") != self.world:
+            raise LlamantinoError(f"the checkpoint was made with {state.get('world')} ranks, this run has "
+                                  f"{self.world}; resume with the same number of processes")
+        self.source_index, self.offset = state["source_index"], state["offset"]
+        self.count, self.epoch = state["count"], state["epoch"]
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            full_pass = self.source_index == 0 and self.offset == 0
+            produced_this_epoch = False
+            while self.source_index < len(self.sources):
+                source = self.sources[self.source_index]
+                for text in _records(source, self.text_field, self.offset, self.skip_bad_lines):
+                    index = self.count
+                    self.offset += 1
+                    self.count += 1
+                    if index % self.world != self.rank:
+                        continue
+                    if not isinstance(text, str):
+                        raise LlamantinoError(f"{source}: record {self.offset}: field '{self.text_field}' "
+                                              "is not a string")
+                    produced_this_epoch = True
+                    yield text
+                self.source_index += 1
+                self.offset = 0
+            if full_pass and not produced_this_epoch:
+                raise LlamantinoError(f"{', '.join(self.sources)}: the corpus holds no documents for rank "
+                                      f"{self.rank} of {self.world}")
+            self.epoch += 1
+            self.source_index = 0

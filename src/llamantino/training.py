@@ -1,0 +1,305 @@
+"""Pieces every training loop here shares: distributed setup, seeds and RNG state,
+learning-rate schedules, optimizers, checkpoint folders, metric logs and progress.
+
+The loops themselves (adapt.py, sft.py, instruct.py) stay short and read top to bottom.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamantino.errors import LlamantinoError
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------
+# Distributed
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU)."""
+    rank, world, local_rank = dist_env()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return rank, world, device
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(value: float, device) -> float:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+    return value
+
+
+def on_rank0(fn):
+    """Run `fn` on rank 0 only and hand its result, or its LlamantinoError, to every rank:
+    a refusal on rank 0 (say, of the output folder) then stops all ranks at once instead of
+    leaving the others waiting in a collective."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return fn()
+    box = [(None, None)]
+    if torch.distributed.get_rank() == 0:
+        try:
+            box = [(fn(), None)]
+        except LlamantinoError as exc:
+            box = [(None, str(exc))]
+    torch.distributed.broadcast_object_list(box, src=0)
+    result, error = box[0]
+    if error is not None:
+        raise LlamantinoError(error)
+    return result
+
+
+def all_gather_object(obj) -> list:
+    """`obj` from every rank, in rank order ([obj] on a single process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def grad_accumulation(effective_batch: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step that keep the effective batch of the recipe on any
+    number of devices: effective = batch_size x world_size x accumulation, exactly."""
+    per_step = batch_size * world_size
+    if effective_batch < per_step or effective_batch % per_step:
+        raise LlamantinoError(
+            f"effective batch size {effective_batch} is not a multiple of batch size {batch_size} x "
+            f"{world_size} process(es) = {per_step}; change batch_size or the number of processes")
+    return effective_batch // per_step
+
+
+def peak_memory_bytes(device) -> int:
+    """Peak memory of this process: allocated CUDA memory on a GPU, resident set size on CPU."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds and RNG state (part of every checkpoint, so a resumed run draws the same dropout)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules and optimizers
+
+SCHEDULES = ("linear", "cosine", "constant")
+OPTIMIZERS = ("paged_adamw_32bit", "adamw_torch", "adamw_8bit")
+
+
+def warmup_steps(ratio: float, total: int) -> int:
+    # Same rounding as transformers' TrainingArguments.get_warmup_steps.
+    return math.ceil(total * ratio)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the peak learning rate at each step (warmup then decay to 0)."""
+    def fn(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return fn
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float, device: torch.device,
+                   betas=(0.9, 0.999), eps: float = 1e-8):
+    """The paper's paged AdamW 32-bit on GPU; on CPU (no paging there) torch's AdamW,
+    which computes the same update. Returns (optimizer, name actually used)."""
+    params = [p for p in params if p.requires_grad]
+    if name in ("paged_adamw_32bit", "adamw_8bit") and device.type == "cuda":
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW32bit if name == "paged_adamw_32bit" else bnb.optim.AdamW8bit
+        return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), name
+    if name not in OPTIMIZERS:
+        raise LlamantinoError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+    if name != "adamw_torch":
+        log.warning("optimizer %s needs a CUDA device; using torch AdamW (same update rule) on %s",
+                    name, device.type)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), "adamw_torch"
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint folders: <run>/checkpoints/step-000123, each written atomically
+
+_CKPT = re.compile(r"^step-(\d+)$")
+
+
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir) -> tuple[int, Path] | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_path(run_dir, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def prune_checkpoints(run_dir, keep: int) -> None:
+    found = list_checkpoints(run_dir)
+    for _, path in found[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics: CSV + TensorBoard, loss curve PNG, progress bar
+
+
+class MetricsLog:
+    """Scalars per step to `metrics.csv` and TensorBoard (`tb/`). On resume, rows past the
+    checkpoint's step are dropped so the CSV has each step once."""
+
+    FIELDS = ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
+
+    def __init__(self, run_dir, *, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = Path(run_dir) / "metrics.csv"
+        rows = []
+        if resume_step and self.path.is_file():
+            with open(self.path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.handle = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.FIELDS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def log(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.FIELDS if k != "step"}})
+        self.handle.flush()
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+            if values.get(key) not in (None, ""):
+                self.tb.add_scalar(f"train/{key}", values[key], step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.handle.close()
+            self.tb.close()
+
+
+def plot_loss(run_dir, title: str = "") -> Path | None:
+    """loss.png from metrics.csv: raw loss and a moving average against the step."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["loss"]]
+    if not rows:
+        return None
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+              for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, alpha=0.35, label="loss")
+    ax.plot(steps, smooth, label=f"moving average ({window})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+class Progress:
+    """Progress bar over optimizer steps, showing loss, tokens/s and ETA."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
+                        dynamic_ncols=True, mininterval=1.0)
+        self.start = time.time()
+        self.tokens = 0
+
+    def update(self, tokens: int, loss: float, lr: float) -> float:
+        self.tokens += tokens
+        rate = self.tokens / max(1e-9, time.time() - self.start)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+        self.bar.update(1)
+        return rate
+
+    def close(self) -> None:
+        self.bar.close()

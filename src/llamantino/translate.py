@@ -1,0 +1,803 @@
+"""`llamantino translate`: machine-translate chat and instruction data, as the paper did
+with UltraChat (512,837 dialogues, English -> Italian, Argos Translate).
+
+Reads UltraChat (`{"id", "data": [user, assistant, ...]}`), ultrachat_200k (`messages`,
+`prompt`), Dolly (`instruction`, `context`, `response`) and Alpaca (`instruction`,
+`input`, `output`) records and writes `translated.jsonl`: each record keeps its shape,
+ids, roles and turn order, with every turn or field translated on its own, plus an
+`original` field holding the source values of the translated fields.
+
+What never reaches the model: role tags, fenced code blocks, inline code, URLs, e-mail
+addresses, placeholders (`{name}`, `{{x}}`, `%(n)s`, `%s`, `${x}`), HTML tags, markdown
+markers (headings, list items, quotes, check boxes, `**`, `~~`, table pipes), text
+without letters, and whitespace. Text is cut AROUND these spans, each piece is
+translated, and the spans are put back byte for byte: a placeholder cannot be lost or
+altered by the model because the model never sees it.
+
+Two engines, one model format (CTranslate2 + SentencePiece, what Argos packages hold):
+
+* `batched` (default): the sentences of many records at once go through one
+  `ctranslate2.Translator.translate_batch` call, tokenised with the model's own
+  SentencePiece model and split with its own MiniSBD sentence splitter;
+* `argos`: `argostranslate.translate.translate()` once per piece of text, the reference
+  path (and the benchmark's baseline).
+
+Resuming: records are translated in chunks; each chunk is written as a numbered part file
+(atomically), then `progress.json` (atomically) records how far the input has been
+consumed. A run killed at any moment and started again with the same settings continues
+from the last committed chunk: a part written but not yet counted is simply written
+again under the same name, so no record is lost or doubled. The final file is assembled
+from the parts (atomically), then the manifest is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from llamantino.config import setting
+from llamantino.errors import LlamantinoError
+
+log = logging.getLogger(__name__)
+
+KIND = "translate"
+FORMATS = ("ultrachat", "ultrachat_200k", "dolly", "alpaca")
+# Fields holding text to translate, per format; `original` holds their source values.
+TEXT_FIELDS = {
+    "ultrachat": ("data",),
+    "ultrachat_200k": ("prompt", "messages"),
+    "dolly": ("instruction", "context", "response"),
+    "alpaca": ("instruction", "input", "output"),
+}
+OUTPUT_FILE = "translated.jsonl"
+PARTS_DIR = ".parts"
+PROGRESS_FILE = "progress.json"
+MAX_EXAMPLES = 20  # skipped records quoted in the manifest
+# Decoding as argostranslate does it, so both engines give the same translations.
+LENGTH_PENALTY = 0.2
+
+
+@dataclasses.dataclass
+class Config:
+    inputs: list[str] = setting([], "JSON-lines files (or folders of them) to translate")
+    output: str = setting("", "output folder")
+    model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
+                             "empty: the Argos package installed for src -> tgt")
+    src: str = setting("en", "source language code")
+    tgt: str = setting("it", "target language code")
+    format: str = setting("", "source format; empty: detected from each file's first record",
+                          choices=("",) + FORMATS)
+    engine: str = setting("batched", "batched: many records' sentences per CTranslate2 call; "
+                                     "argos: argostranslate.translate.translate() per piece of text",
+                          choices=("batched", "argos"))
+    splitter: str = setting("model", "sentence splitter of the batched engine: 'model' (the MiniSBD model "
+                                     "the package or folder carries in minisbd/), 'rules' (a sentence ends at "
+                                     ". ! ? or ... before a space) or a MiniSBD .onnx file")
+    beam_size: int = setting(4, "beam size (argostranslate's default)")
+    compute_type: str = setting("auto", "CTranslate2 compute type (argostranslate's default: auto)")
+    argos_packages_dir: str = setting("", "folder of installed Argos packages (ARGOS_PACKAGES_DIR); an "
+                                          ".argosmodel is installed there for the argos engine; "
+                                          "empty: argostranslate's own", fingerprint=False)
+    threads: int = setting(1, "CTranslate2 threads per translation (ARGOS_INTRA_THREADS); 0 lets "
+                              "CTranslate2 choose, which was 20-50x slower on 2 cores", fingerprint=False)
+    workers: int = setting(1, "CTranslate2 translations run in parallel (ARGOS_INTER_THREADS)",
+                           fingerprint=False)
+    batch_size: int = setting(64, "sentences per CTranslate2 batch (batched engine)", fingerprint=False)
+    chunk_records: int = setting(256, "records translated and committed together: the unit of resuming",
+                                 fingerprint=False)
+    strict: bool = setting(False, "stop at the first record that cannot be translated instead of "
+                                  "skipping and counting it")
+
+    def validate(self, source):
+        if not self.output:
+            raise LlamantinoError(f"{source}: setting 'output' is required")
+        if not self.inputs:
+            raise LlamantinoError(f"{source}: no input files given")
+        if self.src == self.tgt:
+            raise LlamantinoError(f"{source}: src and tgt are both '{self.src}'")
+        if self.splitter not in ("model", "rules") and not self.splitter.endswith(".onnx"):
+            raise LlamantinoError(f"{source}: setting 'splitter' is {self.splitter!r}; valid: model, rules "
+                                  "or a MiniSBD .onnx file")
+        if self.engine == "argos" and self.splitter != "model":
+            raise LlamantinoError(f"{source}: the argos engine always splits with the package's own "
+                                  "splitter; leave 'splitter' at 'model'")
+        for name in ("beam_size", "batch_size", "chunk_records", "workers"):
+            if getattr(self, name) < 1:
+                raise LlamantinoError(f"{source}: setting '{name}' must be at least 1")
+        if self.threads < 0:
+            raise LlamantinoError(f"{source}: setting 'threads' must be 0 or more")
+
+
+# ---------------------------------------------------------------------------------------
+# Protecting what must not be translated
+
+_FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")
+# Markdown block markers at the start of a line: headings, quotes, list items, check boxes.
+_MARKERS = re.compile(r"[ \t]*(?:(?:#{1,6}|>|[-*+]|\d{1,9}[.)]|\[[ xX]\])(?=[ \t]|$)[ \t]*)*")
+_PROTECTED = re.compile("|".join([
+    r"(?P<link>(?P<open>!?\[)(?P<label>[^\[\]\n]*)(?P<close>\]\([^()\s]*(?:\([^()\s]*\)[^()\s]*)*\)))",
+    r"(?P<code>(?P<ticks>`+)[^`].*?(?P=ticks))",
+    r"(?P<url>(?:https?|ftp)://[^\s<>\"'`]+|www\.[A-Za-z0-9-]+\.[^\s<>\"'`]+)",
+    r"(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)",
+    r"(?P<placeholder>\{\{.*?\}\}|\{[^{}\s]{0,40}\}|%\(\w+\)[sdifr]|%[sd]|\$\{\w+\})",
+    r"(?P<tag></?[A-Za-z][\w-]*(?:\s[^<>\n]*)?/?>)",
+    r"(?P<mark>\*\*|~~|\|)",
+]))
+# Separators peeled off the ends of a piece of text (kept, not translated).
+_LEADING = re.compile(r"[\s,;:.!?)\]}»”’\-–—/]+")
+_TRAILING = re.compile(r"[\s(\[{«“‘\-–—/]+$")
+_URL_TAIL = ".,;:!?'\""
+
+
+def segment_text(text: str) -> list[tuple[bool, str]]:
+    """Cut a text into (translate?, piece); the pieces joined give back `text` exactly."""
+    out: list[tuple[bool, str]] = []
+    fence = None  # opening marker of the fenced code block we are in
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        opening = _FENCE.match(line)
+        if fence is not None:
+            out.append((False, line))
+            if (opening and opening.group(1)[0] == fence[0] and len(opening.group(1)) >= len(fence)
+                    and not line[opening.end():].strip()):
+                fence = None
+        elif opening:
+            fence = opening.group(1)
+            out.append((False, line))
+        else:
+            marker = _MARKERS.match(line).end()
+            out.append((False, line[:marker]))
+            _scan(line[marker:], out)
+        if number < len(lines) - 1:
+            out.append((False, "\n"))
+    merged: list[tuple[bool, str]] = []
+    for translate, piece in out:
+        if not piece:
+            continue
+        if merged and not translate and not merged[-1][0]:
+            merged[-1] = (False, merged[-1][1] + piece)
+        else:
+            merged.append((translate, piece))
+    return merged
+
+
+def _scan(text: str, out: list) -> None:
+    """Protected spans of one line kept as they are; the text between them added as pieces."""
+    pos = 0
+    while True:
+        match = _PROTECTED.search(text, pos)
+        if match is None:
+            _add_text(text[pos:], out)
+            return
+        start, end = match.span()
+        if match.group("url"):
+            url = match.group("url")
+            # Sentence punctuation and unbalanced closing brackets after a URL are text.
+            while url and (url[-1] in _URL_TAIL or (url[-1] == ")" and url.count(")") > url.count("("))):
+                url = url[:-1]
+            end = start + len(url)
+        _add_text(text[pos:start], out)
+        if match.group("link"):  # [label](target): the label is text, the rest is kept
+            out.append((False, match.group("open")))
+            _scan(match.group("label"), out)
+            out.append((False, match.group("close")))
+        else:
+            out.append((False, text[start:end]))
+        pos = end
+
+
+def _add_text(piece: str, out: list) -> None:
+    lead = _LEADING.match(piece)
+    start = lead.end() if lead else 0
+    trail = _TRAILING.search(piece, start)
+    end = trail.start() if trail else len(piece)
+    core = piece[start:end]
+    if any(ch.isalpha() for ch in core):
+        out += [(False, piece[:start]), (True, core), (False, piece[end:])]
+    else:
+        out.append((False, piece))
+
+
+def translate_texts(texts: list[str], engine) -> list[str]:
+    """Translate whole turns or fields: only their translatable pieces reach the engine."""
+    plans = [segment_text(text) for text in texts]
+    pieces = list(dict.fromkeys(piece for plan in plans for translate, piece in plan if translate))
+    done = dict(zip(pieces, engine.translate(pieces))) if pieces else {}
+    return ["".join(done[piece] if translate else piece for translate, piece in plan) for plan in plans]
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+
+
+class Skip(Exception):
+    """A record this stage cannot translate: skipped and counted, or an error with --strict."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _turn(value, where: str, field: str) -> str:
+    if not isinstance(value, str):
+        raise Skip("not_text", f"{where}: field '{field}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise Skip("empty_turn", f"{where}: field '{field}' is empty")
+    return value
+
+
+def translatable(record: dict, fmt: str, where: str) -> list[tuple[tuple, str]]:
+    """(path, text) of every turn or field to translate, in order. Raises Skip."""
+    from llamantino.records import FORMAT_FIELDS
+
+    for field in FORMAT_FIELDS[fmt]:
+        if field not in record:
+            raise Skip("missing_field", f"{where}: field '{field}' missing (format {fmt})")
+    if "original" in record:
+        raise Skip("has_original", f"{where}: field 'original' already present (translated before?)")
+    if fmt == "ultrachat":
+        turns = record["data"]
+        if not isinstance(turns, list) or not turns:
+            raise Skip("no_turns", f"{where}: field 'data' must be a non-empty list of turns")
+        if len(turns) % 2:
+            raise Skip("odd_turns", f"{where}: field 'data' has {len(turns)} turns; the last user turn "
+                                    "has no answer")
+        return [(("data", i), _turn(t, where, f"data[{i}]")) for i, t in enumerate(turns)]
+    if fmt == "ultrachat_200k":
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise Skip("no_turns", f"{where}: field 'messages' must be a non-empty list")
+        out = []
+        if "prompt" in record:
+            out.append((("prompt",), _turn(record["prompt"], where, "prompt")))
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise Skip("missing_field", f"{where}: field 'messages[{i}]' needs 'role' and 'content'")
+            out.append((("messages", i, "content"), _turn(message["content"], where, f"messages[{i}].content")))
+        roles = [m["role"] for m in messages]
+        body = roles[1:] if roles[0] == "system" else roles
+        if not body or len(body) % 2 or body != ["user", "assistant"] * (len(body) // 2):
+            raise Skip("roles_out_of_order", f"{where}: field 'messages' has roles {', '.join(map(str, roles))}; "
+                                             "expected user and assistant alternating, user first and "
+                                             "assistant last")
+        return out
+    out = []
+    for field in TEXT_FIELDS[fmt]:
+        value = record[field]
+        if field in ("context", "input") and value in ("", None):
+            continue  # an empty optional input stays empty
+        out.append(((field,), _turn(value, where, field)))
+    return out
+
+
+def translated_record(record: dict, fmt: str, fields, translations: list[str]) -> dict:
+    out = copy.deepcopy(record)
+    for (path, _), text in zip(fields, translations):
+        node = out
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = text
+    out["original"] = {name: copy.deepcopy(record[name]) for name in TEXT_FIELDS[fmt] if name in record}
+    return out
+
+
+def _detect(record: dict, where: str) -> str:
+    from llamantino.records import detect_format
+
+    fmt = detect_format(record, where)
+    if fmt not in FORMATS:
+        raise LlamantinoError(f"{where}: records of format {fmt} are not translated (supported: "
+                              f"{', '.join(FORMATS)}); pass --format if the detection is wrong")
+    return fmt
+
+
+def _read_lines(path: Path, start_line: int):
+    """Yield (line number, record or None, JSON error or None) after `start_line`."""
+    import gzip
+    import zlib
+
+    from llamantino.fileio import open_text
+
+    try:
+        with open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if number <= start_line or not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, None, f"{exc.msg} at column {exc.colno}"
+                    continue
+                if not isinstance(record, dict):
+                    yield number, None, f"expected a JSON object, got {type(record).__name__}"
+                    continue
+                yield number, record, None
+    except UnicodeDecodeError as exc:
+        raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise LlamantinoError(f"{path}: unreadable gzip file ({exc})") from None
+
+
+def _count_records(files) -> int:
+    """Non-empty lines of all inputs (for the progress bar's ETA); a fast pass over the bytes."""
+    import gzip
+
+    total = 0
+    for path in files:
+        with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as handle:
+            total += sum(1 for line in handle if line.strip())
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+@dataclasses.dataclass
+class Model:
+    """A checked translation model; nothing is extracted or installed yet."""
+
+    kind: str                 # ctranslate2 | argos-package | argosmodel | argos-installed
+    path: Path
+    from_code: str | None
+    to_code: str | None
+    stand_in: bool
+    metadata: dict
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": str(self.path), "from": self.from_code, "to": self.to_code,
+                "stand_in": self.stand_in}
+
+
+def _splitter_files(names) -> list[str]:
+    return sorted(n for n in names if re.search(r"(^|/)minisbd/[^/]+\.onnx$", n))
+
+
+def inspect_model(cfg: Config) -> Model:
+    """Find and check the model before anything is written; one clear error if it is unusable."""
+    if not cfg.model:
+        return _installed_package(cfg)
+    path = Path(cfg.model)
+    if path.suffix == ".argosmodel":
+        if not path.is_file():
+            raise LlamantinoError(f"{path}: no such .argosmodel file")
+        model = _inspect_argosmodel(path, cfg)
+    elif path.is_dir() and (path / "metadata.json").is_file():
+        metadata = _read_json(path / "metadata.json")
+        names = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
+        _check_package(path, metadata, names, cfg)
+        model = Model("argos-package", path, metadata.get("from_code"), metadata.get("to_code"),
+                      bool(metadata.get("stand_in")), metadata)
+    elif path.is_dir() and (path / "model.bin").is_file():
+        info = _read_json(path / "model_info.json") if (path / "model_info.json").is_file() else {}
+        if cfg.engine == "argos":
+            raise LlamantinoError(f"{path}: the argos engine needs an Argos package (.argosmodel or an "
+                                  "installed package), not a CTranslate2 folder")
+        if not (path / "sentencepiece.model").is_file() and not (path / "source.spm").is_file():
+            raise LlamantinoError(f"{path}: no SentencePiece model (sentencepiece.model, or source.spm and "
+                                  "target.spm) in the CTranslate2 folder")
+        if cfg.splitter == "model" and not (path / "minisbd").is_dir():
+            raise LlamantinoError(f"{path}: the folder carries no sentence splitter (minisbd/*.onnx); pass "
+                                  "--splitter rules or --splitter FILE.onnx")
+        model = Model("ctranslate2", path, info.get("from_code"), info.get("to_code"),
+                      bool(info.get("stand_in")), info)
+    elif path.is_dir():
+        raise LlamantinoError(f"{path}: neither a CTranslate2 model folder (model.bin) nor an Argos package "
+                              "(metadata.json)")
+    else:
+        raise LlamantinoError(f"{path}: no such model folder")
+    if model.from_code and model.to_code and (model.from_code, model.to_code) != (cfg.src, cfg.tgt):
+        raise LlamantinoError(f"{path}: the model translates {model.from_code} -> {model.to_code}, not "
+                              f"{cfg.src} -> {cfg.tgt}")
+    if cfg.splitter.endswith(".onnx") and not Path(cfg.splitter).is_file():
+        raise LlamantinoError(f"{cfg.splitter}: no such MiniSBD model file")
+    return model
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LlamantinoError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
+    if not zipfile.is_zipfile(path):
+        raise LlamantinoError(f"{path}: not an Argos package (an .argosmodel is a zip archive)")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        roots = {n.split("/")[0] for n in names}
+        if len(roots) != 1 or f"{min(roots)}/metadata.json" not in names:
+            raise LlamantinoError(f"{path}: an .argosmodel holds one folder with metadata.json at its top")
+        root = min(roots)
+        try:
+            metadata = json.loads(zf.read(f"{root}/metadata.json").decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LlamantinoError(f"{path}: {root}/metadata.json is not valid JSON ({exc})") from None
+    _check_package(path, metadata, [n[len(root) + 1:] for n in names], cfg)
+    return Model("argosmodel", path, metadata.get("from_code"), metadata.get("to_code"),
+                 bool(metadata.get("stand_in")), metadata)
+
+
+def _check_package(path, metadata: dict, names: list[str], cfg: Config) -> None:
+    """An Argos package: metadata.json, model/, a tokenizer and, to stay offline, minisbd/*.onnx."""
+    pair = (metadata.get("from_code"), metadata.get("to_code"))
+    if pair != (cfg.src, cfg.tgt):
+        raise LlamantinoError(f"{path}: the package translates {pair[0]} -> {pair[1]}, not {cfg.src} -> {cfg.tgt}")
+    if "model/model.bin" not in names:
+        raise LlamantinoError(f"{path}: the package has no CTranslate2 model (model/model.bin)")
+    if cfg.engine == "batched" and "sentencepiece.model" not in names:
+        raise LlamantinoError(f"{path}: the package has no sentencepiece.model; the batched engine needs one "
+                              "(use --engine argos for BPE packages)")
+    if (cfg.engine == "argos" or cfg.splitter == "model") and not _splitter_files(names):
+        raise LlamantinoError(f"{path}: the package carries no MiniSBD sentence splitter (minisbd/*.onnx), so "
+                              "argostranslate would download one; use --engine batched --splitter rules")
+
+
+def _installed_package(cfg: Config) -> Model:
+    settings = import_argos(cfg)
+    from argostranslate import package
+
+    found = [p for p in package.get_installed_packages()
+             if p.type == "translate" and (p.from_code, p.to_code) == (cfg.src, cfg.tgt)]
+    if len(found) != 1:
+        what = "no package" if not found else f"{len(found)} packages ({', '.join(str(p.package_path) for p in found)})"
+        raise LlamantinoError(f"{settings.package_data_dir}: {what} installed for {cfg.src} -> {cfg.tgt}; "
+                              "pass --model with a package, an .argosmodel or a CTranslate2 folder")
+    pkg = found[0]
+    metadata = _read_json(pkg.package_path / "metadata.json")
+    names = [str(p.relative_to(pkg.package_path)) for p in pkg.package_path.rglob("*") if p.is_file()]
+    _check_package(pkg.package_path, metadata, names, cfg)
+    return Model("argos-installed", pkg.package_path, pkg.from_code, pkg.to_code, bool(metadata.get("stand_in")),
+                 metadata)
+
+
+def import_argos(cfg: Config, *, translating: bool = False):
+    """Import argostranslate with our settings: it reads them from the environment once, at import."""
+    wanted = {"ARGOS_DEVICE_TYPE": "cpu", "ARGOS_INTRA_THREADS": str(cfg.threads),
+              "ARGOS_INTER_THREADS": str(cfg.workers), "ARGOS_BEAM_SIZE": str(cfg.beam_size),
+              "ARGOS_COMPUTE_TYPE": cfg.compute_type}
+    if cfg.argos_packages_dir:
+        wanted["ARGOS_PACKAGES_DIR"] = str(Path(cfg.argos_packages_dir).resolve())
+    if "argostranslate.settings" not in sys.modules:
+        os.environ.update(wanted)
+    elif not translating:  # only the packages folder matters for finding a package
+        wanted = {k: v for k, v in wanted.items() if k == "ARGOS_PACKAGES_DIR"}
+    from argostranslate import settings
+
+    actual = {"ARGOS_PACKAGES_DIR": str(Path(settings.package_data_dir).resolve()),
+              "ARGOS_DEVICE_TYPE": settings.device, "ARGOS_INTRA_THREADS": str(settings.intra_threads),
+              "ARGOS_INTER_THREADS": str(settings.inter_threads), "ARGOS_BEAM_SIZE": str(settings.beam_size),
+              "ARGOS_COMPUTE_TYPE": settings.compute_type}
+    differ = [f"{k}={actual[k]} (wanted {v})" for k, v in wanted.items() if actual[k] != v]
+    if differ:
+        raise LlamantinoError("argostranslate was imported earlier in this process with other settings: "
+                              f"{', '.join(differ)}; run the translation in a fresh process")
+    # Other chunk types (Stanza, spaCy) and providers download models or call remote services.
+    if settings.model_provider != settings.ModelProvider.OPENNMT or settings.chunk_type not in (
+            settings.ChunkType.ARGOSTRANSLATE, settings.ChunkType.MINISBD):
+        raise LlamantinoError("argostranslate is set to use a remote provider or a downloading sentence "
+                              "splitter (ARGOS_MODEL_PROVIDER / ARGOS_CHUNK_TYPE); unset them")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------
+# Sentence splitting and the two engines
+
+_SENTENCE_GAP = re.compile(r"(?<=[.!?…])\s+")
+
+
+def rule_sentences(text: str) -> list[str]:
+    """A sentence ends at . ! ? or … followed by whitespace (the stand-in's MiniSBD rule too)."""
+    return [s for s in _SENTENCE_GAP.split(text) if s]
+
+
+def with_gaps(text: str, sentences: list[str]) -> list[tuple[bool, str]]:
+    """(is sentence?, piece) covering `text` exactly: the splitter's sentences and what lies between."""
+    out, pos = [], 0
+    for sentence in sentences:
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        start = text.find(sentence, pos)
+        if start < 0:
+            raise RuntimeError(f"sentence splitter returned text not found in the input: {sentence!r}")
+        out += [(False, text[pos:start]), (True, sentence)]
+        pos = start + len(sentence)
+    out.append((False, text[pos:]))
+    return [(is_sentence and any(ch.isalpha() for ch in piece), piece) for is_sentence, piece in out if piece]
+
+
+class BatchedEngine:
+    """Sentences of many records through one `Translator.translate_batch` call."""
+
+    def __init__(self, root: Path, layout: str, cfg: Config, target_prefix: str = ""):
+        import ctranslate2
+        import sentencepiece as spm
+
+        if layout == "argos":
+            ct2_dir, source_spm, target_spm, self.source_eos = root / "model", root / "sentencepiece.model", None, []
+        elif (root / "sentencepiece.model").is_file():
+            ct2_dir, source_spm, target_spm, self.source_eos = root, root / "sentencepiece.model", None, []
+        else:
+            # A converted opus-mt folder: tokenise as MarianTokenizer does, source ending in </s>.
+            ct2_dir, source_spm, target_spm, self.source_eos = root, root / "source.spm", root / "target.spm", ["</s>"]
+        self.translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=cfg.compute_type,
+                                                 inter_threads=cfg.workers, intra_threads=cfg.threads)
+        self.sp_source = spm.SentencePieceProcessor(model_file=str(source_spm))
+        self.sp_target = (spm.SentencePieceProcessor(model_file=str(target_spm)) if target_spm
+                          else self.sp_source)
+        if cfg.splitter == "rules":
+            self.split = rule_sentences
+        else:
+            from minisbd import SBDetect
+
+            onnx = Path(cfg.splitter) if cfg.splitter.endswith(".onnx") else (
+                root / _splitter_files(str(p.relative_to(root)) for p in root.rglob("*.onnx"))[0])
+            # A path (not a language code) makes MiniSBD load the file instead of downloading.
+            self.split = SBDetect(str(onnx.resolve()), use_gpu=False, max_threads=1).sentences
+        self.target_prefix = target_prefix
+        self.beam_size, self.batch_size = cfg.beam_size, cfg.batch_size
+        self.segments = self.sentences = self.long_inputs = self.length_limited = 0
+
+    def translate(self, texts: list[str]) -> list[str]:
+        self.segments += len(texts)
+        plans, order, index = [], [], {}
+        for text in texts:
+            plan = []
+            for is_sentence, piece in with_gaps(text, self.split(text)):
+                if is_sentence:
+                    if piece not in index:
+                        index[piece] = len(order)
+                        order.append(piece)
+                    plan.append(index[piece])
+                else:
+                    plan.append(piece)
+            plans.append(plan)
+        done = self.translate_sentences(order)
+        return ["".join(done[p] if isinstance(p, int) else p for p in plan) for plan in plans]
+
+    def translate_sentences(self, sentences: list[str]) -> list[str]:
+        if not sentences:
+            return []
+        tokens = [self.sp_source.encode(s, out_type=str) + self.source_eos for s in sentences]
+        self.sentences += len(tokens)
+        self.long_inputs += sum(len(t) > 1024 for t in tokens)  # CTranslate2's max_input_length cuts them
+        results = self.translator.translate_batch(
+            tokens, max_batch_size=self.batch_size, batch_type="examples", beam_size=self.beam_size,
+            num_hypotheses=1, length_penalty=LENGTH_PENALTY, replace_unknowns=True,
+            target_prefix=[[self.target_prefix]] * len(tokens) if self.target_prefix else None)
+        out = []
+        for result in results:
+            pieces = result.hypotheses[0]
+            self.length_limited += len(pieces) >= 256  # CTranslate2's max_decoding_length
+            if self.target_prefix and pieces[:1] == [self.target_prefix]:
+                pieces = pieces[1:]
+            out.append(self.sp_target.decode(pieces).strip())
+        return out
+
+
+class ArgosEngine:
+    """`argostranslate.translate.translate()` once per piece of text: the reference path."""
+
+    def __init__(self, model: Model, cfg: Config):
+        settings = import_argos(cfg, translating=True)
+        from argostranslate import package, translate
+
+        if model.kind == "argosmodel":
+            package.install_from_path(model.path)  # offline: unzips into the packages folder
+        elif model.kind == "argos-package" and model.path.resolve().parent != Path(settings.package_data_dir).resolve():
+            raise LlamantinoError(f"{model.path}: the argos engine translates only with installed packages; give "
+                                  "the .argosmodel file, or set --argos-packages-dir to the folder holding this one")
+        found = [p for p in package.get_installed_packages()
+                 if p.type == "translate" and (p.from_code, p.to_code) == (cfg.src, cfg.tgt)]
+        if len(found) != 1:
+            raise LlamantinoError(f"{settings.package_data_dir}: {len(found)} packages installed for "
+                                  f"{cfg.src} -> {cfg.tgt}; exactly one is needed")
+        if not _splitter_files(str(p.relative_to(found[0].package_path)) for p in found[0].package_path.rglob("*")):
+            raise LlamantinoError(f"{found[0].package_path}: the installed package carries no minisbd/*.onnx; "
+                                  "argostranslate would download a sentence splitter")
+        self.translate_one = translate.translate
+        self.src, self.tgt = cfg.src, cfg.tgt
+        self.segments = 0
+        self.sentences = self.long_inputs = self.length_limited = None
+
+    def translate(self, texts: list[str]) -> list[str]:
+        self.segments += len(texts)
+        return [self.translate_one(text, self.src, self.tgt) for text in texts]
+
+
+def open_engine(cfg: Config, model: Model, stack: contextlib.ExitStack):
+    if cfg.engine == "argos":
+        return ArgosEngine(model, cfg)
+    if model.kind == "ctranslate2":
+        return BatchedEngine(model.path, "ctranslate2", cfg)
+    root = model.path
+    if model.kind == "argosmodel":
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llamantino-argosmodel-")))
+        with zipfile.ZipFile(model.path) as zf:
+            zf.extractall(tmp)
+        root = next(tmp.iterdir())
+    return BatchedEngine(root, "argos", cfg, target_prefix=model.metadata.get("target_prefix", ""))
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+def _input_signature(files) -> list:
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _new_progress(files) -> dict:
+    return {"inputs": _input_signature(files), "position": [0, 0], "formats": {}, "parts": 0,
+            "read": 0, "translated": 0, "skipped": {}, "examples": [], "fields": 0, "characters": 0,
+            "segments": 0, "sentences": 0, "long_inputs": 0, "length_limited": 0, "seconds": 0.0}
+
+
+def _remove_work_files(out: Path) -> None:
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    """Translate `cfg.inputs` into `cfg.output`. An interrupted run with the same settings is
+    always continued (committed chunks are final), whether or not `resume` is set."""
+    from llamantino.fileio import atomic_open, expand_inputs
+    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+
+    files = expand_inputs(cfg.inputs)
+    model = inspect_model(cfg)
+    out = Path(cfg.output)
+    state = prepare_output(out, KIND, cfg, overwrite=overwrite)
+    if state == "complete":
+        _remove_work_files(out)  # left behind by a run killed right after its manifest
+        return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
+    progress = None
+    if state == "resume" and (out / PROGRESS_FILE).is_file():
+        progress = _read_json(out / PROGRESS_FILE)
+        if progress["inputs"] != _input_signature(files):
+            raise LlamantinoError(f"{out}: the input files changed since the interrupted run; pass --overwrite "
+                                  "to start again")
+        log.info("translate: resuming after %d records (%d parts)", progress["read"], progress["parts"])
+    if progress is None:
+        start_run(out, KIND, cfg)
+        _remove_work_files(out)
+        progress = _new_progress(files)
+    with contextlib.ExitStack() as stack:
+        engine = open_engine(cfg, model, stack)
+        _translate_all(cfg, files, engine, progress, out)
+    with atomic_open(out / OUTPUT_FILE) as handle:
+        for number in range(progress["parts"]):
+            with open(out / PARTS_DIR / f"part-{number:06d}.jsonl", encoding="utf-8") as part:
+                shutil.copyfileobj(part, handle)
+    metrics = _metrics(progress, cfg)
+    write_manifest(out, KIND, cfg, inputs=describe_inputs(files), metrics=metrics,
+                   extra={"stand_in": model.stand_in, "model": model.describe(), "output_file": OUTPUT_FILE})
+    _remove_work_files(out)
+    if model.stand_in:
+        log.warning("translate: the model is a stand-in; its translations are nonsense")
+    return {"status": "done", **_summary(metrics)}
+
+
+def _translate_all(cfg: Config, files, engine, progress: dict, out: Path) -> None:
+    from tqdm import tqdm
+
+    from llamantino.fileio import atomic_write_json, atomic_write_text
+
+    parts = out / PARTS_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=_count_records(files), initial=progress["read"], unit="rec", desc="translate",
+               dynamic_ncols=True, mininterval=1.0)
+    chunk: list = []  # (record, format, fields)
+    position = list(progress["position"])
+
+    def commit():
+        if chunk:
+            texts = [text for _, _, fields in chunk for _, text in fields]
+            before = {k: getattr(engine, k) for k in ("segments", "sentences", "long_inputs", "length_limited")}
+            t0 = time.perf_counter()
+            translations = translate_texts(texts, engine)
+            progress["seconds"] += time.perf_counter() - t0
+            for key, value in before.items():
+                if value is not None:
+                    progress[key] += getattr(engine, key) - value
+            lines, used = [], 0
+            for record, fmt, fields in chunk:
+                record_out = translated_record(record, fmt, fields, translations[used:used + len(fields)])
+                lines.append(json.dumps(record_out, ensure_ascii=False))
+                used += len(fields)
+            atomic_write_text(parts / f"part-{progress['parts']:06d}.jsonl", "\n".join(lines) + "\n")
+            progress["parts"] += 1
+            progress["translated"] += len(chunk)
+            progress["fields"] += len(texts)
+            progress["characters"] += sum(len(t) for t in texts)
+        progress["position"] = position
+        atomic_write_json(out / PROGRESS_FILE, progress)  # the commit point
+        bar.update(progress["read"] - bar.n)
+        if progress["seconds"] > 0:
+            rate = (progress["sentences"] or progress["segments"]) / progress["seconds"]
+            bar.set_postfix_str(f"{rate:.0f} {'sent' if progress['sentences'] else 'seg'}/s", refresh=False)
+        chunk.clear()
+
+    for file_index, path in enumerate(files):
+        if file_index < position[0]:
+            continue
+        start_line = position[1] if file_index == position[0] else 0
+        fmt = cfg.format or progress["formats"].get(str(file_index))
+        for number, record, error in _read_lines(path, start_line):
+            where = f"{path}:{number}"
+            progress["read"] += 1
+            try:
+                if error:
+                    raise Skip("malformed_json", f"{where}: malformed JSON ({error})")
+                if fmt is None:
+                    fmt = progress["formats"][str(file_index)] = _detect(record, where)
+                chunk.append((record, fmt, translatable(record, fmt, where)))
+            except Skip as skip:
+                if cfg.strict:
+                    raise LlamantinoError(f"{skip.message} (--strict)") from None
+                progress["skipped"][skip.reason] = progress["skipped"].get(skip.reason, 0) + 1
+                if len(progress["examples"]) < MAX_EXAMPLES:
+                    progress["examples"].append(skip.message)
+                    log.warning("skipped: %s", skip.message)
+            position = [file_index, number]
+            if len(chunk) >= cfg.chunk_records:
+                commit()
+        position = [file_index + 1, 0]
+    commit()
+    bar.close()
+
+
+def _metrics(progress: dict, cfg: Config) -> dict:
+    seconds = progress["seconds"]
+    rate = lambda n: round(n / seconds, 1) if seconds and n is not None else None  # noqa: E731
+    batched = cfg.engine == "batched"
+    return {
+        "records_read": progress["read"], "records_translated": progress["translated"],
+        "records_skipped": sum(progress["skipped"].values()), "skipped_by_reason": progress["skipped"],
+        "skipped_examples": progress["examples"], "fields_translated": progress["fields"],
+        "characters": progress["characters"], "segments": progress["segments"],
+        "sentences": progress["sentences"] if batched else None,
+        "seconds_translating": round(seconds, 2), "records_per_s": rate(progress["translated"]),
+        "segments_per_s": rate(progress["segments"]),
+        "sentences_per_s": rate(progress["sentences"]) if batched else None,
+        "inputs_over_1024_tokens": progress["long_inputs"] if batched else None,
+        "outputs_at_256_tokens": progress["length_limited"] if batched else None,
+        "engine": cfg.engine, "splitter": cfg.splitter if batched else "package (argostranslate)",
+        "threads": cfg.threads, "workers": cfg.workers, "beam_size": cfg.beam_size,
+    }
+
+
+def _summary(metrics: dict) -> dict:
+    headline = {"translated": metrics["records_translated"], "skipped": metrics["records_skipped"]}
+    if metrics.get("sentences_per_s") is not None:
+        headline["sentences_per_s"] = metrics["sentences_per_s"]
+    else:
+        headline["segments_per_s"] = metrics["segments_per_s"]
+    return {"headline": headline, "metrics": metrics}
+
+
+def add_arguments(parser):
+    from llamantino.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND, positional={"inputs": {
+        "nargs": "*", "metavar": "INPUT", "help": "JSON-lines files or folders (UltraChat, ultrachat_200k, Dolly, Alpaca)"}})
+
+
+def main(args) -> int:
+    from llamantino.runner import run_stage_command
+
+    return run_stage_command(KIND, args, positional=("inputs",))

@@ -1,0 +1,417 @@
+"""Corpus cleaning: each clean_mc4_it rule, the demo shard end to end, determinism across
+worker counts, resume after a kill, the streaming reader, and the command's errors."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llamantino import clean
+from llamantino.cli import main as cli
+from llamantino.runner import config_for
+
+sys.path.insert(0, str(Path(__file__).parent))
+import make_demo_shard  # noqa: E402
+
+DEMO = make_demo_shard.OUT
+
+# Six plain Italian sentences on three lines: 5+ sentences, 500+ characters once cleaned.
+GOOD_LINES = [
+    "La biblioteca comunale resterà aperta anche nel mese di agosto, con un orario ridotto al mattino. "
+    "I lettori potranno prendere in prestito libri, riviste e film come nel resto dell'anno.",
+    "Durante l'estate sono previsti incontri con gli autori nel giardino interno, all'ombra dei tigli. "
+    "La partecipazione è gratuita, ma è consigliata la prenotazione presso il banco del prestito.",
+    "Per i più piccoli tornano le letture animate del giovedì pomeriggio, curate dai volontari. "
+    "Gli operatori ricordano di restituire i volumi entro la data indicata sulla ricevuta.",
+]
+
+
+def page(*extra_lines, lines=GOOD_LINES) -> str:
+    return "\n".join(list(lines) + list(extra_lines))
+
+
+@pytest.fixture(scope="module")
+def cleaner():
+    return clean.Cleaner(config_for("clean", inputs=["x"], output="y"))
+
+
+def fate(cleaner, text):
+    cleaned, reason, _ = cleaner.clean(text)
+    return reason or "kept"
+
+
+def write_jsonl(path: Path, records, *, gz=True):
+    data = "".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(data)
+    else:
+        path.write_text(data, encoding="utf-8")
+    return path
+
+
+def read_shards(folder: Path) -> list[dict]:
+    out = []
+    for shard in sorted(folder.glob("part-*.jsonl.gz")):
+        with gzip.open(shard, "rt", encoding="utf-8") as handle:
+            out += [json.loads(line) for line in handle]
+    return out
+
+
+def shard_bytes(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("part-*.jsonl.gz"))}
+
+
+def demo_records(copies=1):
+    records = [json.loads(line) for line in gzip.open(DEMO, "rt", encoding="utf-8")]
+    return [dict(r, url=f"{r['url']}?copy={i}" if i else r["url"]) for i in range(copies) for r in records]
+
+
+# ---------------------------------------------------------------------------------------
+# The rules, one by one: a document (or line) each must drop, and one each must keep
+
+
+def test_base_page_survives_untouched(cleaner):
+    cleaned, reason, counts = cleaner.clean(page())
+    assert reason is None and cleaned == "\n".join(GOOD_LINES)
+    assert counts["read"] == counts["kept"] == 3
+
+
+@pytest.mark.parametrize("line, rule", [
+    ("Una parola " + "x" * 1001 + " troppo lunga.", "word_too_long"),
+    ("Questa riga non finisce con la punteggiatura", "no_end_punctuation"),
+    ("Questa riga finisce con i puntini...", "no_end_punctuation"),
+    ("Due parole.", "too_few_words"),
+    ("Lorem ipsum dolor sit amet, consectetur adipiscing elit.", "lorem_ipsum"),
+    ("Per continuare abilita JavaScript nel browser.", "javascript"),
+    ("var a = { lingua: 'it' }; console.log(a).", "javascript"),
+    ("Questo sito utilizza i cookie per migliorare la navigazione.", "policy"),
+    ("Leggi le condizioni d\u2019uso prima di registrarti.", "policy"),
+    ("Please read our privacy policy before signing up.", "policy"),
+])
+def test_line_rules_drop(cleaner, line, rule):
+    assert cleaner.line_rule(line)[0] == rule
+    cleaned, reason, counts = cleaner.clean(page(line))
+    assert reason is None and line not in cleaned and counts[rule] == 1
+
+
+@pytest.mark.parametrize("line", [
+    "Una parola " + "x" * 1000 + " lunga ma ammessa.",
+    "Tre parole bastano.",
+    'Disse il sindaco: "Ne siamo orgogliosi."',
+    "Il lorem è un termine tipografico?",
+    "Il caffè di Giava è famoso nel mondo!",
+    "La privacy dei cittadini è un diritto tutelato dalla legge.",
+])
+def test_line_rules_keep(cleaner, line):
+    assert cleaner.line_rule(line)[0] is None
+    assert line in cleaner.clean(page(line))[0]
+
+
+def test_citations_are_removed_from_kept_lines(cleaner):
+    rule, line = cleaner.line_rule("La cupola fu completata nel 1436.[1] Ancora oggi stupisce.[edit]")
+    assert rule is None and line == "La cupola fu completata nel 1436. Ancora oggi stupisce."
+
+
+def test_bad_words_whole_words_case_insensitive(cleaner):
+    assert fate(cleaner, page("Ma che CAZZO dici, scusa?")) == "bad_words"
+    assert fate(cleaner, page("Il commento diceva porco dio, poi fu cancellato.")) == "bad_words"
+    assert fate(cleaner, page("Watch free porn videos here.")) == "bad_words"  # the English list
+    # Inside another word, or a word left out on purpose: kept.
+    assert fate(cleaner, page("Il signor Cazzaniga ha aperto una bottega in via Roma.")) == "kept"
+    assert fate(cleaner, page("La guerra di Troia è narrata nell'Iliade di Omero.")) == "kept"
+    # Checked on the page as read, even in a line the line rules would drop.
+    assert fate(cleaner, page("menu | merda | contatti")) == "bad_words"
+
+
+def test_own_bad_words_list(tmp_path):
+    words = tmp_path / "mine.txt"
+    words.write_text("# my list\nbiblioteca\ndue parole\n", encoding="utf-8")
+    mine = clean.Cleaner(config_for("clean", inputs=["x"], output="y", badwords=[str(words)]))
+    assert fate(mine, page()) == "bad_words"
+    assert fate(mine, page(lines=[line.replace("biblioteca", "mediateca") for line in GOOD_LINES])) == "kept"
+    assert fate(mine, page("Ne bastano due parole, dice.", lines=[
+        line.replace("biblioteca", "mediateca") for line in GOOD_LINES])) == "bad_words"
+
+
+def test_too_few_sentences(cleaner):
+    # Four long sentences (over 500 characters) are not enough; a fifth is.
+    four = ["Il consiglio comunale ha approvato ieri sera il bilancio di previsione per il prossimo anno "
+            "con i voti favorevoli della maggioranza e l'astensione di una parte dell'opposizione.",
+            "Il documento prevede nuovi investimenti per la manutenzione delle strade, delle scuole e degli "
+            "impianti sportivi, oltre a un fondo per le famiglie in difficoltà economica.",
+            "Il sindaco ha ringraziato gli uffici per il lavoro svolto nelle ultime settimane e ha annunciato "
+            "una serie di incontri pubblici nei quartieri per illustrare le scelte fatte.",
+            "Le associazioni di categoria hanno espresso un giudizio nel complesso positivo, pur chiedendo "
+            "maggiore attenzione al commercio di vicinato e ai mercati rionali."]
+    assert len("\n".join(four)) > 500
+    assert fate(cleaner, page(lines=four)) == "too_few_sentences"
+    assert fate(cleaner, page("La seduta è stata tolta poco prima della mezzanotte.", lines=four)) == "kept"
+
+
+def test_too_short_and_too_long(cleaner):
+    short = ["Oggi piove su tutta la città.", "Domani torna il sole.", "Le temperature restano basse.",
+             "Nel fine settimana nevicherà in montagna.", "Attenzione al ghiaccio sulle strade."]
+    assert fate(cleaner, page(lines=short)) == "too_short"
+    assert fate(cleaner, page(*short)) == "kept"
+    paragraph = " ".join(GOOD_LINES)
+    lines = [paragraph] * (50_000 // (len(paragraph) + 1))
+    assert len("\n".join(lines)) <= 50_000
+    assert fate(cleaner, page(lines=lines)) == "kept"
+    assert fate(cleaner, page(paragraph, lines=lines)) == "too_long"
+
+
+def test_wrong_language_and_other_targets():
+    english = ["The town library will stay open in August, with shorter opening hours in the morning. "
+               "Readers can borrow books, magazines and films just as they do during the rest of the year.",
+               "During the summer the library hosts meetings with authors in the inner garden, under the "
+               "lime trees. Entry is free, but booking at the loans desk is recommended.",
+               "Story time for children returns on Thursday afternoons, run by volunteers. Staff remind "
+               "readers to return books by the date printed on the receipt they get at the desk."]
+    for langid in ("py3langid", "langdetect"):
+        italian = clean.Cleaner(config_for("clean", inputs=["x"], output="y", langid=langid))
+        assert fate(italian, page(lines=english)) == "wrong_language"
+        assert fate(italian, page()) == "kept"
+        to_english = clean.Cleaner(config_for("clean", inputs=["x"], output="y", langid=langid, lang="en"))
+        assert fate(to_english, page(lines=english)) == "kept"
+        assert fate(to_english, page()) == "wrong_language"
+
+
+def test_sentence_count():
+    assert clean.count_sentences("Una frase. Un'altra frase! E la terza?") == 3
+    assert clean.count_sentences("Costa 3.50 euro, disse il dott. rossi.") == 1
+    assert clean.count_sentences('Disse: "Basta." Poi uscì.') == 2
+
+
+# ---------------------------------------------------------------------------------------
+# The demo shard end to end
+
+
+def test_demo_shard_is_generated_by_its_script(tmp_path):
+    make_demo_shard.write(tmp_path / "demo.jsonl.gz")
+    assert (tmp_path / "demo.jsonl.gz").read_bytes() == DEMO.read_bytes()
+    assert DEMO.stat().st_size < 60_000 and 30 <= len(make_demo_shard.PAGES) <= 40
+
+
+def test_demo_shard_end_to_end(tmp_path, capsys):
+    out = tmp_path / "clean"
+    assert cli(["clean", str(DEMO), "--output", str(out), "--workers", "1", "--shard-docs", "5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    kept = read_shards(out)
+    assert [r["url"] for r in kept] == make_demo_shard.KEPT
+    assert all(set(r) == {"text", "timestamp", "url"} for r in kept)
+    originals = {r["url"]: r for r in demo_records()}
+    for record in kept:
+        assert record["timestamp"] == originals[record["url"]]["timestamp"]
+        source_lines = {clean.CITATION.sub("", line).strip() for line in originals[record["url"]]["text"].splitlines()}
+        assert len(record["text"]) >= 500 and set(record["text"].splitlines()) <= source_lines
+        assert "cookie" not in record["text"].lower() and "javascript" not in record["text"].lower()
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"part-0000{i}.jsonl.gz" for i in range(4)]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    docs, lines = manifest["metrics"]["documents"], manifest["metrics"]["lines"]
+    expected = {rule: list(make_demo_shard.DROPPED.values()).count(rule) for rule in clean.DOC_RULES}
+    assert docs == {"read": 35, "kept": 16, "dropped": expected}
+    assert lines["kept"] == sum(len(r["text"].splitlines()) for r in kept)
+    assert lines["read"] == lines["kept"] + sum(lines["dropped"].values()) + lines["in_dropped_documents"]
+    assert all(lines["dropped"][rule] > 0 for rule in clean.LINE_RULES)
+    assert manifest["inputs"][0]["sha256"] and manifest["stage"] == "clean"
+    assert summary["headline"] == {"docs_read": 35, "docs_kept": 16, "kept_pct": 45.7, "shards": 4}
+
+    # The same command again finds the finished run and does nothing.
+    assert cli(["clean", str(DEMO), "--output", str(out), "--workers", "1", "--shard-docs", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped (done)"
+
+
+def test_same_bytes_whatever_the_worker_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(clean, "CHUNK_DOCS", 7)  # many small tasks in flight at once
+    source = write_jsonl(tmp_path / "in.jsonl.gz", demo_records(copies=6))
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        clean.run(config_for("clean", inputs=[str(source)], output=str(out), shard_docs=9, workers=workers))
+        outputs.append(shard_bytes(out))
+    assert len(outputs[0]) == 11 and outputs[0] == outputs[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Resume, inputs
+
+
+def test_killed_run_resumes_to_the_same_output(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", demo_records(copies=12), gz=False)
+    settings = dict(inputs=[str(source)], langid="langdetect", shard_docs=8, workers=1)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "llamantino", "clean", str(source), "--output", str(out),
+               "--langid", "langdetect", "--shard-docs", "8", "--workers", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / "progress.json").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "manifest.json").exists(), "the run ended before it could be killed"
+    done_before = json.loads((out / "progress.json").read_text())["shards"]
+    assert done_before >= 1
+
+    summary = clean.run(config_for("clean", output=str(out), **settings))
+    assert summary["status"] == "done"
+    reference = tmp_path / "reference"
+    clean.run(config_for("clean", output=str(reference), **settings))
+    assert shard_bytes(out) == shard_bytes(reference) and len(shard_bytes(out)) == 24
+    ours, theirs = (json.loads((d / "manifest.json").read_text())["metrics"] for d in (out, reference))
+    assert ours["documents"] == theirs["documents"] and ours["lines"] == theirs["lines"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == ["manifest.json"]
+
+
+def test_folder_of_shards_and_parquet_give_the_same_output(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = demo_records()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "c4-it.00000.json.gz", records[:20])
+    write_jsonl(shards / "c4-it.00001.json", records[20:], gz=False)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "demo.parquet", row_group_size=8)
+    outputs = []
+    for name, source in (("jsonl", DEMO), ("folder", shards), ("parquet", tmp_path / "demo.parquet")):
+        out = tmp_path / name
+        clean.run(config_for("clean", inputs=[str(source)], output=str(out), shard_docs=5, workers=1))
+        outputs.append(shard_bytes(out))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_hub_reader_streams_through_datasets_offline(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+    real = datasets.load_dataset
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    pq_path = tmp_path / "demo.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(demo_records()), pq_path)
+    reference = tmp_path / "reference"
+    clean.run(config_for("clean", inputs=[str(DEMO)], output=str(reference), shard_docs=5, workers=1))
+    for builder, path in (("json", DEMO), ("parquet", pq_path)):
+        out = tmp_path / builder
+        spec = f"hub:{builder}?data_files={path}&split=train"
+        clean.run(config_for("clean", inputs=[spec], output=str(out), shard_docs=5, workers=1))
+        assert shard_bytes(out) == shard_bytes(reference)  # timestamps read as dates come back as read
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["inputs"] == [{"name": spec}]
+    assert all(call["streaming"] is True for call in calls) and len(calls) == 2
+    assert calls[0] == {"path": "json", "name": None, "split": "train", "streaming": True,
+                        "data_files": [str(DEMO)]}
+    assert clean.parse_hub_spec("hub:gsarti/clean_mc4_it?config=medium&split=validation") == {
+        "path": "gsarti/clean_mc4_it", "name": "medium", "split": "validation", "streaming": True}
+
+
+def test_hub_spec_errors(tmp_path, capsys):
+    for spec, message in (("hub:?split=train", "no dataset name"),
+                          ("hub:gsarti/clean_mc4_it?conf=tiny", "unknown option 'conf' (did you mean 'config'?)"),
+                          (f"hub:json?data_files={tmp_path}/none.jsonl", "cannot open dataset")):
+        assert cli(["clean", spec, "--output", str(tmp_path / "out"), "--workers", "1"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The command's errors: one line naming file and line, non-zero exit, nothing left behind
+
+
+def run_cli(capsys, *args):
+    code = cli(["clean", *map(str, args), "--workers", "1"])
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def test_malformed_line_names_file_and_line(tmp_path, capsys):
+    records = demo_records()
+    bad = write_jsonl(tmp_path / "bad.jsonl.gz", records[:30] + ['{"text": "rotto\n'] + records[30:])
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, bad, "--output", out, "--shard-docs", "1")
+    assert code == 2 and err.startswith(f"error: {bad}:31: malformed JSON") and "\n" not in err
+    assert not out.exists()  # shards written before the bad line are gone too
+
+    code, _ = run_cli(capsys, bad, "--output", out, "--skip-bad-lines")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert code == 0 and manifest["metrics"]["bad_lines_skipped"] == 1
+    assert manifest["metrics"]["documents"]["kept"] == 16
+
+
+def test_missing_text_field(tmp_path, capsys):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "Ciao.", "url": "a"}, {"url": "b"}], gz=False)
+    code, err = run_cli(capsys, source, "--output", tmp_path / "out")
+    assert code == 2 and err == f"error: {source}:2: missing field 'text'"
+    assert not (tmp_path / "out").exists()
+    source = write_jsonl(tmp_path / "num.jsonl", [{"text": 42}], gz=False)
+    code, err = run_cli(capsys, source, "--output", tmp_path / "out")
+    assert code == 2 and err == f"error: {source}:1: field 'text' must be a string, got int"
+
+
+def test_unreadable_gzip_and_empty_input(tmp_path, capsys):
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"this is not gzip at all")
+    code, err = run_cli(capsys, broken, "--output", tmp_path / "out")
+    assert code == 2 and err.startswith(f"error: {broken}: unreadable gzip file")
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(DEMO.read_bytes()[:4000])
+    code, err = run_cli(capsys, truncated, "--output", tmp_path / "out")
+    assert code == 2 and err.startswith(f"error: {truncated}: unreadable gzip file")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    code, err = run_cli(capsys, empty, "--output", tmp_path / "out")
+    assert code == 2 and err == f"error: {empty}: empty input (no documents)"
+    code, err = run_cli(capsys, tmp_path / "nothing.jsonl", "--output", tmp_path / "out")
+    assert code == 2 and err == f"error: {tmp_path / 'nothing.jsonl'}: no such file or folder"
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_holding_another_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(capsys, DEMO, "--output", out)[0] == 0
+    code, err = run_cli(capsys, DEMO, "--output", out, "--min-chars", "400")
+    assert code == 2 and "holds a different 'clean' run (settings differ: min_chars)" in err
+    assert "--overwrite" in err
+    # A worker count is not a setting of the result: the finished run is recognised.
+    assert cli(["clean", str(DEMO), "--output", str(out), "--workers", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped (done)"
+    assert run_cli(capsys, DEMO, "--output", out, "--min-chars", "400", "--overwrite")[0] == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, err = run_cli(capsys, DEMO, "--output", other)
+    assert code == 2 and "holds no llamantino run" in err and (other / "notes.txt").exists()
+
+
+def test_unknown_settings_and_recipes(tmp_path, capsys):
+    code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--set", "min_word=4")
+    assert code == 2 and err == "error: command line: unknown setting 'min_word' (did you mean 'min_words'?)"
+    code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--recipe", "no-such-recipe")
+    assert code == 2 and "unknown recipe 'no-such-recipe'" in err
+    code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--langid", "fasttext")
+    assert code == 2 and "setting 'langid' is 'fasttext'; valid: py3langid, langdetect" in err
+    code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--lang", "xx")
+    assert code == 2 and "lang 'xx': not a language py3langid identifies" in err
+    code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--badwords", "it", tmp_path / "none.txt")
+    assert code == 2 and err == f"error: {tmp_path / 'none.txt'}: no such bad-words file (bundled lists: it, en)"
+    code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--min-chars", "900", "--max-chars", "800")
+    assert code == 2 and "min_chars (900) exceeds max_chars (800)" in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,620 @@
+"""EVALITA task modules: HaSpeeDe3, HODI, LangLearn, NERMuD, PoliticIT, WiC-ITA.
+
+For each task: the reader on the bundled samples, target/decode round trips, decoder
+tolerance, the official metric on small cases worked out by hand, the official submission
+format, and errors for bad input.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from llamantino.errors import LlamantinoError
+from llamantino.evalita import get_task
+from llamantino.evalita.base import Item
+from llamantino.evalita.tasks.hodi import Rationales, post_f1
+from llamantino.evalita.tasks.nermud import official_label
+from llamantino.evalita.tasks.politicit import chunks, vote
+from llamantino.prompts import EVALITA_INSTRUCTIONS
+
+DATA = Path(__file__).resolve().parent.parent / "src" / "llamantino" / "data" / "evalita"
+
+SAMPLES = {
+    "haspeede3": {"train": ["haspeede/training_textual.csv"],
+                  "test": ["haspeede/gold/test_textual_gold.csv"]},
+    "haspeede3-contextual": {"train": ["haspeede/training_textual.csv", "haspeede/training_contextual.csv"],
+                             "test": ["haspeede/gold/test_textual_gold.csv", "haspeede/gold/test_contextual.csv"]},
+    "hodi-a": {"train": ["hodi/HODI_2023_train_subtaskA.tsv"], "test": ["hodi/gold/HODI_2023_test_GOLD.tsv"]},
+    "hodi-b": {"train": ["hodi/HODI_2023_train_subtaskB.tsv"], "test": ["hodi/gold/HODI_2023_test_GOLD.tsv"]},
+    "langlearn": {"train": ["langlearn/Training_CItA.tsv", "langlearn/Essays_CItA.xml",
+                            "langlearn/Train_COWS-L2H.tsv", "langlearn/Essays_COWS-L2H.xml"],
+                  "test": ["langlearn/gold/Test_CItA.tsv", "langlearn/gold/Essays_Test_CItA.xml",
+                           "langlearn/gold/Test_COWS-L2H.tsv", "langlearn/gold/Essays_Test_COWS-L2H.xml"]},
+    "nermud": {"train": ["nermud/WN_train.tsv"], "test": ["nermud/gold/WN_test.tsv"]},
+    "politicit": {"train": ["politicit/politicIT_train_set.csv"],
+                  "test": ["politicit/gold/politicIT_test_set_with_labels.csv"]},
+    "wic-ita": {"train": ["wicita/train.jsonl"], "test": ["wicita/gold/test.jsonl"]},
+}
+COUNTS = {  # items in (train, test)
+    "haspeede3": (20, 10),             # the 2 religious test tweets belong to subtask B
+    "haspeede3-contextual": (20, 10),
+    "hodi-a": (22, 10),
+    "hodi-b": (22, 10),
+    "langlearn": (28, 10),             # 14 training pairs, each also swapped
+    "nermud": (24, 10),
+    "politicit": (20, 8),              # one chunk per sample cluster
+    "wic-ita": (20, 10),
+}
+TASK_NAMES = list(SAMPLES)
+
+
+def files(task, split):
+    return [DATA / name for name in SAMPLES[task][split]]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_items(task, split):
+    return get_task(task).read(files(task, split))
+
+
+def item_by_id(items, item_id):
+    return next(it for it in items if it.id == item_id)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared checks on the samples
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_samples_read_with_counts_round_trip_and_perfect_score(name, tmp_path):
+    task = get_task(name)
+    assert task.name == name
+    for split, count in zip(("train", "test"), COUNTS[name]):
+        items = read_items(name, split)
+        assert len(items) == count
+        assert len({it.id for it in items}) == count
+        for item in items:
+            assert item.task == name and item.input and item.output
+            assert item.gold is not None
+            assert task.target(item.gold, item) == item.output
+            assert task.decode(item.output, item) == item.gold      # every label survives its target
+    # gold answers written in the official format and read back score perfectly
+    items = read_items(name, "test")
+    pred_path = tmp_path / "submission"
+    task.write_predictions(items, [task.decode(it.output, it) for it in items], pred_path)
+    result = task.score(task.read_gold(files(name, "test")), task.read_predictions(pred_path))
+    assert result[task.primary_metric] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["haspeede3", "hodi-a", "hodi-b", "langlearn", "nermud", "politicit"])
+def test_instruction_is_table_1_verbatim(name):
+    for item in read_items(name, "train"):
+        assert item.instruction == EVALITA_INSTRUCTIONS[name]
+
+
+def test_both_answers_occur_in_binary_training_samples():
+    for name in ("haspeede3", "hodi-a", "langlearn", "wic-ita"):
+        assert {it.output for it in read_items(name, "train")} == {"si", "no"}
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_predictions_misaligned_with_items_or_gold_are_refused(name, tmp_path):
+    task = get_task(name)
+    items = read_items(name, "test")
+    answers = [task.decode(it.output, it) for it in items]
+    with pytest.raises(LlamantinoError, match="items but"):
+        task.write_predictions(items, answers[:-1], tmp_path / "short")
+    gold = task.read_gold(files(name, "test"))
+    pred = dict(gold)
+    missing = next(iter(pred))
+    del pred[missing]
+    with pytest.raises(LlamantinoError, match="no prediction"):
+        task.score(gold, pred)
+    with pytest.raises(LlamantinoError, match="not in the gold"):
+        task.score(gold, {**gold, "extra-id": next(iter(gold.values()))})
+
+
+@pytest.mark.parametrize("name", ["haspeede3", "hodi-a", "langlearn", "wic-ita"])
+def test_yes_no_decoders_are_tolerant_and_garbage_is_none(name):
+    task = get_task(name)
+    for answer, label in [("si", 1), ("Sì.", 1), ("SI!", 1), ("sì, il testo lo contiene", 1),
+                          ("no", 0), ("No.", 0), ("  NO  ", 0), ("no, non direi", 0)]:
+        assert task.decode(answer) == label
+    for garbage in ["", "forse", "non saprei", "###", None]:
+        assert task.decode(garbage) is None
+    assert task.target(1) == "si" and task.target(0) == "no"
+    with pytest.raises(LlamantinoError):
+        task.target(2)
+
+
+# ---------------------------------------------------------------------------------------
+# HaSpeeDe3
+
+
+def test_haspeede_contextual_fills_the_account_statistics():
+    items = read_items("haspeede3-contextual", "test")
+    first = item_by_id(items, "91001")
+    # test_contextual.csv row of tweet 91001
+    assert first.instruction == EVALITA_INSTRUCTIONS["haspeede3-contextual"].format(
+        date="2020-11-14 14:30:30", retweets="3", likes="0", created="2010-04-10 09:30:00",
+        posts="120", followers="210", friends="80")
+    assert "{" not in first.instruction
+    assert first.input == "Ladri e corrotti, dovete andarvene tutti a casa subito"
+    assert (first.gold, first.output) == (1, "si")
+    # the same tweets as the textual task, religious ones (subtask B) left out
+    textual = read_items("haspeede3", "test")
+    assert [it.id for it in items] == [it.id for it in textual]
+    assert not {"95001", "95002"} & {it.id for it in items}
+
+
+def test_haspeede_metric_by_hand(tmp_path):
+    task = get_task("haspeede3")
+    gold = {"a": 1, "b": 1, "c": 0, "d": 0}
+    pred = {"a": 1, "b": 0, "c": 0, "d": None}
+    # hate (1): tp=1 (a), fp=0, fn=1 (b) -> P=1, R=1/2, F1=2/3
+    # non-hate (0): tp=1 (c), fp=1 (b), fn=1 (d, undecodable) -> P=1/2, R=1/2, F1=1/2
+    # macro = (2/3 + 1/2) / 2 = 7/12; accuracy 2/4
+    result = task.score(gold, pred)
+    assert result["f1_hate"] == pytest.approx(2 / 3)
+    assert result["f1_non_hate"] == pytest.approx(1 / 2)
+    assert result["macro_f1"] == pytest.approx(7 / 12)
+    assert result["accuracy"] == pytest.approx(0.5)
+
+
+def test_haspeede_submission_format(tmp_path):
+    task = get_task("haspeede3")
+    items = read_items("haspeede3", "test")[:3]
+    path = tmp_path / "TEAM_taskA_textual_run_1.csv"
+    task.write_predictions(items, [1, None, 0], path)
+    assert path.read_text() == "anonymized_tweet_id,label\n91001,1\n91002,\n91003,0\n"
+    assert task.read_predictions(path) == {"91001": 1, "91002": None, "91003": 0}
+
+
+def test_haspeede_bad_inputs(tmp_path):
+    task = get_task("haspeede3")
+    header = '"anonymized_tweet_id","anonymized_text","label","dataset"\n'
+    bad_label = write(tmp_path / "training_textual.csv", header + '"1","ciao","2","training_politics"\n')
+    with pytest.raises(LlamantinoError, match=r"training_textual.csv:2: column 'label' has '2'"):
+        task.read([bad_label])
+    no_text = write(tmp_path / "no_text.csv",
+                    '"anonymized_tweet_id","text","label","dataset"\n"1","x","0","training_politics"\n')
+    with pytest.raises(LlamantinoError, match=r"no_text.csv: missing column 'anonymized_text'"):
+        task.read([no_text])
+    other_dataset = write(tmp_path / "odd.csv", header + '"1","ciao","0","training_sports"\n')
+    with pytest.raises(LlamantinoError, match=r"odd.csv:2: column 'dataset' has 'training_sports'"):
+        task.read([other_dataset])
+    # the contextual task needs every tweet's metadata; the textual one takes no metadata
+    textual = write(tmp_path / "t.csv",
+                    header + '"1","ciao","0","training_politics"\n"2","hey","1","training_politics"\n')
+    context = files("haspeede3-contextual", "train")[1]
+    with pytest.raises(LlamantinoError, match=r"tweet '1' has no row in the contextual"):
+        get_task("haspeede3-contextual").read([textual, context])
+    with pytest.raises(LlamantinoError, match="use haspeede3-contextual"):
+        task.read([textual, context])
+    sub = write(tmp_path / "sub.csv", "anonymized_tweet_id,label\n1,si\n")
+    with pytest.raises(LlamantinoError, match=r"sub.csv:2: column 'label' has 'si'"):
+        task.read_predictions(sub)
+    sub = write(tmp_path / "sub2.csv", "id,label\n1,1\n")
+    with pytest.raises(LlamantinoError, match=r"sub2.csv: missing column 'anonymized_tweet_id'"):
+        task.read_predictions(sub)
+
+
+# ---------------------------------------------------------------------------------------
+# HODI
+
+
+def test_hodi_b_targets_are_the_rationale_words():
+    items = read_items("hodi-b", "train")
+    first = item_by_id(items, "1001")
+    assert first.input == "@user quelli come lui sono malati e vanno curati"
+    assert first.gold == tuple(range(27, 33)) + tuple(range(36, 48))
+    assert first.output == "malati [SEP] vanno curati"
+    assert item_by_id(items, "1002").output == "Non omotransfobico"     # [] in the file
+    # the same posts, labelled in subtask A
+    a = {it.id: it.gold for it in read_items("hodi-a", "train")}
+    assert all(a[it.id] == (1 if it.gold else 0) for it in items)
+    # an empty gold cell (test file) and `[]` (train file) are told apart
+    test = read_items("hodi-b", "test")
+    assert item_by_id(test, "2002").gold.empty_cell
+    assert not item_by_id(items, "1002").gold.empty_cell
+
+
+def test_hodi_b_decoder_tolerance():
+    task = get_task("hodi-b")
+    item = item_by_id(read_items("hodi-b", "train"), "1001")   # "... sono malati e vanno curati"
+    malati, curati = set(range(27, 33)), set(range(36, 48))
+    assert set(task.decode("MALATI [sep] vanno curati.", item)) == malati | curati     # case, punctuation
+    assert set(task.decode("vanno curati [SEP] malati", item)) == malati | curati      # any order
+    assert set(task.decode("«malati» [SEP] parole inventate", item)) == malati         # quotes; unknown piece dropped
+    assert task.decode("Non omotransfobico.", item) == ()
+    assert task.decode("non omotransfobico", item) == ()
+    assert task.decode("risposta senza senso", item) == ()                            # nothing found
+    assert task.decode("", item) == ()
+    assert task.decode("malati", None) is None                                        # needs the post
+    # a repeated word: pieces are matched in order, from where the previous one ended
+    repeated = Item(id="x", task="hodi-b", instruction="", input="malato e ancora malato", output="")
+    assert task.decode("malato [SEP] malato", repeated) == tuple(range(0, 6)) + tuple(range(16, 22))
+    assert task.target(Rationales([0, 1, 2, 3, 4, 5, 16, 17, 18, 19, 20, 21]), repeated) == "malato [SEP] malato"
+
+
+def test_hodi_b_metric_with_the_official_empty_cases():
+    # the official doctest: f1([0, 1, 4, 5], [0, 1, 6]) = 2*2 / (4+3) = 4/7
+    assert post_f1([0, 1, 4, 5], Rationales([0, 1, 6])) == pytest.approx(0.5714285714285714)
+    empty_cell, empty_list = Rationales(empty_cell=True), Rationales([])
+    assert post_f1(Rationales(), empty_cell) == 1.0        # empty gold cell, nothing predicted
+    assert post_f1(Rationales([3]), empty_cell) == 0.0     # empty gold cell, something predicted
+    assert post_f1(Rationales(), empty_list) == 0.0        # quirk: a gold cell reading [] is not empty
+    assert post_f1(Rationales([3]), empty_list) == 0.0     # ... and shares no offset with anything
+    assert post_f1(Rationales(), Rationales([1, 2])) == 0.0
+    assert post_f1(None, empty_cell) == 0.0                # undecodable answer
+    task = get_task("hodi-b")
+    gold = {"a": Rationales([0, 1, 6]), "b": empty_cell, "c": empty_list, "d": Rationales([5, 6])}
+    pred = {"a": Rationales([0, 1, 4, 5]), "b": Rationales(), "c": Rationales(), "d": Rationales([5, 6, 7, 8])}
+    # a: 4/7; b: 1; c: 0 (quirk); d: 2*2/(4+2) = 2/3 -> mean (4/7 + 1 + 0 + 2/3) / 4 = 47/84
+    assert task.score(gold, pred)["f1"] == pytest.approx((4 / 7 + 1 + 0 + 2 / 3) / 4)
+    assert task.score(gold, pred)["f1"] == pytest.approx(47 / 84)
+
+
+def test_hodi_b_reads_the_quirky_gold_from_files(tmp_path):
+    task = get_task("hodi-b")
+    gold_path = write(tmp_path / "gold.tsv", "id\ttext\trationales\n1\tciao\t\n2\tciao\t[]\n")
+    gold = task.read_gold([gold_path])
+    pred_path = tmp_path / "team.B.run1"
+    items = task.read([gold_path])
+    task.write_predictions(items, [Rationales(), Rationales()], pred_path)
+    assert pred_path.read_text() == "id\trationales\n1\t[]\n2\t[]\n"
+    # post 1 (empty cell): 1; post 2 ([] cell): 0 -> 1/2
+    assert task.score(gold, task.read_predictions(pred_path)) == {"f1": 0.5}
+
+
+def test_hodi_a_metric_by_hand_and_gold_values_check():
+    task = get_task("hodi-a")
+    gold = {"1": 1, "2": 0, "3": 0}
+    pred = {"1": 1, "2": 1, "3": 0}
+    # class 1: tp=1, fp=1, fn=0 -> P=1/2, R=1, F1=2/3; class 0: tp=1, fp=0, fn=1 -> P=1, R=1/2, F1=2/3
+    result = task.score(gold, pred)
+    assert result["macro_f1"] == pytest.approx(2 / 3)
+    assert result["f1_0"] == pytest.approx(2 / 3) and result["f1_1"] == pytest.approx(2 / 3)
+    with pytest.raises(LlamantinoError, match=r"predicted value\(s\) \[1\] do not occur in the gold"):
+        task.score({"1": 0, "2": 0}, {"1": 1, "2": 0})
+
+
+def test_hodi_submission_formats(tmp_path):
+    items = read_items("hodi-b", "test")[:3]
+    path = tmp_path / "team.B.run1"
+    get_task("hodi-b").write_predictions(items, [Rationales([7, 8, 9]), Rationales(), None], path)
+    assert path.read_text() == "id\trationales\n2001\t[7, 8, 9]\n2002\t[]\n2003\t\n"
+    assert get_task("hodi-b").read_predictions(path) == {"2001": (7, 8, 9), "2002": (), "2003": None}
+    path = tmp_path / "team.A.run1"
+    get_task("hodi-a").write_predictions(read_items("hodi-a", "test")[:2], [1, 0], path)
+    assert path.read_text() == "id\thomotransphobic\n2001\t1\n2002\t0\n"
+
+
+def test_hodi_bad_inputs(tmp_path):
+    bad = write(tmp_path / "b.tsv", "id\ttext\trationales\n1\tciao\t[1, x]\n")
+    with pytest.raises(LlamantinoError, match=r"b.tsv:2: column 'rationales' has '\[1, x\]'"):
+        get_task("hodi-b").read([bad])
+    far = write(tmp_path / "far.tsv", "id\ttext\trationales\n1\tciao\t[2, 9]\n")
+    with pytest.raises(LlamantinoError, match=r"far.tsv:2: .*index 9 but the text has 4 characters"):
+        get_task("hodi-b").read([far])
+    label = write(tmp_path / "a.tsv", "id\ttext\thomotransphobic\n1\tciao\t0\n2\tciao\tyes\n")
+    with pytest.raises(LlamantinoError, match=r"a.tsv:3: column 'homotransphobic' has 'yes'"):
+        get_task("hodi-a").read([label])
+    no_text = write(tmp_path / "c.tsv", "id\ttesto\thomotransphobic\n1\tciao\t0\n")
+    with pytest.raises(LlamantinoError, match=r"c.tsv: missing column 'text'"):
+        get_task("hodi-a").read([no_text])
+    dup = write(tmp_path / "d.tsv", "id\ttext\thomotransphobic\n1\tciao\t0\n1\tciao\t1\n")
+    with pytest.raises(LlamantinoError, match=r"d.tsv:3: id '1' appears twice"):
+        get_task("hodi-a").read([dup])
+
+
+# ---------------------------------------------------------------------------------------
+# LangLearn
+
+
+def test_langlearn_pairs_swaps_and_gold():
+    train = read_items("langlearn", "train")
+    original, swapped = item_by_id(train, "CItA:4355-3375"), item_by_id(train, "CItA:3375-4355")
+    assert original.input.startswith("Io mi chiamo Luca") and " [SEP] Durante le vacanze" in original.input
+    assert (original.gold, original.output) == (1, "si")
+    assert swapped.input.startswith("Durante le vacanze") and " [SEP] Io mi chiamo Luca" in swapped.input
+    assert (swapped.gold, swapped.output) == (0, "no")
+    assert item_by_id(train, "COWS-L2H:1707-4765").gold == 1
+    test = read_items("langlearn", "test")
+    # Test_CItA.tsv row 1: 4853 (1_5) before 5388 (1_1)? no -> label 0; row 2: 1_1 before 2_3 -> 1
+    assert item_by_id(test, "CItA:4853-5388").gold == 0
+    assert item_by_id(test, "CItA:5388-5358").gold == 1
+    assert item_by_id(test, "COWS-L2H:1610-2685").gold == 0      # F19 after W19
+    assert not any(it.id.endswith("5388-4853") for it in test)  # test pairs are not swapped
+
+
+def test_langlearn_submission_maps_answers_to_pred(tmp_path):
+    task = get_task("langlearn")
+    items = read_items("langlearn", "test")[:2]        # gold 0 (Essay_2 first), gold 1 (Essay_1 first)
+    path = tmp_path / "Test_CItA_pred.tsv"
+    task.write_predictions(items, [task.decode("no"), task.decode("Sì")], path)
+    # "no": document 1 was not written first -> Essay_2 first -> Pred 1; "si" -> Pred 0
+    assert path.read_text() == ("Essay_1\tEssay_2\tOrder_1\tOrder_2\tPred\n"
+                                "4853\t5388\t1_5\t1_1\t1\n5388\t5358\t1_1\t2_3\t0\n")
+    assert task.read_predictions(path) == {"CItA:4853-5388": 0, "CItA:5388-5358": 1}
+
+
+def test_langlearn_metric_per_corpus_and_mean():
+    task = get_task("langlearn")
+    gold = {"CItA:1-2": 1, "CItA:3-4": 0, "CItA:5-6": 1, "CItA:7-8": 0, "COWS-L2H:1-2": 1, "COWS-L2H:3-4": 0}
+    pred = {"CItA:1-2": 1, "CItA:3-4": 1, "CItA:5-6": 1, "CItA:7-8": 0, "COWS-L2H:1-2": 0, "COWS-L2H:3-4": 1}
+    # CItA class 1: tp=2, fp=1, fn=0 -> P=2/3, R=1, F1=4/5; class 0: tp=1, fp=0, fn=1 -> F1=2/3
+    #   macro = (4/5 + 2/3) / 2 = 11/15
+    # COWS-L2H: both wrong -> both F1 0 -> macro 0; mean of corpora = 11/30
+    result = task.score(gold, pred)
+    assert result["CItA_macro_f1"] == pytest.approx(11 / 15)
+    assert result["COWS-L2H_macro_f1"] == 0.0
+    assert result["macro_f1"] == pytest.approx(11 / 30)
+    only_cita = {k: v for k, v in gold.items() if k.startswith("CItA")}
+    assert task.score(only_cita, {k: pred[k] for k in only_cita})["macro_f1"] == pytest.approx(11 / 15)
+
+
+def test_langlearn_bad_inputs(tmp_path):
+    task = get_task("langlearn")
+    xml = write(tmp_path / "Essays_CItA.xml",
+                '<dataset><doc id="1">Primo tema.</doc><doc id="2">Secondo.</doc></dataset>')
+    no_order = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\n1\t2\t1_1\n")
+    with pytest.raises(LlamantinoError, match=r"Training_CItA.tsv: missing column 'Order_2'"):
+        task.read([no_order, xml])
+    bad_code = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t2\t1_1\tQ3\n")
+    with pytest.raises(LlamantinoError, match=r"Training_CItA.tsv:2: column 'Order_2' has 'Q3'"):
+        task.read([bad_code, xml])
+    missing_essay = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t7\t1_1\t1_2\n")
+    with pytest.raises(LlamantinoError, match=r"Training_CItA.tsv:2: column 'Essay_2' has essay id '7'"):
+        task.read([missing_essay, xml])
+    broken_xml = write(tmp_path / "Essays_CItA.xml", '<dataset><doc id="1">Primo</dataset>')
+    with pytest.raises(LlamantinoError, match=r"Essays_CItA.xml:1: malformed XML"):
+        task.read([missing_essay, broken_xml])
+    pred = write(tmp_path / "pred.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\tPred\n1\t2\t1_1\t1_2\tsi\n")
+    with pytest.raises(LlamantinoError, match=r"pred.tsv:2: column 'Pred' has 'si'"):
+        task.read_predictions(pred)
+
+
+# ---------------------------------------------------------------------------------------
+# NERMuD
+
+
+def test_nermud_items_targets_and_ids():
+    items = read_items("nermud", "train")
+    first = items[0]
+    assert first.id == "1" and items[-1].id == "24"
+    assert first.input.startswith("Il presidente Sergio Mattarella ha ricevuto al Quirinale")
+    assert first.output == "[PER] Sergio Mattarella [LOC] Quirinale [ORG] ONU"
+    assert first.gold[:4] == ("O", "O", "B-PER", "I-PER")
+    assert item_by_id(items, "5").output == "Nessuna menzione"
+    assert item_by_id(items, "21").output == "[ORG] Banca d' Italia"
+
+
+def test_nermud_decoder_tolerance():
+    task = get_task("nermud")
+    item = read_items("nermud", "train")[0]  # Il presidente Sergio Mattarella ha ricevuto al Quirinale ... dell' ONU .
+    labels = task.decode("[per] sergio mattarella, [Loc] Quirinale; [ORG] ONU.", item)
+    assert labels == item.gold                                   # case, separators, final full stop
+    assert task.decode("[PER] Sergio Mattarella [PER] Mario Rossi", item)[2:4] == ("B-PER", "I-PER")
+    assert task.decode("Nessuna menzione", item) == ("O",) * len(item.gold)
+    assert task.decode("non lo so", item) == ("O",) * len(item.gold)
+    assert task.decode("[LOC]", item) == ("O",) * len(item.gold)
+    assert task.decode("[PER] Mattarella", None) is None
+    banca = item_by_id(read_items("nermud", "train"), "21")      # tokens: Banca d' Italia
+    assert "B-ORG" in task.decode("[ORG] Banca d'Italia", banca)  # spacing may differ
+    # a mention already taken is not labelled twice
+    assert task.decode("[LOC] Quirinale [ORG] Quirinale", item).count("B-ORG") == 0
+    # closing punctuation is dropped unless it belongs to a token
+    fiat = Item(id="x", task="nermud", instruction="", input="", output="",
+                meta={"tokens": ["La", "Fiat", "S.p.A.", "cresce", "a", "Torino", "."]})
+    assert task.decode("[ORG] Fiat S.p.A. [LOC] Torino.", fiat) == ("O", "B-ORG", "I-ORG", "O", "O", "B-LOC", "O")
+
+
+def test_nermud_metric_by_hand():
+    task = get_task("nermud")
+    gold = {"1": ("B-PER", "I-PER", "O", "B-LOC"), "2": ("B-ORG", "O")}
+    pred = {"1": ("B-PER", "O", "O", "B-ORG"), "2": ("B-ORG", "B-LOC")}
+    # tokens: gold PER PER O LOC | ORG O ; pred PER O O ORG | ORG LOC
+    # PER: tp=1, fp=0, fn=1 -> P=1, R=1/2, F1=2/3, support 2
+    # LOC: tp=0, fp=1, fn=1 -> 0, 0, 0, support 1
+    # ORG: tp=1, fp=1, fn=0 -> P=1/2, R=1, F1=2/3, support 1
+    # micro: tp=2, fp=2, fn=2 -> 1/2, 1/2, 1/2
+    # macro: P=(1+0+1/2)/3=1/2, R=(1/2+0+1)/3=1/2, F1=(2/3+0+2/3)/3=4/9
+    # weighted F1 = (2/3*2 + 0*1 + 2/3*1) / 4 = 1/2
+    r = task.score(gold, pred)
+    assert (r["PER_precision"], r["PER_recall"], r["PER_f1"], r["PER_support"]) == pytest.approx((1, 0.5, 2 / 3, 2))
+    assert (r["LOC_f1"], r["LOC_support"]) == (0.0, 1)
+    assert (r["ORG_precision"], r["ORG_recall"], r["ORG_f1"]) == pytest.approx((0.5, 1, 2 / 3))
+    assert (r["micro_precision"], r["micro_recall"], r["micro_f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (r["macro_precision"], r["macro_recall"], r["macro_f1"]) == pytest.approx((0.5, 0.5, 4 / 9))
+    assert r["weighted_f1"] == pytest.approx(0.5)
+    # an undecodable sentence predicts no entity: sentence 2 all O -> ORG tp=0, fn=1
+    assert task.score(gold, {**pred, "2": None})["ORG_f1"] == 0.0
+    with pytest.raises(LlamantinoError, match="sentence 2 has 2 gold tokens but 3 predicted labels"):
+        task.score(gold, {**pred, "2": ("O", "O", "O")})
+
+
+def test_nermud_official_label_normalization():
+    assert official_label("B-PER") == "PER"
+    assert official_label("i-loc") == "LOC"
+    assert official_label("B-ORG|B-LOC") == "ORG"
+    assert official_label("O") == "O"
+
+
+def test_nermud_submission_format(tmp_path):
+    task = get_task("nermud")
+    items = read_items("nermud", "test")[:2]
+    path = tmp_path / "DAC_WN_run1.tsv"
+    task.write_predictions(items, [task.decode("[PER] Mario Draghi", items[0]), None], path)
+    lines = path.read_text().split("\n")
+    assert lines[:5] == ["Il\tO", "premier\tO", "Mario\tB-PER", "Draghi\tI-PER", "ha\tO"]
+    assert lines[len(items[0].gold)] == ""                       # blank line between sentences
+    pred = task.read_predictions(path)
+    assert list(pred) == ["1", "2"]
+    assert pred["2"] == ("O",) * len(items[1].gold)
+
+
+def test_nermud_bad_inputs(tmp_path):
+    task = get_task("nermud")
+    bad_label = write(tmp_path / "WN_train.tsv", "Mario\tB-PER\nRossi\tB-MISC\n")
+    with pytest.raises(LlamantinoError, match=r"WN_train.tsv:2: label 'B-MISC'"):
+        task.read([bad_label])
+    three = write(tmp_path / "three.tsv", "Mario\tB-PER\textra\n")
+    with pytest.raises(LlamantinoError, match=r"three.tsv:1: expected token<TAB>label, found 3"):
+        task.read([three])
+    mixed = write(tmp_path / "mixed.tsv", "Mario\tB-PER\nRossi\n")
+    with pytest.raises(LlamantinoError, match=r"mixed.tsv:2: line has 1 field"):
+        task.read([mixed])
+    unlabelled = task.read([write(tmp_path / "WN_test_nolabel.tsv", "Mario\nRossi\n\nCiao\n")])
+    assert [it.gold for it in unlabelled] == [None, None]
+    pred = write(tmp_path / "pred.tsv", "Mario\tB-PERSON\n")
+    with pytest.raises(LlamantinoError, match=r"pred.tsv:1: label 'B-PERSON'"):
+        task.read_predictions(pred)
+
+
+# ---------------------------------------------------------------------------------------
+# PoliticIT
+
+
+def test_politicit_items_are_chunks_of_clusters():
+    items = read_items("politicit", "train")
+    first = items[0]
+    assert first.id.endswith("#1") and len(first.id.split("#")[0]) == 32
+    assert first.input == ("Oggi in aula per difendere la sanità pubblica, un diritto di tutti @user\n"
+                           "Servono più asili nido e congedi paritari: la parità parte da qui")
+    assert first.gold == ("female", "left", "moderate_left")
+    assert first.output == "donna sinistra centrosinistra"
+    assert {it.output for it in items} >= {"uomo destra destra", "donna destra centrodestra", "uomo sinistra sinistra"}
+    gold = get_task("politicit").read_gold(files("politicit", "test"))
+    assert len(gold) == 8 and all("#" not in k for k in gold)
+    # chunks hold whole tweets, at most the limit, in order
+    assert chunks(["a" * 5, "b" * 5, "c" * 5], limit=11) == ["aaaaa\nbbbbb", "ccccc"]
+    assert chunks(["x" * 30], limit=11) == ["x" * 30]
+
+
+def test_politicit_decoder_tolerance():
+    task = get_task("politicit")
+    assert task.decode("Donna, centro-sinistra.") == ("female", "left", "moderate_left")
+    assert task.decode("UOMO destra destra") == ("male", "right", "right")
+    assert task.decode("L'autore è un uomo di centrodestra") == ("male", "right", "moderate_right")
+    assert task.decode("donna") == ("female", None, None)
+    assert task.decode("sinistra") == (None, "left", "left")
+    assert task.decode("non saprei") is None
+    assert task.decode("") is None
+
+
+def test_politicit_metric_by_hand_and_cluster_vote():
+    task = get_task("politicit")
+    gold = {"c1": ("female", "left", "moderate_left"), "c2": ("male", "right", "right"),
+            "c3": ("male", "left", "left")}
+    pred = {"c1": ("female", "left", "moderate_left"), "c2": ("female", "right", "right"), "c3": None}
+    # gender: gold F M M, pred F F - ; female P=1/2 R=1 F1=2/3, male F1=0 -> 1/3
+    # binary: gold L R L, pred L R - ; left P=1 R=1/2 F1=2/3, right F1=1 -> 5/6
+    # multiclass: gold ml r l, pred ml r - ; ml 1, r 1, left 0 -> 2/3
+    # mean = (1/3 + 5/6 + 2/3) / 3 = 11/18
+    r = task.score(gold, pred)
+    assert r["gender_macro_f1"] == pytest.approx(1 / 3)
+    assert r["ideology_binary_macro_f1"] == pytest.approx(5 / 6)
+    assert r["ideology_multiclass_macro_f1"] == pytest.approx(2 / 3)
+    assert r["macro_f1"] == pytest.approx(11 / 18)
+    # chunk-level mappings are voted into clusters, trait by trait, ties to the first seen
+    assert vote([("female", "left", "moderate_left"), ("male", "right", "right"),
+                 ("female", "left", "left"), None]) == ("female", "left", "moderate_left")
+    assert vote([None, None]) is None
+    chunk_gold = {f"{c}#{n}": g for c, g in gold.items() for n in (1, 2)}
+    chunk_pred = {"c1#1": pred["c1"], "c1#2": None, "c2#1": pred["c2"], "c2#2": ("female", None, None),
+                  "c3#1": None, "c3#2": None}
+    assert task.score(chunk_gold, chunk_pred) == r
+
+
+def test_politicit_submission_is_one_voted_row_per_cluster(tmp_path):
+    task = get_task("politicit")
+    items = read_items("politicit", "test")
+    two = [items[0], dataclasses.replace(items[0], id=items[0].id[:-1] + "2"), items[1]]
+    answers = ["donna sinistra centrosinistra", "uomo", "uomo destra destra"]
+    path = tmp_path / "submission.csv"
+    task.write_predictions(two, [task.decode(a) for a in answers], path)
+    c1, c2 = items[0].meta["cluster"], items[1].meta["cluster"]
+    assert path.read_text() == ("label,gender,ideology_binary,ideology_multiclass\n"
+                                f"{c1},female,left,moderate_left\n{c2},male,right,right\n")
+    assert task.read_predictions(path) == {c1: ("female", "left", "moderate_left"), c2: ("male", "right", "right")}
+
+
+def test_politicit_bad_inputs(tmp_path):
+    task = get_task("politicit")
+    header = "label,gender,ideology_binary,ideology_multiclass,tweet\n"
+    other = write(tmp_path / "g.csv", header + "abc,other,left,left,ciao\n")
+    with pytest.raises(LlamantinoError, match=r"g.csv:2: column 'gender' has 'other'"):
+        task.read([other])
+    mismatch = write(tmp_path / "m.csv", header + "abc,male,right,moderate_left,ciao\n")
+    with pytest.raises(LlamantinoError, match=r"m.csv:2: ideology_binary 'right' does not match"):
+        task.read([mismatch])
+    split = write(tmp_path / "s.csv", header + "abc,male,left,left,ciao\nabc,female,left,left,ciao\n")
+    with pytest.raises(LlamantinoError, match=r"s.csv:3: cluster 'abc' has labels"):
+        task.read([split])
+    missing = write(tmp_path / "x.csv", "label,gender,ideology_multiclass,tweet\nabc,male,left,ciao\n")
+    with pytest.raises(LlamantinoError, match=r"x.csv: missing column 'ideology_binary'"):
+        task.read([missing])
+    blind = task.read([write(tmp_path / "blind.csv", "label,tweet\nabc,ciao\nabc,ciao ancora\n")])
+    assert [(it.id, it.gold) for it in blind] == [("abc#1", None)]
+
+
+# ---------------------------------------------------------------------------------------
+# WiC-ITA
+
+
+def test_wic_items_mark_the_targets_and_name_the_lemma():
+    items = read_items("wic-ita", "train")
+    bomba = item_by_id(items, "bomba.noun.2")
+    assert bomba.instruction == EVALITA_INSTRUCTIONS["wic-ita"].format(word="bomba")
+    assert bomba.input == ("Durante la guerra una **bomba** colpì la stazione . [SEP] "
+                           "Presentava ferite da schegge di **bombe** .")
+    assert (bomba.gold, bomba.output) == (1, "si")
+
+
+def test_wic_metric_by_hand():
+    task = get_task("wic-ita")
+    gold = {"a": 1, "b": 0, "c": 1, "d": 0}
+    pred = {"a": 1, "b": 1, "c": None, "d": 0}
+    # class 1: tp=1, fp=1, fn=1 -> P=1/2, R=1/2, F1=1/2
+    # class 0: tp=1, fp=0, fn=1 -> P=1, R=1/2, F1=2/3; mean F1 = (1/2 + 2/3) / 2 = 7/12
+    r = task.score(gold, pred)
+    assert (r["precision_1"], r["recall_1"], r["f1_1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (r["precision_0"], r["recall_0"], r["f1_0"]) == pytest.approx((1, 0.5, 2 / 3))
+    assert r["macro_f1"] == pytest.approx(7 / 12)
+    with pytest.raises(LlamantinoError, match="1 gold id"):
+        task.score(gold, {k: v for k, v in pred.items() if k != "d"})
+
+
+def test_wic_submission_format(tmp_path):
+    task = get_task("wic-ita")
+    items = read_items("wic-ita", "test")[:3]
+    path = tmp_path / "binary.jsonl"
+    task.write_predictions(items, [0, 1, None], path)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"id": "regina.noun.0", "label": 0}, {"id": "regina.noun.1", "label": 1}, {"id": "tempo.noun.2", "label": None}]
+    assert task.read_predictions(path) == {"regina.noun.0": 0, "regina.noun.1": 1, "tempo.noun.2": None}
+
+
+def test_wic_bad_inputs(tmp_path):
+    task = get_task("wic-ita")
+    good = {"id": "x.noun.1", "lemma": "x", "sentence1": "un x qui .", "sentence2": "x la .",
+            "start1": 3, "end1": 4, "start2": 0, "end2": 1, "label": 1}
+    ok = task.read([write(tmp_path / "ok.jsonl", json.dumps(good) + "\n")])
+    assert ok[0].input == "un **x** qui . [SEP] **x** la ."
+    no_start = {k: v for k, v in good.items() if k != "start2"}
+    with pytest.raises(LlamantinoError, match=r"a.jsonl:1: missing field 'start2'"):
+        task.read([write(tmp_path / "a.jsonl", json.dumps(no_start) + "\n")])
+    with pytest.raises(LlamantinoError, match=r"b.jsonl:2: field 'label' has 2"):
+        lines = json.dumps(good) + "\n" + json.dumps({**good, "id": "y", "label": 2}) + "\n"
+        task.read([write(tmp_path / "b.jsonl", lines)])
+    with pytest.raises(LlamantinoError, match=r"c.jsonl:1: fields 'start1'/'end1' \(3, 40\)"):
+        task.read([write(tmp_path / "c.jsonl", json.dumps({**good, "end1": 40}) + "\n")])
+    with pytest.raises(LlamantinoError, match=r"d.jsonl:1: missing field 'label'"):
+        task.read_predictions(write(tmp_path / "d.jsonl", '{"id": "x"}\n'))
