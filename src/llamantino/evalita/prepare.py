@@ -39,12 +39,16 @@ class Config:
     max_per_task: int = setting(0, "keep at most this many items of each task, a seeded random sample (0: all)")
     shuffle: bool = setting(False, "shuffle the records of all tasks together (seeded)")
     seed: int = setting(0, "random seed of --max-per-task and --shuffle")
+    samples: str = setting("", "use the bundled sample files of this split instead of --data",
+                           choices=("", "train", "test"))
+    tasks: list[str] = setting([], "with --samples: which tasks (default: all)")
 
     def validate(self, source):
         if not self.output:
             raise LlamantinoError(f"{source}: setting 'output' is required")
-        if not self.data:
-            raise LlamantinoError(f"{source}: setting 'data' is required (task files, PATH or TASK=PATH)")
+        if not self.data and not self.samples:
+            raise LlamantinoError(f"{source}: setting 'data' is required (task files, PATH or TASK=PATH), "
+                                  "or 'samples'")
         if self.max_per_task < 0:
             raise LlamantinoError(f"{source}: setting 'max_per_task' must be 0 (all) or more")
         task_files(self)  # names every unknown task before anything is read
@@ -52,9 +56,14 @@ class Config:
 
 def task_files(cfg: Config) -> dict[str, list[Path]]:
     """{task: [files]} from `data`, in the order tasks are first named."""
-    from llamantino.evalita import TASK_MODULES, get_task
+    from llamantino.evalita import TASK_MODULES, TASK_NAMES, get_task
 
     out: dict[str, list[Path]] = {}
+    if cfg.samples:
+        from llamantino.evalita.samples import sample_files
+
+        for name in cfg.tasks or TASK_NAMES:
+            out[name] = sample_files(name, cfg.samples)
     for entry in cfg.data:
         name, sep, path = entry.partition("=")
         if sep and (name in TASK_MODULES or not cfg.task):
