@@ -34,8 +34,8 @@ DEMO = ROOT / "src" / "llamantino" / "data" / "demo"
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--hidden-size", type=int, help="model width (CPU default 384, GPU default 2048)")
     p.add_argument("--layers", type=int, help="decoder layers (CPU default 6, GPU default 24)")
@@ -105,7 +105,7 @@ def bench_cpu(args):
     first = next(iter(results.values()))
     print(f"\nllamantino instruct on CPU: LLaMA {first['parameters'] / 1e6:.1f}M parameters (hidden {hidden}, "
           f"{layers} layers), {first['examples']} Dolly-IT examples, {steps} steps of {effective} examples, "
-          f"max length 512, float32, {args.threads} cores per configuration\n")
+          f"max length 512, float32\n")
     rows = [("", *results)]
     rows.append(("ranks x threads", *(f"{r['world_size']} x {r['threads']}" for r in results.values())))
     rows.append(("gradient accumulation", *(str(r["gradient_accumulation"]) for r in results.values())))

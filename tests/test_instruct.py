@@ -23,6 +23,13 @@ WORDS = ("il gatto dorme sul divano mentre la pioggia cade sulla città domani a
          "Roma Milano Napoli Torino sono città italiane").split()
 
 
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """Tests train on CPU in float32, also on a machine with a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 def write_dolly(path: Path, n: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     say = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
@@ -240,7 +247,7 @@ def test_bad_input_is_refused_before_the_output_is_claimed(tmp_path, tiny_model_
 
     wrong = tmp_path / "qa.jsonl"
     wrong.write_text(json.dumps({"question": "Chi?", "answer": "Io"}) + "\n", encoding="utf-8")
-    with pytest.raises(LlamantinoError, match=r"qa\.jsonl:1: cannot tell the format from the fields \(answer, question\)"):
+    with pytest.raises(LlamantinoError, match=r"qa\.jsonl:1: cannot tell the format from the fields \(answer, question"):
         instruct.run(settings(tiny_model_dir, wrong, out))
 
     alpaca = tmp_path / "alpaca.jsonl"
@@ -268,10 +275,20 @@ def test_bad_input_is_refused_before_the_output_is_claimed(tmp_path, tiny_model_
 
 
 def test_command_line_reports_one_line(tmp_path, tiny_model_dir, dolly, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["instruct", "--help"])
+    assert exit_.value.code == 0 and "--effective-batch-size" in capsys.readouterr().out
     code = cli.main(["instruct", "--model", str(tiny_model_dir), "--data", str(dolly), "--output",
                      str(tmp_path / "out"), "--max-length", "2048"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and err.startswith("error: ") and "2048 exceeds" in err
+
+
+def test_settings_load_without_torch():
+    """`config show` and `instruct --help` import the module; torch loads only when a run starts."""
+    code = "import sys, llamantino.instruct; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert instruct.LR_SCHEDULES == training.SCHEDULES
 
 
 def test_dolly_recipes_carry_table_2():

@@ -21,16 +21,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
 import time
 import warnings
+from array import array
 from pathlib import Path
 
-import torch
-
-from llamantino import training
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
 from llamantino.modeling import DTYPES
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 
 KIND = "instruct"
 MIXED_PRECISION = ("auto", "bf16", "no")
+LR_SCHEDULES = ("linear", "cosine", "constant")  # training.SCHEDULES; torch loads only when a run starts
 
 
 @dataclasses.dataclass
@@ -59,13 +59,13 @@ class Config:
     max_steps: int = setting(0, "optimizer steps; 0: from epochs")
     weight_decay: float = setting(0.0, "AdamW weight decay (applied to every parameter)")
     warmup_ratio: float = setting(0.03, "fraction of the steps with a linear warmup")
-    lr_schedule: str = setting("cosine", "learning-rate decay after warmup", choices=training.SCHEDULES)
+    lr_schedule: str = setting("cosine", "learning-rate decay after warmup", choices=LR_SCHEDULES)
     max_grad_norm: float = setting(1.0, "gradient clipping by global norm (0: off)")
     seed: int = setting(42, "seed of the data order and of torch")
     mixed_precision: str = setting("auto", "bf16: bfloat16 compute on float32 master weights; no: float32; "
                                            "auto: bf16 on GPU, no on CPU", choices=MIXED_PRECISION)
     activation_checkpointing: bool = setting(True, "recompute each decoder layer in the backward pass "
-                                                   "(less memory, ~30% more compute)", fingerprint=False)
+                                                   "(less memory, about a third more compute)", fingerprint=False)
     save_dtype: str = setting("float32", "dtype of the saved weights", choices=DTYPES)
     checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False)
     keep_checkpoints: int = setting(2, "how many of the latest checkpoints to keep", fingerprint=False)
@@ -123,13 +123,15 @@ def data_digest(examples: list[Example]) -> str:
     """Hash of the token ids and loss masks: a resumed run must see the very same examples."""
     digest = hashlib.sha256()
     for ex in examples:
-        digest.update(torch.tensor(ex.input_ids + ex.labels, dtype=torch.int64).numpy().tobytes())
+        digest.update(array("q", ex.input_ids + ex.labels).tobytes())
     return digest.hexdigest()[:16]
 
 
 def global_batch(step: int, n_examples: int, effective: int, seed: int) -> tuple[int, int, list[int]]:
     """(epoch, index, example ids) of an optimizer step: a slice of the epoch's seeded
     permutation, so the data position is just the step number."""
+    import torch
+
     per_epoch = n_examples // effective
     epoch, index = divmod(step, per_epoch)
     order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
@@ -147,6 +149,8 @@ def micro_batches(ids: list[int], examples: list[Example], batch_size: int, worl
 
 def collate(batch: list[Example], pad_id: int, device) -> dict:
     """Right-padded to the longest example of the micro-batch, with an attention mask."""
+    import torch
+
     width = max(len(ex.input_ids) for ex in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -164,6 +168,8 @@ def collate(batch: list[Example], pad_id: int, device) -> dict:
 
 
 def resolve_mixed_precision(setting_value: str, device: torch.device) -> str:
+    import torch
+
     if setting_value == "auto":
         return "bf16" if device.type == "cuda" else "no"
     if setting_value == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -185,6 +191,8 @@ def prepare_model(model, *, world: int, device: torch.device, mixed_precision: s
                   activation_checkpointing: bool):
     """Shard with FSDP2 on several processes (per decoder layer, then the root); move to
     `device` on one. Returns the model and the autocast context of the forward pass."""
+    import torch
+
     model.config.use_cache = False
     if activation_checkpointing:
         kwargs = {"use_reentrant": False}  # the non-reentrant form composes with FSDP2
@@ -203,7 +211,8 @@ def prepare_model(model, *, world: int, device: torch.device, mixed_precision: s
 
     mesh = init_device_mesh(device.type, (world,))
     # Weights are gathered in bf16 for compute; gradients are reduced and kept in float32.
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     # The root (embeddings, final norm, LM head) is needed again at once by the backward.
@@ -218,6 +227,8 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     meta device (no memory), shard it, and receive their shards from rank 0, so a node's
     host memory holds one copy of the weights, not one per process.
     """
+    import torch
+
     from llamantino.modeling import load_causal_lm
 
     if world == 1:
@@ -246,6 +257,8 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
 
 def summed_loss(model, batch: dict, autocast) -> torch.Tensor:
     """Cross-entropy summed over the response tokens of a micro-batch (float32)."""
+    import torch
+
     with autocast():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
@@ -265,7 +278,10 @@ def local_numel(model) -> tuple[int, int]:
 
 def state_bytes(model, optimizer) -> int:
     """Bytes of weights and AdamW moments held by this rank (its shards under FSDP)."""
-    tensors = list(model.parameters()) + [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    import torch
+
+    moments = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    tensors = list(model.parameters()) + moments
     return sum(_local(t).numel() * t.element_size() for t in tensors)
 
 
@@ -276,6 +292,8 @@ def state_bytes(model, optimizer) -> int:
 
 
 def _distributed() -> bool:
+    import torch
+
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -288,8 +306,11 @@ def _one_process_is_intended():
 
 
 def save_checkpoint(output, step: int, model, optimizer, scheduler, trainer: dict, *, rank: int, keep: int) -> Path:
+    import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from llamantino import training
 
     final = training.checkpoint_path(output, step)
     tmp = final.with_name(f".{final.name}.tmp")
@@ -314,10 +335,11 @@ def save_checkpoint(output, step: int, model, optimizer, scheduler, trainer: dic
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, *, rank: int) -> dict:
-    import json
-
+    import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from llamantino import training
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
@@ -338,6 +360,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, *, rank: int) -> di
 def save_model(output, model, tokenizer, cfg: Config, *, rank: int) -> None:
     """Gather the full weights to rank 0's CPU and save them as sharded safetensors that
     `from_pretrained` loads, with config, generation config and tokenizer."""
+    import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -362,6 +385,9 @@ def save_model(output, model, tokenizer, cfg: Config, *, rank: int) -> None:
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict | None:
+    import torch
+
+    from llamantino import training
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
     from llamantino.modeling import check_max_length, load_config, load_tokenizer
 
@@ -476,7 +502,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
         return None
     training.plot_loss(output, title=f"instruct: {Path(cfg.model).name}")
     metrics = {
-        "steps": total, "resumed_from_step": start, "epochs": round(total * cfg.effective_batch_size / len(examples), 3),
+        "steps": total, "resumed_from_step": start,
+        "epochs": round(total * cfg.effective_batch_size / len(examples), 3),
         "examples": len(examples), **counts, "tokens_seen": trainer["tokens_seen"],
         "trained_tokens_seen": trainer["trained_tokens_seen"],
         "final_loss": sum(recent) / len(recent) if recent else None,
@@ -503,6 +530,8 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
+    import torch
+
     from llamantino.runner import run_stage_command
 
     try:
