@@ -76,7 +76,11 @@ def load_tokenizer(name_or_path: str, *, tokenizer: str = ""):
     """
     from transformers import AutoTokenizer
 
-    source = check_model_source(tokenizer or name_or_path)
+    source = tokenizer or name_or_path
+    if is_local(source):
+        path = Path(source).expanduser()
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise LlamantinoError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json)")
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:

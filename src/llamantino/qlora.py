@@ -187,12 +187,13 @@ class _StopRequest:
 
 
 def train(kind: str, cfg: QLoraSettings, make_source, *, overwrite: bool, resume: bool, tokenizer,
-          base_path: str | None = None, inputs=(), prepare_tokenizer=None, extra_metrics=None) -> dict:
+          make_base=None, inputs=(), prepare_tokenizer=None, extra_metrics=None) -> dict:
     """Run a QLoRA stage from start (or its latest checkpoint) to `max_steps`.
 
-    `make_source(rank, world)` returns the RowSource of this rank. `base_path` replaces
-    `cfg.model` as the folder the 4-bit base is loaded from (sft merges a parent adapter
-    first). Returns the stage summary.
+    `make_source(rank, world)` returns the RowSource of this rank. `make_base()`, if given,
+    runs on rank 0 once the run folder is claimed and returns the folder the 4-bit base is
+    loaded from instead of `cfg.model` (sft merges a language adapter first). Returns the
+    stage summary.
     """
     from torch.nn.parallel import DistributedDataParallel
 
@@ -212,8 +213,11 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, overwrite: bool, resume
     if state == "resume" and not resume:
         raise LlamantinoError(f"{run_dir}: holds an unfinished run of these settings; pass --resume to continue "
                               "it or --overwrite to start again")
-    # Data first: a corpus that yields nothing fails before the model is loaded.
+    # Data first: a corpus that yields nothing fails before anything is written.
     source = make_source(rank, world)
+    if rank == 0:
+        start_run(run_dir, kind, cfg)
+    base_path = _broadcast_object(make_base() if (make_base and rank == 0) else None, rank, world)
     compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
     training.seed_all(cfg.seed)
     model, targets = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
@@ -225,9 +229,6 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, overwrite: bool, resume
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_lambda(cfg.lr_scheduler, warmup,
                                                                                 cfg.max_steps))
     step, tokens_seen, real_seen, positions_seen = 0, 0, 0, 0
-    if rank == 0:
-        start_run(run_dir, kind, cfg)
-    training.barrier()
     if checkpoint is not None:
         st = _load_checkpoint(checkpoint[1], model, optimizer, scheduler, source, rank, world)
         step = st["step"]

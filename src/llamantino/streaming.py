@@ -73,8 +73,9 @@ def _iter_paragraphs(path: str) -> Iterator[str]:
             yield "\n".join(block)
 
 
-def _records(source: str, text_field: str, skip: int, skip_bad_lines: bool):
-    """Yield the texts of one source, after skipping its first `skip` records."""
+def _records(source: str, text_field: str | None, skip: int, skip_bad_lines: bool):
+    """Yield (where, value) for one source after skipping its first `skip` records: the
+    `text_field` of each record, or the whole record when `text_field` is None."""
     if source.startswith(HUB_PREFIX):
         import datasets
 
@@ -85,40 +86,55 @@ def _records(source: str, text_field: str, skip: int, skip_bad_lines: bool):
         if skip:
             ds = ds.skip(skip)
         for i, row in enumerate(ds):
+            where = f"{source}: record {skip + i + 1}"
+            if text_field is None:
+                yield where, dict(row)
+                continue
             if text_field not in row:
-                raise LlamantinoError(f"{source}: record {skip + i}: missing field '{text_field}'")
-            yield row[text_field]
+                raise LlamantinoError(f"{where}: missing field '{text_field}'")
+            yield where, row[text_field]
     elif source.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         table = pq.ParquetFile(source)
-        if text_field not in table.schema_arrow.names:
+        if text_field is not None and text_field not in table.schema_arrow.names:
             raise LlamantinoError(f"{source}: missing column '{text_field}'")
         seen = 0
-        for batch in table.iter_batches(columns=[text_field], batch_size=1024):
-            for text in batch.column(0).to_pylist():
+        columns = None if text_field is None else [text_field]
+        for batch in table.iter_batches(columns=columns, batch_size=1024):
+            for row in batch.to_pylist():
                 if seen >= skip:
-                    yield text
+                    yield f"{source}: row {seen + 1}", row if text_field is None else row[text_field]
                 seen += 1
     elif source.endswith((".txt", ".txt.gz")):
+        if text_field is None:
+            raise LlamantinoError(f"{source}: plain text holds documents, not records")
         for i, text in enumerate(_iter_paragraphs(source)):
             if i >= skip:
-                yield text
+                yield f"{source}: paragraph {i + 1}", text
     else:
         # Records are counted by non-empty line, so skipping needs no JSON parsing.
         seen = 0
         for number, record in iter_jsonl(source, skip_bad_lines=skip_bad_lines):
             if seen >= skip:
-                if text_field not in record:
-                    raise LlamantinoError(f"{source}:{number}: missing field '{text_field}'")
-                yield record[text_field]
+                where = f"{source}:{number}"
+                if text_field is None:
+                    yield where, record
+                elif text_field not in record:
+                    raise LlamantinoError(f"{where}: missing field '{text_field}'")
+                else:
+                    yield where, record[text_field]
             seen += 1
 
 
 class DocumentStream:
-    """Iterate the documents of this rank, forever (epochs), with a resumable position."""
+    """Iterate the documents of this rank, forever (epochs), with a resumable position.
 
-    def __init__(self, sources, *, text_field: str = "text", rank: int = 0, world: int = 1,
+    Yields the `text_field` of each record, or whole records when `text_field` is None;
+    `where` names the file and line of the last one yielded (for error messages).
+    """
+
+    def __init__(self, sources, *, text_field: str | None = "text", rank: int = 0, world: int = 1,
                  skip_bad_lines: bool = False):
         self.sources = expand_sources(sources)
         self.text_field = text_field
@@ -129,6 +145,7 @@ class DocumentStream:
         self.offset = 0
         self.count = 0
         self.epoch = 0
+        self.where = ""
 
     def state_dict(self) -> dict:
         return {"source_index": self.source_index, "offset": self.offset, "count": self.count,
@@ -149,17 +166,17 @@ class DocumentStream:
             produced_this_epoch = False
             while self.source_index < len(self.sources):
                 source = self.sources[self.source_index]
-                for text in _records(source, self.text_field, self.offset, self.skip_bad_lines):
+                for where, value in _records(source, self.text_field, self.offset, self.skip_bad_lines):
                     index = self.count
                     self.offset += 1
                     self.count += 1
                     if index % self.world != self.rank:
                         continue
-                    if not isinstance(text, str):
-                        raise LlamantinoError(f"{source}: record {self.offset}: field '{self.text_field}' "
-                                              "is not a string")
+                    if self.text_field is not None and not isinstance(value, str):
+                        raise LlamantinoError(f"{where}: field '{self.text_field}' is not a string")
+                    self.where = where
                     produced_this_epoch = True
-                    yield text
+                    yield value
                 self.source_index += 1
                 self.offset = 0
             if full_pass and not produced_this_epoch:

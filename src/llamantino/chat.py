@@ -1,0 +1,160 @@
+"""`llamantino chat MODEL [--adapter PATH]`: multi-turn chat in the terminal.
+
+The conversation is rendered with the same Italian LLaMA 2 template as training (the
+paper's Italian system prompt unless `/system` sets another); tokens are streamed as they
+are generated. Commands: /reset, /system TEXT, /exit. `--prompt TEXT` answers once.
+
+In a recipe, the `chat` stage answers a list of prompts and saves the transcript.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from llamantino.config import setting
+from llamantino.errors import LlamantinoError
+from llamantino.prompts import ITALIAN_SYSTEM_PROMPT, render_chat
+
+KIND = "chat"
+HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /exit"
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = setting("", "model folder or hub name")
+    adapter: str = setting("", "PEFT adapter to apply (e.g. an sft run)")
+    prompts: list[str] = setting([], "user messages, one conversation turn each")
+    system: str = setting("", "system prompt (default: the paper's Italian one)")
+    max_new_tokens: int = setting(128, "tokens to generate per answer")
+    do_sample: bool = setting(False, "sample instead of greedy decoding")
+    temperature: float = setting(0.7, "sampling temperature")
+    top_p: float = setting(0.9, "nucleus sampling")
+    seed: int = setting(0, "seed for sampling")
+    output: str = setting("", "folder for the transcript (stage use)")
+
+    def validate(self, source):
+        if not self.model:
+            raise LlamantinoError(f"{source}: setting 'model' is required")
+
+
+class Conversation:
+    def __init__(self, system: str = ""):
+        self.system = system or ITALIAN_SYSTEM_PROMPT
+        self.messages: list[dict] = []
+
+    def prompt(self, user: str, eos: str, bos: str) -> str:
+        messages = [{"role": "system", "content": self.system}, *self.messages, {"role": "user", "content": user}]
+        return render_chat(messages, add_generation_prompt=True, bos=bos, eos=eos).text
+
+    def add(self, user: str, answer: str) -> None:
+        self.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer or "…"}]
+
+
+def load(model_path: str, adapter: str):
+    from llamantino.modeling import load_tokenizer, load_with_adapter
+
+    tokenizer = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model_path)
+    model = load_with_adapter(model_path, adapter)
+    return model, tokenizer
+
+
+def _has_tokenizer(folder: str) -> bool:
+    from pathlib import Path
+
+    return (Path(folder) / "tokenizer_config.json").is_file()
+
+
+def answer(model, tokenizer, conversation: Conversation, user: str, cfg: Config, stream=None) -> str:
+    from llamantino.generate import generate
+
+    prompt = conversation.prompt(user, tokenizer.eos_token, tokenizer.bos_token or "")
+    streamer = None
+    if stream is not None:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    text = generate(model, tokenizer, [prompt], max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                    temperature=cfg.temperature, top_p=cfg.top_p, batch_size=1, streamer=streamer,
+                    seed=cfg.seed if cfg.do_sample else None)[0]
+    conversation.add(user, text)
+    return text
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    """Stage: answer `prompts` as one conversation and save the transcript."""
+    from llamantino.fileio import atomic_dir
+    from llamantino.manifest import prepare_output, read_manifest, write_manifest
+
+    if not cfg.prompts:
+        raise LlamantinoError("chat stage: no prompts given")
+    if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
+        transcript = read_manifest(cfg.output)["metrics"]["transcript"]
+        _print_transcript(transcript)
+        return {"status": "skipped (done)", "headline": {"turns": len(transcript)}, "metrics": {}}
+    model, tokenizer = load(cfg.model, cfg.adapter)
+    conversation = Conversation(cfg.system)
+    transcript = []
+    for user in cfg.prompts:
+        transcript.append({"user": user, "assistant": answer(model, tokenizer, conversation, user, cfg)})
+    _print_transcript(transcript)
+    if cfg.output:
+        with atomic_dir(cfg.output) as tmp:
+            write_manifest(tmp, KIND, cfg, metrics={"transcript": transcript})
+    return {"status": "done", "headline": {"turns": len(transcript)}, "metrics": {"transcript": transcript}}
+
+
+def _print_transcript(transcript):
+    for turn in transcript:
+        print(f"utente     > {turn['user']}")
+        print(f"assistente > {turn['assistant']}")
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="model folder or hub name")
+    parser.add_argument("--adapter", default="", help="PEFT adapter (e.g. an sft run)")
+    parser.add_argument("--prompt", help="answer this message once and exit")
+    parser.add_argument("--system", default="", help="system prompt (default: the paper's Italian one)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args) -> int:
+    cfg = Config(model=args.model, adapter=args.adapter, system=args.system, max_new_tokens=args.max_new_tokens,
+                 do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    model, tokenizer = load(cfg.model, cfg.adapter)
+    conversation = Conversation(cfg.system)
+    if args.prompt is not None:
+        answer(model, tokenizer, conversation, args.prompt, cfg, stream=sys.stdout)
+        return 0
+    print(HELP)
+    while True:
+        try:
+            line = input("utente > ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line == "/exit":
+            return 0
+        if line == "/reset":
+            conversation = Conversation(conversation.system)
+            print("(new conversation)")
+            continue
+        if line.startswith("/system"):
+            text = line[len("/system"):].strip()
+            if not text:
+                print(f"(system prompt: {conversation.system})")
+                continue
+            conversation = Conversation(text)
+            print("(system prompt set; new conversation)")
+            continue
+        if line.startswith("/"):
+            print(HELP)
+            continue
+        print("assistente > ", end="", flush=True)
+        answer(model, tokenizer, conversation, line, cfg, stream=sys.stdout)

@@ -1,0 +1,169 @@
+"""Chat fine-tuning: QLoRA on conversations in the Italian LLaMA 2 chat format.
+
+As in the paper (SPEC section 1, chat row): the language-adapted chat model (a base plus
+its language adapter, merged) is loaded in 4-bit and a new LoRA adapter is trained on
+translated UltraChat with the adaptation settings, except max length 2048 and 15,000
+steps. Loss is taken on the assistant answers and their `</s>` only. The tokenizer saved
+with the run carries the chat template, so `apply_chat_template` renders the training
+format exactly (with the Italian system prompt when no system message is given).
+
+    llamantino sft --model meta-llama/Llama-2-7b-chat-hf --adapter runs/chat-7b-ita \
+        --data ultrachat_it/ --output runs/chat-7b-ultrachat-ita
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+from llamantino.config import setting
+from llamantino.errors import LlamantinoError
+from llamantino.qlora import QLoraSettings, RowSource, train
+from llamantino.records import CONVERSATION_FORMATS
+
+KIND = "sft"
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Config(QLoraSettings):
+    max_length: int = setting(2048, "tokens per packed sequence (longer conversations are truncated)")
+    max_steps: int = setting(15000, "optimizer steps")
+    adapter: str = setting("", "language adapter to merge into the base before training (the paper's "
+                               "language-adapted chat model)")
+    merge_dtype: str = setting("auto", "dtype of the merged base: float32, bfloat16, float16, or auto = "
+                               "the checkpoint's own", choices=("auto", "float32", "bfloat16", "float16"))
+    data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hf://...")
+    format: str = setting("", "data format (default: detected from the fields)", choices=("",) + CONVERSATION_FORMATS)
+    prompt_format: str = setting("llama2-chat", "prompt format", choices=("llama2-chat",))
+
+    def validate(self, source):
+        self.check_common(source)
+        if not self.data:
+            raise LlamantinoError(f"{source}: no data given (setting 'data')")
+
+
+class ExampleRows(RowSource):
+    """Conversations of one rank -> rendered, tokenized, masked examples -> packed rows."""
+
+    def __init__(self, stream, tokenizer, cfg: Config):
+        from llamantino.packing import ExamplePacker
+
+        self.stream, self.tokenizer, self.cfg = stream, tokenizer, cfg
+        self.packer = ExamplePacker(cfg.max_length)
+        self.formats: dict[str, str] = {}
+        self.counts = {"examples": 0, "truncated": 0, "dropped_no_target": 0}
+        self.examples = self._examples()
+
+    def _examples(self):
+        from llamantino.records import check_format, detect_format
+        from llamantino.supervised import encode, render_record
+
+        usable_in_epoch, epoch = 0, self.stream.epoch
+        for record in self.stream:
+            if self.stream.epoch != epoch:
+                if usable_in_epoch == 0:
+                    raise LlamantinoError(
+                        f"{', '.join(self.stream.sources)}: no conversation keeps an answer within max_length "
+                        f"{self.cfg.max_length} tokens; raise max_length")
+                usable_in_epoch, epoch = 0, self.stream.epoch
+            where = self.stream.where
+            source = where.split(":")[0]
+            fmt = self.cfg.format or self.formats.get(source) or detect_format(record, where)
+            self.formats[source] = fmt
+            check_format(record, fmt, where)
+            rendered = render_record(record, fmt, self.cfg.prompt_format, where, self.tokenizer)
+            example = encode(self.tokenizer, rendered, self.cfg.max_length)
+            self.counts["examples"] += 1
+            if example.truncated:
+                self.counts["truncated"] += 1
+            if example.trained_tokens == 0:
+                self.counts["dropped_no_target"] += 1
+                continue
+            usable_in_epoch += 1
+            yield example
+
+    def next_row(self):
+        return self.packer.next_row(self.examples)
+
+    def state_dict(self) -> dict:
+        return {"stream": self.stream.state_dict(), "packer": self.packer.state_dict(), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self.packer.load_state_dict(state["packer"])
+        self.counts = dict(state["counts"])
+        self.examples = self._examples()
+
+
+def merged_base(cfg: Config) -> str:
+    """The base with the language adapter merged in, cached inside the run folder."""
+    from llamantino.merge import merge_adapter
+
+    folder = Path(cfg.output) / "merged-base"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    log.info("merging %s into %s -> %s", cfg.adapter, cfg.model, folder)
+    merge_adapter(cfg.model, cfg.adapter, folder, dtype=_merge_dtype(cfg))
+    return str(folder)
+
+
+def _merge_dtype(cfg: Config) -> str:
+    if cfg.merge_dtype != "auto":
+        return cfg.merge_dtype
+    from llamantino.modeling import load_config
+
+    dtype = str(getattr(load_config(cfg.model), "dtype", None) or "float32").replace("torch.", "")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def set_chat_template(tokenizer) -> None:
+    from llamantino.prompts import LLAMA2_CHAT_TEMPLATE
+
+    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    from llamantino.adapt import check_inputs
+    from llamantino.streaming import DocumentStream, expand_sources
+    from llamantino.training import dist_env
+
+    tokenizer = check_inputs(cfg)
+    set_chat_template(tokenizer)
+    sources = expand_sources(cfg.data)
+    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
+        raise LlamantinoError(f"{cfg.adapter}: no adapter_config.json, not a PEFT adapter folder")
+
+    def make_source(rank, world):
+        stream = DocumentStream(sources, text_field=None, rank=rank, world=world)
+        rows = ExampleRows(stream, tokenizer, cfg)
+        # Render the first example now: a bad record or template fails before any work.
+        probe = ExampleRows(DocumentStream(sources, text_field=None, rank=rank, world=world), tokenizer, cfg)
+        next(probe.examples, None)
+        return rows
+
+    def extra_metrics(rows):
+        return {**rows.counts, "conversations_read": rows.stream.count, "data_epochs": rows.stream.epoch,
+                "formats": sorted(set(rows.formats.values()))}
+
+    summary = train(KIND, cfg, make_source, overwrite=overwrite, resume=resume, tokenizer=tokenizer,
+                    make_base=(lambda: merged_base(cfg)) if cfg.adapter else None, inputs=sources,
+                    prepare_tokenizer=set_chat_template, extra_metrics=extra_metrics)
+    if summary["status"] == "done" and dist_env()[0] == 0:
+        # The merged base is a full copy of the model: only needed while training.
+        shutil.rmtree(Path(cfg.output) / "merged-base", ignore_errors=True)
+    return summary
+
+
+def add_arguments(parser):
+    from llamantino.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND, resume=True)
+
+
+def main(args) -> int:
+    from llamantino.runner import run_stage_command
+
+    return run_stage_command(KIND, args)
