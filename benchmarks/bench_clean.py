@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +53,8 @@ OBJECTS = [
     "il restauro della chiesa di San {saint}", "la mensa delle scuole elementari",
     "il trasporto pubblico nelle frazioni", "la tutela del bosco comunale", "l'apertura di un nuovo asilo nido",
     "la raccolta differenziata porta a porta", "la manutenzione delle strade di campagna",
-    "il recupero dell'ex caserma", "la valorizzazione dei prodotti tipici", "la sicurezza degli attraversamenti pedonali",
+    "il recupero dell'ex caserma", "la valorizzazione dei prodotti tipici",
+    "la sicurezza degli attraversamenti pedonali",
     "la digitalizzazione degli archivi storici", "un centro estivo per ragazzi", "la pulizia delle spiagge",
 ]
 COMPLEMENTS = [
@@ -348,7 +349,8 @@ def ours(path: Path, out: Path, workers: int, langid: str = "py3langid") -> dict
     from llamantino.clean import run
     from llamantino.runner import config_for
 
-    run(config_for("clean", inputs=[str(path)], output=str(out), workers=workers, langid=langid), overwrite=True)
+    shutil.rmtree(out, ignore_errors=True)  # a finished run in `out` would be skipped, not timed
+    run(config_for("clean", inputs=[str(path)], output=str(out), workers=workers, langid=langid))
     kept = {}
     for shard in sorted(out.glob("part-*.jsonl.gz")):
         with gzip.open(shard, "rt", encoding="utf-8") as handle:
@@ -367,21 +369,29 @@ def timed(func, *args):
 def bench(args) -> None:
     from llamantino.clean import BUNDLED_BADWORDS
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-clean-"))
+    if not args.workdir:
+        with tempfile.TemporaryDirectory(prefix="bench-clean-") as tmp:
+            args.workdir = tmp
+            return bench(args)
+    workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     shard = workdir / "c4-it-bench.json.gz"
     kinds = generate(shard, args.mb)
     with gzip.open(shard, "rb") as handle:
         megabytes = len(handle.read()) / 1e6
     n = len(kinds)
-    cores = os.cpu_count()
+    from llamantino.clean import available_cores
+
+    cores = available_cores()
     print(f"shard: {n} documents, {megabytes:.1f} MB of JSON lines ({shard.stat().st_size / 1e6:.1f} MB gzipped), "
           f"{cores} cores")
 
     rows = []
     ours_kept, t_ours = timed(ours, shard, workdir / "out", 0)
-    rows.append((f"llamantino clean (py3langid, {cores} workers)", t_ours))
-    if not args.skip_langdetect_engine:
+    rows.append((f"llamantino clean ({cores} workers)", t_ours))
+    one_kept, t_one = timed(ours, shard, workdir / "out-1", 1)
+    rows.append(("llamantino clean --workers 1", t_one))
+    if args.with_langdetect_engine:
         ld_kept, t_ld = timed(ours, shard, workdir / "out-langdetect", 0, "langdetect")
         rows.append((f"llamantino clean --langid langdetect ({cores} workers)", t_ld))
     base_kept, t_base = timed(baseline, shard, list(BUNDLED_BADWORDS.values()))
@@ -398,7 +408,8 @@ def bench(args) -> None:
                 f"only second {len(set(b) - set(a))}; identical text in {same_text}/{len(same_set)}")
 
     print("\nagreement (llamantino py3langid vs baseline):", agreement(ours_kept, base_kept))
-    if not args.skip_langdetect_engine:
+    assert one_kept == ours_kept, "the worker count changed the output"
+    if args.with_langdetect_engine:
         print("agreement (llamantino langdetect vs baseline):", agreement(ld_kept, base_kept))
     by_kind: dict[str, list[int]] = {}
     for url, kind in kinds.items():
@@ -455,29 +466,30 @@ def compare_langid(args) -> None:
         docs.append(("it" if kind in ("article", "mixed") else kind.split("-")[1], "\n".join(lines)))
     sentences = [("it", s) for s in GENERAL_IT + FOLLOWUPS] + [(lang, s) for lang, ss in FOREIGN.items() for s in ss]
     fragments = [(lang, " ".join(s.split()[:4])) for lang, s in sentences]  # like titles and menu lines
-    print(f"{len(docs)} cleaned pages ({sum(l == 'it' for l, _ in docs)} Italian, the rest in "
+    print(f"{len(docs)} cleaned pages ({sum(label == 'it' for label, _ in docs)} Italian, the rest in "
           f"{', '.join(sorted(FOREIGN))}), mean {sum(len(t) for _, t in docs) / len(docs):.0f} characters; "
           f"{len(sentences)} single sentences and their first four words")
     results = {}
+    found = detectors()
     print(f"\n{'':24s} {'':>8s} {'':>8s} {'it / not it right':^46s} {'language right':^18s}")
     print(f"{'detector':24s} {'ms/page':>8s} {'pages/s':>8s} {'pages':>14s} {'sentences':>14s} {'4 words':>14s} "
           f"{'sentences':>10s} {'4 words':>8s}")
-    for name, detect in detectors().items():
+    def right(items, answers, exact=False) -> str:
+        ok = sum((a == label) if exact else ((a == "it") == (label == "it")) for (label, _), a in zip(items, answers))
+        return f"{ok}/{len(items)}"
+
+    for name, detect in found.items():
         detect(docs[0][1])  # load lazily built parts outside the clock
         t0 = time.perf_counter()
         page_answers = [detect(text) for _, text in docs]
         seconds = time.perf_counter() - t0
         results[name] = page_answers
-
-        def right(items, exact=False):
-            answers = [detect(text) for _, text in items] if items is not docs else page_answers
-            ok = sum((a == label) if exact else ((a == "it") == (label == "it"))
-                     for (label, _), a in zip(items, answers))
-            return f"{ok}/{len(items)}"
-
-        print(f"{name:24s} {1000 * seconds / len(docs):8.3f} {len(docs) / seconds:8.0f} {right(docs):>14s} "
-              f"{right(sentences):>14s} {right(fragments):>14s} {right(sentences, True):>10s} "
-              f"{right(fragments, True):>8s}")
+        sentence_answers = [detect(text) for _, text in sentences]
+        fragment_answers = [detect(text) for _, text in fragments]
+        print(f"{name:24s} {1000 * seconds / len(docs):8.3f} {len(docs) / seconds:8.0f} "
+              f"{right(docs, page_answers):>14s} {right(sentences, sentence_answers):>14s} "
+              f"{right(fragments, fragment_answers):>14s} {right(sentences, sentence_answers, True):>10s} "
+              f"{right(fragments, fragment_answers, True):>8s}")
     reference = results.get("langdetect")
     if reference:
         for name, answers in results.items():
@@ -490,8 +502,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=20.0, help="size of the generated shard (MB of JSON lines)")
     parser.add_argument("--workdir", help="where to write the shard and outputs (default: a temporary folder)")
-    parser.add_argument("--skip-langdetect-engine", action="store_true",
-                        help="do not also time llamantino clean with --langid langdetect")
+    parser.add_argument("--with-langdetect-engine", action="store_true",
+                        help="also time llamantino clean with --langid langdetect")
     parser.add_argument("--langid", action="store_true", help="compare the language detectors instead")
     parser.add_argument("--docs", type=int, default=2000, help="pages for --langid")
     args = parser.parse_args()

@@ -149,7 +149,7 @@ def test_adapt_streams_from_hub_style_sources(tmp_path, tiny_model_dir):
     # datasets' packaged json builder, streamed: the same code path as a hub corpus.
     data = corpus(tmp_path)
     out = tmp_path / "run"
-    assert main(["adapt", "--model", str(tiny_model_dir), "--data", f"hf://json?data_files={data}",
+    assert main(["adapt", "--model", str(tiny_model_dir), "--data", f"hub:json?data_files={data}",
                  "--output", str(out), "--max-length", "64", "--batch-size", "2", "--max-steps", "2"]) == 0
     assert json.loads((out / "manifest.json").read_text())["metrics"]["documents_read"] > 0
 

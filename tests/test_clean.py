@@ -280,7 +280,7 @@ def test_folder_of_shards_and_parquet_give_the_same_output(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     write_jsonl(shards / "c4-it.00000.json.gz", records[:20])
-    write_jsonl(shards / "c4-it.00001.json", records[20:], gz=False)
+    write_jsonl(shards / "c4-it.00001.jsonl", records[20:], gz=False)
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "demo.parquet", row_group_size=8)
     outputs = []
     for name, source in (("jsonl", DEMO), ("folder", shards), ("parquet", tmp_path / "demo.parquet")):

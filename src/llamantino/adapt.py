@@ -5,7 +5,7 @@ LoRA r=64 / alpha=16 / dropout=0.1 on every linear layer of the decoder blocks, 
 clean_mc4_it streamed and packed on the fly. The result is a PEFT adapter that
 `PeftModel.from_pretrained` loads.
 
-    llamantino adapt --model meta-llama/Llama-2-7b-hf --data hf://gsarti/clean_mc4_it?config=medium \
+    llamantino adapt --model meta-llama/Llama-2-7b-hf --data hub:gsarti/clean_mc4_it?config=medium \
         --output runs/7b-ita
     llamantino adapt --recipe LLaMAntino-2-7b-hf-ITA --max-steps 100 --output runs/try
 """
@@ -23,7 +23,7 @@ KIND = "adapt"
 
 @dataclasses.dataclass
 class Config(QLoraSettings):
-    data: list[str] = setting([], "cleaned text: JSON lines / folders / parquet / .txt, or hf://NAME?config=C&split=S")
+    data: list[str] = setting([], "cleaned text: JSON lines / folders / parquet / .txt, or hub:NAME?config=C&split=S")
     text_field: str = setting("text", "field holding the document text")
     skip_bad_lines: bool = setting(False, "count and skip malformed JSON lines instead of stopping")
 

@@ -36,20 +36,18 @@ import re
 import time
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qs
 
 from llamantino.config import closest, setting
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import JSONL_SUFFIXES, LineStats, atomic_open, atomic_write_json, expand_inputs, iter_jsonl
 from llamantino.langid import DETECTORS
+from llamantino.streaming import HUB_PREFIX, hub_records, parquet_records, parse_hub_spec
 
 log = logging.getLogger(__name__)
 
 KIND = "clean"
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_BADWORDS = {"it": DATA_DIR / "badwords_it.txt", "en": DATA_DIR / "badwords_en.txt"}
-HUB_PREFIX = "hub:"
-HUB_OPTIONS = ("config", "split", "revision", "data_dir", "data_files")
 SHARD_PATTERN = "part-{:05d}.jsonl.gz"
 PROGRESS = "progress.json"  # written after each finished shard of an unfinished run
 CHUNK_DOCS = 128  # documents per task sent to a worker; does not change the output
@@ -78,6 +76,9 @@ POLICY_PHRASES = (
 # to download).
 SENTENCE_BREAK = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019\u00bb)\]]*\s+[\"'\u201c\u2018\u00ab(\[]?(\w)")
 WORD = re.compile(r"\w+")
+# The language is identified on the start of the cleaned text only: langdetect (the
+# paper's tool) reads no more than this, and more text does not change the answer.
+LANGID_CHARS = 10_000
 
 
 @dataclasses.dataclass
@@ -86,7 +87,8 @@ class Config:
                                     "or datasets streamed from the hub: hub:NAME?config=C&split=S")
     output: str = setting("", "output folder")
     lang: str = setting("it", "keep documents mostly in this language (ISO 639-1 code)")
-    langid: str = setting("py3langid", "language detector", choices=tuple(DETECTORS))
+    langid: str = setting("py3langid", "language detector: py3langid (fast) or langdetect (the one "
+                                       "clean_mc4_it used)", choices=tuple(DETECTORS))
     badwords: list[str] = setting(["it", "en"], "bad-word lists: a bundled one (it, en) or a file with one "
                                                 "word or phrase per line")
     min_words: int = setting(3, "drop lines with fewer words")
@@ -133,25 +135,44 @@ def read_badwords(spec: str) -> list[str]:
 
 
 class BadWords:
-    """Whole-word, case-insensitive matching of a word list, like C4's `(?:\\W|^)(...)(?:\\W|$)`.
+    """Whole-word, case-insensitive matching of a word list, as C4's `(?:\\W|^)(...)(?:\\W|$)`.
 
-    Single words are looked up in a set of the text's words (one pass, whatever the list's
-    length); phrases and entries with punctuation go through C4's regular expression.
+    The text is split into words once; single words are looked up in a set and phrases
+    ("porco dio") as words in a row, so the cost does not grow with the list. Entries
+    with other characters (user lists may have "a$$") go through C4's regular expression.
     """
 
     def __init__(self, entries):
-        self.words = {w for w in entries if WORD.fullmatch(w)}
-        others = sorted({w for w in entries if w not in self.words}, key=len, reverse=True)
-        self.phrases = (re.compile(r"(?:\W|^)(?:{})(?:\W|$)".format("|".join(map(re.escape, others))))
+        self.words: set[str] = set()
+        self.phrases: dict[str, list[tuple[str, ...]]] = {}  # first word -> phrases
+        others = []
+        for entry in entries:
+            tokens = entry.split()
+            if tokens and all(WORD.fullmatch(t) for t in tokens):
+                if len(tokens) == 1:
+                    self.words.add(tokens[0])
+                else:
+                    self.phrases.setdefault(tokens[0], []).append(tuple(tokens))
+            else:
+                others.append(entry)
+        others = sorted(set(others), key=len, reverse=True)
+        self.pattern = (re.compile(r"(?:\W|^)(?:{})(?:\W|$)".format("|".join(map(re.escape, others))))
                         if others else None)
 
     def find(self, text: str) -> str | None:
+        """The first bad word or phrase in `text`, or None."""
         low = text.lower()
-        for word in WORD.findall(low):
-            if word in self.words:
-                return word
-        if self.phrases:
-            match = self.phrases.search(low)
+        tokens = WORD.findall(low)
+        hits = self.words.intersection(tokens)
+        if hits:
+            return min(hits)
+        if self.phrases and not self.phrases.keys().isdisjoint(tokens):
+            for i, token in enumerate(tokens):
+                for phrase in self.phrases.get(token, ()):
+                    if tuple(tokens[i:i + len(phrase)]) == phrase:
+                        return " ".join(phrase)
+        if self.pattern:
+            match = self.pattern.search(low)
             if match:
                 return match.group(0).strip()
         return None
@@ -177,9 +198,10 @@ class Cleaner:
     def line_rule(self, line: str) -> tuple[str | None, str]:
         """(rule that drops the line or None, the line without citations)."""
         cfg = self.cfg
-        if any(len(word) > cfg.max_word_length for word in line.split()):
+        if len(line) > cfg.max_word_length and any(len(word) > cfg.max_word_length for word in line.split()):
             return "word_too_long", line
-        line = CITATION.sub("", line).strip()
+        if "[" in line:
+            line = CITATION.sub("", line).strip()
         if not line.endswith(self.end_marks) or line.endswith(ELLIPSIS):
             return "no_end_punctuation", line
         if len(line.split()) < cfg.min_words:
@@ -194,22 +216,20 @@ class Cleaner:
             return "policy", line
         return None, line
 
-    def clean(self, text: str) -> tuple[str | None, str | None, collections.Counter]:
-        """(cleaned text or None, rule that dropped the document, line counts by fate)."""
-        lines = [line.strip() for line in text.splitlines()]
-        lines = [line for line in lines if line]
-        counts: collections.Counter = collections.Counter(read=len(lines))
+    def clean(self, text: str) -> tuple[str | None, str | None, dict[str, int]]:
+        """(cleaned text or None, rule that dropped the document, number of lines by fate)."""
+        lines = [line for line in map(str.strip, text.splitlines()) if line]
         if self.badwords.find(text):
-            counts["in_dropped_documents"] = len(lines)
-            return None, "bad_words", counts
+            return None, "bad_words", {"read": len(lines), "in_dropped_documents": len(lines)}
+        counts = dict.fromkeys(LINE_RULES, 0)
         kept, sentences = [], 0
         for line in lines:
             rule, line = self.line_rule(line)
             if rule:
                 counts[rule] += 1
-                continue
-            kept.append(line)
-            sentences += count_sentences(line)
+            else:
+                kept.append(line)
+                sentences += count_sentences(line)
         result = "\n".join(kept)
         reason = None
         if sentences < self.cfg.min_sentences:
@@ -218,13 +238,11 @@ class Cleaner:
             reason = "too_short"
         elif len(result) > self.cfg.max_chars:
             reason = "too_long"
-        elif self.detector.detect(result) != self.cfg.lang:
+        elif self.detector.detect(result[:LANGID_CHARS]) != self.cfg.lang:
             reason = "wrong_language"
-        if reason:
-            counts["in_dropped_documents"] += len(kept)
-            return None, reason, counts
-        counts["kept"] = len(kept)
-        return result, None, counts
+        counts["read"] = len(lines)
+        counts["in_dropped_documents" if reason else "kept"] = len(kept)
+        return (None if reason else result), reason, counts
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,9 +290,9 @@ class Reader:
                 continue
             start = after[1] if index == after[0] else 0
             if src.startswith(HUB_PREFIX):
-                items = _hub_records(src, start)
+                items = hub_records(src, start)
             elif src.endswith(".parquet"):
-                items = _parquet_records(src, start)
+                items = parquet_records(src, start)
             else:
                 items = self._jsonl_records(src, start)
             found = False
@@ -301,76 +319,40 @@ class Reader:
         self.bad += stats.bad - counted
 
 
-def _parquet_records(path: str, start: int):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        handle = pq.ParquetFile(path)
-        number = 0
-        for batch in handle.iter_batches(batch_size=1024):
-            if number + batch.num_rows <= start:
-                number += batch.num_rows
-                continue
-            for record in batch.to_pylist():
-                number += 1
-                if number > start:
-                    yield number, f"{path}: row {number}", record
-    except (pa.ArrowException, OSError) as exc:
-        raise LlamantinoError(f"{path}: unreadable parquet file ({exc})".replace("\n", " ")) from None
-
-
-def parse_hub_spec(spec: str) -> dict:
-    """`hub:NAME?config=C&split=S&revision=R&data_dir=D&data_files=F` -> load_dataset arguments."""
-    body = spec[len(HUB_PREFIX):]
-    name, _, query = body.partition("?")
-    if not name:
-        raise LlamantinoError(f"{spec}: no dataset name; expected hub:NAME?config=C&split=S")
-    options = parse_qs(query, keep_blank_values=True, strict_parsing=False) if query else {}
-    for key in options:
-        if key not in HUB_OPTIONS:
-            raise LlamantinoError(f"{spec}: unknown option '{key}'{closest(key, HUB_OPTIONS)}; "
-                                  f"valid: {', '.join(HUB_OPTIONS)}")
-    args = {"path": name, "name": None, "split": "train", "streaming": True}
-    for key, values in options.items():
-        if key == "data_files":
-            args["data_files"] = [f for v in values for f in v.split(",") if f]
-        elif len(values) > 1:
-            raise LlamantinoError(f"{spec}: option '{key}' given {len(values)} times")
-        else:
-            args["name" if key == "config" else key] = values[0]
-    return args
-
-
-def _hub_records(spec: str, start: int):
-    """A dataset streamed record by record: a corpus of any size is never held or copied."""
-    import datasets
-
-    args = parse_hub_spec(spec)
-    try:
-        stream = datasets.load_dataset(**args)
-    except Exception as exc:  # the library raises many kinds; the user needs one line
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise LlamantinoError(f"{spec}: cannot open dataset ({type(exc).__name__}: {message})") from None
-    for number, record in enumerate(stream, start=1):
-        if number > start:
-            yield number, f"{spec}: record {number}", record
-
-
 # ---------------------------------------------------------------------------------------
 # Workers
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a CPU set or `taskset` may allow fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # platforms without CPU affinity (macOS, Windows)
+
+
 _CLEANER: Cleaner | None = None
+_INIT_ERROR: BaseException | None = None
 
 
 def _init_worker(cfg: Config, badwords: list[str]) -> None:
-    global _CLEANER
-    _CLEANER = Cleaner(cfg, badwords)
+    global _CLEANER, _INIT_ERROR
+    _CLEANER, _INIT_ERROR = None, None
+    try:
+        _CLEANER = Cleaner(cfg, badwords)
+    except Exception as exc:  # raised from a pool initializer it would restart the worker forever
+        _INIT_ERROR = exc
+
+
+def _worker_languages() -> set[str]:
+    if _INIT_ERROR:
+        raise _INIT_ERROR
+    return _CLEANER.detector.languages()
 
 
 def _clean_chunk(chunk: list[tuple[tuple[int, int], dict]]) -> list[tuple]:
     """Clean a list of (position, record): (position, output line or None, reason, line counts, chars)."""
+    if _INIT_ERROR:
+        raise _INIT_ERROR
     out = []
     field = _CLEANER.cfg.text_field
     for position, record in chunk:
@@ -381,7 +363,7 @@ def _clean_chunk(chunk: list[tuple[tuple[int, int], dict]]) -> list[tuple]:
             record = dict(record)
             record[field] = cleaned
             line = json.dumps(record, ensure_ascii=False, default=_json_default) + "\n"
-        out.append((position, line, reason, dict(counts), len(text), len(cleaned or "")))
+        out.append((position, line, reason, counts, len(text), len(cleaned or "")))
     return out
 
 
@@ -413,20 +395,44 @@ def _chunks(items, size: int):
         yield chunk
 
 
-def _ordered_map(func, chunks, workers: int, initargs: tuple):
-    """Results of func over chunks, in input order, holding only a few chunks in flight."""
-    if workers == 1:
-        _init_worker(*initargs)
-        for chunk in chunks:
-            yield func(chunk)
-        return
-    # spawn: workers start clean on every platform (no inherited locks or threads).
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+class Workers:
+    """Cleaning processes (this process alone for one worker) giving results in input order.
+
+    They start at once and load their language models while the caller does other work.
+    """
+
+    def __init__(self, count: int, cfg: Config, badwords: list[str]):
+        self.count = count
+        self.pool = None
+        if count == 1:
+            _init_worker(cfg, badwords)
+        else:
+            # spawn: workers start clean on every platform (no inherited locks or threads).
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(count, initializer=_init_worker, initargs=(cfg, badwords))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def languages(self) -> set[str]:
+        """The codes the detector can answer with (asked of a worker: this process loads no model)."""
+        return self.pool.apply(_worker_languages) if self.pool else _worker_languages()
+
+    def map(self, chunks):
+        """_clean_chunk over chunks, in order, with only a few chunks in flight."""
+        if self.pool is None:
+            for chunk in chunks:
+                yield _clean_chunk(chunk)
+            return
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(func, (chunk,)))
-            if len(pending) >= 4 * workers:
+            pending.append(self.pool.apply_async(_clean_chunk, (chunk,)))
+            if len(pending) >= 4 * self.count:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -497,6 +503,17 @@ class ShardWriter:
             self._context = self._handle = None
 
 
+def _describe_badwords(specs) -> list[dict]:
+    """Which lists were used, with their content hashes (a list file may change)."""
+    from llamantino.fileio import sha256_file
+
+    out = []
+    for spec in specs:
+        path = BUNDLED_BADWORDS.get(spec, Path(spec))
+        out.append({"list": spec, "entries": len(read_badwords(spec)), "sha256": sha256_file(path)})
+    return out
+
+
 def _remove_run_files(folder: Path) -> None:
     """Remove what this stage writes (after an error): the folder is left as it was found."""
     if not folder.is_dir():
@@ -526,46 +543,49 @@ def _remove_stale(folder: Path, shards_done: int) -> None:
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Clean `cfg.inputs` into `cfg.output`. An interrupted run always resumes (`resume` is
     accepted for the stage contract)."""
-    from llamantino.langid import make_detector
-    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+    from llamantino.manifest import (RUN_INFO, describe_inputs, prepare_output, read_manifest, run_identity,
+                                     start_run, write_manifest)
 
     out = Path(cfg.output)
     # Everything that can be checked before work starts is checked before the folder is touched.
     reader = Reader(cfg)
     badwords = [w for spec in cfg.badwords for w in read_badwords(spec)]
-    languages = make_detector(cfg.langid).languages()
-    if cfg.lang not in languages:
-        raise LlamantinoError(f"lang '{cfg.lang}': not a language {cfg.langid} identifies"
-                              f"{closest(cfg.lang, languages)}")
+    done = read_manifest(out) if out.is_dir() else None
+    identity = run_identity(KIND, cfg)
+    if done and (done.get("stage"), done.get("fingerprint")) == (identity["stage"], identity["fingerprint"]):
+        return {"status": "skipped (done)", **_summary(done["metrics"])}
 
-    state = prepare_output(out, KIND, cfg, overwrite=overwrite)
-    if state == "complete":
-        return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
-    progress = None
-    if state == "resume":
-        path = out / PROGRESS
-        progress = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        if progress and progress["inputs"] != reader.identity():
-            raise LlamantinoError(f"{out}: the inputs changed since the interrupted run; "
-                                  "pass --overwrite to start again")
-    else:
-        start_run(out, KIND, cfg)
-    try:
-        metrics = _clean_all(cfg, reader, badwords, out, progress)
-        write_manifest(out, KIND, cfg, inputs=describe_inputs(cfg.inputs), metrics=metrics)
-    except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt):  # interrupted runs resume; failed ones vanish
-            _remove_run_files(out)
-        raise
-    from llamantino.manifest import RUN_INFO
-
+    with Workers(cfg.workers or available_cores(), cfg, badwords) as workers:
+        languages = workers.languages()
+        if cfg.lang not in languages:
+            raise LlamantinoError(f"lang '{cfg.lang}': not a language {cfg.langid} identifies"
+                                  f"{closest(cfg.lang, languages)}")
+        state = prepare_output(out, KIND, cfg, overwrite=overwrite)
+        if state == "complete":  # finished by another process since the check above
+            return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
+        progress = None
+        if state == "resume":
+            path = out / PROGRESS
+            progress = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            if progress and progress["inputs"] != reader.identity():
+                raise LlamantinoError(f"{out}: the inputs changed since the interrupted run; "
+                                      "pass --overwrite to start again")
+        else:
+            start_run(out, KIND, cfg)
+        try:
+            metrics = _clean_all(cfg, reader, workers, out, progress)
+            write_manifest(out, KIND, cfg, inputs=describe_inputs(cfg.inputs), metrics=metrics,
+                           extra={"badwords": _describe_badwords(cfg.badwords)})
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):  # interrupted runs resume; failed ones vanish
+                _remove_run_files(out)
+            raise
     for name in (PROGRESS, RUN_INFO):
         (out / name).unlink(missing_ok=True)
     return {"status": "done", **_summary(metrics)}
 
 
-def _clean_all(cfg: Config, reader: Reader, badwords: list[str], out: Path, progress: dict | None) -> dict:
-    workers = cfg.workers or os.cpu_count() or 1
+def _clean_all(cfg: Config, reader: Reader, workers: Workers, out: Path, progress: dict | None) -> dict:
     stats = Stats(progress["stats"] if progress else None)
     position = tuple(progress["position"]) if progress else (0, 0)
     shards = progress["shards"] if progress else 0
@@ -582,7 +602,7 @@ def _clean_all(cfg: Config, reader: Reader, badwords: list[str], out: Path, prog
             yield (pos, bad), record
 
     try:
-        for results in _ordered_map(_clean_chunk, _chunks(items(), CHUNK_DOCS), workers, (cfg, badwords)):
+        for results in workers.map(_chunks(items(), CHUNK_DOCS)):
             for (pos, bad), line, reason, counts, chars_in, chars_out in results:
                 stats.docs["read"] += 1
                 stats.docs[reason or "kept"] += 1
@@ -603,7 +623,7 @@ def _clean_all(cfg: Config, reader: Reader, badwords: list[str], out: Path, prog
     stats.bad_lines = reader.bad
     seconds = time.time() - t0
     metrics = stats.metrics()
-    metrics.update({"shards": writer.index, "workers": workers, "seconds": round(seconds, 2),
+    metrics.update({"shards": writer.index, "workers": workers.count, "seconds": round(seconds, 2),
                     "documents_per_second": round((stats.docs["read"] - read_at_start) / max(seconds, 1e-9), 1)})
     return metrics
 

@@ -27,6 +27,7 @@ COMMANDS = {
     "eval evalita": ("llamantino.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
     "adapt": ("llamantino.adapt", "language adaptation: QLoRA continued pretraining"),
     "translate": ("llamantino.translate", "machine-translate chat or instruction data"),
+    "demo-translator": ("llamantino.tiny_translator", "build the small stand-in translation model used by the demo"),
     "sft": ("llamantino.sft", "chat fine-tuning (QLoRA) with the Italian LLaMA 2 chat template"),
     "preview": ("llamantino.preview", "show training examples exactly as the model sees them"),
     "chat": ("llamantino.chat", "chat with a model in the terminal"),

@@ -89,8 +89,9 @@ def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[P
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            # In a folder, plain `.json` files are metadata (manifest.json, configs), not shards.
             found = sorted(p for p in path.rglob("*") if p.is_file() and str(p).endswith(tuple(suffixes))
-                           and not p.name.startswith("."))
+                           and not p.name.startswith(".") and p.suffix != ".json")
             if not found:
                 raise LlamantinoError(f"{path}: folder holds no {what} files ({', '.join(suffixes)})")
             files.extend(found)

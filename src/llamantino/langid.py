@@ -69,7 +69,7 @@ DETECTORS = {"py3langid": Py3LangidDetector, "langdetect": LangdetectDetector}
 DEFAULT = "py3langid"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_detector(name: str = DEFAULT):
     """The detector called `name`; one per process (they hold no state between texts)."""
     if name not in DETECTORS:

@@ -4,7 +4,9 @@ The base is loaded in 16 or 32 bit; a quantized (4-bit) base is refused, because
 into it is lossy (logits off by ~3e-3, against ~3e-7 in float32). The output holds
 sharded safetensors, config, generation config and the tokenizer (the adapter run's own
 when it saved one, else the base's). Same inputs and dtype give the same bytes, so a
-weight difference made against a merged model applies to a merge rebuilt later.
+weight difference made against a merged model applies to the merge `llamantino build`
+redoes; should a machine's arithmetic ever differ, the difference's checksums say so,
+naming the tensors.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
         max_steps: 25000
       bpb_after:
         kind: bpb
-        adapter: ${adapt.output}               # ${run_dir}, ${name}, ${STAGE.SETTING}
+        adapter: ${adapt.output}               # ${run_dir}, ${name}, ${data_dir}, ${STAGE.SETTING}
 
 Every stage's `output` defaults to `${run_dir}/<stage name>`. Unknown keys are errors
 that name the key and suggest the closest valid one. The paper's ten models and the demo
@@ -31,6 +31,7 @@ from llamantino.config import build_config, closest, setting, to_dict
 from llamantino.errors import LlamantinoError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+DATA_DIR = Path(__file__).parent / "data"  # bundled data, ${data_dir} in recipes
 
 # Stage kind -> module. Each module defines `Config` (a settings dataclass with an
 # `output` field) and `run(cfg, *, overwrite=False, resume=False) -> dict`.
@@ -40,6 +41,7 @@ STAGE_MODULES = {
     "bpb": "llamantino.bpb",
     "adapt": "llamantino.adapt",
     "translate": "llamantino.translate",
+    "tiny_translator": "llamantino.tiny_translator",
     "sft": "llamantino.sft",
     "chat": "llamantino.chat",
     "evalita_prepare": "llamantino.evalita.prepare",
@@ -208,7 +210,8 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
         if stage_name not in stages_raw:
             raise LlamantinoError(f"override for unknown stage '{stage_name}'"
                                   f"{closest(stage_name, stages_raw)}; stages: {', '.join(stages_raw)}")
-    context: dict = {"name": name, "run_dir": str(raw.get("run_dir") or f"runs/{name}"), "stages": {}}
+    context: dict = {"name": name, "run_dir": str(raw.get("run_dir") or f"runs/{name}"), "stages": {},
+                     "data_dir": str(DATA_DIR)}
     context["run_dir"] = _interpolate(context["run_dir"], context, f"{path}: run_dir")
     stages = []
     for stage_name, settings in stages_raw.items():

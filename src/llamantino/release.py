@@ -15,7 +15,6 @@ from the run's manifest) and SHA256SUMS, the sha256 of every released file in th
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 from pathlib import Path
@@ -42,7 +41,8 @@ LICENCE_NOTE = (
 class Config:
     run: str = setting("", "training run folder (adapt, sft or instruct)")
     output: str = setting("", "folder to write the release into")
-    recipe: str = setting("", "recipe (name or YAML) whose release section names the model, parent, datasets")
+    release_recipe: str = setting("", "recipe (name or YAML) whose release section describes the model: "
+                                      "name, parent, datasets, prompt format, hub repository")
     name: str = setting("", "model name on the card (default: the recipe's name, else the run folder's)")
     base: str = setting("", "instruct runs: model folder the difference is taken against "
                             "(default: the run manifest's settings.model)")
@@ -117,12 +117,12 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
     from llamantino.recipes import list_recipes, read_release
 
     settings, stage = manifest.get("settings", {}), manifest.get("stage", "")
-    info = read_release(cfg.recipe) if cfg.recipe else None
-    recipe = _recipe_text(cfg.recipe) if cfg.recipe else {}
+    info = read_release(cfg.release_recipe) if cfg.release_recipe else None
+    recipe = _recipe_text(cfg.release_recipe) if cfg.release_recipe else {}
     if info and info.released_as != released_as:
-        raise LlamantinoError(f"recipe {cfg.recipe} releases the model as {info.released_as}, "
+        raise LlamantinoError(f"recipe {cfg.release_recipe} releases the model as {info.released_as}, "
                               f"but run {cfg.run} holds {'an adapter' if released_as == 'adapter' else 'a full model'}")
-    name = cfg.name or (recipe.get("name") if cfg.recipe else "") or Path(cfg.run).resolve().name
+    name = cfg.name or recipe.get("name") or Path(cfg.run).resolve().name
     base_model = cfg.base_model
     if not base_model and info:
         parent = read_release(info.parent) if info.parent in list_recipes() else None
@@ -133,9 +133,9 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
         d[len("hf://"):].split("?")[0] for d in settings.get("data", []) if str(d).startswith("hf://")]
     prompt = cfg.prompt_format or (info.prompt_format if info and info.prompt_format else "") \
         or STAGE_PROMPT.get(stage, "none")
-    chain = ""
-    if cfg.recipe and info and info.hub_repo:
-        chain = format_chain(*release_chain(cfg.recipe))
+    chain = ""  # shown with `llamantino build NAME`, which knows the bundled recipes
+    if cfg.release_recipe in list_recipes() and info.hub_repo:
+        chain = format_chain(*release_chain(cfg.release_recipe))
     return Card(name=name, description=str(recipe.get("description", "")), released_as=released_as,
                 base_model=base_model, datasets=list(datasets), language=info.language if info else ["it"],
                 prompt_format=prompt, hub_repo=(info.hub_repo if info else "") or cfg.push, chain=chain,
@@ -189,9 +189,11 @@ def model_card(card: Card) -> str:
 
     adapter = card.released_as == "adapter"
     tags = ["llamantino", "llama-2", "italian", "text-generation"] + (["peft", "lora"] if adapter else ["weight-diff"])
-    front = {"base_model": card.base_model, "license": "llama2", "language": card.language,
-             "datasets": [d for d in card.datasets if HUB_ID.match(d)], "tags": tags,
-             "pipeline_tag": "text-generation"}
+    front = {"base_model": card.base_model, "license": "llama2", "language": card.language}
+    hub_datasets = [d for d in card.datasets if HUB_ID.match(d)]  # the hub wants ids in the metadata
+    if hub_datasets:
+        front["datasets"] = hub_datasets
+    front.update({"tags": tags, "pipeline_tag": "text-generation"})
     if adapter:
         front["library_name"] = "peft"
     repo = card.hub_repo or card.name

@@ -35,7 +35,7 @@ class Config(QLoraSettings):
                                "language-adapted chat model)")
     merge_dtype: str = setting("auto", "dtype of the merged base: float32, bfloat16, float16, or auto = "
                                "the checkpoint's own", choices=("auto", "float32", "bfloat16", "float16"))
-    data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hf://...")
+    data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hub:NAME?config=C&split=S")
     format: str = setting("", "data format (default: detected from the fields)", choices=("",) + CONVERSATION_FORMATS)
     prompt_format: str = setting("llama2-chat", "prompt format", choices=("llama2-chat",))
 

@@ -3,8 +3,8 @@
 Sources: JSON lines (gzipped or not), folders of shards, parquet, plain text (one
 document per blank-line paragraph), and hub datasets streamed through `datasets`:
 
-    hf://gsarti/clean_mc4_it?config=medium&split=train
-    hf://json?data_files=shards/*.json.gz           (datasets' packaged builders, local files)
+    hub:gsarti/clean_mc4_it?config=medium&split=train
+    hub:json?data_files=shards/*.json.gz           (datasets' packaged builders, local files)
 
 Nothing is read ahead: the first document is available at once, whatever the corpus
 size. With several ranks, rank r takes documents r, r+W, r+2W... of the same stream, so
@@ -14,7 +14,6 @@ ranks see different data without any pre-sharding. `state_dict()` is the positio
 
 from __future__ import annotations
 
-import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
@@ -22,28 +21,71 @@ from llamantino.errors import LlamantinoError
 from llamantino.fileio import expand_inputs, iter_jsonl, open_text
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz", ".parquet", ".txt", ".txt.gz")
-HUB_PREFIX = "hf://"
+HUB_PREFIX = "hub:"
+HUB_OPTIONS = ("config", "split", "revision", "data_dir", "data_files")
 
 
-def parse_hub(spec: str) -> dict:
-    """hf://NAME?config=C&split=S&data_files=F&revision=R -> load_dataset keyword arguments."""
-    rest = spec[len(HUB_PREFIX):]
-    name, _, query = rest.partition("?")
+def parse_hub_spec(spec: str) -> dict:
+    """`hub:NAME?config=C&split=S&revision=R&data_dir=D&data_files=F` -> load_dataset arguments."""
+    from urllib.parse import parse_qs
+
+    from llamantino.config import closest
+
+    body = spec[len(HUB_PREFIX):]
+    name, _, query = body.partition("?")
     if not name:
-        raise LlamantinoError(f"{spec}: no dataset name after {HUB_PREFIX}")
-    params = dict(urllib.parse.parse_qsl(query))
-    allowed = {"config", "split", "data_files", "revision", "data_dir"}
-    unknown = set(params) - allowed
-    if unknown:
-        raise LlamantinoError(f"{spec}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                              f"valid: {', '.join(sorted(allowed))}")
-    kwargs = {"path": name, "split": params.get("split", "train"), "streaming": True}
-    if "config" in params:
-        kwargs["name"] = params["config"]
-    for key in ("data_files", "revision", "data_dir"):
-        if key in params:
-            kwargs[key] = params[key]
-    return kwargs
+        raise LlamantinoError(f"{spec}: no dataset name; expected hub:NAME?config=C&split=S")
+    options = parse_qs(query, keep_blank_values=True, strict_parsing=False) if query else {}
+    for key in options:
+        if key not in HUB_OPTIONS:
+            raise LlamantinoError(f"{spec}: unknown option '{key}'{closest(key, HUB_OPTIONS)}; "
+                                  f"valid: {', '.join(HUB_OPTIONS)}")
+    args = {"path": name, "name": None, "split": "train", "streaming": True}
+    for key, values in options.items():
+        if key == "data_files":
+            args["data_files"] = [f for v in values for f in v.split(",") if f]
+        elif len(values) > 1:
+            raise LlamantinoError(f"{spec}: option '{key}' given {len(values)} times")
+        else:
+            args["name" if key == "config" else key] = values[0]
+    return args
+
+
+def hub_records(spec: str, start: int = 0):
+    """(number, where, record) of a dataset streamed record by record, after the first `start`:
+    a corpus of any size is never held or copied."""
+    import datasets
+
+    args = parse_hub_spec(spec)
+    try:
+        stream = datasets.load_dataset(**args)
+    except Exception as exc:  # the library raises many kinds; the user needs one line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LlamantinoError(f"{spec}: cannot open dataset ({type(exc).__name__}: {message})") from None
+    if start:
+        stream = stream.skip(start)
+    for number, record in enumerate(stream, start=start + 1):
+        yield number, f"{spec}: record {number}", record
+
+
+def parquet_records(path: str, start: int = 0):
+    """(number, where, record) of a parquet file's rows after the first `start`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+        number = 0
+        for batch in handle.iter_batches(batch_size=1024):
+            if number + batch.num_rows <= start:
+                number += batch.num_rows
+                continue
+            for record in batch.to_pylist():
+                number += 1
+                if number > start:
+                    yield number, f"{path}: row {number}", record
+    except (pa.ArrowException, OSError) as exc:
+        raise LlamantinoError(f"{path}: unreadable parquet file ({exc})".replace("\n", " ")) from None
 
 
 def expand_sources(sources) -> list[str]:
@@ -51,7 +93,7 @@ def expand_sources(sources) -> list[str]:
     out: list[str] = []
     for src in sources:
         if str(src).startswith(HUB_PREFIX):
-            parse_hub(str(src))
+            parse_hub_spec(str(src))
             out.append(str(src))
         else:
             out.extend(str(p) for p in expand_inputs([src], suffixes=LOCAL_SUFFIXES, what="text"))
@@ -76,36 +118,15 @@ def _iter_paragraphs(path: str) -> Iterator[str]:
 def _records(source: str, text_field: str | None, skip: int, skip_bad_lines: bool):
     """Yield (where, value) for one source after skipping its first `skip` records: the
     `text_field` of each record, or the whole record when `text_field` is None."""
-    if source.startswith(HUB_PREFIX):
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(**parse_hub(source))
-        except Exception as exc:  # datasets raises many types; all mean "cannot open"
-            raise LlamantinoError(f"{source}: cannot open dataset ({str(exc).splitlines()[0]})") from None
-        if skip:
-            ds = ds.skip(skip)
-        for i, row in enumerate(ds):
-            where = f"{source}: record {skip + i + 1}"
+    if source.startswith(HUB_PREFIX) or source.endswith(".parquet"):
+        rows = hub_records(source, skip) if source.startswith(HUB_PREFIX) else parquet_records(source, skip)
+        for _, where, row in rows:
             if text_field is None:
-                yield where, dict(row)
-                continue
-            if text_field not in row:
+                yield where, row
+            elif text_field not in row:
                 raise LlamantinoError(f"{where}: missing field '{text_field}'")
-            yield where, row[text_field]
-    elif source.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(source)
-        if text_field is not None and text_field not in table.schema_arrow.names:
-            raise LlamantinoError(f"{source}: missing column '{text_field}'")
-        seen = 0
-        columns = None if text_field is None else [text_field]
-        for batch in table.iter_batches(columns=columns, batch_size=1024):
-            for row in batch.to_pylist():
-                if seen >= skip:
-                    yield f"{source}: row {seen + 1}", row if text_field is None else row[text_field]
-                seen += 1
+            else:
+                yield where, row[text_field]
     elif source.endswith((".txt", ".txt.gz")):
         if text_field is None:
             raise LlamantinoError(f"{source}: plain text holds documents, not records")

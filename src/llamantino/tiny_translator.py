@@ -65,7 +65,7 @@ class Config:
     pairs: int = setting(64, "sentence pairs to train on")
     steps: int = setting(300, "optimizer steps (enough to learn to stop)")
     batch_size: int = setting(16, "pairs per step")
-    learning_rate: float = setting(3e-3, "AdamW learning rate")
+    learning_rate: float = setting(1e-2, "AdamW learning rate")
     seed: int = setting(0, "random seed")
     threads: int = setting(1, "torch CPU threads for training", fingerprint=False)
 
@@ -83,11 +83,12 @@ def paths(output) -> dict:
     return {"hf": output / "hf", "ct2": output / "ct2", "argosmodel": found[0] if found else None}
 
 
-def build_tiny_translator(output_dir, src: str = "en", tgt: str = "it", **settings) -> dict:
+def build_tiny_translator(output_dir, src: str = "en", tgt: str = "it", *, overwrite: bool = False,
+                          **settings) -> dict:
     """Build the stand-in (or find it already built with the same settings); return its paths."""
     cfg = build_config(Config, {"output": str(output_dir), "src": src, "tgt": tgt, **settings},
                        "tiny translator settings")
-    run(cfg)
+    run(cfg, overwrite=overwrite)
     return paths(output_dir)
 
 
@@ -340,3 +341,15 @@ def _summary(metrics: dict) -> dict:
     return {"headline": {"params_K": round(metrics["parameters"] / 1e3, 1), "train_loss": metrics["final_loss"],
                          "stand_in": True}, "metrics": metrics}
 
+
+
+def add_arguments(parser):
+    from llamantino.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND)
+
+
+def main(args) -> int:
+    from llamantino.runner import run_stage_command
+
+    return run_stage_command(KIND, args)

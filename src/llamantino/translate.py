@@ -76,8 +76,8 @@ class Config:
                              "empty: the Argos package installed for src -> tgt")
     src: str = setting("en", "source language code")
     tgt: str = setting("it", "target language code")
-    format: str = setting("", "source format; empty: detected from each file's first record",
-                          choices=("",) + FORMATS)
+    format: str = setting("", f"source format: {', '.join(FORMATS)}; empty: detected from each file's "
+                              "first record", choices=("",) + FORMATS)
     engine: str = setting("batched", "batched: many records' sentences per CTranslate2 call; "
                                      "argos: argostranslate.translate.translate() per piece of text",
                           choices=("batched", "argos"))
@@ -90,7 +90,8 @@ class Config:
                                           ".argosmodel is installed there for the argos engine; "
                                           "empty: argostranslate's own", fingerprint=False)
     threads: int = setting(1, "CTranslate2 threads per translation (ARGOS_INTRA_THREADS); 0 lets "
-                              "CTranslate2 choose, which was 20-50x slower on 2 cores", fingerprint=False)
+                              "CTranslate2 choose, argostranslate's default, 20-50x slower per call on 2 cores",
+                           fingerprint=False)
     workers: int = setting(1, "CTranslate2 translations run in parallel (ARGOS_INTER_THREADS)",
                            fingerprint=False)
     batch_size: int = setting(64, "sentences per CTranslate2 batch (batched engine)", fingerprint=False)
@@ -303,6 +304,17 @@ def _detect(record: dict, where: str) -> str:
     return fmt
 
 
+def file_formats(files, fmt: str) -> list[str | None]:
+    """The format of each file: the one given, or detected from its first JSON object."""
+    if fmt:
+        return [fmt] * len(files)
+    out = []
+    for path in files:
+        first = next(((n, r) for n, r, error in _read_lines(path, 0) if error is None), None)
+        out.append(_detect(first[1], f"{path}:{first[0]}") if first else None)
+    return out
+
+
 def _read_lines(path: Path, start_line: int):
     """Yield (line number, record or None, JSON error or None) after `start_line`."""
     import gzip
@@ -385,17 +397,18 @@ def inspect_model(cfg: Config) -> Model:
         if cfg.engine == "argos":
             raise LlamantinoError(f"{path}: the argos engine needs an Argos package (.argosmodel or an "
                                   "installed package), not a CTranslate2 folder")
-        if not (path / "sentencepiece.model").is_file() and not (path / "source.spm").is_file():
+        if not (path / "sentencepiece.model").is_file() and not (
+                (path / "source.spm").is_file() and (path / "target.spm").is_file()):
             raise LlamantinoError(f"{path}: no SentencePiece model (sentencepiece.model, or source.spm and "
                                   "target.spm) in the CTranslate2 folder")
-        if cfg.splitter == "model" and not (path / "minisbd").is_dir():
+        if cfg.splitter == "model" and not _splitter_files(str(p.relative_to(path)) for p in path.rglob("*.onnx")):
             raise LlamantinoError(f"{path}: the folder carries no sentence splitter (minisbd/*.onnx); pass "
                                   "--splitter rules or --splitter FILE.onnx")
         model = Model("ctranslate2", path, info.get("from_code"), info.get("to_code"),
                       bool(info.get("stand_in")), info)
-    elif path.is_dir():
-        raise LlamantinoError(f"{path}: neither a CTranslate2 model folder (model.bin) nor an Argos package "
-                              "(metadata.json)")
+    elif path.exists():
+        raise LlamantinoError(f"{path}: neither a CTranslate2 model folder (model.bin), an Argos package folder "
+                              "(metadata.json) nor an .argosmodel file")
     else:
         raise LlamantinoError(f"{path}: no such model folder")
     if model.from_code and model.to_code and (model.from_code, model.to_code) != (cfg.src, cfg.tgt):
@@ -642,7 +655,7 @@ def _input_signature(files) -> list:
 
 
 def _new_progress(files) -> dict:
-    return {"inputs": _input_signature(files), "position": [0, 0], "formats": {}, "parts": 0,
+    return {"inputs": _input_signature(files), "position": [0, 0], "parts": 0,
             "read": 0, "translated": 0, "skipped": {}, "examples": [], "fields": 0, "characters": 0,
             "segments": 0, "sentences": 0, "long_inputs": 0, "length_limited": 0, "seconds": 0.0}
 
@@ -650,6 +663,8 @@ def _new_progress(files) -> dict:
 def _remove_work_files(out: Path) -> None:
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
+    for stale in (*out.glob(f".{OUTPUT_FILE}.tmp-*"), *out.glob(f".{PROGRESS_FILE}.tmp-*")):
+        stale.unlink()  # temporary files of a process killed while writing
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
@@ -659,6 +674,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
 
     files = expand_inputs(cfg.inputs)
+    formats = file_formats(files, cfg.format)
     model = inspect_model(cfg)
     out = Path(cfg.output)
     state = prepare_output(out, KIND, cfg, overwrite=overwrite)
@@ -678,7 +694,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         progress = _new_progress(files)
     with contextlib.ExitStack() as stack:
         engine = open_engine(cfg, model, stack)
-        _translate_all(cfg, files, engine, progress, out)
+        _translate_all(cfg, files, formats, engine, progress, out)
     with atomic_open(out / OUTPUT_FILE) as handle:
         for number in range(progress["parts"]):
             with open(out / PARTS_DIR / f"part-{number:06d}.jsonl", encoding="utf-8") as part:
@@ -692,7 +708,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     return {"status": "done", **_summary(metrics)}
 
 
-def _translate_all(cfg: Config, files, engine, progress: dict, out: Path) -> None:
+def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Path) -> None:
     from tqdm import tqdm
 
     from llamantino.fileio import atomic_write_json, atomic_write_text
@@ -736,15 +752,13 @@ def _translate_all(cfg: Config, files, engine, progress: dict, out: Path) -> Non
         if file_index < position[0]:
             continue
         start_line = position[1] if file_index == position[0] else 0
-        fmt = cfg.format or progress["formats"].get(str(file_index))
+        fmt = formats[file_index]
         for number, record, error in _read_lines(path, start_line):
             where = f"{path}:{number}"
             progress["read"] += 1
             try:
                 if error:
                     raise Skip("malformed_json", f"{where}: malformed JSON ({error})")
-                if fmt is None:
-                    fmt = progress["formats"][str(file_index)] = _detect(record, where)
                 chunk.append((record, fmt, translatable(record, fmt, where)))
             except Skip as skip:
                 if cfg.strict:
@@ -759,6 +773,10 @@ def _translate_all(cfg: Config, files, engine, progress: dict, out: Path) -> Non
         position = [file_index + 1, 0]
     commit()
     bar.close()
+    if progress["skipped"]:
+        log.warning("translate: skipped %d records (%s); the manifest quotes the first %d",
+                    sum(progress["skipped"].values()),
+                    ", ".join(f"{k}: {v}" for k, v in progress["skipped"].items()), MAX_EXAMPLES)
 
 
 def _metrics(progress: dict, cfg: Config) -> dict:
@@ -794,7 +812,8 @@ def add_arguments(parser):
     from llamantino.runner import add_stage_arguments
 
     add_stage_arguments(parser, KIND, positional={"inputs": {
-        "nargs": "*", "metavar": "INPUT", "help": "JSON-lines files or folders (UltraChat, ultrachat_200k, Dolly, Alpaca)"}})
+        "nargs": "*", "metavar": "INPUT",
+        "help": "JSON-lines files or folders (UltraChat, ultrachat_200k, Dolly, Alpaca)"}})
 
 
 def main(args) -> int:

@@ -1,0 +1,340 @@
+"""`llamantino translate`: structure, protected spans, both backends, resuming, bad input.
+
+The stand-in translator (tiny MarianMT + SentencePiece + MiniSBD splitter, built once per
+session) translates into nonsense, which is enough: the tests check everything around
+the model, and that the two engines agree.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llamantino import translate
+from llamantino.errors import LlamantinoError
+from llamantino.runner import config_for
+
+SENTENCES = [
+    "The cat sleeps on the sofa.", "Rain falls on the quiet town.", "We will go to the sea tomorrow.",
+    "Language models predict the next word.", "My sister bakes bread every Sunday.",
+    "The train to Rome leaves at nine.", "Please close the window before you leave.",
+    "This recipe needs two eggs and some flour.",
+]
+
+RICH = (
+    "## How to greet {name}\n"
+    "Say hello to {name}, then write to help.desk@example.org today.\n\n"
+    "- Install it with `pip install llamantino` first.\n"
+    "- Read https://example.org/docs/index.html. It explains %(count)s options.\n"
+    "  1. Nested step with a [useful link](https://example.org/a_(b)) inside.\n"
+    "> Quoted line with **bold words** and {{ jinja }} and ${HOME}.\n"
+    "```python\n"
+    "print('Do not translate me.')  # a comment\n"
+    "```\n"
+    "| Name | Value |\n"
+    "|---|---|\n"
+    "Done <br> now.\r\n"
+    "Trailing spaces stay.   "
+)
+PROTECTED = ["{name}", "help.desk@example.org", "`pip install llamantino`", "https://example.org/docs/index.html",
+             "%(count)s", "](https://example.org/a_(b))", "**", "{{ jinja }}", "${HOME}",
+             "```python\nprint('Do not translate me.')  # a comment\n```\n", "<br>", "|---|---|\n"]
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory):
+    from llamantino.tiny_translator import build_tiny_translator
+
+    return build_tiny_translator(tmp_path_factory.mktemp("stand-in"))
+
+
+@pytest.fixture(scope="module")
+def argos_dir(tmp_path_factory):
+    """argostranslate creates its folders at import: keep them (and its packages) in a temporary place.
+    The environment (which the translate stage also sets for argostranslate) is restored afterwards."""
+    saved = dict(os.environ)
+    base = tmp_path_factory.mktemp("argos")
+    for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        os.environ[name] = str(base / name.lower())
+    yield base / "packages"
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def translate_records(tmp_path, records, model, name="out", **settings):
+    source = write_jsonl(tmp_path / f"{name}.jsonl", records)
+    cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / name), model=str(model), **settings)
+    summary = translate.run(cfg)
+    return read_jsonl(tmp_path / name / "translated.jsonl"), summary
+
+
+class RecordingEngine:
+    """An identity "model" that brackets what it was given, so the output shows what reached it."""
+
+    def __init__(self):
+        self.seen = []
+
+    def translate(self, texts):
+        self.seen += texts
+        return [f"⟦{t}⟧" for t in texts]
+
+
+# ---------------------------------------------------------------------------------------
+# Protection
+
+
+def test_protected_spans_never_reach_the_model_and_come_back_byte_for_byte():
+    engine = RecordingEngine()
+    (out,) = translate.translate_texts([RICH], engine)
+    assert out.replace("⟦", "").replace("⟧", "") == RICH
+    for span in PROTECTED:
+        assert span in out
+        assert not any(span in seen for seen in engine.seen), span
+    for seen in engine.seen:
+        assert "\n" not in seen and seen == seen.strip()
+        assert not re.match(r"(#+|-|>|\d+\.|\|)\s", seen)  # no markdown marker
+    assert out.split("\n")[0] == "## ⟦How to greet⟧ {name}"
+    assert "\n- ⟦Install it with⟧ `pip install llamantino` ⟦first.⟧\n" in out
+    assert "\n  1. ⟦Nested step with a⟧ [⟦useful link⟧](https://example.org/a_(b)) ⟦inside.⟧\n" in out
+    assert "\n> ⟦Quoted line with⟧ **⟦bold words⟧** ⟦and⟧ {{ jinja }} ⟦and⟧ ${HOME}.\n" in out
+    assert "\n| ⟦Name⟧ | ⟦Value⟧ |\n" in out
+    assert out.endswith("⟦Done⟧ <br> ⟦now.⟧\r\n⟦Trailing spaces stay.⟧   ")
+
+
+def test_segments_always_rebuild_the_text():
+    texts = [RICH, "", "\n\n", "```\nunclosed fence\nstill code", "3.14 + 2 = 5.14", "a", "`a` `b`",
+             "Mail x@y.io, or see www.example.com/page).", "  - [ ] a task\n  - [x] done"]
+    for text in texts:
+        assert "".join(piece for _, piece in translate.segment_text(text)) == text
+    assert [p for t, p in translate.segment_text("```\nunclosed fence\nstill code") if t] == []
+    assert [p for t, p in translate.segment_text("Mail x@y.io, or see www.example.com/page).") if t] == \
+        ["Mail", "or see"]
+
+
+def test_stand_in_keeps_spans_markers_and_line_breaks(tmp_path, stand_in):
+    (record,), _ = translate_records(tmp_path, [{"id": "r", "data": [RICH, "Fine, thanks."]}], stand_in["ct2"])
+    out = record["data"][0]
+    for span in PROTECTED:
+        assert span in out
+    assert out.count("\n") == RICH.count("\n")
+    for before, after in zip(RICH.split("\n"), out.split("\n")):
+        marker = re.match(r"[ \t]*(?:#{1,6}|>|[-*+]|\d+[.)]|\|)?[ \t]*", before).group(0)
+        assert after.startswith(marker)
+    assert out.endswith("   ")
+    assert record["original"] == {"data": [RICH, "Fine, thanks."]}
+
+
+# ---------------------------------------------------------------------------------------
+# Structure of each format
+
+
+FORMAT_RECORDS = {
+    "ultrachat": [{"id": "7", "data": SENTENCES[:4]}, {"id": "8", "data": SENTENCES[4:6]}],
+    "ultrachat_200k": [{"prompt": SENTENCES[0], "prompt_id": "abc",
+                        "messages": [{"role": "system", "content": SENTENCES[7]},
+                                     {"role": "user", "content": SENTENCES[0]},
+                                     {"role": "assistant", "content": SENTENCES[1]},
+                                     {"role": "user", "content": SENTENCES[2]},
+                                     {"role": "assistant", "content": SENTENCES[3]}]}],
+    "dolly": [{"instruction": SENTENCES[0], "context": "", "response": SENTENCES[1], "category": "open_qa"},
+              {"instruction": SENTENCES[2], "context": SENTENCES[3], "response": SENTENCES[4], "category": "qa"}],
+    "alpaca": [{"instruction": SENTENCES[5], "input": "", "output": SENTENCES[6]},
+               {"instruction": SENTENCES[7], "input": SENTENCES[0], "output": SENTENCES[1]}],
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMAT_RECORDS))
+def test_each_format_keeps_its_structure(tmp_path, stand_in, fmt):
+    records = FORMAT_RECORDS[fmt]
+    out, summary = translate_records(tmp_path, records, stand_in["ct2"])
+    assert summary["headline"]["translated"] == len(records) and summary["headline"]["skipped"] == 0
+    assert len(out) == len(records)
+    for source, result in zip(records, out):
+        fields = translate.TEXT_FIELDS[fmt]
+        assert list(result) == list(source) + ["original"]  # same keys, same order
+        assert result["original"] == {k: source[k] for k in fields if k in source}
+        for key in source:
+            if key not in fields:
+                assert result[key] == source[key]  # ids, categories untouched
+        if fmt == "ultrachat":
+            assert len(result["data"]) == len(source["data"])
+            assert all(t and t != s for t, s in zip(result["data"], source["data"]))
+        elif fmt == "ultrachat_200k":
+            assert [m["role"] for m in result["messages"]] == [m["role"] for m in source["messages"]]
+            assert all(m["content"] and m["content"] != s["content"]
+                       for m, s in zip(result["messages"], source["messages"]))
+            assert result["prompt"] == result["messages"][1]["content"]  # the same text, translated once
+        else:
+            optional = "context" if fmt == "dolly" else "input"
+            assert (result[optional] == "") == (source[optional] == "")
+            assert all(result[k] != source[k] for k in fields if source[k])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["stand_in"] is True and manifest["model"]["kind"] == "ctranslate2"
+    assert manifest["metrics"]["sentences"] > 0 and manifest["metrics"]["sentences_per_s"] > 0
+
+
+def test_format_can_be_given(tmp_path, stand_in):
+    records = [{"instruction": SENTENCES[0], "input": "", "output": SENTENCES[1], "task": "x"}]
+    with pytest.raises(LlamantinoError, match="records of format evalita are not translated"):
+        translate_records(tmp_path, records, stand_in["ct2"], name="detected")
+    assert not (tmp_path / "detected").exists()
+    out, _ = translate_records(tmp_path, records, stand_in["ct2"], name="given", format="alpaca")
+    assert out[0]["task"] == "x" and out[0]["original"]["output"] == SENTENCES[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Backends
+
+
+def test_backends_agree(tmp_path, stand_in, argos_dir, monkeypatch):
+    def no_network(*args):
+        raise AssertionError("tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    records = [{"id": str(i), "data": [a, b]} for i, (a, b) in enumerate(zip(SENTENCES[::2], SENTENCES[1::2]))]
+    folder, _ = translate_records(tmp_path, records, stand_in["ct2"], name="ct2")
+    package, _ = translate_records(tmp_path, records, stand_in["argosmodel"], name="package")
+    argos, summary = translate_records(tmp_path, records, stand_in["argosmodel"], name="argos", engine="argos",
+                                       argos_packages_dir=str(argos_dir))
+    # One sentence per turn: the same model decoding the same way gives the same words.
+    assert folder == package == argos
+    assert summary["metrics"]["engine"] == "argos" and summary["headline"]["translated"] == len(records)
+    assert (argos_dir / "translate-en_it-stand_in" / "minisbd" / "en.onnx").is_file()  # installed offline
+    import argostranslate.translate
+
+    assert argostranslate.translate.translate(SENTENCES[0], "en", "it") == folder[0]["data"][0]
+
+
+def test_rules_splitter_for_a_folder_without_minisbd(tmp_path, stand_in):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(stand_in["ct2"], bare, ignore=shutil.ignore_patterns("minisbd"))
+    with pytest.raises(LlamantinoError, match="no sentence splitter"):
+        translate_records(tmp_path, FORMAT_RECORDS["ultrachat"], bare, name="refused")
+    assert not (tmp_path / "refused").exists()
+    out, summary = translate_records(tmp_path, FORMAT_RECORDS["ultrachat"], bare, name="rules", splitter="rules")
+    model, _ = translate_records(tmp_path, FORMAT_RECORDS["ultrachat"], stand_in["ct2"], name="model")
+    assert out == model  # the stand-in's MiniSBD model applies the same rule
+    assert summary["metrics"]["splitter"] == "rules"
+
+
+def test_stand_in_splitter_is_a_valid_minisbd_model(stand_in):
+    from minisbd import SBDetect
+
+    detector = SBDetect(str(stand_in["ct2"] / "minisbd" / "en.onnx"), use_gpu=False)
+    assert detector.sentences("Pi is 3.14 here. Really? Yes!  Fine… ok") == \
+        ["Pi is 3.14 here.", "Really?", "Yes!", "Fine…", "ok"]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+
+
+BAD = [
+    {"id": "ok1", "data": SENTENCES[:2]},
+    {"id": "odd", "data": SENTENCES[:3]},
+    {"id": "empty", "data": [SENTENCES[0], "   "]},
+    "{not json",
+    {"id": "notext", "data": [SENTENCES[0], 42]},
+    {"id": "ok2", "data": SENTENCES[2:4]},
+]
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path, stand_in):
+    out, summary = translate_records(tmp_path, BAD, stand_in["ct2"])
+    assert [r["id"] for r in out] == ["ok1", "ok2"]
+    metrics = summary["metrics"]
+    assert metrics["records_read"] == 6 and metrics["records_skipped"] == 4
+    assert metrics["skipped_by_reason"] == {"odd_turns": 1, "empty_turn": 1, "malformed_json": 1, "not_text": 1}
+    assert any(":3: field 'data[1]' is empty" in e for e in metrics["skipped_examples"])
+
+
+def test_roles_out_of_order_are_skipped(tmp_path, stand_in):
+    records = [{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]},
+               {"messages": [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Hello."}]},
+               {"messages": [{"role": "user", "content": "Hi."}]}]
+    out, summary = translate_records(tmp_path, records, stand_in["ct2"])
+    assert len(out) == 1 and summary["metrics"]["skipped_by_reason"] == {"roles_out_of_order": 2}
+
+
+def test_strict_stops_with_file_line_and_field(tmp_path, stand_in):
+    with pytest.raises(LlamantinoError) as info:
+        translate_records(tmp_path, BAD, stand_in["ct2"], strict=True)
+    message = str(info.value)
+    assert re.search(r"out\.jsonl:2: field 'data' has 3 turns", message) and "\n" not in message
+    assert not (tmp_path / "out" / "translated.jsonl").exists()
+
+
+def test_wrong_language_pair_and_missing_model_write_nothing(tmp_path, stand_in):
+    source = write_jsonl(tmp_path / "in.jsonl", FORMAT_RECORDS["ultrachat"])
+    cases = [({"model": str(stand_in["argosmodel"]), "tgt": "de"}, "translates en -> it, not en -> de"),
+             ({"model": str(stand_in["ct2"]), "src": "fr"}, "translates en -> it, not fr -> it"),
+             ({"model": str(tmp_path / "no-such-model")}, "no such model folder")]
+    for settings, message in cases:
+        cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), **settings)
+        with pytest.raises(LlamantinoError, match=message):
+            translate.run(cfg)
+        assert not (tmp_path / "out").exists()
+
+
+def test_finished_run_is_skipped(tmp_path, stand_in):
+    translate_records(tmp_path, FORMAT_RECORDS["alpaca"], stand_in["ct2"])
+    _, summary = translate_records(tmp_path, FORMAT_RECORDS["alpaca"], stand_in["ct2"])
+    assert summary["status"] == "skipped (done)"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "run.json", "translated.jsonl"]
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming after SIGKILL
+
+
+def test_resume_after_kill_translates_every_record_once_in_order(tmp_path, stand_in):
+    words = " ".join(SENTENCES).split()
+    records = [{"id": f"r{i}", "data": [f"Question {i}: {' '.join(words[i % 30:i % 30 + 8])}?",
+                                        f"Answer {i}. {' '.join(words[i % 25:i % 25 + 12])}."]}
+               for i in range(1500)]
+    records.insert(700, {"id": "odd", "data": ["no answer"]})
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "llamantino", "translate", str(source), "--output", str(out),
+               "--model", str(stand_in["ct2"]), "--chunk-records", "10"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLAMANTINO_LOG": "WARNING"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    progress = out / "progress.json"
+    while time.time() < deadline:
+        if progress.is_file() and json.loads(progress.read_text())["parts"] >= 5:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "manifest.json").exists() and progress.is_file()
+    done = json.loads(progress.read_text())["translated"]
+    assert 0 < done < 1500
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    translated = read_jsonl(out / "translated.jsonl")
+    assert [r["id"] for r in translated] == [r["id"] for r in records if r["id"] != "odd"]
+    assert all(r["original"]["data"] == records[i + (i >= 700)]["data"] for i, r in enumerate(translated))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["records_translated"] == 1500
+    assert manifest["metrics"]["skipped_by_reason"] == {"odd_turns": 1}
+    assert not (out / ".parts").exists() and not progress.exists()
