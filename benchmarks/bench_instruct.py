@@ -48,7 +48,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                    help="CPU only: cores for each configuration (split between the 2 ranks)")
     p.add_argument("--peak-flops", type=float, default=989e12, help="GPU only: peak dense bf16 FLOP/s of the device")
-    p.add_argument("--no-activation-checkpointing", action="store_true")
+    p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--workdir", default=str(ROOT / ".bench" / "instruct"), help="CPU only: model and runs go here")
     return p.parse_args()
 
@@ -82,8 +82,8 @@ def bench_cpu(args):
     effective = 4 * batch  # 1 process: accumulation 4; 2 ranks: accumulation 2
     common = ["instruct", "--model", str(model_dir), "--data", str(DEMO / "dolly_it_sample.jsonl"),
               "--max-length", "512", "--batch-size", str(batch), "--effective-batch-size", str(effective),
-              "--max-steps", str(steps), "--learning-rate", "1e-4", "--checkpoint-every", "0",
-              "--activation-checkpointing" if not args.no_activation_checkpointing else "--no-activation-checkpointing"]
+              "--max-steps", str(steps), "--learning-rate", "1e-4", "--save-steps", "0",
+              "--gradient-checkpointing" if not args.no_gradient_checkpointing else "--no-gradient-checkpointing"]
     runs = {
         "1 process": ([sys.executable, "-m", "llamantino"], 1, args.threads),
         "FSDP2, 2 ranks": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -153,7 +153,7 @@ def bench_gpu(args):
     n_params = sum(p.numel() for p in model.parameters())
     n_flop_params = n_params - model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
     model, autocast = instruct.prepare_model(model, world=1, device=device, mixed_precision="bf16",
-                                             activation_checkpointing=not args.no_activation_checkpointing)
+                                             gradient_checkpointing=not args.no_gradient_checkpointing)
     model.train()
     optimizer, _ = training.make_optimizer(model.parameters(), "adamw_torch", 1e-5, 0.0, device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -184,7 +184,7 @@ def bench_gpu(args):
     print(f"\nllamantino instruct step on {torch.cuda.get_device_name(device)}: LLaMA {n_params / 1e9:.2f}B "
           f"(hidden {hidden}, {layers} layers, {heads} heads, MLP {inter}, vocab {args.vocab_size}), "
           f"bf16 autocast on float32 weights, AdamW, activation checkpointing "
-          f"{'off' if args.no_activation_checkpointing else 'on'}, batch {batch} x {seq} tokens, {steps} steps\n")
+          f"{'off' if args.no_gradient_checkpointing else 'on'}, batch {batch} x {seq} tokens, {steps} steps\n")
     print(f"tokens/s                 {tokens_per_s:,.0f}")
     print(f"step time (s)            {seconds / steps:.3f}")
     print(f"model TFLOP/s            {flops_per_token * tokens_per_s / 1e12:.1f}")

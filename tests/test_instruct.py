@@ -48,7 +48,7 @@ def dolly(tmp_path_factory):
 
 def settings(model, data, output, **overrides):
     values = dict(model=str(model), data=[str(data)], output=str(output), max_length=256, batch_size=2,
-                  effective_batch_size=4, max_steps=4, learning_rate=1e-3, log_every=1, checkpoint_every=2)
+                  effective_batch_size=4, max_steps=4, learning_rate=1e-3, logging_steps=1, save_steps=2)
     values.update(overrides)
     return config_for("instruct", **values)
 
@@ -157,7 +157,7 @@ def test_fsdp_two_ranks_shard_and_match_one_process(tmp_path, tiny_model_dir, do
     out2, out1 = tmp_path / "fsdp2", tmp_path / "single"
     args = ["--model", str(tiny_model_dir), "--data", str(dolly), "--output", str(out2), "--max-length", "256",
             "--batch-size", "2", "--effective-batch-size", "4", "--max-steps", "4", "--learning-rate", "1e-3",
-            "--checkpoint-every", "2", "--log-every", "1"]
+            "--save-steps", "2", "--logging-steps", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "llamantino", "instruct", *args], env=env, capture_output=True, text=True,

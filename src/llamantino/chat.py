@@ -91,7 +91,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
         transcript = read_manifest(cfg.output)["metrics"]["transcript"]
         _print_transcript(transcript)
-        return {"status": "skipped (done)", "headline": {"turns": len(transcript)}, "metrics": {}}
+        return {"status": "skipped (done)", "headline": {"turns": len(transcript)}, "metrics": {},
+                "display": _transcript_text(transcript)}
     model, tokenizer = load(cfg.model, cfg.adapter)
     conversation = Conversation(cfg.system)
     transcript = []
@@ -101,13 +102,16 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     if cfg.output:
         with atomic_dir(cfg.output) as tmp:
             write_manifest(tmp, KIND, cfg, metrics={"transcript": transcript})
-    return {"status": "done", "headline": {"turns": len(transcript)}, "metrics": {"transcript": transcript}}
+    return {"status": "done", "headline": {"turns": len(transcript)}, "metrics": {"transcript": transcript},
+            "display": _transcript_text(transcript)}
+
+
+def _transcript_text(transcript) -> str:
+    return "\n".join(f"utente     > {t['user']}\nassistente > {t['assistant']}" for t in transcript)
 
 
 def _print_transcript(transcript):
-    for turn in transcript:
-        print(f"utente     > {turn['user']}")
-        print(f"assistente > {turn['assistant']}")
+    print(_transcript_text(transcript))
 
 
 def add_arguments(parser):

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[len(name.split()):]
     logging.basicConfig(level=os.environ.get("LLAMANTINO_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _quiet_libraries()
     try:
         add_arguments, run = _functions(name)
         parser = argparse.ArgumentParser(prog=f"llamantino {name}", description=COMMANDS[name][1])
@@ -105,6 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr = open(os.devnull, "w")
+        return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the output to what matters here: our progress bars and results."""
+    import warnings
+
+    # bitsandbytes announces, on every CPU run, that an optional kernel package from the hub
+    # is missing; nothing may be fetched from the hub here, so the notice is noise.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # peft still calls transformers' old checkpointing names, which warn on every load.
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing_enable.*", category=FutureWarning)
+    if not sys.stderr.isatty():
+        # Weight-loading bars of transformers, redrawn hundreds of times in a log file.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 if __name__ == "__main__":  # pragma: no cover

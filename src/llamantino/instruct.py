@@ -59,17 +59,17 @@ class Config:
     max_steps: int = setting(0, "optimizer steps; 0: from epochs")
     weight_decay: float = setting(0.0, "AdamW weight decay (applied to every parameter)")
     warmup_ratio: float = setting(0.03, "fraction of the steps with a linear warmup")
-    lr_schedule: str = setting("cosine", "learning-rate decay after warmup", choices=LR_SCHEDULES)
+    lr_scheduler: str = setting("cosine", "learning-rate decay after warmup", choices=LR_SCHEDULES)
     max_grad_norm: float = setting(1.0, "gradient clipping by global norm (0: off)")
     seed: int = setting(42, "seed of the data order and of torch")
     mixed_precision: str = setting("auto", "bf16: bfloat16 compute on float32 master weights; no: float32; "
                                            "auto: bf16 on GPU, no on CPU", choices=MIXED_PRECISION)
-    activation_checkpointing: bool = setting(True, "recompute each decoder layer in the backward pass "
+    gradient_checkpointing: bool = setting(True, "recompute each decoder layer in the backward pass "
                                                    "(less memory, about a third more compute)", fingerprint=False)
     save_dtype: str = setting("float32", "dtype of the saved weights", choices=DTYPES)
-    checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False)
-    keep_checkpoints: int = setting(2, "how many of the latest checkpoints to keep", fingerprint=False)
-    log_every: int = setting(10, "write metrics every N steps", fingerprint=False)
+    save_steps: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False)
+    save_total_limit: int = setting(2, "how many of the latest checkpoints to keep", fingerprint=False)
+    logging_steps: int = setting(10, "write metrics every N steps", fingerprint=False)
 
     def validate(self, source):
         for name in ("model", "output"):
@@ -77,7 +77,7 @@ class Config:
                 raise LlamantinoError(f"{source}: setting '{name}' is required")
         if not self.data:
             raise LlamantinoError(f"{source}: setting 'data' is required (instruction JSON-lines files)")
-        for name in ("max_length", "batch_size", "effective_batch_size", "keep_checkpoints", "log_every"):
+        for name in ("max_length", "batch_size", "effective_batch_size", "save_total_limit", "logging_steps"):
             if getattr(self, name) < 1:
                 raise LlamantinoError(f"{source}: setting '{name}' must be at least 1")
         if self.effective_batch_size % self.batch_size:
@@ -188,13 +188,13 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 def prepare_model(model, *, world: int, device: torch.device, mixed_precision: str,
-                  activation_checkpointing: bool):
+                  gradient_checkpointing: bool):
     """Shard with FSDP2 on several processes (per decoder layer, then the root); move to
     `device` on one. Returns the model and the autocast context of the forward pass."""
     import torch
 
     model.config.use_cache = False
-    if activation_checkpointing:
+    if gradient_checkpointing:
         kwargs = {"use_reentrant": False}  # the non-reentrant form composes with FSDP2
         if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
             model.activation_checkpointing_enable(kwargs)
@@ -233,7 +233,7 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
 
     if world == 1:
         return prepare_model(load_causal_lm(cfg.model, dtype="float32", device="cpu"), world=1, device=device,
-                             mixed_precision=mixed_precision, activation_checkpointing=cfg.activation_checkpointing)
+                             mixed_precision=mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForCausalLM
 
@@ -241,7 +241,7 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model, autocast = prepare_model(model, world=world, device=device, mixed_precision=mixed_precision,
-                                    activation_checkpointing=cfg.activation_checkpointing)
+                                    gradient_checkpointing=cfg.gradient_checkpointing)
     model.to_empty(device=device)
     set_model_state_dict(model, source.state_dict() if rank == 0 else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
@@ -434,7 +434,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
     optimizer, _ = training.make_optimizer(model.parameters(), "adamw_torch", cfg.learning_rate,
                                            cfg.weight_decay, device)
     warmup = training.warmup_steps(cfg.warmup_ratio, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_lambda(cfg.lr_schedule, warmup, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_lambda(cfg.lr_scheduler, warmup, total))
 
     digest = data_digest(examples)
     trainer = {"step": 0, "tokens_seen": 0, "trained_tokens_seen": 0}
@@ -483,13 +483,13 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
                        tokens_seen=trainer["tokens_seen"] + n_tokens,
                        trained_tokens_seen=trainer["trained_tokens_seen"] + n_trained)
         rate = progress.update(n_tokens, loss, lr)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+        if (step + 1) % cfg.logging_steps == 0 or step + 1 == total:
             metrics_log.log(step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=trainer["tokens_seen"],
                             tokens_per_s=rate, elapsed_s=round(time.time() - t0, 1))
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
             save_checkpoint(output, step + 1, model, optimizer, scheduler,
                             {**trainer, "world_size": world, "examples": len(examples), "data_digest": digest},
-                            rank=rank, keep=cfg.keep_checkpoints)
+                            rank=rank, keep=cfg.save_total_limit)
     seconds = time.time() - t0
     progress.close()
     metrics_log.close()

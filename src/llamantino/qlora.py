@@ -350,7 +350,9 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, overwrite: bool, resume
         if step % cfg.logging_steps == 0 or step == cfg.max_steps or step == 1:
             metrics_log.log(step, loss=last_loss, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
                             tokens_per_s=rate, elapsed_s=round(time.time() - started, 2))
-        want_stop = stop.requested or (cfg.stop_after_steps and steps_this_run >= cfg.stop_after_steps)
+        # Every rank must stop at the same step (a SIGTERM reaches them at different times).
+        want_stop = training.all_reduce_sum(float(stop.requested), device) > 0 or (
+            cfg.stop_after_steps and steps_this_run >= cfg.stop_after_steps)
         if (step % cfg.save_steps == 0 or want_stop) and step < cfg.max_steps:
             _save_checkpoint(run_dir, step, model, optimizer, scheduler, source, rank, world,
                              {"tokens_seen": tokens_seen, "real_seen": real_seen, "positions_seen": positions_seen})

@@ -51,6 +51,7 @@ STAGE_MODULES = {
     "release": "llamantino.release",
     "build": "llamantino.build",
     "verify": "llamantino.verify",
+    "report": "llamantino.report",
 }
 
 TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")

@@ -95,8 +95,9 @@ def run_main(args) -> int:
     return 0
 
 
-def run_recipe(recipe, *, only=None, overwrite: bool = False, out=sys.stdout) -> list[dict]:
+def run_recipe(recipe, *, only=None, overwrite: bool = False, out=None) -> list[dict]:
     """Run the stages in order; print a summary table at the end. Returns per-stage results."""
+    out = out or sys.stdout
     if only:
         for name in only:
             recipe.stage(name)
@@ -111,7 +112,12 @@ def run_recipe(recipe, *, only=None, overwrite: bool = False, out=sys.stdout) ->
         results.append({"stage": stage.name, "kind": stage.kind, "output": stage.output,
                         "seconds": round(time.time() - t0, 1), **summary})
     print(f"\n=== {recipe.name}: done in {time.time() - t_all:.0f} s; outputs under {recipe.run_dir}", file=out)
-    print(summary_table(results), file=out, flush=True)
+    print(summary_table(results), file=out)
+    # Results worth reading again (tables, checks, transcripts), gathered at the end.
+    for r in results:
+        if r.get("display"):
+            print(f"\n--- {r['stage']} ({r['output']})\n{r['display']}", file=out)
+    out.flush()
     return results
 
 

@@ -92,8 +92,8 @@ class Config:
     threads: int = setting(1, "CTranslate2 threads per translation (ARGOS_INTRA_THREADS); 0 lets "
                               "CTranslate2 choose, argostranslate's default, 20-50x slower per call on 2 cores",
                            fingerprint=False)
-    workers: int = setting(1, "CTranslate2 translations run in parallel (ARGOS_INTER_THREADS)",
-                           fingerprint=False)
+    workers: int = setting(0, "CTranslate2 batches translated in parallel (ARGOS_INTER_THREADS); 0: one per "
+                              "core, which is how the batched engine uses every core", fingerprint=False)
     batch_size: int = setting(64, "sentences per CTranslate2 batch (batched engine)", fingerprint=False)
     chunk_records: int = setting(256, "records translated and committed together: the unit of resuming",
                                  fingerprint=False)
@@ -113,11 +113,14 @@ class Config:
         if self.engine == "argos" and self.splitter != "model":
             raise LlamantinoError(f"{source}: the argos engine always splits with the package's own "
                                   "splitter; leave 'splitter' at 'model'")
-        for name in ("beam_size", "batch_size", "chunk_records", "workers"):
+        for name in ("beam_size", "batch_size", "chunk_records"):
             if getattr(self, name) < 1:
                 raise LlamantinoError(f"{source}: setting '{name}' must be at least 1")
-        if self.threads < 0:
-            raise LlamantinoError(f"{source}: setting 'threads' must be 0 or more")
+        for name in ("threads", "workers"):
+            if getattr(self, name) < 0:
+                raise LlamantinoError(f"{source}: setting '{name}' must be 0 or more")
+        if self.workers == 0:
+            self.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------

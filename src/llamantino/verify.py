@@ -82,7 +82,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 
 def _summary(report: dict) -> dict:
     return {"headline": {"tensors": report["tensors"], "bit_identical": report["identical"]},
-            "message": describe(report), "metrics": report}
+            "display": describe(report), "metrics": report}
 
 
 def add_arguments(parser):

@@ -112,7 +112,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
         report = read_manifest(cfg.output)["metrics"]
         print(table(report))
-        return {"status": "skipped (done)", "headline": _headline(report), "metrics": report}
+        return {"status": "skipped (done)", "headline": _headline(report), "metrics": report, "display": table(report)}
     tokenizer = load_tokenizer(cfg.model)
     model = load_with_adapter(cfg.model, cfg.adapter, dtype=cfg.dtype)
     report, generations, per_task_predictions = {}, [], {}
@@ -139,7 +139,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             inputs = describe_inputs([p for paths in files.values() for p in paths])
             write_manifest(tmp, KIND, cfg, inputs=inputs, metrics=report)
-    return {"status": "done", "headline": _headline(report), "metrics": report}
+    return {"status": "done", "headline": _headline(report), "metrics": report, "display": table(report)}
 
 
 def submission_name(task: str) -> str:
