@@ -299,4 +299,4 @@ def test_dolly_recipes_carry_table_2():
         cfg = recipe.first_of_kind("instruct").config
         assert (cfg.learning_rate, cfg.epochs) == (lr, epochs)
         assert (cfg.batch_size, cfg.effective_batch_size, cfg.max_length, cfg.weight_decay) == (16, 128, 1024, 0.0)
-        assert cfg.model.endswith("-hf-ITA-merged") and cfg.format == "dolly"
+        assert cfg.model.endswith("-hf-dolly-ITA/base") and cfg.format == "dolly"

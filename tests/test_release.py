@@ -311,7 +311,7 @@ def test_build_a_released_model_from_base_dir(tmp_path, tiny_model_dir, releases
     summary = verify_run(config_for("verify", model=str(out), reference=str(instruct_run),
                                     output=str(tmp_path / "check")))
     assert summary["headline"] == {"tensors": len(tensor_hashes(instruct_run)), "bit_identical": True}
-    assert "bit-identical" in summary["message"]
+    assert "bit-identical" in summary["display"]
     # an input that is not there: named, with the way to get it
     assert cli.main(["build", "LLaMAntino-2-13b-hf-ITA", "--base-dir", str(models),
                      "--output", str(tmp_path / "x")]) == 2
