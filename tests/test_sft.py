@@ -5,7 +5,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from llamantino.cli import main
 from llamantino.errors import LlamantinoError

@@ -14,7 +14,6 @@ ranks see different data without any pre-sharding. `state_dict()` is the positio
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 from llamantino.errors import LlamantinoError

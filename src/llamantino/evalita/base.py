@@ -83,6 +83,20 @@ class Task:
         raise NotImplementedError
 
 
+class YesNoTask(Task):
+    """A binary task answered "si" (1) or "no" (0), as Table 1's instructions ask."""
+
+    labels = (0, 1)
+
+    def target(self, label, item: Item | None = None) -> str:
+        if label not in self.labels:
+            raise LlamantinoError(f"{self.name}: label {label!r} is not 0 or 1")
+        return "si" if label == 1 else "no"
+
+    def decode(self, answer: str, item: Item | None = None):
+        return decode_yes_no(answer)
+
+
 # ---------------------------------------------------------------------------------------
 # Helpers shared by task modules
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, Task, check_alignment, check_unique, decode_yes_no, normalize,
+from llamantino.evalita.base import (Item, Task, YesNoTask, check_alignment, check_unique, normalize,
                                      parse_label, read_table, require_columns)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
@@ -91,10 +91,9 @@ class _Acti(Task):
         return str(label)
 
 
-class ActiA(_Acti):
+class ActiA(YesNoTask, _Acti):
     name = "acti-a"
     official = "ACTI subtask A (conspiratorial content)"
-    labels = (0, 1)
     primary_metric = "macro_f1"
 
     def _labels_of(self, header, fields, path, line):
@@ -103,11 +102,6 @@ class ActiA(_Acti):
         value = fields[header.index("conspiratorial")]
         return parse_label(value, {"0": 0, "1": 1}, path, line, "conspiratorial")
 
-    def target(self, label, item=None) -> str:
-        return {1: "si", 0: "no"}[label]
-
-    def decode(self, answer, item=None):
-        return decode_yes_no(answer)
 
 
 class ActiB(_Acti):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, Task, check_alignment, check_unique, decode_yes_no, parse_label,
+from llamantino.evalita.base import (Item, YesNoTask, check_alignment, check_unique, parse_label,
                                      read_table, require_columns, require_gold)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
@@ -62,8 +62,7 @@ def binary_scores(gold: dict, pred: dict, task: str, names=("non_hate", "hate"))
             "accuracy": metrics.accuracy(g, p)}
 
 
-class HaSpeeDe(Task):
-    labels = (0, 1)
+class HaSpeeDe(YesNoTask):
     primary_metric = "macro_f1"
 
     def __init__(self, name: str, contextual: bool):
@@ -116,13 +115,6 @@ class HaSpeeDe(Task):
         return items
 
     # --- answers ---------------------------------------------------------------------
-    def target(self, label, item=None) -> str:
-        if label not in self.labels:
-            raise LlamantinoError(f"{self.name}: label {label!r} is not 0 or 1")
-        return "si" if label == 1 else "no"
-
-    def decode(self, answer, item=None):
-        return decode_yes_no(answer)
 
     # --- official files --------------------------------------------------------------
     def read_predictions(self, path) -> dict:

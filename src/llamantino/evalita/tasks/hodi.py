@@ -42,7 +42,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, Task, check_alignment, check_unique, decode_yes_no, normalize,
+from llamantino.evalita.base import (Item, Task, YesNoTask, check_alignment, check_unique, normalize,
                                      parse_label, read_table, require_columns, require_gold)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
@@ -119,10 +119,9 @@ def find_piece(text: str, piece: str, start: int):
     return None
 
 
-class HodiA(Task):
+class HodiA(YesNoTask):
     name = "hodi-a"
     official = "HODI subtask A (homotransphobic or not)"
-    labels = (0, 1)
     primary_metric = "macro_f1"
 
     def read(self, paths) -> list[Item]:
@@ -140,13 +139,6 @@ class HodiA(Task):
                                   output="" if gold is None else self.target(gold), gold=gold))
         return items
 
-    def target(self, label, item=None) -> str:
-        if label not in self.labels:
-            raise LlamantinoError(f"{self.name}: label {label!r} is not 0 or 1")
-        return "si" if label == 1 else "no"
-
-    def decode(self, answer, item=None):
-        return decode_yes_no(answer)
 
     def read_predictions(self, path) -> dict:
         path = Path(path)

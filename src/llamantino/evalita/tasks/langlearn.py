@@ -37,7 +37,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, Task, check_alignment, check_unique, decode_yes_no, parse_label,
+from llamantino.evalita.base import (Item, YesNoTask, check_alignment, check_unique, parse_label,
                                      read_table, require_columns, require_gold)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
@@ -104,10 +104,10 @@ def essay_file_for(pairs: Path, corpus: str, xmls: list[Path]) -> Path:
     return candidates[0]
 
 
-class LangLearn(Task):
+class LangLearn(YesNoTask):
     name = "langlearn"
     official = "LangLearn (essay order)"
-    labels = (0, 1)  # 1: document 1 was written first
+    # label 1: document 1 was written first
     primary_metric = "macro_f1"
 
     def read(self, paths) -> list[Item]:
@@ -158,13 +158,6 @@ class LangLearn(Task):
                                       gold=gold, meta=dict(meta)))
         return items
 
-    def target(self, label, item=None) -> str:
-        if label not in self.labels:
-            raise LlamantinoError(f"{self.name}: label {label!r} is not 0 or 1")
-        return "si" if label == 1 else "no"
-
-    def decode(self, answer, item=None):
-        return decode_yes_no(answer)
 
     def read_predictions(self, path) -> dict:
         path = Path(path)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import Item, Task, check_alignment, check_unique, decode_yes_no, require_gold
+from llamantino.evalita.base import Item, YesNoTask, check_alignment, check_unique, require_gold
 from llamantino.fileio import atomic_open, iter_jsonl
 from llamantino.prompts import evalita_instruction
 
@@ -46,10 +46,9 @@ def marked(sentence: str, start, end, path, line: int, which: str) -> str:
     return f"{sentence[:start]}{MARK}{sentence[start:end]}{MARK}{sentence[end:]}"
 
 
-class WicIta(Task):
+class WicIta(YesNoTask):
     name = "wic-ita"
     official = "WiC-ITA subtask 1 (binary, it-it)"
-    labels = (0, 1)
     primary_metric = "macro_f1"
 
     def read(self, paths) -> list[Item]:
@@ -73,13 +72,6 @@ class WicIta(Task):
                                   output="" if gold is None else self.target(gold), gold=gold))
         return items
 
-    def target(self, label, item=None) -> str:
-        if label not in self.labels:
-            raise LlamantinoError(f"{self.name}: label {label!r} is not 0 or 1")
-        return "si" if label == 1 else "no"
-
-    def decode(self, answer, item=None):
-        return decode_yes_no(answer)
 
     def read_predictions(self, path) -> dict:
         path = Path(path)
