@@ -17,26 +17,10 @@ from llamantino.evalita.base import Item
 from llamantino.evalita.tasks.hodi import Rationales, post_f1
 from llamantino.evalita.tasks.nermud import official_label
 from llamantino.evalita.tasks.politicit import chunks, vote
+from llamantino.evalita.samples import sample_files
 from llamantino.prompts import EVALITA_INSTRUCTIONS
 
-DATA = Path(__file__).resolve().parent.parent / "src" / "llamantino" / "data" / "evalita"
 
-SAMPLES = {
-    "haspeede3": {"train": ["haspeede/training_textual.csv"],
-                  "test": ["haspeede/gold/test_textual_gold.csv"]},
-    "haspeede3-contextual": {"train": ["haspeede/training_textual.csv", "haspeede/training_contextual.csv"],
-                             "test": ["haspeede/gold/test_textual_gold.csv", "haspeede/gold/test_contextual.csv"]},
-    "hodi-a": {"train": ["hodi/HODI_2023_train_subtaskA.tsv"], "test": ["hodi/gold/HODI_2023_test_GOLD.tsv"]},
-    "hodi-b": {"train": ["hodi/HODI_2023_train_subtaskB.tsv"], "test": ["hodi/gold/HODI_2023_test_GOLD.tsv"]},
-    "langlearn": {"train": ["langlearn/Training_CItA.tsv", "langlearn/Essays_CItA.xml",
-                            "langlearn/Train_COWS-L2H.tsv", "langlearn/Essays_COWS-L2H.xml"],
-                  "test": ["langlearn/gold/Test_CItA.tsv", "langlearn/gold/Essays_Test_CItA.xml",
-                           "langlearn/gold/Test_COWS-L2H.tsv", "langlearn/gold/Essays_Test_COWS-L2H.xml"]},
-    "nermud": {"train": ["nermud/WN_train.tsv"], "test": ["nermud/gold/WN_test.tsv"]},
-    "politicit": {"train": ["politicit/politicIT_train_set.csv"],
-                  "test": ["politicit/gold/politicIT_test_set_with_labels.csv"]},
-    "wic-ita": {"train": ["wicita/train.jsonl"], "test": ["wicita/gold/test.jsonl"]},
-}
 COUNTS = {  # items in (train, test)
     "haspeede3": (20, 10),             # the 2 religious test tweets belong to subtask B
     "haspeede3-contextual": (20, 10),
@@ -47,11 +31,11 @@ COUNTS = {  # items in (train, test)
     "politicit": (20, 8),              # one chunk per sample cluster
     "wic-ita": (20, 10),
 }
-TASK_NAMES = list(SAMPLES)
+TASK_NAMES = list(COUNTS)
 
 
 def files(task, split):
-    return [DATA / name for name in SAMPLES[task][split]]
+    return sample_files(task, split)
 
 
 def write(path: Path, text: str) -> Path:
