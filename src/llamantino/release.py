@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.streaming import HUB_PREFIX
 
 KIND = "release"
 CHECKSUMS = "SHA256SUMS"
@@ -130,7 +131,7 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
     if not base_model:
         base_model = str(_public(settings.get("model", "")))
     datasets = cfg.datasets or (info.datasets if info else []) or [
-        d[len("hf://"):].split("?")[0] for d in settings.get("data", []) if str(d).startswith("hf://")]
+        d[len(HUB_PREFIX):].split("?")[0] for d in settings.get("data", []) if str(d).startswith(HUB_PREFIX)]
     prompt = cfg.prompt_format or (info.prompt_format if info and info.prompt_format else "") \
         or STAGE_PROMPT.get(stage, "none")
     chain = ""  # shown with `llamantino build NAME`, which knows the bundled recipes
