@@ -176,3 +176,41 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, tiny_model_di
     assert main(adapt_args(no_eos, data, out)) == 2
     assert "no end-of-sequence" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path, tiny_model_dir):
+    """What SLURM does before a time limit: SIGTERM, then the job is resumed later."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, out = corpus(tmp_path), tmp_path / "run"
+    args = adapt_args(tiny_model_dir, data, out)
+    args[args.index("--max-steps") + 1] = "400"
+    args[args.index("--save-steps") + 1] = "1000"
+    proc = subprocess.Popen([sys.executable, "-m", "llamantino", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert '"status": "stopped at step' in stdout
+    checkpoints = list((out / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and not (out / "manifest.json").exists()
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    resumed = adapt_args(tiny_model_dir, data, out, "--resume", "--stop-after-steps", "2")
+    resumed[resumed.index("--max-steps") + 1] = "400"
+    resumed[resumed.index("--save-steps") + 1] = "1000"
+    assert main(resumed) == 0
+    assert training_step(out) == stopped_at + 2
+
+
+def training_step(run_dir):
+    from llamantino.training import latest_checkpoint
+
+    return latest_checkpoint(run_dir)[0]
