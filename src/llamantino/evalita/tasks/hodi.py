@@ -139,7 +139,6 @@ class HodiA(YesNoTask):
                                   output="" if gold is None else self.target(gold), gold=gold))
         return items
 
-
     def read_predictions(self, path) -> dict:
         path = Path(path)
         header, rows = read_table(path, delimiter="\t")

@@ -158,7 +158,6 @@ class LangLearn(YesNoTask):
                                       gold=gold, meta=dict(meta)))
         return items
 
-
     def read_predictions(self, path) -> dict:
         path = Path(path)
         header, rows = read_table(path, delimiter="\t")

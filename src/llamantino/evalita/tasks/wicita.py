@@ -72,7 +72,6 @@ class WicIta(YesNoTask):
                                   output="" if gold is None else self.target(gold), gold=gold))
         return items
 
-
     def read_predictions(self, path) -> dict:
         path = Path(path)
         pred, seen = {}, set()
