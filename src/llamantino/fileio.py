@@ -83,6 +83,23 @@ def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = 
         raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def iter_paragraphs(path) -> Iterator[tuple[int, str]]:
+    """(first line number, text) of each blank-line-separated paragraph of a text file."""
+    with open_text(path) as handle:
+        block: list[str] = []
+        start = 1
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                if not block:
+                    start = number
+                block.append(line.rstrip("\n"))
+            elif block:
+                yield start, "\n".join(block)
+                block = []
+        if block:
+            yield start, "\n".join(block)
+
+
 def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[Path]:
     """Files and folders of shards -> sorted list of files. Missing or empty is an error."""
     files: list[Path] = []

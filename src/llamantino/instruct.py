@@ -29,6 +29,7 @@ import time
 import warnings
 from array import array
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
@@ -37,6 +38,9 @@ from llamantino.records import INSTRUCTION_FORMATS
 from llamantino.supervised import IGNORE, Example
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # torch loads only when a run starts (fast --help and config show)
+    import torch
 
 KIND = "instruct"
 MIXED_PRECISION = ("auto", "bf16", "no")

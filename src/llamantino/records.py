@@ -9,11 +9,10 @@ One reader per source format; adding a dataset means adding a reader here.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import LineStats, expand_inputs, iter_jsonl
+from llamantino.fileio import LineStats, expand_inputs, iter_jsonl, iter_paragraphs
 
 # Format -> the fields that identify it (all must be present).
 FORMAT_FIELDS = {
@@ -118,7 +117,7 @@ def iter_documents(paths, *, text_field: str = "text", skip_bad_lines: bool = Fa
     for path in expand_inputs(paths, suffixes=(".jsonl", ".json", ".jsonl.gz", ".json.gz", ".txt", ".txt.gz"),
                               what="text"):
         if str(path).endswith((".txt", ".txt.gz")):
-            yield from _iter_paragraphs(path)
+            yield from ((f"{path}:{line}", text) for line, text in iter_paragraphs(path))
             continue
         for number, record in iter_jsonl(path, skip_bad_lines=skip_bad_lines):
             if text_field not in record:
@@ -128,21 +127,3 @@ def iter_documents(paths, *, text_field: str = "text", skip_bad_lines: bool = Fa
                 raise LlamantinoError(f"{path}:{number}: field '{text_field}' must be a string")
             if text.strip():
                 yield f"{path}:{number}", text
-
-
-def _iter_paragraphs(path: Path):
-    from llamantino.fileio import open_text
-
-    with open_text(path) as handle:
-        block: list[str] = []
-        start = 1
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                if not block:
-                    start = number
-                block.append(line.rstrip("\n"))
-            elif block:
-                yield f"{path}:{start}", "\n".join(block)
-                block = []
-        if block:
-            yield f"{path}:{start}", "\n".join(block)

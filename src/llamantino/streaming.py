@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import expand_inputs, iter_jsonl, open_text
+from llamantino.fileio import expand_inputs, iter_jsonl, iter_paragraphs
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz", ".parquet", ".txt", ".txt.gz")
 HUB_PREFIX = "hub:"
@@ -101,19 +101,6 @@ def expand_sources(sources) -> list[str]:
     return out
 
 
-def _iter_paragraphs(path: str) -> Iterator[str]:
-    with open_text(path) as handle:
-        block: list[str] = []
-        for line in handle:
-            if line.strip():
-                block.append(line.rstrip("\n"))
-            elif block:
-                yield "\n".join(block)
-                block = []
-        if block:
-            yield "\n".join(block)
-
-
 def _records(source: str, text_field: str | None, skip: int, skip_bad_lines: bool):
     """Yield (where, value) for one source after skipping its first `skip` records: the
     `text_field` of each record, or the whole record when `text_field` is None."""
@@ -129,7 +116,7 @@ def _records(source: str, text_field: str | None, skip: int, skip_bad_lines: boo
     elif source.endswith((".txt", ".txt.gz")):
         if text_field is None:
             raise LlamantinoError(f"{source}: plain text holds documents, not records")
-        for i, text in enumerate(_iter_paragraphs(source)):
+        for i, (_, text) in enumerate(iter_paragraphs(source)):
             if i >= skip:
                 yield f"{source}: paragraph {i + 1}", text
     else:

@@ -213,3 +213,31 @@ def require_gold(gold: dict, task: str) -> None:
     if unlabelled:
         raise LlamantinoError(f"{task}: {len(unlabelled)} gold item(s) have no label (e.g. {unlabelled[0]}); "
                               "score against files with gold labels")
+
+
+def read_label_submission(path, id_column: str, label_column: str, valid: dict, *, delimiter: str = ",") -> dict:
+    """{id: label} from a submission of one id and one label column. An empty cell is an
+    answer that could not be decoded: it reads as None, which is scored wrong."""
+    path = Path(path)
+    header, rows = read_table(path, delimiter=delimiter)
+    cols = require_columns(header, [id_column, label_column], path)
+    pred, seen = {}, set()
+    for line, fields in rows:
+        item_id = fields[cols[id_column]].strip()
+        check_unique(seen, item_id, path, line)
+        value = fields[cols[label_column]].strip()
+        pred[item_id] = None if value == "" else parse_label(value, valid, path, line, label_column)
+    return pred
+
+
+def write_label_submission(task: str, items, predictions, path, header, *, delimiter: str = ",") -> None:
+    """One row per item: its id and its label (empty where the answer was not decodable)."""
+    from llamantino.fileio import atomic_open
+
+    if len(items) != len(predictions):
+        raise LlamantinoError(f"{task}: {len(items)} items but {len(predictions)} predictions")
+    with atomic_open(path) as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(header)
+        for item, label in zip(items, predictions):
+            writer.writerow([item.id, "" if label is None else label])

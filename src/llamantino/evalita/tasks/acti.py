@@ -10,15 +10,13 @@ code for B). Metric: macro-F1 over the 2 (A) or 4 (B) classes.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, Task, YesNoTask, check_alignment, check_unique, normalize,
-                                     parse_label, read_table, require_columns)
-from llamantino.fileio import atomic_open
+from llamantino.evalita.base import (Item, Task, YesNoTask, check_alignment, check_unique, normalize, parse_label,
+                                     read_label_submission, read_table, require_columns, write_label_submission)
 from llamantino.prompts import evalita_instruction
 
 # Subtask B topic codes as the released files pair them (topic column <-> conspiracy column).
@@ -55,27 +53,11 @@ class _Acti(Task):
         return items
 
     def read_predictions(self, path) -> dict:
-        path = Path(path)
-        header, rows = read_table(path)
-        cols = require_columns(header, list(self.submission_columns), path)
         valid = {str(label): label for label in self.labels}
-        pred, seen = {}, set()
-        for line, fields in rows:
-            item_id = fields[cols["Id"]].strip()
-            check_unique(seen, item_id, path, line)
-            value = fields[cols["Expected"]].strip()
-            # An empty cell is an answer that could not be decoded: scored wrong.
-            pred[item_id] = None if value == "" else parse_label(value, valid, path, line, "Expected")
-        return pred
+        return read_label_submission(path, *self.submission_columns, valid)
 
     def write_predictions(self, items, predictions, path) -> None:
-        if len(items) != len(predictions):
-            raise LlamantinoError(f"{self.name}: {len(items)} items but {len(predictions)} predictions")
-        with atomic_open(path) as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(self.submission_columns)
-            for item, label in zip(items, predictions):
-                writer.writerow([item.id, "" if label is None else label])
+        write_label_submission(self.name, items, predictions, path, self.submission_columns)
 
     def score(self, gold: dict, pred: dict) -> dict:
         check_alignment(gold, pred, self.name)

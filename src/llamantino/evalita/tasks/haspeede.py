@@ -22,14 +22,12 @@ class + F1 of the non-hate class) / 2.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, YesNoTask, check_alignment, check_unique, parse_label,
-                                     read_table, require_columns, require_gold)
-from llamantino.fileio import atomic_open
+from llamantino.evalita.base import (Item, YesNoTask, check_alignment, check_unique, parse_label, read_label_submission,
+                                     read_table, require_columns, require_gold, write_label_submission)
 from llamantino.prompts import evalita_instruction
 
 ID = "anonymized_tweet_id"
@@ -118,26 +116,10 @@ class HaSpeeDe(YesNoTask):
 
     # --- official files --------------------------------------------------------------
     def read_predictions(self, path) -> dict:
-        path = Path(path)
-        header, rows = read_table(path)
-        cols = require_columns(header, [ID, "label"], path)
-        pred, seen = {}, set()
-        for line, fields in rows:
-            tweet_id = fields[cols[ID]].strip()
-            check_unique(seen, tweet_id, path, line)
-            value = fields[cols["label"]].strip()
-            # An empty cell is an answer that could not be decoded: scored wrong.
-            pred[tweet_id] = None if value == "" else parse_label(value, BINARY, path, line, "label")
-        return pred
+        return read_label_submission(path, ID, "label", BINARY)
 
     def write_predictions(self, items, predictions, path) -> None:
-        if len(items) != len(predictions):
-            raise LlamantinoError(f"{self.name}: {len(items)} items but {len(predictions)} predictions")
-        with atomic_open(path) as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow([ID, "label"])
-            for item, label in zip(items, predictions):
-                writer.writerow([item.id, "" if label is None else label])
+        write_label_submission(self.name, items, predictions, path, [ID, "label"])
 
     # --- metric ----------------------------------------------------------------------
     def score(self, gold: dict, pred: dict) -> dict:

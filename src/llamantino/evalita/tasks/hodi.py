@@ -42,8 +42,9 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import (Item, Task, YesNoTask, check_alignment, check_unique, normalize,
-                                     parse_label, read_table, require_columns, require_gold)
+from llamantino.evalita.base import (Item, Task, YesNoTask, check_alignment, check_unique, normalize, parse_label,
+                                     read_label_submission, read_table, require_columns, require_gold,
+                                     write_label_submission)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
 
@@ -140,26 +141,10 @@ class HodiA(YesNoTask):
         return items
 
     def read_predictions(self, path) -> dict:
-        path = Path(path)
-        header, rows = read_table(path, delimiter="\t")
-        cols = require_columns(header, ["id", "homotransphobic"], path)
-        pred, seen = {}, set()
-        for line, fields in rows:
-            item_id = fields[cols["id"]].strip()
-            check_unique(seen, item_id, path, line)
-            value = fields[cols["homotransphobic"]].strip()
-            # An empty cell is an answer that could not be decoded: scored wrong.
-            pred[item_id] = None if value == "" else parse_label(value, BINARY, path, line, "homotransphobic")
-        return pred
+        return read_label_submission(path, "id", "homotransphobic", BINARY, delimiter="	")
 
     def write_predictions(self, items, predictions, path) -> None:
-        if len(items) != len(predictions):
-            raise LlamantinoError(f"{self.name}: {len(items)} items but {len(predictions)} predictions")
-        with atomic_open(path) as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(["id", "homotransphobic"])
-            for item, label in zip(items, predictions):
-                writer.writerow([item.id, "" if label is None else label])
+        write_label_submission(self.name, items, predictions, path, ["id", "homotransphobic"], delimiter="	")
 
     def score(self, gold: dict, pred: dict) -> dict:
         check_alignment(gold, pred, self.name)
