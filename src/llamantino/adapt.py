@@ -23,7 +23,7 @@ KIND = "adapt"
 
 @dataclasses.dataclass
 class Config(QLoraSettings):
-    data: list[str] = setting([], "cleaned text: JSON lines / folders / parquet / .txt, or hub:NAME?config=C&split=S")
+    data: list[str] = setting([], "cleaned text: JSON lines / folders / parquet / .txt, or hub:NAME?config=C&split=S", path_input=True)
     text_field: str = setting("text", "field holding the document text")
     skip_bad_lines: bool = setting(False, "count and skip malformed JSON lines instead of stopping")
 

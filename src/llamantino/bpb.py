@@ -25,9 +25,9 @@ KIND = "bpb"
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model folder or hub name")
-    adapter: str = setting("", "PEFT adapter to apply on top of the model")
-    data: list[str] = setting([], "JSON lines with `text`, or .txt files (one document per blank-line paragraph)")
+    model: str = setting("", "model folder or hub name", path_input=True)
+    adapter: str = setting("", "PEFT adapter to apply on top of the model", path_input=True)
+    data: list[str] = setting([], "JSON lines with `text`, or .txt files (one document per blank-line paragraph)", path_input=True)
     output: str = setting("", "where to write the result: a .json file, or a folder (gets manifest.json)")
     max_length: int = setting(0, "window length in tokens (0: the model's context length)")
     stride: int = setting(0, "window advance for long documents (0: half the window)")

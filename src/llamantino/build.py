@@ -255,11 +255,11 @@ def build_chain(base, steps, output, *, dtype: str = "auto", max_shard_size: str
 class Config:
     output: str = setting("", "folder to write the rebuilt model into")
     name: str = setting("", "a released model (see `llamantino build --list`); its chain comes from its recipe")
-    base_dir: str = setting("", "folder holding the chain's inputs as BASE_DIR/<hub name>")
+    base_dir: str = setting("", "folder holding the chain's inputs as BASE_DIR/<hub name>", path_input=True)
     download: bool = setting(False, "fetch missing inputs from the hub into --base-dir", fingerprint=False)
-    base: str = setting("", "base model folder of an explicit chain (instead of a name)")
-    adapters: list[str] = setting([], "adapter folders merged into the base one after the other")
-    diff: str = setting("", "weight difference folder applied last")
+    base: str = setting("", "base model folder of an explicit chain (instead of a name)", path_input=True)
+    adapters: list[str] = setting([], "adapter folders merged into the base one after the other", path_input=True)
+    diff: str = setting("", "weight difference folder applied last", path_input=True)
     dtype: str = setting("auto", "dtype of the merges; auto: what the weight difference expects, "
                                  "else the base's own", choices=("auto",) + DTYPES)
     max_shard_size: str = setting("5GB", "largest safetensors file of merged models")

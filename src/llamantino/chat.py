@@ -22,8 +22,8 @@ HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model folder or hub name")
-    adapter: str = setting("", "PEFT adapter to apply (e.g. an sft run)")
+    model: str = setting("", "model folder or hub name", path_input=True)
+    adapter: str = setting("", "PEFT adapter to apply (e.g. an sft run)", path_input=True)
     prompts: list[str] = setting([], "user messages, one conversation turn each")
     system: str = setting("", "system prompt (default: the paper's Italian one)")
     max_new_tokens: int = setting(128, "tokens to generate per answer")

@@ -84,13 +84,13 @@ LANGID_CHARS = 10_000
 @dataclasses.dataclass
 class Config:
     inputs: list[str] = setting([], "JSON-lines files (gzipped or not), folders of shards, parquet files, "
-                                    "or datasets streamed from the hub: hub:NAME?config=C&split=S")
+                                    "or datasets streamed from the hub: hub:NAME?config=C&split=S", path_input=True)
     output: str = setting("", "output folder")
     lang: str = setting("it", "keep documents mostly in this language (ISO 639-1 code)")
     langid: str = setting("py3langid", "language detector: py3langid (fast) or langdetect (the one "
                                        "clean_mc4_it used)", choices=tuple(DETECTORS))
     badwords: list[str] = setting(["it", "en"], "bad-word lists: a bundled one (it, en) or a file with one "
-                                                "word or phrase per line")
+                                                "word or phrase per line", path_input=True)
     min_words: int = setting(3, "drop lines with fewer words")
     max_word_length: int = setting(1000, "drop lines with a longer word (characters)")
     end_marks: list[str] = setting([".", "?", "!", '"'], "keep only lines ending in one of these")

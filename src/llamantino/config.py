@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -25,13 +26,18 @@ from llamantino.errors import LlamantinoError
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices=None,
-            fingerprint: bool = True, cli: bool = True):
+            fingerprint: bool = True, cli: bool = True, minimum=None, maximum=None,
+            path_input: bool = False):
     """A dataclass field with the metadata the CLI and manifests need.
 
     fingerprint=False marks settings that do not change the result (worker counts,
     logging intervals, overwrite flags), so changing them does not invalidate a run.
+    `minimum` / `maximum` bound a number (inclusive; for a list, every item); they are
+    checked with the types, before any work starts. `path_input` marks settings naming
+    files or folders the stage reads: an output folder may never be, hold or sit inside one.
     """
-    meta = {"help": help, "choices": choices, "fingerprint": fingerprint, "cli": cli}
+    meta = {"help": help, "choices": choices, "fingerprint": fingerprint, "cli": cli,
+            "minimum": minimum, "maximum": maximum, "path_input": path_input}
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -96,7 +102,10 @@ def coerce(value: Any, tp, where: str):
         if base is float:
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if base is str:
             if isinstance(value, (dict, list)):
                 raise ValueError("expected a string")
@@ -126,6 +135,7 @@ def build_config(cls, values: dict, source: str = "settings"):
         if choices and value is not None and value not in choices:
             raise LlamantinoError(
                 f"{source}: setting '{key}' is {value!r}; valid: {', '.join(map(str, choices))}")
+        check_range(fields[key], value, source)
         kwargs[key] = value
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -136,6 +146,41 @@ def build_config(cls, values: dict, source: str = "settings"):
     if check:
         check(source)
     return cfg
+
+
+def check_range(field: dataclasses.Field, value, source: str) -> None:
+    """A number outside the setting's [minimum, maximum] is an error naming the setting."""
+    low, high = field.metadata.get("minimum"), field.metadata.get("maximum")
+    if value is None or (low is None and high is None):
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if (low is not None and item < low) or (high is not None and item > high):
+                bounds = (f"at least {low}" if high is None else f"at most {high}" if low is None
+                          else f"between {low} and {high}")
+                raise LlamantinoError(f"{source}: setting '{field.name}' is {item!r}; it must be {bounds}")
+
+
+def check_ranges(cfg, source: str) -> None:
+    """Range checks for a settings object built directly in Python (not through build_config)."""
+    for f in dataclasses.fields(cfg):
+        check_range(f, getattr(cfg, f.name), source)
+
+
+def input_paths(cfg) -> list[str]:
+    """The local paths named by a stage's input settings (`TASK=PATH` values give PATH;
+    hub names and empty values are left out)."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("path_input"):
+            continue
+        value = getattr(cfg, f.name)
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str) or not item or item.startswith("hub:"):
+                continue
+            head, sep, tail = item.partition("=")
+            out.append(tail if sep and "/" not in head else item)
+    return out
 
 
 def to_dict(cfg) -> dict:

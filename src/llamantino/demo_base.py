@@ -28,8 +28,8 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 class Config:
     output: str = setting("", "folder to save the model and tokenizer in")
     train_text: list[str] = setting([str(DATA_DIR / "demo" / "en_train.txt")],
-                                    "English text files (blank-line-separated paragraphs) to train on")
-    tokenizer_text: list[str] = setting([], "text files to learn the tokenizer from (default: train_text)")
+                                    "English text files (blank-line-separated paragraphs) to train on", path_input=True)
+    tokenizer_text: list[str] = setting([], "text files to learn the tokenizer from (default: train_text)", path_input=True)
     vocab_size: int = setting(4096, "BPE vocabulary size")
     hidden_size: int = setting(256, "model width")
     intermediate_size: int = setting(688, "MLP width")

@@ -122,6 +122,34 @@ def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[P
 
 
 # ---------------------------------------------------------------------------------------
+# Names that come from data (manifests, indexes, archives, releases)
+
+
+def check_member_name(name, what: str) -> str:
+    """A file name read from a file someone else wrote must be a plain relative name: no
+    absolute path, no `..`, no drive or backslash tricks, nothing empty. Returns it."""
+    text = str(name) if isinstance(name, str) else None
+    if not text or "\x00" in text or "\\" in text:
+        raise LlamantinoError(f"{what}: {name!r} is not a plain relative file name")
+    parts = text.split("/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or any(p in ("", ".", "..") for p in parts):
+        raise LlamantinoError(f"{what}: {name!r} is not a plain relative file name (it could point outside its folder)")
+    return text
+
+
+def safe_join(folder, name, what: str) -> Path:
+    """`folder / name` for a `name` taken from data, refused unless it stays inside `folder`
+    once symbolic links are followed. `what` names the entry in the error (file and field)."""
+    check_member_name(name, what)
+    root = Path(folder).resolve()
+    path = Path(folder) / name
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise LlamantinoError(f"{what}: {name!r} resolves outside {folder} (through a symbolic link)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
 # Atomic writes
 
 

@@ -49,8 +49,8 @@ LR_SCHEDULES = ("linear", "cosine", "constant")  # training.SCHEDULES; torch loa
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model")
-    data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)")
+    model: str = setting("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model", path_input=True)
+    data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)", path_input=True)
     format: str = setting("auto", "data format; auto: detected from each file's fields",
                           choices=("auto",) + INSTRUCTION_FORMATS)
     output: str = setting("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")

@@ -29,8 +29,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 @dataclasses.dataclass
 class Config:
-    base: str = setting("", "base model (folder or hub name) the adapter was trained on")
-    adapter: str = setting("", "LoRA adapter folder (adapter_config.json, adapter_model.safetensors)")
+    base: str = setting("", "base model (folder or hub name) the adapter was trained on", path_input=True)
+    adapter: str = setting("", "LoRA adapter folder (adapter_config.json, adapter_model.safetensors)", path_input=True)
     output: str = setting("", "folder to save the merged model in")
     dtype: str = setting("float32", "dtype the base is loaded, merged and saved in", choices=DTYPES)
     max_shard_size: str = setting("5GB", "largest safetensors file of the merged model")

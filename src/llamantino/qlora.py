@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 class QLoraSettings:
     """Settings of the paper's QLoRA recipe (defaults: SPEC section 1, adaptation row)."""
 
-    model: str = setting("", "base model: local folder or hub name")
-    tokenizer: str = setting("", "tokenizer folder or hub name (default: the model's)")
+    model: str = setting("", "base model: local folder or hub name", path_input=True)
+    tokenizer: str = setting("", "tokenizer folder or hub name (default: the model's)", path_input=True)
     output: str = setting("", "run folder: adapter, tokenizer, checkpoints, logs, manifest.json")
     max_length: int = setting(1024, "tokens per packed sequence")
     batch_size: int = setting(8, "sequences per device per optimizer step")

@@ -40,13 +40,13 @@ LICENCE_NOTE = (
 
 @dataclasses.dataclass
 class Config:
-    run: str = setting("", "training run folder (adapt, sft or instruct)")
+    run: str = setting("", "training run folder (adapt, sft or instruct)", path_input=True)
     output: str = setting("", "folder to write the release into")
     release_recipe: str = setting("", "recipe (name or YAML) whose release section describes the model: "
                                       "name, parent, datasets, prompt format, hub repository")
     name: str = setting("", "model name on the card (default: the recipe's name, else the run folder's)")
     base: str = setting("", "instruct runs: model folder the difference is taken against "
-                            "(default: the run manifest's settings.model)")
+                            "(default: the run manifest's settings.model)", path_input=True)
     base_model: str = setting("", "hub name of the parent model for the card (default: the recipe's "
                                   "parent, else the run's model)")
     datasets: list[str] = setting([], "datasets named on the card (default: the recipe's)")

@@ -27,7 +27,7 @@ class Config:
     title: str = setting("", "heading of the table")
     metric: str = setting("", "metric to read from each folder's manifest.json")
     columns: list[str] = setting([], "column names, one per folder in a row")
-    rows: list[str] = setting([], "LABEL=FOLDER,FOLDER,... (stage output folders)")
+    rows: list[str] = setting([], "LABEL=FOLDER,FOLDER,... (stage output folders)", path_input=True)
     output: str = setting("", "folder for the report (manifest.json)")
 
     def validate(self, source):

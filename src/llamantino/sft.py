@@ -32,10 +32,10 @@ class Config(QLoraSettings):
     max_length: int = setting(2048, "tokens per packed sequence (longer conversations are truncated)")
     max_steps: int = setting(15000, "optimizer steps")
     adapter: str = setting("", "language adapter to merge into the base before training (the paper's "
-                               "language-adapted chat model)")
+                               "language-adapted chat model)", path_input=True)
     merge_dtype: str = setting("auto", "dtype of the merged base: float32, bfloat16, float16, or auto = "
                                "the checkpoint's own", choices=("auto", "float32", "bfloat16", "float16"))
-    data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hub:NAME?config=C&split=S")
+    data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hub:NAME?config=C&split=S", path_input=True)
     format: str = setting("", "data format (default: detected from the fields)", choices=("",) + CONVERSATION_FORMATS)
     prompt_format: str = setting("llama2-chat", "prompt format", choices=("llama2-chat",))
 

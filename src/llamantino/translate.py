@@ -70,10 +70,10 @@ LENGTH_PENALTY = 0.2
 
 @dataclasses.dataclass
 class Config:
-    inputs: list[str] = setting([], "JSON-lines files (or folders of them) to translate")
+    inputs: list[str] = setting([], "JSON-lines files (or folders of them) to translate", path_input=True)
     output: str = setting("", "output folder")
     model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
-                             "empty: the Argos package installed for src -> tgt")
+                             "empty: the Argos package installed for src -> tgt", path_input=True)
     src: str = setting("en", "source language code")
     tgt: str = setting("it", "target language code")
     format: str = setting("", f"source format: {', '.join(FORMATS)}; empty: detected from each file's "
@@ -88,7 +88,7 @@ class Config:
     compute_type: str = setting("auto", "CTranslate2 compute type (argostranslate's default: auto)")
     argos_packages_dir: str = setting("", "folder of installed Argos packages (ARGOS_PACKAGES_DIR); an "
                                           ".argosmodel is installed there for the argos engine; "
-                                          "empty: argostranslate's own", fingerprint=False)
+                                          "empty: argostranslate's own", fingerprint=False, path_input=True)
     threads: int = setting(1, "CTranslate2 threads per translation (ARGOS_INTRA_THREADS); 0 lets "
                               "CTranslate2 choose, argostranslate's default, 20-50x slower per call on 2 cores",
                            fingerprint=False)

@@ -21,8 +21,8 @@ CONFIG_KEYS_IGNORED = ("transformers_version", "_name_or_path")
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model folder to check (e.g. a rebuilt one)")
-    reference: str = setting("", "model folder it must equal bit for bit")
+    model: str = setting("", "model folder to check (e.g. a rebuilt one)", path_input=True)
+    reference: str = setting("", "model folder it must equal bit for bit", path_input=True)
     output: str = setting("", "folder for the report (verify.json)")
 
     def validate(self, source):

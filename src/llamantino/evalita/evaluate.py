@@ -27,10 +27,10 @@ KIND = "evalita_eval"
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model folder or hub name (an instruct run, or a merged model)")
-    adapter: str = setting("", "PEFT adapter to apply on top of the model")
+    model: str = setting("", "model folder or hub name (an instruct run, or a merged model)", path_input=True)
+    adapter: str = setting("", "PEFT adapter to apply on top of the model", path_input=True)
     tasks: list[str] = setting([], "tasks to evaluate (default: every task given data)")
-    data: list[str] = setting([], "gold files as TASK=PATH (several per task allowed)")
+    data: list[str] = setting([], "gold files as TASK=PATH (several per task allowed)", path_input=True)
     samples: str = setting("", "evaluate on the bundled sample files of this split", choices=("", "train", "test"))
     output: str = setting("", "report folder")
     max_new_tokens: int = setting(64, "tokens generated per answer (the 2023 systems used 256)")

@@ -34,7 +34,7 @@ RECORDS = "records.jsonl"
 @dataclasses.dataclass
 class Config:
     output: str = setting("", "output folder")
-    data: list[str] = setting([], "task files: PATH (all of --task) or TASK=PATH (a mixture); several allowed")
+    data: list[str] = setting([], "task files: PATH (all of --task) or TASK=PATH (a mixture); several allowed", path_input=True)
     task: str = setting("", "the EVALITA task of every --data file given without TASK=")
     max_per_task: int = setting(0, "keep at most this many items of each task, a seeded random sample (0: all)")
     shuffle: bool = setting(False, "shuffle the records of all tasks together (seeded)")
