@@ -220,8 +220,9 @@ def test_release_refuses_a_run_the_recipe_does_not_describe(tmp_path, adapter_ru
         release_run(config_for("release", run=str(adapter_run), output=str(tmp_path / "r"),
                                release_recipe="LLaMAntino-2-7b-hf-dolly-ITA"))
     assert not (tmp_path / "r").exists()
+    (tmp_path / "not-a-run").mkdir()
     with pytest.raises(LlamantinoError, match="no manifest.json"):
-        release_run(config_for("release", run=str(tmp_path), output=str(tmp_path / "r")))
+        release_run(config_for("release", run=str(tmp_path / "not-a-run"), output=str(tmp_path / "r")))
 
 
 class FakeHfApi:

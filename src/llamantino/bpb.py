@@ -29,11 +29,11 @@ class Config:
     adapter: str = setting("", "PEFT adapter to apply on top of the model", path_input=True)
     data: list[str] = setting([], "JSON lines with `text`, or .txt files (one document per blank-line paragraph)", path_input=True)
     output: str = setting("", "where to write the result: a .json file, or a folder (gets manifest.json)")
-    max_length: int = setting(0, "window length in tokens (0: the model's context length)")
-    stride: int = setting(0, "window advance for long documents (0: half the window)")
-    batch_size: int = setting(8, "windows per forward pass", fingerprint=False)
+    max_length: int = setting(0, "window length in tokens (0: the model's context length)", minimum=0)
+    stride: int = setting(0, "window advance for long documents (0: half the window)", minimum=0)
+    batch_size: int = setting(8, "windows per forward pass", fingerprint=False, minimum=1)
     dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
-    max_documents: int = setting(0, "score only the first N documents (0: all)")
+    max_documents: int = setting(0, "score only the first N documents (0: all)", minimum=0)
     progress: bool = setting(True, "show a progress bar", fingerprint=False)
 
     def validate(self, source):
@@ -115,7 +115,8 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_write_json
-    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest, run_identity
+    from llamantino.manifest import (check_output_location, describe_inputs, prepare_output, read_manifest,
+                                     run_identity, write_manifest)
     from llamantino.modeling import load_config, load_tokenizer, load_with_adapter
     from llamantino.records import iter_documents
 
@@ -124,7 +125,9 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         if prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
             metrics = read_manifest(cfg.output)["metrics"]
             return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
-    elif to_file and Path(cfg.output).is_file():
+    elif to_file:
+        check_output_location(cfg.output, cfg)
+    if to_file and Path(cfg.output).is_file():
         old = json.loads(Path(cfg.output).read_text(encoding="utf-8"))
         if old.get("fingerprint") == run_identity(KIND, cfg)["fingerprint"]:
             return {"status": "skipped (done)", "headline": _headline(old), "metrics": old}

@@ -26,11 +26,11 @@ class Config:
     adapter: str = setting("", "PEFT adapter to apply (e.g. an sft run)", path_input=True)
     prompts: list[str] = setting([], "user messages, one conversation turn each")
     system: str = setting("", "system prompt (default: the paper's Italian one)")
-    max_new_tokens: int = setting(128, "tokens to generate per answer")
+    max_new_tokens: int = setting(128, "tokens to generate per answer", minimum=1)
     do_sample: bool = setting(False, "sample instead of greedy decoding")
-    temperature: float = setting(0.7, "sampling temperature")
-    top_p: float = setting(0.9, "nucleus sampling")
-    seed: int = setting(0, "seed for sampling")
+    temperature: float = setting(0.7, "sampling temperature", minimum=0)
+    top_p: float = setting(0.9, "nucleus sampling", minimum=0, maximum=1)
+    seed: int = setting(0, "seed for sampling", minimum=0)
     output: str = setting("", "folder for the transcript (stage use)")
 
     def validate(self, source):

@@ -553,7 +553,10 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     done = read_manifest(out) if out.is_dir() else None
     identity = run_identity(KIND, cfg)
     if done and (done.get("stage"), done.get("fingerprint")) == (identity["stage"], identity["fingerprint"]):
-        return {"status": "skipped (done)", **_summary(done["metrics"])}
+        # The same run finished: skipped, unless its inputs changed (then refused or, with
+        # --overwrite, replaced) or the folder is unsafe to use.
+        if prepare_output(out, KIND, cfg, overwrite=overwrite) == "complete":
+            return {"status": "skipped (done)", **_summary(done["metrics"])}
 
     with Workers(cfg.workers or available_cores(), cfg, badwords) as workers:
         languages = workers.languages()

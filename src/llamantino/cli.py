@@ -7,6 +7,7 @@ command that needs no torch never imports it.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -14,6 +15,8 @@ import sys
 
 from llamantino import __version__
 from llamantino.errors import LlamantinoError
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 # name -> (module, help). The module defines add_arguments(parser) and main(args) -> int,
 # or, for a module serving several commands, add_<suffix>_arguments / <suffix>_main.
@@ -102,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args) or 0)
     except LlamantinoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        # A full, read-only or forbidden disk: one line; what was finished stays for a resume.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; finished work is kept: fix this and run the same "
+              "command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -404,17 +404,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
     accumulation = training.grad_accumulation(cfg.effective_batch_size, cfg.batch_size, world)
     output = Path(cfg.output)
 
-    def check_output():
-        state = prepare_output(output, KIND, cfg, overwrite=overwrite)
-        if state == "resume" and not resume:
-            if not overwrite:
-                raise LlamantinoError(f"{output}: holds an interrupted run with these settings; pass --resume "
-                                      "to continue it or --overwrite to start again")
-            shutil.rmtree(output)
-            state = "fresh"
-        return state
-
-    state = training.on_rank0(check_output)
+    state = training.on_rank0(lambda: prepare_output(output, KIND, cfg, overwrite=overwrite, resume=resume))
     if state == "complete":
         metrics = read_manifest(output)["metrics"] if rank == 0 else {}
         return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics} if rank == 0 else None

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from llamantino import __version__
-from llamantino.config import differing_settings, fingerprint, to_dict
+from llamantino.config import differing_settings, fingerprint, input_paths, to_dict
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_write_json, sha256_file
 
@@ -52,6 +52,59 @@ def describe_inputs(paths) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# The state of a stage's inputs: is a finished (or interrupted) run still about these inputs?
+
+HASH_LIMIT = 64 << 20  # files up to this size are hashed too, so a touched file is not taken as changed
+
+
+def _file_state(path: Path, rel: str) -> list:
+    stat = path.stat()
+    digest = sha256_file(path) if stat.st_size <= HASH_LIMIT else None
+    return [rel, stat.st_size, stat.st_mtime_ns, digest]
+
+
+def input_state(cfg) -> list[dict]:
+    """Size, modification time and (for files up to HASH_LIMIT) sha256 of every local file
+    the stage's input settings name; folders file by file. Recorded in run.json and the manifest."""
+    out = []
+    for raw in input_paths(cfg):
+        path = Path(raw)
+        if path.is_file():
+            out.append({"path": raw, "files": [_file_state(path, "")]})
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            out.append({"path": raw, "files": [_file_state(p, str(p.relative_to(path))) for p in files]})
+    return out
+
+
+def changed_inputs(recorded: list[dict] | None) -> list[str]:
+    """Inputs whose files differ from a recorded `input_state` (size, or content where a file
+    was touched): added, removed or modified files. Nothing recorded (older runs): none."""
+    changed = []
+    for entry in recorded or []:
+        path = Path(entry["path"])
+        before = {rel: (size, mtime, digest) for rel, size, mtime, digest in entry["files"]}
+        if path.is_file():
+            now = {"": path}
+        elif path.is_dir():
+            now = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")}
+        else:
+            changed.append(f"{path} (gone)")
+            continue
+        if set(now) != set(before):
+            changed.append(f"{path} (files added or removed)")
+            continue
+        for rel, file in now.items():
+            size, mtime, digest = before[rel]
+            stat = file.stat()
+            same = stat.st_size == size and (stat.st_mtime_ns == mtime or (digest and sha256_file(file) == digest))
+            if not same:
+                changed.append(str(path / rel) if rel else str(path))
+                break
+    return changed
+
+
 def read_manifest(folder) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -66,41 +119,141 @@ def run_identity(kind: str, cfg) -> dict:
     return {"stage": kind, "fingerprint": fingerprint(kind, cfg), "settings": to_dict(cfg)}
 
 
-def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False) -> str:
+def check_output_location(output, cfg=None, inputs=()) -> Path:
+    """Refuse an output that is, holds or lies inside one of the stage's inputs (its
+    `path_input` settings and `inputs`): writing it would destroy or re-read the input."""
+    output = Path(output)
+    target = output.resolve()
+    for raw in [*(input_paths(cfg) if cfg is not None else []), *inputs]:
+        if not raw:
+            continue
+        source = Path(raw)
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if target == source:
+            raise LlamantinoError(f"{output}: the output is also an input ({raw}); choose another output")
+        if source in target.parents:
+            raise LlamantinoError(f"{output}: the output lies inside the input {raw}; choose an output outside it")
+        if target in source.parents:
+            raise LlamantinoError(f"{output}: the output holds the input {raw}; choose another output")
+    return output
+
+
+def _links_inside(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_symlink()]
+
+
+def _is_temporary(rel: str) -> bool:
+    # Work files of an atomic write (`.NAME.tmp-PID`, `.step-N.tmp`) left by a killed process.
+    return any(part.startswith(".") and ".tmp" in part for part in Path(rel).parts)
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files of `folder` that no llamantino run wrote: everything when it holds no run;
+    with a manifest that lists its outputs, what is not listed. A folder with only run.json
+    (an interrupted run) is the run's own."""
+    manifest = read_manifest(folder)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+    if manifest is None:
+        return [] if (folder / RUN_INFO).is_file() else files
+    listed = manifest.get("outputs")
+    if listed is None:  # a manifest written before outputs were listed
+        return []
+    known = set(listed) | {MANIFEST, RUN_INFO}
+    return [f for f in files if f not in known and not _is_temporary(f)]
+
+
+def replace_output(folder: Path) -> None:
+    """Delete a previous llamantino run's output folder (--overwrite), but only when every
+    file in it is that run's own."""
+    foreign = foreign_files(folder)
+    if foreign:
+        raise LlamantinoError(f"{folder}: holds {len(foreign)} file(s) no llamantino run wrote (e.g. {foreign[0]}); "
+                              "--overwrite replaces only llamantino outputs: move them or choose another folder")
+    shutil.rmtree(folder)
+
+
+def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: bool = True) -> str:
     """Decide what to do with an output folder before a stage writes anything.
 
-    Returns "complete" (same stage and settings already finished: nothing to do),
-    "resume" (same run, unfinished) or "fresh" (empty or replaced). A folder holding a
-    different run is refused unless `overwrite`.
+    Returns "complete" (same stage, settings and inputs already finished: nothing to do),
+    "resume" (same run, unfinished, and `resume`) or "fresh" (empty or replaced). Refused,
+    whatever `overwrite` says: an output that is, holds or lies inside an input; a folder
+    holding symbolic links; files that no llamantino run wrote. Refused unless `overwrite`:
+    a different run, a finished run whose inputs changed, an unfinished run without `resume`.
     """
-    folder = Path(folder)
+    folder = check_output_location(folder, cfg)
     ident = run_identity(kind, cfg)
+    if folder.exists() and not folder.is_dir():
+        raise LlamantinoError(f"{folder}: exists and is not a folder")
     if not folder.exists() or not any(folder.iterdir()):
         return "fresh"
+    links = _links_inside(folder)
+    if links:
+        raise LlamantinoError(f"{folder}: holds a symbolic link ({links[0]}); llamantino outputs never do, "
+                              "refusing to write through it")
     info_path = folder / RUN_INFO
-    other = read_manifest(folder)
+    finished = read_manifest(folder)
+    other = finished
     if other is None and info_path.is_file():
-        other = json.loads(info_path.read_text(encoding="utf-8"))
-    if other is not None and other.get("stage") == kind and other.get("fingerprint") == ident["fingerprint"]:
-        return "complete" if (folder / MANIFEST).is_file() else "resume"
-    if not overwrite:
-        if other is None:
-            why = "is not empty and holds no llamantino run"
-        elif other.get("stage") != kind:
+        other = _read_run_info(info_path)
+    if other is None:
+        raise LlamantinoError(f"{folder}: output folder is not empty and holds no llamantino run; "
+                              "llamantino replaces only its own outputs: choose an empty or new folder")
+    same = other.get("stage") == kind and other.get("fingerprint") == ident["fingerprint"]
+    if same:
+        changed = changed_inputs(other.get("input_state"))
+        if finished is not None and not changed:
+            return "complete"
+        if finished is None and not changed and resume:
+            return "resume"
+        if not overwrite:
+            if changed:
+                what = "finished" if finished is not None else "interrupted"
+                raise LlamantinoError(f"{folder}: holds a {what} '{kind}' run, but its input changed since "
+                                      f"({changed[0]}); pass --overwrite to redo it")
+            raise LlamantinoError(f"{folder}: holds an interrupted run of these settings; pass --resume to continue "
+                                  "it or --overwrite to start again")
+    elif not overwrite:
+        if other.get("stage") != kind:
             why = f"holds a '{other.get('stage')}' run, not '{kind}'"
         else:
             changed = differing_settings(other.get("settings", {}), ident["settings"])
             why = f"holds a different '{kind}' run (settings differ: {', '.join(changed) or 'version'})"
         raise LlamantinoError(f"{folder}: output folder {why}; pass --overwrite to replace it")
-    shutil.rmtree(folder)
+    replace_output(folder)
     return "fresh"
 
 
+def _read_run_info(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LlamantinoError(f"{path}: unreadable run file ({exc})") from None
+    if not isinstance(info, dict):
+        raise LlamantinoError(f"{path}: unreadable run file (not a mapping)")
+    return info
+
+
 def start_run(folder, kind: str, cfg) -> None:
-    """Mark a folder as holding an unfinished run of this stage and settings."""
+    """Mark a folder as holding an unfinished run of this stage, settings and inputs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / RUN_INFO, run_identity(kind, cfg))
+    atomic_write_json(folder / RUN_INFO, {**run_identity(kind, cfg), "input_state": input_state(cfg)})
+
+
+def list_outputs(folder) -> list[str]:
+    """Every file of a finished output folder, relative to it (the manifest lists them, so
+    --overwrite can tell the run's own files from anything added later)."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if not p.is_dir() and p.name not in (MANIFEST, RUN_INFO) and not _is_temporary(str(p.relative_to(folder))))
+
+
+def _started_with(folder) -> list | None:
+    path = Path(folder) / RUN_INFO
+    return _read_run_info(path).get("input_state") if path.is_file() else None
 
 
 def write_manifest(folder, kind: str, cfg, *, inputs=(), metrics: dict | None = None,
@@ -113,6 +266,9 @@ def write_manifest(folder, kind: str, cfg, *, inputs=(), metrics: dict | None = 
         "inputs": list(inputs),
         "libraries": library_versions(),
         "metrics": metrics or {},
+        # The inputs as they were when the run started (a change during the run is a change).
+        "input_state": _started_with(folder) or input_state(cfg),
+        "outputs": list_outputs(folder),
     }
     if extra:
         manifest.update(extra)

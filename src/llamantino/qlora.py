@@ -254,15 +254,12 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, overwrite: bool, resume
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # Decide fresh / resume / done before anything is written; rank 0 owns the folder.
-    state = prepare_output(run_dir, kind, cfg, overwrite=overwrite) if rank == 0 else None
-    state = _broadcast_object(state, rank, world)
+    # A refusal on rank 0 reaches every rank (none is left waiting in a collective).
+    state = training.on_rank0(lambda: prepare_output(run_dir, kind, cfg, overwrite=overwrite, resume=resume))
     if state == "complete":
         metrics = read_manifest(run_dir)["metrics"]
         return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
     checkpoint = training.latest_checkpoint(run_dir) if state == "resume" else None
-    if state == "resume" and not resume:
-        raise LlamantinoError(f"{run_dir}: holds an unfinished run of these settings; pass --resume to continue "
-                              "it or --overwrite to start again")
     # Data first: a corpus that yields nothing fails before anything is written.
     source = make_source(rank, world)
     if rank == 0:

@@ -89,10 +89,14 @@ def add_run_arguments(parser):
                         help="replace stage outputs that hold runs with other settings")
 
 
+STOPPED = 3  # exit status of a chain that stopped with a checkpoint (SIGTERM, --stop-after-steps)
+
+
 def run_main(args) -> int:
     recipe = load_recipe(args.recipe, parse_set_options(args.set), run_dir=args.run_dir)
-    run_recipe(recipe, only=args.only, overwrite=args.overwrite)
-    return 0
+    results = run_recipe(recipe, only=args.only, overwrite=args.overwrite)
+    stopped = any(str(r.get("status", "")).startswith("stopped") for r in results)
+    return STOPPED if stopped else 0
 
 
 def run_recipe(recipe, *, only=None, overwrite: bool = False, out=None) -> list[dict]:
@@ -111,6 +115,11 @@ def run_recipe(recipe, *, only=None, overwrite: bool = False, out=None) -> list[
         summary = stage_module(stage.kind).run(stage.config, overwrite=overwrite, resume=True) or {}
         results.append({"stage": stage.name, "kind": stage.kind, "output": stage.output,
                         "seconds": round(time.time() - t0, 1), **summary})
+        if str(summary.get("status", "done")).startswith("stopped"):
+            # The next stages would read an unfinished folder: the chain stops here.
+            print(f"\n=== {recipe.name}: stage '{stage.name}' {summary['status']} with a checkpoint; "
+                  f"run the same command again to resume it and go on", file=out)
+            break
     print(f"\n=== {recipe.name}: done in {time.time() - t_all:.0f} s; outputs under {recipe.run_dir}", file=out)
     print(summary_table(results), file=out)
     # Results worth reading again (tables, checks, transcripts), gathered at the end.

@@ -1,0 +1,246 @@
+"""Trust: what --overwrite may delete, when a finished stage may be skipped, runs that stop,
+settings out of range, disks that fill up, and code patterns that must never appear.
+
+Each test is an attack or an accident that a user reported against an earlier version:
+the input deleted by --overwrite, a user's own file deleted with an output folder, a
+symbolic link planted in an output folder, a stale output reported as done after its input
+changed, a chain that went on after a stage stopped, a NaN learning rate accepted."""
+
+import errno
+import json
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamantino.cli import main as cli
+from llamantino.errors import LlamantinoError
+from llamantino.runner import config_for
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_adapt import corpus  # noqa: E402
+from test_clean import GOOD_LINES, page, write_jsonl  # noqa: E402
+
+SRC = Path(__file__).parent.parent / "src" / "llamantino"
+
+
+@pytest.fixture
+def shards(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    records = [{"text": page(f"Pagina numero {i} del corpus di prova, scritta per questo test."),
+                "url": f"https://example.it/{i}", "timestamp": "2020-01-01"} for i in range(6)]
+    write_jsonl(folder / "c4-it.tfrecord-00000-of-01024.json.gz", records)
+    return folder
+
+
+def clean(capsys, *args):
+    code = cli(["clean", *map(str, args), "--workers", "1"])
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------
+# --overwrite never deletes inputs or files that no llamantino run wrote
+
+
+def test_overwrite_never_deletes_an_input(tmp_path, shards, capsys):
+    before = snapshot(shards)
+    code, err = clean(capsys, shards, "--output", shards, "--overwrite")
+    assert code == 2 and "the output is also an input" in err
+    code, err = clean(capsys, shards, "--output", shards / "out")
+    assert code == 2 and "lies inside the input" in err
+    code, err = clean(capsys, shards / "c4-it.tfrecord-00000-of-01024.json.gz", "--output", shards, "--overwrite")
+    assert code == 2 and "holds the input" in err
+    assert snapshot(shards) == before and not (shards / "out").exists()
+
+
+def test_overwrite_keeps_files_no_run_wrote(tmp_path, shards, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes")
+    code, err = clean(capsys, shards, "--output", foreign, "--overwrite")
+    assert code == 2 and "holds no llamantino run" in err and (foreign / "notes.txt").read_text() == "my notes"
+
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    (out / "README.txt").write_text("added by hand")
+    code, err = clean(capsys, shards, "--output", out, "--min-chars", "400", "--overwrite")
+    assert code == 2 and "no llamantino run wrote (e.g. README.txt)" in err
+    assert (out / "README.txt").is_file() and (out / "manifest.json").is_file()
+    (out / "README.txt").unlink()
+    assert clean(capsys, shards, "--output", out, "--min-chars", "400", "--overwrite")[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["settings"]["min_chars"] == 400
+
+
+def test_symbolic_link_in_an_output_folder_is_refused(tmp_path, shards, capsys):
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    (out / "checkpoints").symlink_to(victim)
+    for extra in ([], ["--overwrite", "--min-chars", "400"]):
+        code, err = clean(capsys, shards, "--output", out, *extra)
+        assert code == 2 and "holds a symbolic link" in err
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_output_folders_get_the_usual_permissions(tmp_path):
+    from llamantino.fileio import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "made") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
+
+
+# ---------------------------------------------------------------------------------------
+# A finished stage is skipped only when its inputs are unchanged
+
+
+def test_a_changed_input_is_not_reported_as_done(tmp_path, shards, capsys):
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    shard = next(shards.iterdir())
+    # Touched but identical: still the same input, the finished run is recognised.
+    os.utime(shard, ns=(1, 1))
+    assert cli(["clean", str(shards), "--output", str(out), "--workers", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped (done)"
+    records = [{"text": page(f"Una pagina diversa, numero {i}, scritta dopo la prima esecuzione."),
+                "url": f"https://example.it/{i}", "timestamp": "2021-01-01"} for i in range(4)]
+    write_jsonl(shard, records)
+    code, err = clean(capsys, shards, "--output", out)
+    assert code == 2 and "its input changed since" in err and str(shard) in err
+    assert clean(capsys, shards, "--output", out, "--overwrite")[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["documents"]["read"] == 4
+    # A file added to an input folder is a change too.
+    write_jsonl(shards / "c4-it.tfrecord-00001-of-01024.json.gz", records)
+    code, err = clean(capsys, shards, "--output", out)
+    assert code == 2 and "files added or removed" in err
+
+
+def test_a_changed_model_makes_a_later_stage_stale(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    text = tmp_path / "held-out.txt"
+    text.write_text("Il gatto dorme sul divano.\n\nLa pioggia cade sulla città.\n", encoding="utf-8")
+    args = ["eval", "bpb", str(text), "--model", str(model), "--output", str(tmp_path / "bpb")]
+    assert cli(args) == 0
+    capsys.readouterr()
+    config = json.loads((model / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-5
+    (model / "config.json").write_text(json.dumps(config))
+    assert cli(args) == 2
+    assert "input changed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Runs that stop are never taken for finished
+
+
+def test_a_stopped_stage_stops_the_chain_and_overwrite_starts_afresh(tmp_path, tiny_model_dir, capsys):
+    data = corpus(tmp_path)
+    recipe = tmp_path / "chain.yaml"
+    recipe.write_text(f"""
+name: chain
+run_dir: {tmp_path / 'runs'}
+stages:
+  adapt:
+    model: {tiny_model_dir}
+    data: [{data}]
+    max_length: 64
+    batch_size: 2
+    max_steps: 4
+    save_steps: 2
+    stop_after_steps: 2
+  bpb_after:
+    kind: bpb
+    model: {tiny_model_dir}
+    adapter: ${{adapt.output}}
+    data: [{data}]
+    max_documents: 4
+""", encoding="utf-8")
+    assert cli(["run", str(recipe)]) == 3
+    out = capsys.readouterr().out
+    assert "stopped at step 2" in out and "run the same command again to resume" in out
+    assert not (tmp_path / "runs" / "bpb_after").exists()
+    # A stage command with --overwrite on the interrupted run of the same settings starts afresh.
+    adapt = ["adapt", "--recipe", str(recipe), "--stop-after-steps", "0"]
+    assert cli(adapt) == 2 and "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert cli(adapt + ["--overwrite"]) == 0
+    manifest = json.loads((tmp_path / "runs" / "adapt" / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 4
+
+
+# ---------------------------------------------------------------------------------------
+# Settings out of range fail up front
+
+
+@pytest.mark.parametrize("value, message", [("nan", "finite"), ("-1e-4", "at least 0"), ("inf", "finite")])
+def test_numbers_out_of_range_are_refused(tmp_path, value, message):
+    with pytest.raises(LlamantinoError, match=f"setting 'learning_rate'.*{message}"):
+        config_for("demo_base", output=str(tmp_path / "x"), learning_rate=value)
+    with pytest.raises(LlamantinoError, match="setting 'top_p' is 1.5; it must be between 0 and 1"):
+        config_for("chat", model="m", top_p=1.5)
+
+
+# ---------------------------------------------------------------------------------------
+# A full or read-only disk: one line, and what was finished stays
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    from llamantino import bpb
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "part"))
+
+    monkeypatch.setattr(bpb, "run", full)
+    code = cli(["eval", "bpb", "x.txt", "--model", "m"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith(f"error: {tmp_path / 'out' / 'part'}: No space left on device; finished work is kept")
+
+
+# ---------------------------------------------------------------------------------------
+# Patterns that must never appear in the package: code run from data
+
+
+FORBIDDEN = {
+    r"weights_only\s*=\s*False": "torch.load that unpickles",
+    r"\bpickle\.loads?\(": "unpickling",
+    r"\byaml\.load\(": "yaml.load (use yaml.safe_load)",
+    r"(?<![\w.])eval\(": "eval()",
+    r"(?<![\w.])exec\(": "exec()",
+    r"shell\s*=\s*True": "a shell command line",
+}
+
+
+def test_no_code_runs_from_data():
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for pattern, what in FORBIDDEN.items():
+                if re.search(pattern, line):
+                    found.append(f"{path.relative_to(SRC)}:{number}: {what}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_the_forbidden_patterns_are_caught():
+    samples = ["torch.load(p, weights_only=False)", "pickle.load(f)", "yaml.load(text)", "x = eval(s)",
+               "exec(code)", "subprocess.run(cmd, shell=True)"]
+    for sample, pattern in zip(samples, FORBIDDEN):
+        assert re.search(pattern, sample), sample
+    assert not re.search(r"(?<![\w.])eval\(", "model.eval()")
