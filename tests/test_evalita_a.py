@@ -61,8 +61,9 @@ def test_submission_written_and_read_back_scores_perfectly(name, tmp_path):
     pred = task.read_predictions(path)
     assert list(pred) == list(gold)
     scores = task.score(gold, pred)
+    # GeoLingIt A averages over the 13 dev regions; the sample holds 10 of them
     perfect = {"acti-a": 1.0, "acti-b": 1.0, "clinkart": 1.0, "discotex-1": 1.0, "discotex-2": 1.0,
-               "emit": 1.0, "geolingit": 1.0}[name]
+               "emit": 1.0, "geolingit": 10 / 13}[name]
     assert scores[task.primary_metric] == pytest.approx(perfect)
 
 
@@ -517,13 +518,16 @@ def test_geolingit_region_macro_f1_by_hand():
     gold = dict(enumerate(GeoLabel(r) for r in ["Lazio", "Lazio", "Sicilia", "Veneto", "Veneto", "Veneto"]))
     pred = dict(enumerate([GeoLabel("Lazio"), GeoLabel("Sicilia"), GeoLabel("Sicilia"), GeoLabel("Veneto"),
                            GeoLabel("Toscana"), None]))
-    # regions of the gold: Lazio, Sicilia, Veneto ("Toscana" only costs Veneto's recall)
-    # Lazio tp 1 fn 1: F1 2/3; Sicilia tp 1 fp 1: F1 2/3; Veneto tp 1 fn 2: P 1 R 1/3 F1 1/2
-    # macro = (2/3 + 2/3 + 1/2) / 3 = 11/18
+    # every gold region is a dev region: the 13 dev regions count
+    # Lazio tp 1 fn 1: F1 2/3; Sicilia tp 1 fp 1: F1 2/3; Veneto tp 1 fn 2: P 1 R 1/3 F1 1/2;
+    # Toscana fp 1: F1 0; the 9 other dev regions: F1 0 -> macro = (2/3 + 2/3 + 1/2) / 13 = 11/78
     scores = task.score(gold, pred)
-    assert scores["a_macro_f1"] == pytest.approx(11 / 18)
+    assert scores["a_macro_f1"] == pytest.approx(11 / 78)
     assert scores["a_accuracy"] == pytest.approx(3 / 6)
+    assert scores["a_regions"] == 13
     assert "b_mean_km" not in scores
+    # the same run scored with the test set's 17 regions
+    assert task.score(gold, pred, split="test")["a_macro_f1"] == pytest.approx(11 / 102)
 
 
 def test_geolingit_mean_distance_by_hand():
@@ -536,8 +540,8 @@ def test_geolingit_mean_distance_by_hand():
     pred = {"a": GeoLabel("Lazio", 0.0, 1.0), "b": GeoLabel("Sicilia", 10.0, 20.0)}
     scores = task.score(gold, pred)
     assert scores["b_mean_km"] == pytest.approx(one_degree / 2)
-    # Lazio is the only gold region: tp 1, fn 1 -> P 1, R 1/2, F1 2/3
-    assert scores["a_macro_f1"] == pytest.approx(2 / 3)
+    # Lazio is the only gold region: tp 1, fn 1 -> P 1, R 1/2, F1 2/3; over the 13 dev regions 2/39
+    assert scores["a_macro_f1"] == pytest.approx(2 / 39)
 
 
 def test_geolingit_submission_files(tmp_path):
@@ -557,7 +561,7 @@ def test_geolingit_submission_files(tmp_path):
     pred_a = task.read_predictions(a)
     assert pred_a["13001"] == GeoLabel("Lazio") and pred_a["13002"] == GeoLabel()
     scores_a = task.score(gold, pred_a)                   # a subtask A file scores subtask A only
-    assert set(scores_a) == {"a_macro_f1", "a_accuracy"}
+    assert set(scores_a) == {"a_macro_f1", "a_accuracy", "a_regions"}
     scores_b = task.score(gold, task.read_predictions(b))
     assert set(scores_b) == {"b_mean_km", "b_unparsed"} and scores_b["b_unparsed"] == 1
     from llamantino.evalita.metrics import haversine_km
@@ -581,3 +585,225 @@ def test_geolingit_bad_input(tmp_path):
         task.read([a, b])
     with pytest.raises(LlamantinoError, match="s.tsv: missing column 'region'.*or 'latitude' and 'longitude'"):
         task.read_predictions(write(tmp_path, "s.tsv", "id\ttext\tregione\n1\tuno\tLazio\n"))
+
+
+# ---------------------------------------------------------------------------------------
+# Agreement with the organisers' scorers. Small files go through llamantino (reader,
+# submission reader, score) and through a re-implementation of the official code's logic
+# written here (or a hand computation where no official code was published); the edge
+# cases pin where llamantino deliberately differs (see each task module's notes).
+
+
+def ref_prf(gold, pred, label):
+    """Precision, recall and F1 of one class as sklearn gives them (undefined -> 0)."""
+    tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
+    fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
+    fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def official_geolingit(subtask, gold_path, pred_path, regions=None):
+    """GeoLingIt eval.py: the two files zipped line by line, the header line skipped, ids
+    ignored; A: the third column, macro-F1 of classification_report over the split's fixed
+    region list; B: mean haversine distance (radius 6371.0088 km) from prediction to gold."""
+    with open(gold_path, encoding="utf-8") as fg, open(pred_path, encoding="utf-8") as fp:
+        pairs = [(g.rstrip("\n").split("\t"), p.rstrip("\n").split("\t")) for g, p in zip(fg, fp)][1:]
+    if subtask == "a":
+        golds, preds = [g[2] for g, _ in pairs], [p[2] for _, p in pairs]
+        return sum(ref_prf(golds, preds, region)[2] for region in regions) / len(regions)
+    distances = []
+    for g, p in pairs:
+        lat1, lon1, lat2, lon2 = map(math.radians, (float(p[2]), float(p[3]), float(g[2]), float(g[3])))
+        a = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+        distances.append(2 * 6371.0088 * math.asin(math.sqrt(a)))
+    return sum(distances) / len(distances)
+
+
+GEO_GOLD = ("id\ttext\tregion\n1\tuno\tLazio\n2\tdue\tLazio\n3\ttre\tSicilia\n4\tquattro\tVeneto\n"
+            "5\tcinque\tVeneto\n6\tsei\tVeneto\n7\tsette\tCampania\n")
+# a region outside the list ("Atlantide") and an empty cell are wrong answers
+GEO_PRED = ("id\ttext\tregion\n1\t\tLazio\n2\t\tSicilia\n3\t\tSicilia\n4\t\tVeneto\n5\t\tToscana\n"
+            "6\t\tAtlantide\n7\t\t\n")
+
+
+def test_geolingit_a_agrees_with_eval_py_over_the_fixed_region_list(tmp_path):
+    from llamantino.evalita.tasks.geolingit import DEV_REGIONS, TEST_REGIONS
+
+    task = get_task("geolingit")
+    gold_path, pred_path = write(tmp_path, "dev_a.tsv", GEO_GOLD), write(tmp_path, "team.standard.a.1", GEO_PRED)
+    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    # Lazio tp 1 fn 1: F1 2/3; Sicilia tp 1 fp 1: 2/3; Veneto tp 1 fn 2 ("Atlantide" costs its
+    # recall only): 1/2; Toscana (predicted, never gold), Campania (empty prediction) and the
+    # 8 other dev regions: 0. Every gold region is a dev region, so the 13 dev regions count:
+    # (2/3 + 2/3 + 1/2) / 13 = 11/78 (eval.py -D dev prints 0.1410; averaging over the 4
+    # regions of the gold would give 11/24)
+    assert scores["a_macro_f1"] == pytest.approx(11 / 78)
+    assert scores["a_regions"] == 13
+    assert scores["a_accuracy"] == pytest.approx(3 / 7)
+    assert official_geolingit("a", gold_path, pred_path, DEV_REGIONS) == pytest.approx(11 / 78)
+    # the same rows over the test split's 17 regions: 11/102 (eval.py -D test prints 0.1078)
+    assert official_geolingit("a", gold_path, pred_path, TEST_REGIONS) == pytest.approx(11 / 102)
+    assert task.score(task.read_gold([gold_path]), task.read_predictions(pred_path),
+                      split="test")["a_macro_f1"] == pytest.approx(11 / 102)
+    # a test-only region in the gold makes it a test gold: Abruzzo right -> (11/6 + 1) / 17 = 1/6
+    gold_test = write(tmp_path, "test_a.tsv", GEO_GOLD + "8\totto\tAbruzzo\n")
+    pred_test = write(tmp_path, "team.standard.a.2", GEO_PRED + "8\t\tAbruzzo\n")
+    scores = task.score(task.read_gold([gold_test]), task.read_predictions(pred_test))
+    assert scores["a_regions"] == 17 and scores["a_macro_f1"] == pytest.approx(1 / 6)
+    assert official_geolingit("a", gold_test, pred_test, TEST_REGIONS) == pytest.approx(1 / 6)
+
+
+def test_geolingit_a_perfect_run_on_the_sample_scores_10_of_13():
+    from llamantino.evalita.tasks.geolingit import DEV_REGIONS
+
+    task = get_task("geolingit")
+    dev_a = sample_files("geolingit", "test")[0]
+    gold = task.read_gold([dev_a])
+    assert len({g.region for g in gold.values()}) == 10
+    assert official_geolingit("a", dev_a, dev_a, DEV_REGIONS) == pytest.approx(10 / 13)
+    assert task.score(gold, dict(gold))["a_macro_f1"] == pytest.approx(10 / 13)   # 0.769, not 1.0
+
+
+def test_geolingit_b_agrees_with_eval_py(tmp_path):
+    task = get_task("geolingit")
+    gold_path = write(tmp_path, "dev_b.tsv", "id\ttext\tlatitude\tlongitude\n1\tuno\t0.0\t0.0\n"
+                                             "2\tdue\t45.46\t9.19\n3\ttre\t38.12\t13.36\n")
+    pred_path = write(tmp_path, "team.standard.b.1", "id\ttext\tlatitude\tlongitude\n1\t\t0.0\t1.0\n"
+                                                     "2\t\t45.46\t9.19\n3\t\t41.9\t12.5\n")
+    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    expected = official_geolingit("b", gold_path, pred_path)
+    assert scores["b_mean_km"] == pytest.approx(expected)
+    # row 1 alone: one degree along the equator, 2 pi 6371.0088 / 360 = 111.195 km
+    assert official_geolingit("b", gold_path, write(tmp_path, "p1", "h\n1\t\t0.0\t1.0\n")) == \
+        pytest.approx(2 * math.pi * 6371.0088 / 360)
+    # haversine 2.8.0 on these rows: (111.195 + 0 + 426.644) / 3 = 179.280 km
+    assert expected == pytest.approx(179.2798, abs=1e-4) and scores["b_unparsed"] == 0
+
+
+def test_geolingit_pairs_by_id_and_refuses_what_eval_py_would_mis_pair(tmp_path):
+    task = get_task("geolingit")
+    gold = task.read_gold([write(tmp_path, "dev_a.tsv", GEO_GOLD)])
+    lines = GEO_PRED.splitlines()
+    # rows in another order: eval.py would pair them with the wrong tweets
+    reordered = write(tmp_path, "t.standard.a.1", "\n".join([lines[0], *lines[:0:-1]]) + "\n")
+    with pytest.raises(LlamantinoError, match="not in the gold's order"):
+        task.score(gold, task.read_predictions(reordered))
+    # a missing last row: eval.py would zip 6 rows and score them; here the id is named
+    short = write(tmp_path, "t.standard.a.2", "\n".join(lines[:-1]) + "\n")
+    with pytest.raises(LlamantinoError, match=r"1 gold id\(s\) have no prediction \(e.g. 7\)"):
+        task.score(gold, task.read_predictions(short))
+    extra = write(tmp_path, "t.standard.a.3", GEO_PRED + "99\t\tLazio\n")
+    with pytest.raises(LlamantinoError, match=r"1 prediction id\(s\) are not in the gold \(e.g. 99\)"):
+        task.score(gold, task.read_predictions(extra))
+    # no header: eval.py would skip the first prediction as one; here the file is refused
+    with pytest.raises(LlamantinoError, match="missing column"):
+        task.read_predictions(write(tmp_path, "t.standard.a.4", "\n".join(lines[1:]) + "\n"))
+    # the region list comes from the whole gold file: its first three tweets alone hold dev
+    # regions only, but scored from a test gold they still count over the 17 test regions
+    test_gold = task.read_gold([write(tmp_path, "test_a.tsv", GEO_GOLD + "8\totto\tAbruzzo\n")])
+    first = dict(list(test_gold.items())[:3])
+    assert task.score(first, dict(first))["a_regions"] == 17
+    # surrounding spaces are removed here (eval.py would compare "Lazio " as it is)
+    spaced = write(tmp_path, "t.standard.a.5", GEO_PRED.replace("1\t\tLazio", "1\t\tLazio "))
+    assert task.read_predictions(spaced)["1"].region == "Lazio"
+    # an empty coordinate cell: eval.py stops (float('')); here it is an unparsed answer
+    b_gold = task.read_gold([write(tmp_path, "dev_b.tsv", "id\ttext\tlatitude\tlongitude\n1\tuno\t41.9\t12.5\n")])
+    b_pred = task.read_predictions(write(tmp_path, "t.standard.b.1", "id\ttext\tlatitude\tlongitude\n1\t\t\t\n"))
+    assert task.score(b_gold, b_pred)["b_unparsed"] == 1
+
+
+EMIT_COLUMNS = ("Anger", "Anticipation", "Disgust", "Fear", "Joy", "Love", "Neutral", "Sadness", "Surprise", "Trust")
+
+
+def emit_row(item_id, active, text=None):
+    cells = ["1" if c in active else "0" for c in EMIT_COLUMNS]
+    return ",".join([item_id] + ([text] if text is not None else []) + cells)
+
+
+def official_emit(gold_path, pred_path):
+    """EMit evaluate.py: the prediction ids must equal the gold ids, row by row (assert), the
+    header must be id and the ten columns in order; f1_score(average="macro") over the
+    indicator matrix = mean over the ten columns of the binary F1 of class 1."""
+    import csv
+
+    with open(gold_path, encoding="utf-8") as fg, open(pred_path, encoding="utf-8") as fp:
+        gold, pred = list(csv.reader(fg)), list(csv.reader(fp))
+    assert pred[0] == ["id", *EMIT_COLUMNS]
+    assert [r[0] for r in pred[1:]] == [r[0] for r in gold[1:]]
+    gold_cols = {c: [r[gold[0].index(c)] for r in gold[1:]] for c in EMIT_COLUMNS}
+    pred_cols = {c: [r[pred[0].index(c)] for r in pred[1:]] for c in EMIT_COLUMNS}
+    return sum(ref_prf(gold_cols[c], pred_cols[c], "1")[2] for c in EMIT_COLUMNS) / len(EMIT_COLUMNS)
+
+
+def test_emit_agrees_with_evaluate_py(tmp_path):
+    task = get_task("emit")
+    gold_path = write(tmp_path, "emit_test.csv", "\n".join([
+        EMIT_HEADER, emit_row("a", {"Anger", "Joy"}, "uno"), emit_row("b", {"Neutral"}, "due"),
+        emit_row("c", {"Joy", "Trust"}, "tre"), emit_row("d", {"Sadness"}, "quattro")]) + "\n")
+    header = ",".join(["id", *EMIT_COLUMNS])
+    pred_rows = [emit_row("a", {"Anger"}), emit_row("b", {"Neutral", "Joy"}), emit_row("c", {"Joy"}),
+                 emit_row("d", {"Fear"})]
+    pred_path = write(tmp_path, "Team_SubtaskA_in-domain_run1.csv", "\n".join([header, *pred_rows]) + "\n")
+    # Anger 1; Joy tp 1 fp 1 fn 1: 1/2; Neutral 1; Fear (false positive), Sadness, Trust (misses): 0;
+    # Anticipation, Disgust, Love, Surprise set nowhere: undefined, 0, and still counted
+    # -> (1 + 1/2 + 1) / 10 = 1/4 (evaluate.py prints 0.25)
+    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    assert scores["macro_f1"] == pytest.approx(0.25)
+    assert official_emit(gold_path, pred_path) == pytest.approx(0.25)
+    # what evaluate.py refuses is refused: rows out of the gold's order, an empty or non-0/1 cell
+    reordered = write(tmp_path, "r.csv", "\n".join([header, *pred_rows[::-1]]) + "\n")
+    with pytest.raises(LlamantinoError, match="not in the gold's order"):
+        task.score(task.read_gold([gold_path]), task.read_predictions(reordered))
+    with pytest.raises(LlamantinoError, match=r"e.csv:5: column 'Trust' has ''"):
+        task.read_predictions(write(tmp_path, "e.csv", "\n".join([header, *pred_rows[:3], "d" + ",0" * 9 + ","])))
+
+
+def test_acti_scoring_decisions(tmp_path):
+    # no official code was published (Kaggle); macro-F1 over the fixed classes, by hand
+    task = get_task("acti-b")
+    gold_path = write(tmp_path, "subtaskB_test.csv", "Id,comment_text,topic,conspiracy\n0,a,Covid,0\n"
+                                                     "1,b,Covid,0\n2,c,Qanon,1\n3,d,Russia,2\n")
+    # rows matched by Id (this file lists them backwards); an empty cell is a wrong answer
+    pred_path = write(tmp_path, "sub.csv", "Id,Expected\n3,\n2,1\n1,1\n0,0\n")
+    # Covid tp 1 fn 1: 2/3; Qanon tp 1 fp 1: 2/3; Russia (empty answer): 0; Terra Piatta, in
+    # neither gold nor predictions: 0, and it counts -> (2/3 + 2/3) / 4 = 1/3
+    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    assert scores["macro_f1"] == pytest.approx(1 / 3)
+    with pytest.raises(LlamantinoError, match=r"sub.csv:2: column 'Expected' has '4'"):
+        task.read_predictions(write(tmp_path, "sub.csv", "Id,Expected\n3,4\n"))
+
+
+def test_clinkart_scoring_decisions(tmp_path):
+    # no official code was published: micro P/R/F1 over exact (RML span, EVENT span) pairs
+    task = get_task("clinkart")
+    text = "Emoglobina 9 g/dl. Sodio 131 mEq/l."
+    gold = task.read_gold([write(tmp_path, "gold.txt", f"1|t|{text}\n1\tREL\t11-17\t0-10\n1\tREL\t25-34\t19-24\n\n"
+                                                       "2|t|Nessun esame.\n")])
+    # doc 1: one exact relation, the same one repeated (counts once), one whose RML span
+    # overlaps the gold's without matching it (not credited); doc 2: no REL line, no relation
+    pred_path = write(tmp_path, "run.txt", f"1|t|{text}\n1\tREL\t11-17\t0-10\n1\tREL\t11-17\t0-10\n"
+                                           "1\tREL\t25-28\t19-24\n\n2|t|Nessun esame.\n")
+    scores = task.score(gold, task.read_predictions(pred_path))
+    # tp 1, fp 1, fn 1 -> P 1/2, R 1/2, F1 1/2
+    assert (scores["precision"], scores["recall"], scores["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    with pytest.raises(LlamantinoError, match=r"1 gold id\(s\) have no prediction \(e.g. 2\)"):
+        task.score(gold, task.read_predictions(write(tmp_path, "one.txt", f"1|t|{text}\n")))
+
+
+def test_discotex_scoring_decisions(tmp_path):
+    # no official code was published: accuracy (hits / records) and Pearson / Spearman, by hand
+    gold_1 = get_task("discotex-1").read_gold([write(tmp_path, "g1.tsv", "ID\tPROMPT\tTARGET\tCLASS\n"
+                                                                         "a\tp\tt\t1\nb\tp\tt\t0\nc\tp\tt\t1\n")])
+    pred_1 = get_task("discotex-1").read_predictions(write(tmp_path, "p1.tsv", "c\t1\nb\t\na\t1\n"))
+    assert get_task("discotex-1").score(gold_1, pred_1) == {"accuracy": pytest.approx(2 / 3)}  # empty cell wrong
+    task = get_task("discotex-2")
+    gold_2 = {"a": 1.0, "b": 2.0, "c": 3.0}
+    # a constant prediction has no correlation: NaN, as scipy's pearsonr gives
+    assert math.isnan(task.score(gold_2, {"a": 2.0, "b": 2.0, "c": 2.0})["pearson"])
+    # an empty cell stands at 3.0 (and is counted): pred 1, 3, 3 -> Pearson sqrt(3)/2
+    pred_2 = task.read_predictions(write(tmp_path, "p2.tsv", "ID\tSCORE\na\t1\nb\t\nc\t3\n"))
+    scores = task.score(gold_2, pred_2)
+    assert scores["pearson"] == pytest.approx(math.sqrt(3) / 2) and scores["unparsed"] == 1

@@ -602,3 +602,267 @@ def test_wic_bad_inputs(tmp_path):
         task.read([write(tmp_path / "c.jsonl", json.dumps({**good, "end1": 40}) + "\n")])
     with pytest.raises(LlamantinoError, match=r"d.jsonl:1: missing field 'label'"):
         task.read_predictions(write(tmp_path / "d.jsonl", '{"id": "x"}\n'))
+
+
+# ---------------------------------------------------------------------------------------
+# Agreement with the organisers' scorers. Small files go through llamantino (reader,
+# submission reader, score) and through a re-implementation of the official code's logic
+# written here (or a hand computation where no official code was published); the edge
+# cases pin where llamantino deliberately differs (see each task module's notes).
+
+
+def ref_prf(gold, pred, label):
+    """Precision, recall and F1 of one class as sklearn gives them (undefined -> 0)."""
+    tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
+    fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
+    fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def tsv_rows(path):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+def official_hodi_a(gold_path, pred_path):
+    """HODI evaluation_utils: same row count, every predicted value among the gold's values,
+    inner join on id (every gold id must join), then sklearn macro-F1 over the labels present
+    in gold or predictions."""
+    gold, pred = tsv_rows(gold_path), tsv_rows(pred_path)
+    assert len(gold) == len(pred)
+    assert {int(r["homotransphobic"]) for r in pred} <= {int(r["homotransphobic"]) for r in gold}
+    by_id = {r["id"]: int(r["homotransphobic"]) for r in pred}
+    joined = [(int(r["homotransphobic"]), by_id[r["id"]]) for r in gold if r["id"] in by_id]
+    assert len(joined) == len(gold)
+    g, p = [a for a, _ in joined], [b for _, b in joined]
+    labels = sorted(set(g) | set(p))
+    return sum(ref_prf(g, p, label)[2] for label in labels) / len(labels)
+
+
+def official_hodi_b(gold_path, pred_path):
+    """HODI evaluation_utils.f1 on the join: the gold cell is text; when it is empty the
+    post scores 1 for an empty prediction and 0 otherwise; else it is parsed, an empty
+    prediction scores 0, and the rest is 2|P & G| / (|P| + |G|) on sets."""
+    import ast
+
+    gold, pred = tsv_rows(gold_path), {r["id"]: ast.literal_eval(r["rationales"]) for r in tsv_rows(pred_path)}
+    scores = []
+    for row in gold:
+        cell, predicted = row["rationales"], pred[row["id"]]
+        if len(cell) == 0:
+            scores.append(1.0 if len(predicted) == 0 else 0.0)
+        elif len(predicted) == 0:
+            scores.append(0.0)
+        else:
+            p, g = set(predicted), set(ast.literal_eval(cell))
+            scores.append(2 * len(p & g) / (len(p) + len(g)))
+    return sum(scores) / len(scores)
+
+
+HODI_GOLD = ("id\ttext\thomotransphobic\trationales\n1\tciao a tutti\t1\t[0, 1, 6]\n2\tciao\t0\t\n"
+             "3\tciao\t0\t[]\n4\tciao a voi\t1\t[5, 6]\n5\tsalve\t0\t\n")
+
+
+def test_hodi_a_agrees_with_the_official_scorer(tmp_path):
+    task = get_task("hodi-a")
+    gold_path = write(tmp_path / "gold.tsv", HODI_GOLD)
+    # rows in another order: the official scorer joins on id, so does this one
+    pred_path = write(tmp_path / "team.A.run1", "id\thomotransphobic\n5\t0\n4\t1\n3\t1\n2\t0\n1\t0\n")
+    # class 1: gold {1, 4}, predicted {4, 3}: F1 1/2; class 0: gold {2, 3, 5}, predicted
+    # {5, 2, 1}: F1 2/3 -> 7/12 (the official scorer prints 0.58333)
+    result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    assert result["macro_f1"] == pytest.approx(7 / 12)
+    assert official_hodi_a(gold_path, pred_path) == pytest.approx(7 / 12)
+    # a gold with one class: the macro average runs over the classes present, as sklearn's
+    one_class = write(tmp_path / "one.tsv", "id\ttext\thomotransphobic\n1\tuno\t0\n2\tdue\t0\n")
+    all_zero = write(tmp_path / "team.A.run2", "id\thomotransphobic\n1\t0\n2\t0\n")
+    assert official_hodi_a(one_class, all_zero) == 1.0
+    assert task.score(task.read_gold([one_class]), task.read_predictions(all_zero))["macro_f1"] == 1.0
+    # a predicted value the gold never has is refused, as by the official scorer
+    with pytest.raises(LlamantinoError, match=r"predicted value\(s\) \[1\] do not occur in the gold"):
+        task.score(task.read_gold([one_class]), {"1": 1, "2": 0})
+    # differences on purpose: an id given twice in place of a missing one passes the
+    # official checks (same row count, same join size); here it is refused
+    with pytest.raises(LlamantinoError, match=r"team.A.run3:6: id '2' appears twice"):
+        task.read_predictions(write(tmp_path / "team.A.run3", "id\thomotransphobic\n5\t0\n4\t1\n3\t1\n2\t0\n2\t0\n"))
+    # ... and an empty cell, which makes the official scorer refuse the file, is a wrong answer
+    empty = task.read_predictions(write(tmp_path / "team.A.run4", "id\thomotransphobic\n5\t0\n4\t\n3\t1\n2\t0\n1\t0\n"))
+    # class 1: gold {1, 4}, predicted {3}: 0; class 0: gold {2, 3, 5}, predicted {5, 2, 1}: 2/3 -> 1/3
+    assert task.score(task.read_gold([gold_path]), empty)["macro_f1"] == pytest.approx(1 / 3)
+
+
+def test_hodi_b_agrees_with_the_official_scorer(tmp_path):
+    task = get_task("hodi-b")
+    gold_path = write(tmp_path / "gold.tsv", HODI_GOLD)
+    pred_path = write(tmp_path / "team.B.run1", "id\trationales\n1\t[0, 1, 4, 5]\n2\t[]\n3\t[]\n4\t[5, 6, 7, 8]\n"
+                                                "5\t[2]\n")
+    # 1: 2*2/(4+3) = 4/7; 2: empty gold cell, nothing predicted: 1; 3: gold cell "[]" (not
+    # empty text): 0 whatever is predicted; 4: 2*2/(4+2) = 2/3; 5: empty gold cell, something
+    # predicted: 0 -> (4/7 + 1 + 0 + 2/3 + 0) / 5 = 47/105
+    result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    assert result["f1"] == pytest.approx(47 / 105)
+    assert official_hodi_b(gold_path, pred_path) == pytest.approx(47 / 105)
+
+
+LANGLEARN_ESSAYS = ('<dataset><doc id="11">Primo tema.</doc><doc id="12">Secondo tema.</doc>'
+                    '<doc id="13">Terzo tema.</doc><doc id="14">Quarto tema.</doc></dataset>')
+
+
+def test_langlearn_blind_test_layout_is_read_unlabelled_and_refused_as_gold(tmp_path, capsys):
+    from llamantino.cli import main
+
+    task = get_task("langlearn")
+    essays = write(tmp_path / "Essays_Test_CItA.xml", LANGLEARN_ESSAYS)
+    # the released layout: essay ids in random order, Order_1 the earlier time on every row
+    blind = write(tmp_path / "Test_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n12\t11\t1_2\t2_1\n"
+                                              "13\t14\t1_1\t1_3\n")
+    items = task.read([blind, essays])
+    assert [(it.id, it.gold, it.output) for it in items] == [("CItA:12-11", None, ""), ("CItA:13-14", None, "")]
+    with pytest.raises(LlamantinoError, match=r"Test_CItA.tsv: the released blind test layout .* holds no gold"):
+        task.read_gold([blind, essays])
+    pred = write(tmp_path / "pred.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\tPred\n12\t11\t1_2\t2_1\t0\n"
+                                        "13\t14\t1_1\t1_3\t0\n")
+    assert main(["evalita", "score", "--task", "langlearn", "--gold", str(blind), str(essays),
+                 "--pred", str(pred)]) == 2
+    assert "blind test layout" in capsys.readouterr().err
+    # a gold file gives each essay its own time: a pair whose Essay_1 is the later one tells it
+    gold = write(tmp_path / "Test_CItA_gold.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n12\t11\t2_1\t1_2\n"
+                                                  "13\t14\t1_1\t1_3\n")
+    assert task.read_gold([gold, essays]) == {"CItA:12-11": 0, "CItA:13-14": 1}
+    # Pred 0 (Essay_1 first) on both rows: right on 13-14 only -> class 1 F1 2/3, class 0 F1 0
+    assert task.score(task.read_gold([gold, essays]), task.read_predictions(pred))["macro_f1"] == \
+        pytest.approx(1 / 3)
+    # training files are always chronological, and are gold
+    train = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n11\t12\t1_2\t2_1\n")
+    assert task.read_gold([train, essays]) == {"CItA:11-12": 1, "CItA:12-11": 0}
+
+
+def official_nermud(gold_path, pred_path):
+    """KIND get-results.py: the labels of every line with exactly two tab-separated fields,
+    sentence breaks ignored, paired by position; stripped, upper-cased, `X-` prefixes and
+    `|...` removed; classification_report over PER, LOC, ORG with zero_division=0."""
+    import re
+
+    def labels(path):
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            parts = line.strip().split("\t")
+            if line.strip() and len(parts) == 2:
+                out.append(re.sub(r"\|.*", "", re.sub(r"[A-Z]-", "", parts[1].upper().strip())))
+        return out
+
+    gold, pred = labels(gold_path), labels(pred_path)
+    assert len(gold) == len(pred)
+    table = {t: ref_prf(gold, pred, t) for t in ("PER", "LOC", "ORG")}
+    support = {t: gold.count(t) for t in table}
+    tp = sum(1 for g, p in zip(gold, pred) if g == p and g in table)
+    fp = sum(1 for g, p in zip(gold, pred) if p in table and g != p)
+    fn = sum(1 for g, p in zip(gold, pred) if g in table and g != p)
+    micro_p, micro_r = tp / (tp + fp), tp / (tp + fn)
+    return {"micro_f1": 2 * micro_p * micro_r / (micro_p + micro_r),
+            "macro_f1": sum(v[2] for v in table.values()) / 3,
+            "weighted_precision": sum(table[t][0] * support[t] for t in table) / sum(support.values()),
+            **{f"{t}_f1": table[t][2] for t in table}, **{f"{t}_support": support[t] for t in table}}
+
+
+def test_nermud_agrees_with_get_results(tmp_path):
+    task = get_task("nermud")
+    gold_path = write(tmp_path / "WN_test.tsv", "Mario\tB-PER\nRossi\tI-PER\nvisitò\tO\nTrento\tB-LOC\n\n"
+                                                "La\tO\nFIAT\tB-ORG\ndi\tO\nTorino\tB-LOC\n")
+    # lower case and a `|` suffix are normalised away, as by the script
+    pred_path = write(tmp_path / "DAC_WN_run1.tsv", "Mario\tB-PER\nRossi\tO\nvisitò\tO\nTrento\tB-ORG\n\n"
+                                                    "La\tO\nFIAT\tb-org\ndi\tO\nTorino\tB-LOC|x\n")
+    # tokens: gold PER PER O LOC | O ORG O LOC; pred PER O O ORG | O ORG O LOC
+    # PER P 1 R 1/2, LOC P 1 R 1/2, ORG P 1/2 R 1: each F1 2/3; micro tp 3 fp 1 fn 2: F1 2/3;
+    # weighted precision (1*2 + 1*2 + 1/2*1) / 5 = 0.9 (get-results.py prints the same table)
+    result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    official = official_nermud(gold_path, pred_path)
+    for key, value in official.items():
+        assert result[key] == pytest.approx(value), key
+    assert (result["micro_f1"], result["weighted_precision"], result["LOC_support"]) == \
+        pytest.approx((2 / 3, 0.9, 2))
+    # differences on purpose: sentences are paired one by one. The same labels split into
+    # other sentences score the same in get-results.py; here the file is refused.
+    merged = write(tmp_path / "merged.tsv", pred_path.read_text().replace("\n\n", "\n"))
+    assert official_nermud(gold_path, merged) == official
+    with pytest.raises(LlamantinoError, match="1 gold id.*no prediction"):
+        task.score(task.read_gold([gold_path]), task.read_predictions(merged))
+    # a line without two fields: the script skips it (shifting the pairing); here it is an error
+    with pytest.raises(LlamantinoError, match=r"short.tsv:2: expected token<TAB>label, found 1"):
+        task.read_predictions(write(tmp_path / "short.tsv", "Mario\tB-PER\nRossi\t\n"))
+
+
+def official_wic(gold_path, pred_path):
+    """WiC-ITA evaluation.py: predictions looked up by id for every gold id (extra ids
+    ignored), int() labels, precision_recall_fscore_support(labels=[0, 1]), mean of the two F1s."""
+    gold = [json.loads(line) for line in gold_path.read_text().splitlines()]
+    pred = {r["id"]: int(r["label"]) for r in map(json.loads, pred_path.read_text().splitlines())}
+    g, p = [int(r["label"]) for r in gold], [pred[r["id"]] for r in gold]
+    return (ref_prf(g, p, 0)[2] + ref_prf(g, p, 1)[2]) / 2
+
+
+def test_wic_agrees_with_evaluation_py(tmp_path):
+    task = get_task("wic-ita")
+    good = {"lemma": "x", "sentence1": "un x qui .", "sentence2": "x la .", "start1": 3, "end1": 4,
+            "start2": 0, "end2": 1}
+    gold_path = write(tmp_path / "test.jsonl", "".join(json.dumps({**good, "id": f"g{i}", "label": label}) + "\n"
+                                                       for i, label in enumerate([1, 1, 1, 0, 0, 0], start=1)))
+
+    def preds(name, pairs):
+        return write(tmp_path / name, "".join(json.dumps({"id": i, "label": label}) + "\n" for i, label in pairs))
+
+    # in another order than the gold (looked up by id); g2 answered 2, outside the labels
+    outside = preds("outside.jsonl", [("g6", 0), ("g1", 1), ("g2", 2), ("g3", 1), ("g4", 1), ("g5", 0)])
+    # class 1: tp 2 (g1, g3), fp 1 (g4), fn 1 (g2): 2/3; class 0: tp 2 (g5, g6), fn 1 (g4):
+    # P 1 R 2/3 F1 4/5 -> (2/3 + 4/5) / 2 = 11/15 (evaluation.py gives 0.7333)
+    assert official_wic(gold_path, outside) == pytest.approx(11 / 15)
+    # a label outside 0/1 is refused here, naming the line ...
+    with pytest.raises(LlamantinoError, match=r"outside.jsonl:3: field 'label' has 2"):
+        task.read_predictions(outside)
+    # ... while an answer that could not be decoded (null) scores as evaluation.py scores the 2
+    null = preds("binary.jsonl", [("g6", 0), ("g1", 1), ("g2", None), ("g3", 1), ("g4", 1), ("g5", 0)])
+    gold = task.read_gold([gold_path])
+    assert task.score(gold, task.read_predictions(null))["macro_f1"] == pytest.approx(11 / 15)
+    # an id the gold lacks is ignored by evaluation.py; here it is refused
+    extra = preds("extra.jsonl", [("g6", 0), ("g1", 1), ("g2", 0), ("g3", 1), ("g4", 1), ("g5", 0), ("zz", 1)])
+    assert official_wic(gold_path, extra) == pytest.approx(2 / 3)
+    with pytest.raises(LlamantinoError, match=r"1 prediction id\(s\) are not in the gold \(e.g. zz\)"):
+        task.score(gold, task.read_predictions(extra))
+
+
+def test_haspeede_scoring_decisions(tmp_path):
+    # no official code was published: (F1 hate + F1 non-hate) / 2, by hand
+    task = get_task("haspeede3")
+    header = '"anonymized_tweet_id","anonymized_text","label","dataset"\n'
+    gold_path = write(tmp_path / "test_textual_gold.csv", header + '"1","a","1","test_politics"\n'
+                      '"2","b","1","test_politics"\n"3","c","0","test_politics"\n"4","d","1","test_religious"\n')
+    # the religious tweet belongs to subtask B: subtask A neither needs nor takes it
+    gold = task.read_gold([gold_path])
+    assert list(gold) == ["1", "2", "3"]
+    # rows matched by id; an empty cell is a wrong answer
+    pred = task.read_predictions(write(tmp_path / "run.csv", "anonymized_tweet_id,label\n3,1\n2,\n1,1\n"))
+    # hate: tp 1, fp 1, fn 1 -> 1/2; non-hate: gold {3}, predicted nothing -> 0 -> 1/4
+    assert task.score(gold, pred)["macro_f1"] == pytest.approx(1 / 4)
+    with pytest.raises(LlamantinoError, match=r"1 prediction id\(s\) are not in the gold \(e.g. 4\)"):
+        task.score(gold, {**pred, "4": 1})
+
+
+def test_politicit_scoring_decisions(tmp_path):
+    # no official code was found; sklearn macro-F1 per trait over the values present, by hand
+    task = get_task("politicit")
+    gold = {"c1": ("female", "left", "left"), "c2": ("male", "left", "left"), "c3": ("male", "right", "right")}
+    pred = task.read_predictions(write(tmp_path / "run.csv", "label,gender,ideology_binary,ideology_multiclass\n"
+                                       "c3,male,right,moderate_right\nc2,,left,left\nc1,female,left,left\n"))
+    # rows matched by cluster id; an empty gender cell is a wrong answer, not a value of its own
+    # gender: female 1, male tp 1 fn 1 -> 2/3: (1 + 2/3) / 2 = 5/6; binary: 1;
+    # multiclass: moderate_right is predicted though no gold has it, so it counts:
+    # left 1, right 0 (missed), moderate_right 0 (false positive) -> 1/3
+    result = task.score(gold, pred)
+    assert result["gender_macro_f1"] == pytest.approx(5 / 6)
+    assert result["ideology_binary_macro_f1"] == 1.0
+    assert result["ideology_multiclass_macro_f1"] == pytest.approx(1 / 3)
+    assert result["macro_f1"] == pytest.approx((5 / 6 + 1 + 1 / 3) / 3)

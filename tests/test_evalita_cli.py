@@ -157,7 +157,9 @@ def test_score_geolingit_each_subtask(tmp_path, capsys):
     b = submission(tmp_path, "geolingit", filename="team.standard.b.1")
     dev_a, dev_b = (str(p) for p in sample_files("geolingit", "test"))
     code, out, _ = score(capsys, "geolingit", a, gold=[dev_a])
-    assert code == 0 and json.loads(out)["metrics"] == {"a_macro_f1": 1.0, "a_accuracy": 1.0}
+    # a perfect run on the 10 regions of the sample, averaged over the 13 dev regions
+    assert code == 0 and json.loads(out)["metrics"] == {"a_macro_f1": pytest.approx(10 / 13), "a_accuracy": 1.0,
+                                                        "a_regions": 13}
     code, out, _ = score(capsys, "geolingit", b, gold=[dev_a, dev_b])
     result = json.loads(out)
     assert code == 0 and result["metrics"] == {"b_mean_km": 0.0, "b_unparsed": 0}
@@ -198,6 +200,17 @@ def test_score_errors(tmp_path, capsys):
 
     code, _, err = score(capsys, "acti-a", tmp_path / "missing.csv")
     assert code == 2 and "missing.csv: no such file" in err
+
+    # a folder given for a file is named as one, with the files it holds
+    gold_dir = sample_files("acti-a", "test")[0].parent
+    code, _, err = score(capsys, "acti-a", good, gold=[str(gold_dir)])
+    assert code == 2 and f"{gold_dir}: is a folder, not a file; give the file(s) inside it " \
+                         "(it holds: subtaskA_test.csv, subtaskB_test.csv)" in err
+    code, _, err = score(capsys, "acti-a", tmp_path)
+    assert code == 2 and f"{tmp_path}: is a folder, not a file" in err
+    (tmp_path / "nothing").mkdir()
+    code, _, err = run_cli(capsys, "eval", "evalita", "--model", "m", "--data", f"acti-a={tmp_path / 'nothing'}")
+    assert code == 2 and "nothing: is a folder, not a file; give the file(s) inside it (it holds no files)" in err
 
 
 def test_score_emit_checks_order_and_columns(tmp_path, capsys):

@@ -151,6 +151,19 @@ def require_columns(header, required, path, *, alternatives: dict | None = None)
     return out
 
 
+def require_file(path) -> Path:
+    """`path` must be a file: a folder is named as such, with the files it holds."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.is_file())
+        hint = f" (it holds: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})" if inside else \
+            " (it holds no files)"
+        raise LlamantinoError(f"{path}: is a folder, not a file; give the file(s) inside it{hint}")
+    if not path.is_file():
+        raise LlamantinoError(f"{path}: no such file")
+    return path
+
+
 def read_table(path, *, delimiter: str = ",", quoting: bool = True) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """A delimited text file with a header line -> (header, [(line number, fields), ...]).
 
@@ -159,9 +172,7 @@ def read_table(path, *, delimiter: str = ",", quoting: bool = True) -> tuple[lis
     number is where the record starts; blank lines are skipped; a record with another
     number of fields than the header is an error naming file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LlamantinoError(f"{path}: no such file")
+    path = require_file(path)
     rows: list[tuple[int, list[str]]] = []
     header = None
     try:

@@ -18,13 +18,13 @@ from llamantino.errors import LlamantinoError
 def score_files(task_name: str, gold_paths, pred_path) -> dict:
     """{task, items, primary_metric, higher_is_better, lower_is_better, metrics} for a submission."""
     from llamantino.evalita import get_task
+    from llamantino.evalita.base import require_file
 
     task = get_task(task_name)
     gold_paths = [Path(p) for p in gold_paths]
     pred_path = Path(pred_path)
     for path in [*gold_paths, pred_path]:
-        if not path.is_file():
-            raise LlamantinoError(f"{path}: no such file")
+        require_file(path)
     gold = task.read_gold(gold_paths)
     if not gold:
         raise LlamantinoError(f"{', '.join(map(str, gold_paths))}: no gold items")

@@ -6,6 +6,17 @@ newlines): subtask A `Id,comment_text,conspiratorial` (0/1), subtask B
 `Id,comment_text` only. Gold is a test file with the label column(s) filled in, the
 layout of the training files. Submissions are CSV `Id,Expected` (0/1 for A, the topic
 code for B). Metric: macro-F1 over the 2 (A) or 4 (B) classes.
+
+Official scorer: not found. The runs were scored by two Kaggle in-class competitions
+(acti-subtask-a, acti-subtask-b) whose metric code is not published; participants report
+macro-F1. What is done here, and could not be checked against the official code:
+* every class counts, so in B a topic that neither the gold nor the predictions hold
+  scores F1 0 (sklearn's f1_score without `labels` would leave it out; the real test set
+  holds all four topics, where both agree);
+* rows are matched by Id, not by line; missing, extra and repeated Ids are refused;
+* an empty Expected cell is an answer that could not be decoded, scored wrong (it is
+  a miss of the gold class and a prediction of none); a value outside the classes is
+  refused, naming file and line.
 """
 
 from __future__ import annotations

@@ -11,6 +11,14 @@ Offsets are character offsets into the text, read as start-inclusive and end-exc
 submission is the same file with the predicted REL lines. A relation is the ordered pair
 (RML span, EVENT span); the gold of a document is the set of its relations.
 
+Metric: precision, recall and F1 over all relations of all documents (micro), a relation
+counting when both spans match exactly. Official scorer: not published, so this could
+not be checked: whether overlapping spans earn credit, and whether end offsets are
+exclusive, are not known (exact match may be stricter than the official figure).
+Documents are matched by docid: a gold document missing from the predictions, or an
+extra one, is refused; a document without REL lines predicts no relation; a predicted
+relation repeated in a document counts once.
+
 Answer: `[BREL] <result> [SEP] <test> [EREL]` per relation, in order of result offset, or
 `[NOREL]`. Decoding finds the strings again in the text (ignoring case and spacing): each
 result at or after the previous one, paired with the nearest mention of its test. Strings
@@ -24,7 +32,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import Item, Task, check_alignment
+from llamantino.evalita.base import Item, Task, check_alignment, require_file
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
 
@@ -39,9 +47,7 @@ QUOTES = " \t\n'\"«»`“”"
 
 def read_pubtator(path) -> list[tuple[str, str, frozenset, int]]:
     """[(docid, text, relations, line of the title)] from a PubTator-like file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LlamantinoError(f"{path}: no such file")
+    path = require_file(path)
     docs: list[list] = []
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()

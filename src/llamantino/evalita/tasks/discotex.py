@@ -9,6 +9,15 @@ The submission format is not documented; what was produced in 2023 is a headerle
 `ID<TAB>CLASS` or `ID<TAB>SCORE` (a header line naming ID is accepted too). Metrics: task
 1 accuracy; task 2 Pearson and Spearman correlation with the gold means (which one
 ranked is not documented; Pearson is reported as primary here).
+
+Official scorer: not published (davidecolla/DisCoTex holds the data and two baselines,
+which compute accuracy as hits / records and scipy's pearsonr / spearmanr). So these are
+decisions, not checked against organisers' code: rows are matched by ID, not by line,
+and missing, extra or repeated IDs are refused; an empty task 1 cell is a wrong answer;
+an empty task 2 cell is scored as the middle of the scale (3.0) and counted in
+`unparsed`, since a correlation needs a number for every text; a class other than 0/1,
+or a score outside 1-5, is refused. A constant prediction has no correlation (NaN,
+printed as null), as scipy returns.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from pathlib import Path
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
 from llamantino.evalita.base import (Item, Task, check_alignment, check_unique, normalize, parse_label,
-                                     read_table, require_columns)
+                                     read_table, require_columns, require_file)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
 
@@ -41,9 +50,7 @@ def _format_score(value: float) -> str:
 
 def _read_submission(path, value_column: str, parse) -> dict:
     """Headerless `ID<TAB>value` lines (a first line naming ID is taken as a header)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LlamantinoError(f"{path}: no such file")
+    path = require_file(path)
     pred, seen = {}, set()
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()

@@ -3,9 +3,19 @@
 Released files are comma-separated CSV with a header and standard quoting:
 `id,text,Anger,Anticipation,Disgust,Fear,Joy,Love,Neutral,Sadness,Surprise,Trust`, each
 label 0/1; test files are `id,text`. Gold is a test file with the label columns filled in.
-The submission is CSV `id,<the ten label columns in that order>`; the official scorer
-checks the column order and that the ids are the gold's, in the gold's order.
-Metric: sklearn macro-F1 over the ten label columns (mean of per-column binary F1).
+The submission is CSV `id,<the ten label columns in that order>`.
+
+Metric, as the official evaluate.py (oaraque/emit) computes it: sklearn f1_score with
+average="macro" over the ten label columns of the indicator matrix, i.e. the mean of the
+ten per-column binary F1s; a column with no positive in gold nor predictions scores 0
+(zero_division) and still counts in the mean. Agreement with evaluate.py on the rest:
+* rows are paired by position and the ids must be the gold's in the gold's order
+  (evaluate.py asserts it); here a file with missing, extra, repeated or reordered ids is
+  refused, naming them;
+* the header must be `id` and the ten columns in this order (evaluate.py asserts it);
+* a cell other than 0/1, or an empty one, is refused (evaluate.py stops on both: sklearn
+  rejects NaN and non-binary indicator values).
+Only subtask A, in-domain or out-of-domain (the gold file given says which), is read.
 
 Answer: the Italian names of the active labels, in the order the instruction lists them
 (rabbia, anticipazione, disgusto, paura, gioia, tristezza, sorpresa, fiducia, amore),

@@ -7,10 +7,35 @@ it is given into one item per tweet with a `GeoLabel(region, latitude, longitude
 the parts a file set lacks stay None.
 
 Submissions are the gold layout with the labels filled in, one file per subtask, named
-`TEAM.<track>.a.<run>` or `TEAM.<track>.b.<run>`. The official scorer pairs rows by
-position; here they are matched by id (predictions are written in the gold's order).
-Metrics: A macro-F1 over the regions of the gold (a region outside them only costs
-recall); B mean haversine distance in km (lower is better).
+`TEAM.<track>.a.<run>` or `TEAM.<track>.b.<run>`.
+
+Metrics, as the official eval.py (dhfbk/geolingit-evalita2023) computes them:
+* A: macro-F1 of sklearn's classification_report restricted to the fixed region list of
+  the split: the 13 regions of the dev set, or the 17 of the test set (`DEV_REGIONS`,
+  `TEST_REGIONS`). Every region of the list counts, present in the gold or not: a region
+  nobody predicted and nobody has scores F1 0, so a perfect run on a gold holding 10 of
+  the 13 dev regions scores 10/13. A predicted string outside the list (misspelt, empty)
+  only costs the gold region's recall.
+* B: mean haversine distance in km (mean Earth radius 6371.0088 km, as haversine 2.8.0),
+  lower is better.
+eval.py is told the split (`-D dev|test`); here it is the split of the gold files read:
+dev when every gold region is one of the 13 dev regions, test otherwise (the test set
+holds the four regions added for it). It is decided on the whole gold file set when it is
+read (`GeoGold.split`), so scoring the first N items does not change the list, and the
+metrics report it (`a_regions`: 13 or 17). `score(..., split=...)` sets it by hand.
+
+Differences from eval.py, on purpose:
+* eval.py pairs prediction and gold rows by line and ignores ids (it zips the two files,
+  silently dropping the longer file's extra rows). Here rows are matched by id, every gold
+  id must have exactly one prediction and no other id may occur (missing, extra or
+  repeated ids are named), and a file whose rows are not in the gold's order is refused,
+  because eval.py would score it against the wrong tweets.
+* eval.py compares the raw region cell (only the newline removed), so `Lazio ` or a file
+  with CRLF line ends counts wrong there; here surrounding whitespace is removed.
+* An empty region cell is a wrong answer in both. An empty coordinate cell makes eval.py
+  stop (float('')); here it is an unreadable answer, scored as the centre of Italy and
+  counted in `b_unparsed`. A non-number, or a coordinate out of range, is refused (eval.py
+  stops on both).
 
 Answer: `[regione] Lazio [geo] 41.89 12.54`, the bracketed markers keeping the parts
 apart as in the 2023 systems; decoding also takes plain text ("Lazio, 41,89 12,54").
@@ -34,6 +59,13 @@ from llamantino.prompts import evalita_instruction
 REGIONS = ("Abruzzo", "Calabria", "Campania", "Emilia Romagna", "Friuli-Venezia Giulia", "Lazio", "Liguria",
            "Lombardia", "Marche", "Piemonte", "Puglia", "Sardegna", "Sicilia", "Toscana", "Trentino-Alto Adige",
            "Umbria", "Veneto", "Basilicata", "Molise", "Valle d'Aosta")
+# The official region lists of eval.py: the dev set's 13 regions, and the test set's 17.
+DEV_REGIONS = ("Calabria", "Campania", "Emilia Romagna", "Friuli-Venezia Giulia", "Lazio", "Liguria", "Lombardia",
+               "Piemonte", "Puglia", "Sardegna", "Sicilia", "Toscana", "Veneto")
+TEST_REGIONS = ("Abruzzo", "Calabria", "Campania", "Emilia Romagna", "Friuli-Venezia Giulia", "Lazio", "Liguria",
+                "Lombardia", "Marche", "Piemonte", "Puglia", "Sardegna", "Sicilia", "Toscana", "Trentino-Alto Adige",
+                "Umbria", "Veneto")
+OFFICIAL_REGIONS = {"dev": DEV_REGIONS, "test": TEST_REGIONS}
 # Other names an answer may use (normalized text).
 ALIASES = {
     "Emilia Romagna": ("emilia", "romagna"),
@@ -52,6 +84,18 @@ class GeoLabel(NamedTuple):
     region: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+
+
+class GeoGold(GeoLabel):
+    """A gold label that also knows the split of the gold files it was read from ("dev" or
+    "test"), which fixes the official region list; equality ignores it."""
+
+    split = None
+
+
+def split_of(regions) -> str:
+    """The split whose official list eval.py would score these gold regions with."""
+    return "dev" if set(regions) <= set(DEV_REGIONS) else "test"
 
 
 def _region_pattern(name: str) -> str:
@@ -125,10 +169,12 @@ class GeoLingIt(Task):
                         raise LlamantinoError(f"{path}:{line}: id '{item_id}' has coordinates in two files")
                     entry["latitude"] = _coordinate(fields[cols["latitude"]], "latitude", -90, 90, path, line)
                     entry["longitude"] = _coordinate(fields[cols["longitude"]], "longitude", -180, 180, path, line)
+        split = split_of(parts[k]["region"] for k in order if "region" in parts[k])
         items = []
         for item_id in order:
             entry = parts[item_id]
-            gold = GeoLabel(entry.get("region"), entry.get("latitude"), entry.get("longitude"))
+            gold = GeoGold(entry.get("region"), entry.get("latitude"), entry.get("longitude"))
+            gold.split = split
             if gold == GeoLabel():
                 gold = None
             items.append(Item(id=item_id, task=self.name, instruction=evalita_instruction(self.name),
@@ -209,8 +255,12 @@ class GeoLingIt(Task):
         with atomic_open(path) as handle:
             handle.write("\n".join(lines) + "\n")
 
-    def score(self, gold: dict, pred: dict) -> dict:
+    def score(self, gold: dict, pred: dict, *, split: str | None = None) -> dict:
+        """A and/or B metrics; `split` ("dev"/"test") picks the region list, else the gold's."""
         check_alignment(gold, pred, self.name)
+        if list(pred) != list(gold):
+            raise LlamantinoError(f"{self.name}: prediction rows are not in the gold's order; the official "
+                                  "scorer pairs rows by position, so write them in the gold's order")
         ids = list(gold)
         gold_rows = [gold[k] or GeoLabel() for k in ids]
         pred_rows = [pred[k] or GeoLabel() for k in ids]
@@ -223,9 +273,10 @@ class GeoLingIt(Task):
         if with_region and (pred_regions or not pred_coords):
             g = [gold_rows[i].region for i in with_region]
             p = [pred_rows[i].region for i in with_region]
-            labels = sorted(set(g))  # the official region list is the set of the gold's regions
-            out["a_macro_f1"] = metrics.macro_f1(g, p, labels)
+            regions = OFFICIAL_REGIONS[self._split(gold_rows, g, split)]
+            out["a_macro_f1"] = metrics.macro_f1(g, p, regions)
             out["a_accuracy"] = metrics.accuracy(g, p)
+            out["a_regions"] = len(regions)
         with_coords = [i for i, g in enumerate(gold_rows) if g.latitude is not None]
         if with_coords and (pred_coords or not pred_regions):
             distances, unparsed = [], 0
@@ -240,6 +291,17 @@ class GeoLingIt(Task):
             raise LlamantinoError(f"{self.name}: nothing to score: the predictions hold regions or coordinates "
                                   "the gold lacks")
         return out
+
+    def _split(self, gold_rows, gold_regions, split) -> str:
+        """The given split, else the one the gold was read with, else the gold regions' own."""
+        if split is None:
+            known = {g.split for g in gold_rows if getattr(g, "split", None)}
+            if len(known) > 1:
+                raise LlamantinoError(f"{self.name}: the gold mixes dev and test files; score them apart")
+            split = known.pop() if known else split_of(gold_regions)
+        if split not in OFFICIAL_REGIONS:
+            raise LlamantinoError(f"{self.name}: unknown split {split!r}; valid: dev, test")
+        return split
 
 
 TASKS = {"geolingit": GeoLingIt()}

@@ -17,7 +17,13 @@ Subtask A is ranked on political tweets only, so rows whose `dataset` is `test_r
 (the XReligiousHate part of subtask B, in the same test file) are left out.
 
 Submission: CSV `anonymized_tweet_id,label` with 0/1 labels. Metric: (F1 of the hate
-class + F1 of the non-hate class) / 2.
+class + F1 of the non-hate class) / 2, as the organisers' README defines it.
+
+Official scorer: not published (the repository holds the README and encrypted data only),
+so the following could not be checked against it: both classes always count (a class
+with no gold and no predicted tweet scores F1 0); rows are matched by tweet id, not by
+line, and missing, extra or repeated ids are refused; an empty label cell is an answer
+that could not be decoded, scored wrong; a value other than 0 and 1 is refused.
 """
 
 from __future__ import annotations

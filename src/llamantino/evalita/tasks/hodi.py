@@ -18,19 +18,29 @@ Submissions: TSV with header `id<TAB>homotransphobic` (0/1) or `id<TAB>rationale
 literal, `[]` for none). The guidelines say "no header", but the scorer reads line 1 as the
 header and joins on a column named `id`, so the header is written.
 
-Metrics, as the official scorer (evaluation_utils.py) computes them:
-* A: macro-F1 (sklearn, over the classes present) after an inner join on id; every
+Metrics, as the official scorer (compute_metrics.py and evaluation_utils.py of
+HODI-EVALITA/HODI_2023, version of June 2023, run with its pinned pandas 2.0) computes them:
+* A: sklearn macro-F1 over the classes present in gold or predictions, after an inner
+  join on id; the row counts must match the gold, every gold id must join, and every
   predicted value must be one of the values found in the gold.
 * B: mean over gold posts of the Dice/F1 of predicted and gold offset sets,
-  2|P & G| / (|P| + |G|), with the scorer's empty cases: when the gold cell is empty, an
-  empty prediction scores 1 and any other scores 0; otherwise an empty prediction scores 0.
-  Quirk kept on purpose: emptiness is tested on the raw gold cell text, so a gold cell that
-  reads `[]` is not empty and scores 0 whatever is predicted. `Rationales.empty_cell` carries
-  the raw-cell fact from the gold file to `score`.
-  (The published scorer never parses the gold cell: one version of compute_metrics.py
-  compares the sets of characters of the two cells' text, another parses the predictions
-  and so intersects offsets with the gold text's characters, scoring every non-empty gold
-  0. The offset Dice above is what its f1 function documents and what is computed here.)
+  2|P & G| / (|P| + |G|). The scorer reads the gold cell as text and parses it (eval)
+  only when it is not empty, which gives its empty cases: when the gold cell is empty, an
+  empty prediction scores 1 and any other scores 0; otherwise an empty prediction scores
+  0. So a gold cell that reads `[]` (not empty text, but no offsets) scores 0 whatever is
+  predicted: kept on purpose. `Rationales.empty_cell` carries the raw-cell fact from the
+  gold file to `score`. (Under pandas 3 an empty gold cell reads as NaN and the scorer
+  stops; the pinned pandas reads it as an empty string.)
+
+Differences from the official scorer, on purpose:
+* An empty prediction cell makes the official scorer refuse the whole file (int('') in
+  A, eval('') in B). Here it is an answer that could not be decoded and scores 0 (A: a
+  miss of the gold class, never a class of its own). Decoding never leaves a post of
+  subtask B without an answer, so `eval evalita` writes `[]`, not an empty cell, there.
+* Repeated ids are refused. The official scorer only compares row counts and the size of
+  the join, so one id given twice in place of a missing one passes there.
+* Ids are compared after removing surrounding whitespace (the official scorer compares
+  them verbatim).
 """
 
 from __future__ import annotations

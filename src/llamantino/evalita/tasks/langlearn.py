@@ -15,17 +15,30 @@ target `si` when document 1 was written before document 2, else `no`.
 Gold: Order_1 and Order_2 are read as the times of Essay_1 and Essay_2, as in the training
 files, so the answer is whether Order_1 comes before Order_2. Training pairs (pair files
 whose name starts with "train") are all in chronological order, so each also gives the
-swapped pair, answer `no`, so that both answers occur in training. The blind test files
-instead list the two times sorted (Order_1 is the earlier one whatever the essay order):
-they carry no gold, and a gold file must give each essay's own time. The layout of the
-organizers' test gold is not verified.
+swapped pair, answer `no`, so that both answers occur in training.
+
+The blind test files the organisers released (Test_CItA.tsv, Test_COWS-L2H.tsv) have the
+same header but another meaning: the essay ids come in random order while Order_1 and
+Order_2 are the earlier and the later time of the pair, so Order_1 comes first on every
+row and says nothing about which essay is the earlier one. Such a file is read as
+unlabelled items (ready for predictions) and refused as gold: a pair file that is not a
+training file and has no row whose Order_1 is later than its Order_2 is taken to be in
+that layout. A gold file must give each essay's own time, as the training files do; a
+random order puts the later essay first on about half the rows, so a real gold file is
+never mistaken for a blind one (a hand-made gold whose pairs are all listed earlier essay
+first is: list at least one pair the other way round). The layout of the organisers' own
+test gold was not published.
 
 Submission: the test pair file with a `Pred` column added: 0 means Essay_1 was written
 first, 1 means Essay_2 was, so Pred = 0 for `si` and 1 for `no`. Rows of both corpora may
-share one file: each row's order codes tell its corpus.
+share one file: each row's order codes tell its corpus. Rows are matched with the gold by
+corpus and essay ids, not by line; missing, extra or repeated pairs are refused. An empty
+Pred cell is an answer that could not be decoded, scored wrong; any value other than
+0 and 1 is refused.
 
 Metric: macro-F1 over the two answers, per corpus; the ranking uses the mean of the
-corpora's macro-F1 (no official scorer was found).
+corpora's macro-F1 (sites.google.com/view/langlearn2023). No official scorer was
+published, so none of this could be checked against one.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ from pathlib import Path
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
 from llamantino.evalita.base import (Item, YesNoTask, check_alignment, check_unique, parse_label,
-                                     read_table, require_columns, require_gold)
+                                     read_table, require_columns, require_file, require_gold)
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
 
@@ -69,6 +82,7 @@ def pair_corpus(fields, cols, path, line) -> tuple[str, tuple, tuple]:
 
 
 def read_essays(path: Path) -> dict:
+    require_file(path)
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -88,6 +102,13 @@ def read_essays(path: Path) -> dict:
 
 def is_test(path: Path) -> bool:
     return "test" in path.name.lower()
+
+
+def is_blind(path: Path, times: list[tuple]) -> bool:
+    """A test pair file in the released blind layout: the earlier time first on every row."""
+    if path.name.lower().startswith("train"):
+        return False
+    return bool(times) and all(time1 < time2 for time1, time2 in times)
 
 
 def essay_file_for(pairs: Path, corpus: str, xmls: list[Path]) -> Path:
@@ -127,11 +148,15 @@ class LangLearn(YesNoTask):
             header, rows = read_table(path, delimiter="\t")
             cols = require_columns(header, COLUMNS, path)
             training = path.name.lower().startswith("train")
+            pairs = []
             for line, fields in rows:
                 corpus, time1, time2 = pair_corpus(fields, cols, path, line)
                 if time1 == time2:
                     raise LlamantinoError(f"{path}:{line}: Order_1 and Order_2 are the same time; "
                                           "the pair has no order")
+                pairs.append((line, fields, corpus, time1, time2))
+            blind = is_blind(path, [(t1, t2) for _, _, _, t1, t2 in pairs])
+            for line, fields, corpus, time1, time2 in pairs:
                 xml = essay_file_for(path, corpus, xmls)
                 if xml not in essays_cache:
                     essays_cache[xml] = read_essays(xml)
@@ -145,7 +170,7 @@ class LangLearn(YesNoTask):
                 pair = {"corpus": corpus, "essay_1": fields[cols["Essay_1"]].strip(),
                         "essay_2": fields[cols["Essay_2"]].strip(), "order_1": fields[cols["Order_1"]].strip(),
                         "order_2": fields[cols["Order_2"]].strip()}
-                variants = [(pair, texts, 1 if time1 < time2 else 0)]
+                variants = [(pair, texts, None if blind else 1 if time1 < time2 else 0)]
                 if training:
                     swapped = {"corpus": corpus, "essay_1": pair["essay_2"], "essay_2": pair["essay_1"],
                                "order_1": pair["order_2"], "order_2": pair["order_1"]}
@@ -154,9 +179,19 @@ class LangLearn(YesNoTask):
                     item_id = f"{corpus}:{meta['essay_1']}-{meta['essay_2']}"
                     check_unique(seen, item_id, path, line)
                     items.append(Item(id=item_id, task=self.name, instruction=instruction,
-                                      input=f"{text1} [SEP] {text2}", output=self.target(gold),
-                                      gold=gold, meta=dict(meta)))
+                                      input=f"{text1} [SEP] {text2}",
+                                      output="" if gold is None else self.target(gold),
+                                      gold=gold, meta=dict(meta, pair_file=str(path), blind_layout=blind)))
         return items
+
+    def read_gold(self, paths) -> dict:
+        items = self.read(paths)
+        blind = next((it.meta["pair_file"] for it in items if it.meta["blind_layout"]), None)
+        if blind:
+            raise LlamantinoError(f"{blind}: the released blind test layout (Order_1 is the earlier time on every "
+                                  "row, whichever essay it belongs to), which holds no gold; give a gold file "
+                                  "where Order_1 and Order_2 are the times of Essay_1 and Essay_2")
+        return {it.id: it.gold for it in items}
 
     def read_predictions(self, path) -> dict:
         path = Path(path)

@@ -14,14 +14,25 @@ with no mention found gives all `O`.
 
 Submission: the same two-column file, the sentence's tokens with predicted labels.
 
-Metric, as scripts/get-results.py computes it: per token, not per entity. Labels are
-upper-cased, every `X-` prefix and anything after `|` removed, then sklearn
-classification_report over PER, LOC and ORG (O excluded) with zero_division=0: per-class,
-micro, macro and support-weighted precision, recall and F1; supports count tokens. The
-script skips a line without exactly two fields (shifting the pairing); here such a line is
-an error, and a sentence whose predicted length differs from the gold is refused.
-Which average ranked the official results is not verified; `micro_f1` is the primary
-metric here (the figure NER results are usually compared on).
+Metric, as the official scripts/get-results.py (dhfbk/KIND, evalita-2023) computes it:
+per token, not per entity. Labels are stripped, upper-cased, every `X-` prefix and
+anything after `|` removed, then sklearn classification_report over PER, LOC and ORG (O
+excluded) with zero_division=0: per-class, micro, macro and support-weighted precision,
+recall and F1; supports count tokens (the reports of the 2023 runs show them). Which
+average ranked the official results is not verified; `micro_f1` is the primary metric
+here (the figure NER results are usually compared on).
+
+Differences from get-results.py, on purpose:
+* The script pairs the labels of all non-blank lines by position, ignoring sentence
+  breaks, and stops when the two files have different numbers of labelled lines. Here
+  the files are paired sentence by sentence: a prediction file that splits sentences
+  otherwise, or whose sentence has another number of tokens than the gold's, is refused
+  (naming the sentence), even where the script would pair the same tokens.
+* The script skips a line without exactly two tab-separated fields, printing "ERROR!",
+  which shifts the pairing of every later line (or stops it); here such a line is an
+  error naming file and line. An empty label cell is such a line in both.
+* A label that is not O, PER, LOC or ORG once normalised stops the script (KeyError);
+  here it is an error naming file and line.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import Item, Task, check_alignment, require_gold
+from llamantino.evalita.base import Item, Task, check_alignment, require_file, require_gold
 from llamantino.fileio import atomic_open
 from llamantino.prompts import evalita_instruction
 
@@ -53,6 +64,7 @@ def official_label(label: str) -> str:
 def read_sentences(path: Path, *, labelled_only: bool) -> list[tuple[int, list[str], list[str] | None]]:
     """[(first line, tokens, labels or None)] of a token<TAB>label file."""
     sentences, tokens, labels, start, has_labels = [], [], [], 0, None
+    require_file(path)
     try:
         handle = open(path, encoding="utf-8")
     except OSError as exc:

@@ -19,8 +19,16 @@ value seen first); `read_gold`, `read_predictions` and `score` work per cluster,
 `score` also accepts chunk-level mappings, which it votes into clusters the same way.
 
 Submission: CSV `label,gender,ideology_binary,ideology_multiclass`, one row per cluster,
-English values. Metric: macro-F1 of each trait (sklearn, over the values present) and
-their mean (the mean is not verified at the source).
+English values. Metric: macro-F1 of each trait (sklearn, over the values present in gold
+or predictions) and their mean (the mean is not verified at the source).
+
+Official scorer: not found (the Codalab competition 8507's scoring program is not
+published). A participant's script (fidan-c/PoliticIT23-ideology-detection,
+compute_scores.py) computes sklearn macro-F1 per trait over the values present, as here,
+but pairs rows by line; here rows are matched by cluster id, and missing, extra or
+repeated clusters are refused. An empty trait cell is an answer that could not be
+decoded: scored wrong, and never a value of its own in the macro average; a value
+outside the trait's values is refused.
 """
 
 from __future__ import annotations

@@ -12,9 +12,22 @@ the lemma may occur more than once, or in another form, and the mark says which
 occurrence is meant. Target: si/no.
 
 Submission: `binary.jsonl` with one `{"id": ..., "label": 0|1}` per line (zipped with a
-description.txt for upload). Metric (evaluation.py): per-class precision/recall/F1 for
-labels [0, 1] and their unweighted mean (the script calls it "weighted"); a single
-missing id voids the file, here it is an error.
+description.txt for upload).
+
+Metric, as the official evaluation.py (wic-ita/data) computes it: sklearn
+precision_recall_fscore_support with labels [0, 1] (undefined values count 0), and the
+unweighted mean of the two classes' F1 (the script calls it "weighted"). Predictions are
+looked up by id for every gold id, so their order does not matter. Differences, on
+purpose:
+* A missing id makes the script drop the file's result with a warning; here it is an
+  error naming the id. An id that is not in the gold is ignored by the script; here it
+  is refused (naming it), as is an id given twice (the script keeps the last).
+* A label other than 0 and 1 (e.g. 2) is scored by the script as a miss of the gold
+  class; here it is refused, naming file and line.
+* A null label stops the script (int(None)); here it is an answer that could not be
+  decoded, scored wrong: what `write_predictions` writes for one. Replace nulls with a
+  label before uploading.
+Only subtask 1 (binary, it-it) is read; the ranking subtask and the it-en files are not.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from pathlib import Path
 
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import metrics
-from llamantino.evalita.base import Item, YesNoTask, check_alignment, check_unique, require_gold
+from llamantino.evalita.base import Item, YesNoTask, check_alignment, check_unique, require_file, require_gold
 from llamantino.fileio import atomic_open, iter_jsonl
 from llamantino.prompts import evalita_instruction
 
@@ -54,7 +67,7 @@ class WicIta(YesNoTask):
     def read(self, paths) -> list[Item]:
         items, seen = [], set()
         for path in map(Path, paths):
-            for line, record in iter_jsonl(path):
+            for line, record in iter_jsonl(require_file(path)):
                 for name in FIELDS:
                     if name not in record:
                         raise LlamantinoError(f"{path}:{line}: missing field '{name}'")
@@ -73,7 +86,7 @@ class WicIta(YesNoTask):
         return items
 
     def read_predictions(self, path) -> dict:
-        path = Path(path)
+        path = require_file(path)
         pred, seen = {}, set()
         for line, record in iter_jsonl(path):
             for name in ("id", "label"):
