@@ -152,7 +152,7 @@ def bench_gpu(args):
         model = LlamaForCausalLM(config)  # float32 master weights, as instruct trains
     n_params = sum(p.numel() for p in model.parameters())
     n_flop_params = n_params - model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
-    model, autocast = instruct.prepare_model(model, world=1, device=device, mixed_precision="bf16",
+    model, autocast = instruct.prepare_model(model, world=1, device=device, compute_dtype="bfloat16",
                                              gradient_checkpointing=not args.no_gradient_checkpointing)
     model.train()
     optimizer, _ = training.make_optimizer(model.parameters(), "adamw_torch", 1e-5, 0.0, device)

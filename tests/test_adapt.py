@@ -211,6 +211,6 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path, tiny_model_di
 
 
 def training_step(run_dir):
-    from llamantino.training import latest_checkpoint
+    from llamantino.checkpoint import latest
 
-    return latest_checkpoint(run_dir)[0]
+    return latest(run_dir)[0]

@@ -20,7 +20,7 @@ def test_two_ranks_read_different_data_and_end_with_identical_adapters(tmp_path,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "llamantino", "adapt", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
-           "--max-steps", "3", "--max-length", "48", "--batch-size", "2"]
+           "--max-steps", "3", "--max-length", "48", "--batch-size", "2", "--debug-rank-records"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llamantino import cli, instruct, training
+from llamantino import checkpoint, cli, instruct, training
 from llamantino.errors import LlamantinoError
 from llamantino.manifest import read_manifest
 from llamantino.prompts import ALPACA_IT_HEADER
@@ -170,7 +170,7 @@ def test_fsdp_two_ranks_shard_and_match_one_process(tmp_path, tiny_model_dir, do
     held = [r["parameters"] for r in m["ranks"]]
     assert sum(held) == m["parameters"] and all(0.4 < h / m["parameters"] < 0.6 for h in held), held
     # ... and wrote only its shard of the checkpoint.
-    assert len(list(training.checkpoint_path(out2, 2).glob("*.distcp"))) == 2
+    assert len(list(checkpoint.checkpoint_path(out2, 2).glob("*.distcp"))) == 2
 
     # (b) the same data on one process (accumulation 2, no sharding) gives the same weights.
     single = instruct.run(settings(tiny_model_dir, dolly, out1))["metrics"]
@@ -191,7 +191,7 @@ def test_fsdp_two_ranks_shard_and_match_one_process(tmp_path, tiny_model_dir, do
     done = out2.rename(tmp_path / "fsdp2-done")
     out2.mkdir()
     shutil.copy(done / "run.json", out2 / "run.json")
-    shutil.copytree(training.checkpoint_path(done, 2), training.checkpoint_path(out2, 2))
+    shutil.copytree(checkpoint.checkpoint_path(done, 2), checkpoint.checkpoint_path(out2, 2))
     resumed = instruct.run(settings(tiny_model_dir, dolly, out2), resume=True)["metrics"]
     assert resumed["resumed_from_step"] == 2 and resumed["world_size"] == 1
     c = weights(out2)
@@ -217,7 +217,7 @@ def test_interrupted_and_resumed_run_ends_bitwise_equal(tmp_path, tiny_model_dir
     with pytest.raises(RuntimeError, match="simulated crash"):
         instruct.run(settings(tiny_model_dir, dolly, out))
     monkeypatch.setattr(instruct, "save_checkpoint", save)
-    assert read_manifest(out) is None and training.latest_checkpoint(out)[0] == 2
+    assert read_manifest(out) is None and checkpoint.latest(out)[0] == 2
 
     with pytest.raises(LlamantinoError, match="interrupted run .* --resume"):
         instruct.run(settings(tiny_model_dir, dolly, out))
@@ -288,7 +288,7 @@ def test_settings_load_without_torch():
     """`config show` and `instruct --help` import the module; torch loads only when a run starts."""
     code = "import sys, llamantino.instruct; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-    assert instruct.LR_SCHEDULES == training.SCHEDULES
+    assert instruct.Config.__dataclass_fields__["lr_scheduler"].metadata["choices"] == training.SCHEDULES
 
 
 def test_dolly_recipes_carry_table_2():

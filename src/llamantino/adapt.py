@@ -16,9 +16,11 @@ import dataclasses
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
-from llamantino.qlora import QLoraSettings, RowSource, train
+from llamantino.packing import RowSource
+from llamantino.train_settings import QLoraSettings
 
 KIND = "adapt"
+RESUMABLE = True  # the command takes --resume
 
 
 @dataclasses.dataclass
@@ -51,6 +53,9 @@ class DocumentRows(RowSource):
         self.packer.load_state_dict(state["packer"])
         self.documents = iter(self.stream)
 
+    def metrics(self) -> dict:
+        return {"documents_read": self.stream.count, "data_epochs": self.stream.epoch}
+
 
 def check_inputs(cfg: Config):
     """Everything that can be checked before a single file is written."""
@@ -76,11 +81,9 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         _check_yields_tokens(rows, sources)
         return rows
 
-    def extra_metrics(rows):
-        return {"documents_read": rows.stream.count, "data_epochs": rows.stream.epoch}
+    from llamantino.qlora import train
 
-    return train(KIND, cfg, make_source, overwrite=overwrite, resume=resume, tokenizer=tokenizer,
-                 inputs=[s for s in sources], extra_metrics=extra_metrics)
+    return train(KIND, cfg, make_source, overwrite=overwrite, resume=resume, tokenizer=tokenizer, inputs=sources)
 
 
 def _check_yields_tokens(rows: DocumentRows, sources) -> None:
@@ -95,15 +98,3 @@ def _check_yields_tokens(rows: DocumentRows, sources) -> None:
         if n > 10000:
             break
     raise LlamantinoError(f"{', '.join(sources)}: the corpus yields no tokens (all documents are empty)")
-
-
-def add_arguments(parser):
-    from llamantino.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND, resume=True)
-
-
-def main(args) -> int:
-    from llamantino.runner import run_stage_command
-
-    return run_stage_command(KIND, args)

@@ -70,7 +70,14 @@ def _functions(name: str):
         run = getattr(module, f"{suffix}_main", None)
         if add and run:
             return add, run
-    return module.add_arguments, module.main
+    if hasattr(module, "add_arguments"):
+        return module.add_arguments, module.main
+    # A plain stage: its options come from its settings (runner.add_stage_arguments).
+    from llamantino import runner
+
+    resumable = getattr(module, "RESUMABLE", False)
+    return (lambda parser: runner.add_stage_arguments(parser, module.KIND, resume=resumable),
+            lambda args: runner.run_stage_command(module.KIND, args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import math
 import types
 import typing
@@ -126,6 +127,7 @@ def build_config(cls, values: dict, source: str = "settings"):
         raise LlamantinoError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
     types_ = _field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = renamed_settings(cls, values, source)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
@@ -146,6 +148,28 @@ def build_config(cls, values: dict, source: str = "settings"):
     if check:
         check(source)
     return cfg
+
+
+def renamed_settings(cls, values: dict, source: str) -> dict:
+    """Old setting names still accepted: a class may declare RENAMED = {old: (new, {old value: new
+    value} or None)}; each use logs one deprecation line."""
+    renamed = getattr(cls, "RENAMED", {})
+    out = dict(values)
+    for old, (new, mapping) in renamed.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if mapping is not None:
+            if str(value) not in mapping:
+                raise LlamantinoError(f"{source}: setting '{old}' is {value!r}; valid: {', '.join(mapping)}")
+            value = mapping[str(value)]
+        if new in out and str(out[new]) != str(value):
+            raise LlamantinoError(f"{source}: settings '{old}' (old name) and '{new}' disagree; give only '{new}'")
+        out[new] = value
+        logging.getLogger("llamantino.config").warning(
+            "%s: setting '%s' is now '%s' (%s); the old name still works", source, old, new,
+            f"{new}: {value}")
+    return out
 
 
 def check_range(field: dataclasses.Field, value, source: str) -> None:
@@ -211,6 +235,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, skip=()):
     """
     types_ = _field_types(cls)
     group = parser.add_argument_group("settings (each overrides the recipe)")
+    for old in getattr(cls, "RENAMED", {}):
+        group.add_argument("--" + old.replace("_", "-"), dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.metadata.get("cli", True):
             continue
@@ -221,6 +247,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, skip=()):
         helptext = f.metadata.get("help", "")
         if default not in (None, "", []):
             helptext += f" [default: {default}]"
+        helptext = helptext.replace("%", "%%")  # argparse formats help with %
         if base is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=helptext)
@@ -234,7 +261,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, skip=()):
 
 def cli_overrides(args: argparse.Namespace, cls) -> dict:
     """The settings that were actually given on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
     return {k: v for k, v in vars(args).items() if k in names}
 
 

@@ -24,6 +24,8 @@ DATA_DIR = Path(__file__).parent / "data"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 
 
+KIND = "demo_base"
+
 @dataclasses.dataclass
 class Config:
     output: str = setting("", "folder to save the model and tokenizer in")
@@ -142,7 +144,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
-    state = prepare_output(cfg.output, "demo_base", cfg, overwrite=overwrite)
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
     if state == "complete":
         return {"status": "skipped (done)", **_summary(read_manifest(cfg.output)["metrics"])}
     if cfg.threads:
@@ -163,7 +165,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     with atomic_dir(cfg.output) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, "demo_base", cfg, inputs=describe_inputs(cfg.train_text), metrics=metrics)
+        write_manifest(tmp, KIND, cfg, inputs=describe_inputs(cfg.train_text), metrics=metrics)
     return {"status": "done", **_summary(metrics)}
 
 
@@ -175,10 +177,10 @@ def _summary(metrics: dict) -> dict:
 def add_arguments(parser):
     from llamantino.runner import add_stage_arguments
 
-    add_stage_arguments(parser, "demo_base")
+    add_stage_arguments(parser, KIND)
 
 
 def main(args) -> int:
     from llamantino.runner import run_stage_command
 
-    return run_stage_command("demo_base", args)
+    return run_stage_command(KIND, args)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -29,13 +28,13 @@ import time
 import warnings
 from array import array
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
-from llamantino.modeling import DTYPES
 from llamantino.records import INSTRUCTION_FORMATS
 from llamantino.supervised import IGNORE, Example
+from llamantino.train_settings import DTYPES, SCHEDULES, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,56 +42,50 @@ if TYPE_CHECKING:  # torch loads only when a run starts (fast --help and config 
     import torch
 
 KIND = "instruct"
-MIXED_PRECISION = ("auto", "bf16", "no")
-LR_SCHEDULES = ("linear", "cosine", "constant")  # training.SCHEDULES; torch loads only when a run starts
+RESUMABLE = True  # the command takes --resume
 
 
 @dataclasses.dataclass
-class Config:
-    model: str = setting("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model", path_input=True)
-    data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)", path_input=True)
+class Config(TrainSettings):
+    """Table 2 of the paper (7B column) as defaults."""
+
+    RENAMED: ClassVar[dict] = {"mixed_precision": ("compute_dtype", {"auto": "auto", "bf16": "bfloat16",
+                                                                     "no": "float32"})}
+
+    model: str = setting("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model",
+                         path_input=True)
+    data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)",
+                              path_input=True)
     format: str = setting("auto", "data format; auto: detected from each file's fields",
                           choices=("auto",) + INSTRUCTION_FORMATS)
     output: str = setting("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")
-    max_length: int = setting(1024, "tokens per example; longer examples are truncated")
-    batch_size: int = setting(16, "examples per device in one micro-batch")
+    max_length: int = setting(1024, "tokens per example; longer examples are truncated", minimum=1)
+    batch_size: int = setting(16, "examples per device in one micro-batch", minimum=1)
+    gradient_accumulation: int = setting(0, "micro-batches per optimizer step (0: derived from "
+                                            "effective_batch_size and the number of processes)", minimum=0)
     effective_batch_size: int = setting(128, "examples per optimizer step over all devices; gradient "
-                                             "accumulation = this / (batch_size x processes)")
-    learning_rate: float = setting(2e-5, "peak learning rate")
-    epochs: int = setting(3, "passes over the data (the last incomplete effective batch of each is left out)")
-    max_steps: int = setting(0, "optimizer steps; 0: from epochs")
-    weight_decay: float = setting(0.0, "AdamW weight decay (applied to every parameter)")
-    warmup_ratio: float = setting(0.03, "fraction of the steps with a linear warmup")
-    lr_scheduler: str = setting("cosine", "learning-rate decay after warmup", choices=LR_SCHEDULES)
-    max_grad_norm: float = setting(1.0, "gradient clipping by global norm (0: off)")
-    seed: int = setting(42, "seed of the data order and of torch")
-    mixed_precision: str = setting("auto", "bf16: bfloat16 compute on float32 master weights; no: float32; "
-                                           "auto: bf16 on GPU, no on CPU", choices=MIXED_PRECISION)
-    gradient_checkpointing: bool = setting(True, "recompute each decoder layer in the backward pass "
-                                                   "(less memory, about a third more compute)", fingerprint=False)
+                                             "accumulation = this / (batch_size x processes)", minimum=0)
+    learning_rate: float = setting(2e-5, "peak learning rate", minimum=0)
+    epochs: int = setting(3, "passes over the data (the last incomplete effective batch of each is left out)",
+                          minimum=0)
+    max_steps: int = setting(0, "optimizer steps; 0: from epochs", minimum=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay (applied to every parameter)", minimum=0)
+    lr_scheduler: str = setting("cosine", "learning-rate decay after warmup", choices=SCHEDULES)
+    compute_dtype: str = setting("auto", "float32, or bfloat16 compute on float32 master weights (float16 is not "
+                                         "offered: it needs loss scaling); auto: bfloat16 on a GPU that has it, "
+                                         "else float32", choices=("auto", "float32", "bfloat16"))
     save_dtype: str = setting("float32", "dtype of the saved weights", choices=DTYPES)
-    save_steps: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False)
-    save_total_limit: int = setting(2, "how many of the latest checkpoints to keep", fingerprint=False)
-    logging_steps: int = setting(10, "write metrics every N steps", fingerprint=False)
 
     def validate(self, source):
-        for name in ("model", "output"):
-            if not getattr(self, name):
-                raise LlamantinoError(f"{source}: setting '{name}' is required")
+        self.check_common(source)
         if not self.data:
             raise LlamantinoError(f"{source}: setting 'data' is required (instruction JSON-lines files)")
-        for name in ("max_length", "batch_size", "effective_batch_size", "save_total_limit", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise LlamantinoError(f"{source}: setting '{name}' must be at least 1")
-        if self.effective_batch_size % self.batch_size:
-            raise LlamantinoError(f"{source}: effective_batch_size {self.effective_batch_size} is not a multiple "
-                                  f"of batch_size {self.batch_size}")
-        if self.max_steps < 0 or self.epochs < 0 or (self.max_steps == 0 and self.epochs == 0):
+        if not self.effective_batch_size:
+            raise LlamantinoError(f"{source}: setting 'effective_batch_size' is required (the batch of Table 2)")
+        if self.max_steps == 0 and self.epochs == 0:
             raise LlamantinoError(f"{source}: give a positive 'epochs' or 'max_steps'")
         if self.learning_rate <= 0:
             raise LlamantinoError(f"{source}: setting 'learning_rate' must be positive")
-        if not 0 <= self.warmup_ratio < 1:
-            raise LlamantinoError(f"{source}: setting 'warmup_ratio' must be in [0, 1)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,14 +164,18 @@ def collate(batch: list[Example], pad_id: int, device) -> dict:
 # Model: FSDP2 sharding, mixed precision, the loss
 
 
-def resolve_mixed_precision(setting_value: str, device: torch.device) -> str:
+def resolve_compute_dtype(name: str, device: torch.device) -> str:
+    """float32 or bfloat16 (mixed precision on float32 master weights)."""
     import torch
 
-    if setting_value == "auto":
-        return "bf16" if device.type == "cuda" else "no"
-    if setting_value == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise LlamantinoError("mixed_precision bf16: this GPU has no bfloat16 support; use 'no'")
-    return setting_value
+    from llamantino import training
+
+    dtype = training.resolve_compute_dtype(name, device)
+    if dtype == "float16":  # only `auto` on a GPU without bfloat16 gets here
+        return "float32"
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LlamantinoError("compute_dtype bfloat16: this GPU has no bfloat16 support; use float32")
+    return dtype
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
@@ -191,7 +188,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return layers
 
 
-def prepare_model(model, *, world: int, device: torch.device, mixed_precision: str,
+def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str,
                   gradient_checkpointing: bool):
     """Shard with FSDP2 on several processes (per decoder layer, then the root); move to
     `device` on one. Returns the model and the autocast context of the forward pass."""
@@ -204,7 +201,7 @@ def prepare_model(model, *, world: int, device: torch.device, mixed_precision: s
             model.activation_checkpointing_enable(kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    bf16 = mixed_precision == "bf16"
+    bf16 = compute_dtype == "bfloat16"
     if world == 1:
         # No FSDP to cast the weights: autocast gives bf16 compute on float32 weights (as torchtitan).
         model.to(device)
@@ -224,7 +221,7 @@ def prepare_model(model, *, world: int, device: torch.device, mixed_precision: s
     return model, contextlib.nullcontext
 
 
-def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.device, mixed_precision: str):
+def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.device, compute_dtype: str):
     """The model in float32 (the master weights), ready to train: (model, autocast).
 
     With several ranks only rank 0 reads the checkpoint; the others build the model on the
@@ -237,14 +234,14 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
 
     if world == 1:
         return prepare_model(load_causal_lm(cfg.model, dtype="float32", device="cpu"), world=1, device=device,
-                             mixed_precision=mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing)
+                             compute_dtype=compute_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForCausalLM
 
     source = load_causal_lm(cfg.model, dtype="float32", device="cpu") if rank == 0 else None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model, autocast = prepare_model(model, world=world, device=device, mixed_precision=mixed_precision,
+    model, autocast = prepare_model(model, world=world, device=device, compute_dtype=compute_dtype,
                                     gradient_checkpointing=cfg.gradient_checkpointing)
     model.to_empty(device=device)
     set_model_state_dict(model, source.state_dict() if rank == 0 else {},
@@ -292,7 +289,7 @@ def state_bytes(model, optimizer) -> int:
 # ---------------------------------------------------------------------------------------
 # Checkpoints: model + optimizer sharded by torch.distributed.checkpoint (each rank writes
 # its own shards; a different number of ranks can read them back), plus the scheduler,
-# the data position and every rank's RNG state.
+# the counters and every rank's RNG state, through the shared checkpoint helper.
 
 
 def _distributed() -> bool:
@@ -309,56 +306,35 @@ def _one_process_is_intended():
         yield
 
 
-def save_checkpoint(output, step: int, model, optimizer, scheduler, trainer: dict, *, rank: int, keep: int) -> Path:
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+class ShardedState:
+    """Model and AdamW state as a checkpoint part: every rank writes and reads its shards.
+    The metadata file of torch.distributed.checkpoint is a pickle: the checkpoint helper
+    loads only files whose sha256 the run recorded when it wrote them."""
 
-    from llamantino import training
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
 
-    final = training.checkpoint_path(output, step)
-    tmp = final.with_name(f".{final.name}.tmp")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    training.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _one_process_is_intended():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(training.rng_state(), tmp / f"rng-rank{rank}.pt")
-    if rank == 0:
-        from llamantino.fileio import atomic_write_json
+    def save_to(self, folder: Path, rank: int) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        atomic_write_json(tmp / "trainer.json", {**trainer, "scheduler": scheduler.state_dict()})
-    training.barrier()  # every rank's files are in place before the folder gets its final name
-    if rank == 0:
-        os.replace(tmp, final)
-        training.prune_checkpoints(output, keep)
-    training.barrier()
-    return final
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        with _one_process_is_intended():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
+
+    def load_from(self, folder: Path, rank: int) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        with _one_process_is_intended():
+            dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, *, rank: int) -> dict:
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    from llamantino import training
-
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    with _one_process_is_intended():
-        dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
-    scheduler.load_state_dict(trainer.pop("scheduler"))
-    rng = path / f"rng-rank{rank}.pt"
-    if rng.is_file():
-        training.set_rng_state(torch.load(rng, weights_only=False))
-    else:
-        log.warning("%s: no RNG state for rank %d (saved by %d ranks); it keeps the run's seed",
-                    path, rank, trainer["world_size"])
-    return trainer
+def save_checkpoint(t: Trainer) -> Path:
+    return t.checkpoints.save(t.counters["step"], *t.parts())
 
 
 def save_model(output, model, tokenizer, cfg: Config, *, rank: int) -> None:
@@ -385,15 +361,47 @@ def save_model(output, model, tokenizer, cfg: Config, *, rank: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The run
+# The run: set up, step, finish
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop touches, made once by `setup`."""
+
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    output: Path
+    tokenizer: object
+    examples: list
+    counts: dict            # records read, truncated, dropped
+    model: object
+    autocast: object
+    optimizer: object
+    scheduler: object
+    checkpoints: object
+    total: int              # optimizer steps of the run
+    accumulation: int
+    compute_dtype: str
+    counters: dict          # step, epoch, index, tokens, world size, data digest: in every checkpoint
+    metrics_log: object = None
+    progress: object = None
+    start: int = 0
+    recent: list = dataclasses.field(default_factory=list)
+    tokens_this_run: int = 0
+    started: float = dataclasses.field(default_factory=time.time)
+
+    def parts(self) -> tuple[dict, dict]:
+        from llamantino.checkpoint import RNG
+
+        return ({"sharded": ShardedState(self.model, self.optimizer), "scheduler": self.scheduler,
+                 "trainer": self.counters}, {"rng": RNG})
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict | None:
-    import torch
-
     from llamantino import training
-    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
-    from llamantino.modeling import check_max_length, load_config, load_tokenizer
+    from llamantino.manifest import prepare_output, read_manifest
 
     rank, world, device = training.init_distributed()
     if rank != 0:  # one rank reports
@@ -401,15 +409,53 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
 
         log.setLevel(logging.WARNING)
         hf_logging.disable_progress_bar()
-    accumulation = training.grad_accumulation(cfg.effective_batch_size, cfg.batch_size, world)
     output = Path(cfg.output)
-
+    accumulation = _accumulation(cfg, world)
     state = training.on_rank0(lambda: prepare_output(output, KIND, cfg, overwrite=overwrite, resume=resume))
     if state == "complete":
         metrics = read_manifest(output)["metrics"] if rank == 0 else {}
         return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics} if rank == 0 else None
+    t = setup(cfg, accumulation, resume_from=state == "resume", rank=rank, world=world, device=device)
+    stop = training.StopRequest()
+    for step in range(t.start, t.total):
+        train_step(t, step)
+        done = step + 1
+        want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= done - t.start
+        if done < t.total and (want_stop or (cfg.save_steps and done % cfg.save_steps == 0)):
+            save_checkpoint(t)
+        if want_stop and done < t.total:
+            return stopped(t)
+    return finish(t)
 
-    # Everything that can fail on bad input fails here, on every rank alike, before training.
+
+def stopped(t: Trainer) -> dict | None:
+    t.progress.close()
+    t.metrics_log.close()
+    step = t.counters["step"]
+    if t.rank != 0:
+        return None
+    log.info("stopped at step %d with a checkpoint; continue with --resume", step)
+    return {"status": f"stopped at step {step}", "headline": {"step": step}, "metrics": {"step": step}}
+
+
+def _accumulation(cfg: Config, world: int) -> int:
+    from llamantino.train_settings import accumulation
+
+    return accumulation(cfg, world)
+
+
+def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world: int, device) -> Trainer:
+    """Examples, model, optimizer, schedule; everything that can fail on bad input fails
+    here, on every rank alike, before the folder is claimed or anything trained."""
+    from llamantino import training
+    from llamantino.checkpoint import Checkpoints
+    from llamantino.manifest import start_run
+    from llamantino.modeling import check_max_length, load_config, load_tokenizer
+
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     config = load_config(cfg.model)
     check_max_length(config, cfg.max_length, cfg.model)
     tokenizer = load_tokenizer(cfg.model)
@@ -419,95 +465,112 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
         raise LlamantinoError(f"{', '.join(cfg.data)}: {len(examples)} usable examples, fewer than one "
                               f"effective batch of {cfg.effective_batch_size}")
     total = cfg.max_steps or cfg.epochs * per_epoch
-    mixed_precision = resolve_mixed_precision(cfg.mixed_precision, device)
-    training.on_rank0(lambda: start_run(output, KIND, cfg))  # the folder is claimed once the input is known good
+    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    if not resume_from:  # the folder is claimed once the input is known good
+        training.on_rank0(lambda: start_run(cfg.output, KIND, cfg))
     training.seed_all(cfg.seed)
-
-    model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, mixed_precision=mixed_precision)
+    model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, compute_dtype=compute_dtype)
     model.train()
-    optimizer, _ = training.make_optimizer(model.parameters(), "adamw_torch", cfg.learning_rate,
+    optimizer, _ = training.make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate,
                                            cfg.weight_decay, device)
-    warmup = training.warmup_steps(cfg.warmup_ratio, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_lambda(cfg.lr_scheduler, warmup, total))
-
+    scheduler = training.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, total)
     digest = data_digest(examples)
-    trainer = {"step": 0, "tokens_seen": 0, "trained_tokens_seen": 0}
-    found = training.latest_checkpoint(output) if state == "resume" else None
+    t = Trainer(cfg=cfg, rank=rank, world=world, device=device, output=Path(cfg.output), tokenizer=tokenizer,
+                examples=examples, counts=counts, model=model, autocast=autocast, optimizer=optimizer,
+                scheduler=scheduler, checkpoints=Checkpoints(cfg.output, rank=rank, world=world,
+                                                             keep=cfg.save_total_limit),
+                total=total, accumulation=accumulation, compute_dtype=compute_dtype,
+                counters={"step": 0, "epoch": 0, "index": 0, "tokens_seen": 0, "trained_tokens_seen": 0,
+                          "world_size": world, "examples": len(examples), "data_digest": digest})
+    found = t.checkpoints.latest() if resume_from else None
     if found:
-        trainer = load_checkpoint(found[1], model, optimizer, scheduler, rank=rank)
-        if trainer["data_digest"] != digest:
+        shared, own = t.parts()
+        t.checkpoints.load(found[1], shared, own)
+        if t.counters["data_digest"] != digest:
             raise LlamantinoError(f"{found[1]}: the data differ from those this checkpoint was trained on "
-                                  f"({trainer['examples']} examples then, {len(examples)} now)")
-        log.info("resuming from %s (step %d of %d)", found[1], trainer["step"], total)
-    start = trainer["step"]
-
+                                  f"({t.counters['examples']} examples then, {len(examples)} now)")
+        t.counters["world_size"] = world
+        log.info("resuming from %s (step %d of %d)", found[1], t.counters["step"], total)
+    t.start = t.counters["step"]
     local, n_params = local_numel(model)
     log.info("instruct: %d examples (%d truncated, %d dropped), %.1fM parameters (%.1fM on each of %d ranks), "
-             "%d steps of %d examples (batch %d x %d ranks x %d accumulation), %s, mixed precision %s",
+             "%d steps of %d examples (batch %d x %d ranks x %d accumulation), %s, compute %s",
              len(examples), counts["truncated"], counts["dropped_no_response"], n_params / 1e6, local / 1e6, world,
-             total, cfg.effective_batch_size, cfg.batch_size, world, accumulation, device, mixed_precision)
-    metrics_log = training.MetricsLog(output, resume_step=start, enabled=rank == 0)
-    progress = training.Progress(total, initial=start, enabled=rank == 0, desc=KIND)
-    pad_id = tokenizer.pad_token_id
-    recent: list[float] = []
-    tokens_this_run, t0 = 0, time.time()
+             total, cfg.effective_batch_size, cfg.batch_size, world, accumulation, device, compute_dtype)
+    t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.start, enabled=rank == 0)
+    t.progress = training.Progress(total, initial=t.start, enabled=rank == 0, desc=KIND)
+    return t
 
-    for step in range(start, total):
-        epoch, index, ids = global_batch(step, len(examples), cfg.effective_batch_size, cfg.seed)
-        # Every rank holds all examples, so it knows the global batch's token counts without talking.
-        n_trained = sum(trained_tokens(examples[i]) for i in ids)
-        n_tokens = sum(len(examples[i].input_ids) for i in ids)
-        loss_sum = torch.zeros((), device=device)
-        for chunk in micro_batches(ids, examples, cfg.batch_size, world, rank):
-            ce = summed_loss(model, collate([examples[i] for i in chunk], pad_id, device), autocast)
-            # FSDP averages gradients over ranks: x world makes it the sum over the global batch.
-            (ce * world / n_trained).backward()
-            loss_sum += ce.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        loss = training.all_reduce_sum(loss_sum.item(), device) / n_trained
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        recent = (recent + [loss])[-10:]
-        tokens_this_run += n_tokens
-        trainer.update(step=step + 1, epoch=epoch, index=index + cfg.effective_batch_size,
-                       tokens_seen=trainer["tokens_seen"] + n_tokens,
-                       trained_tokens_seen=trainer["trained_tokens_seen"] + n_trained)
-        rate = progress.update(n_tokens, loss, lr)
-        if (step + 1) % cfg.logging_steps == 0 or step + 1 == total:
-            metrics_log.log(step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=trainer["tokens_seen"],
-                            tokens_per_s=rate, elapsed_s=round(time.time() - t0, 1))
-        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
-            save_checkpoint(output, step + 1, model, optimizer, scheduler,
-                            {**trainer, "world_size": world, "examples": len(examples), "data_digest": digest},
-                            rank=rank, keep=cfg.save_total_limit)
-    seconds = time.time() - t0
-    progress.close()
-    metrics_log.close()
+def train_step(t: Trainer, step: int) -> None:
+    """One optimizer step on the global batch of `step`, this rank's micro-batches of it."""
+    import torch
 
-    ranks = training.all_gather_object({"rank": rank, "parameters": local, "state_bytes": state_bytes(model, optimizer),
-                                        "peak_memory_bytes": training.peak_memory_bytes(device)})
-    save_model(output, model, tokenizer, cfg, rank=rank)
-    if rank != 0:
+    from llamantino import training
+
+    cfg = t.cfg
+    epoch, index, ids = global_batch(step, len(t.examples), cfg.effective_batch_size, cfg.seed)
+    # Every rank holds all examples, so it knows the global batch's token counts without talking.
+    n_trained = sum(trained_tokens(t.examples[i]) for i in ids)
+    n_tokens = sum(len(t.examples[i].input_ids) for i in ids)
+    loss_sum = torch.zeros((), device=t.device)
+    for chunk in micro_batches(ids, t.examples, cfg.batch_size, t.world, t.rank):
+        ce = summed_loss(t.model, collate([t.examples[i] for i in chunk], t.tokenizer.pad_token_id, t.device),
+                         t.autocast)
+        # FSDP averages gradients over ranks: x world makes it the sum over the global batch.
+        (ce * t.world / n_trained).backward()
+        loss_sum += ce.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf"))
+    lr = t.optimizer.param_groups[0]["lr"]  # the rate this step uses
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+
+    loss = training.all_reduce_sum(loss_sum.item(), t.device) / n_trained
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    t.recent = (t.recent + [loss])[-10:]
+    t.tokens_this_run += n_tokens
+    c = t.counters
+    c.update(step=step + 1, epoch=epoch, index=index + cfg.effective_batch_size,
+             tokens_seen=c["tokens_seen"] + n_tokens, trained_tokens_seen=c["trained_tokens_seen"] + n_trained)
+    rate = t.progress.update(n_tokens, loss, lr)
+    if (step + 1) % cfg.logging_steps == 0 or step + 1 == t.total:
+        t.metrics_log.log(step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=c["tokens_seen"],
+                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 1))
+
+
+def finish(t: Trainer) -> dict | None:
+    """Gather and save the model (rank 0), the loss plot and the manifest (last)."""
+    from llamantino import training
+    from llamantino.manifest import describe_inputs, write_manifest
+
+    seconds = time.time() - t.started
+    t.progress.close()
+    t.metrics_log.close()
+    local, n_params = local_numel(t.model)
+    ranks = training.all_gather_object({"rank": t.rank, "parameters": local,
+                                        "state_bytes": state_bytes(t.model, t.optimizer),
+                                        "peak_memory_bytes": training.peak_memory_bytes(t.device)})
+    save_model(t.output, t.model, t.tokenizer, t.cfg, rank=t.rank)
+    if t.rank != 0:
         training.barrier()
         return None
-    training.plot_loss(output, title=f"instruct: {Path(cfg.model).name}")
+    training.plot_loss(t.output, title=f"instruct: {Path(t.cfg.model).name}")
+    cfg, c = t.cfg, t.counters
     metrics = {
-        "steps": total, "resumed_from_step": start,
-        "epochs": round(total * cfg.effective_batch_size / len(examples), 3),
-        "examples": len(examples), **counts, "tokens_seen": trainer["tokens_seen"],
-        "trained_tokens_seen": trainer["trained_tokens_seen"],
-        "final_loss": sum(recent) / len(recent) if recent else None,
-        "tokens_per_s": round(tokens_this_run / max(seconds, 1e-9), 1), "train_seconds": round(seconds, 1),
-        "world_size": world, "batch_size": cfg.batch_size, "gradient_accumulation": accumulation,
-        "effective_batch_size": cfg.effective_batch_size, "warmup_steps": warmup,
-        "mixed_precision": mixed_precision, "device": device.type, "fsdp": world > 1,
+        "steps": t.total, "resumed_from_step": t.start,
+        "epochs": round(t.total * cfg.effective_batch_size / len(t.examples), 3),
+        "examples": len(t.examples), **t.counts, "tokens_seen": c["tokens_seen"],
+        "trained_tokens_seen": c["trained_tokens_seen"],
+        "final_loss": sum(t.recent) / len(t.recent) if t.recent else None,
+        "tokens_per_s": round(t.tokens_this_run / max(seconds, 1e-9), 1), "train_seconds": round(seconds, 1),
+        "world_size": t.world, "batch_size": cfg.batch_size, "gradient_accumulation": t.accumulation,
+        "effective_batch_size": cfg.effective_batch_size,
+        "warmup_steps": training.warmup_steps(cfg.warmup_ratio, t.total),
+        "compute_dtype": t.compute_dtype, "device": t.device.type, "fsdp": t.world > 1,
         "parameters": n_params, "ranks": ranks,
     }
-    write_manifest(output, KIND, cfg, inputs=describe_inputs([cfg.model, *cfg.data]), metrics=metrics)
+    write_manifest(t.output, KIND, cfg, inputs=describe_inputs([cfg.model, *cfg.data]), metrics=metrics)
     training.barrier()
     return {"status": "done", "headline": _headline(metrics), "metrics": metrics}
 
@@ -515,21 +578,3 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
 def _headline(metrics: dict) -> dict:
     return {"loss": metrics.get("final_loss"), "steps": metrics.get("steps"),
             "tok_s": metrics.get("tokens_per_s"), "ranks": metrics.get("world_size")}
-
-
-def add_arguments(parser):
-    from llamantino.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND, resume=True)
-
-
-def main(args) -> int:
-    import torch
-
-    from llamantino.runner import run_stage_command
-
-    try:
-        return run_stage_command(KIND, args)
-    finally:
-        if _distributed():
-            torch.distributed.destroy_process_group()

@@ -11,10 +11,11 @@ import logging
 from pathlib import Path
 
 from llamantino.errors import LlamantinoError
+from llamantino.train_settings import DTYPES
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
+
 
 # Linear layers of a LLaMA decoder block: the LoRA targets of the paper's QLoRA recipe
 # ("every linear layer"): attention q/k/v/o and the MLP gate/up/down projections.
@@ -110,7 +111,7 @@ def default_device() -> str:
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,
                    compute_dtype: str = "float32", device: str | None = None,
-                   attn_implementation: str | None = None):
+                   attn_implementation: str | None = None, quant_type: str = "nf4", double_quant: bool = True):
     """Load a causal LM in full precision or 4-bit (QLoRA) on one device."""
     from transformers import AutoModelForCausalLM
 
@@ -121,7 +122,7 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
-        kwargs["quantization_config"] = quantization_config(compute_dtype)
+        kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
     else:
         kwargs["dtype"] = torch_dtype(dtype)

@@ -18,10 +18,29 @@ Two packers:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when rows are collated, not when settings are listed
+    import torch
 
 IGNORE = -100
+
+
+class RowSource:
+    """What a training stage feeds the QLoRA loop: packed rows with a resumable position,
+    and the figures about its data that go into the run's manifest."""
+
+    def next_row(self) -> "Row | None":  # None: the data are exhausted for good
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def metrics(self) -> dict:
+        return {}
 
 
 @dataclass
@@ -56,6 +75,8 @@ class Batch:
 
 
 def collate(rows: list[Row], max_length: int, pad_id: int) -> Batch:
+    import torch
+
     n = len(rows)
     input_ids = torch.full((n, max_length), pad_id, dtype=torch.long)
     labels = torch.full((n, max_length), IGNORE, dtype=torch.long)

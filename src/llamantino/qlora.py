@@ -1,24 +1,24 @@
 """The QLoRA training loop shared by language adaptation (`adapt`) and chat fine-tuning (`sft`).
 
 The base model is loaded in 4-bit NF4 with double quantisation; LoRA adapters go on every
-linear layer of the decoder blocks; rows come packed from a `RowSource` (documents for
-`adapt`, chat examples for `sft`). Under torchrun each rank reads its own share of the
+linear layer of the decoder blocks; rows come packed from a `packing.RowSource` (documents
+for `adapt`, chat examples for `sft`). Under torchrun each rank reads its own share of the
 data and DDP averages the adapter gradients, as in the paper (3 nodes x 4 GPUs).
 
-A checkpoint holds the adapter, optimizer, scheduler, RNG states and the data position
-of every rank; a resumed run continues with the next unseen document and ends with the
-same adapter as an uninterrupted one.
+Three parts, as the loop in `train` shows on one screen: `setup` (model, optimizer,
+schedule, data, resume), `train_step` (one optimizer step over its micro-batches) and
+`finish` (save, plot, manifest). A checkpoint holds the adapter, optimizer, schedule,
+counters, and every rank's RNG and data position; a resumed run continues with the next
+unseen document and ends with the same adapter as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -26,88 +26,17 @@ import torch
 import torch.utils.checkpoint
 
 from llamantino import training
-from llamantino.config import setting
+from llamantino.checkpoint import RNG, Checkpoints
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_write_json
 from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+from llamantino.train_settings import QLoraSettings, accumulation
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class QLoraSettings:
-    """Settings of the paper's QLoRA recipe (defaults: SPEC section 1, adaptation row)."""
-
-    model: str = setting("", "base model: local folder or hub name", path_input=True)
-    tokenizer: str = setting("", "tokenizer folder or hub name (default: the model's)", path_input=True)
-    output: str = setting("", "run folder: adapter, tokenizer, checkpoints, logs, manifest.json")
-    max_length: int = setting(1024, "tokens per packed sequence")
-    batch_size: int = setting(8, "sequences per device per optimizer step")
-    gradient_accumulation: int = setting(1, "micro-batches per optimizer step")
-    max_steps: int = setting(25000, "optimizer steps")
-    learning_rate: float = setting(2e-4, "peak learning rate")
-    lr_scheduler: str = setting("linear", "learning-rate decay after warmup", choices=training.SCHEDULES)
-    warmup_ratio: float = setting(0.03, "share of steps spent warming up")
-    weight_decay: float = setting(0.001, "AdamW weight decay")
-    max_grad_norm: float = setting(0.3, "gradient clipping norm")
-    optimizer: str = setting("paged_adamw_32bit", "optimizer (paged variants need a CUDA device)",
-                             choices=training.OPTIMIZERS)
-    lora_r: int = setting(64, "LoRA rank")
-    lora_alpha: int = setting(16, "LoRA alpha")
-    lora_dropout: float = setting(0.1, "LoRA dropout")
-    lora_targets: list[str] = setting([], "LoRA target layers (default: every linear layer of the decoder blocks)")
-    load_in_4bit: bool = setting(True, "quantize the frozen base to 4-bit NF4 (QLoRA)")
-    double_quant: bool = setting(True, "quantize the quantization constants too")
-    compute_dtype: str = setting("auto", "4-bit compute dtype: float16 (the paper), bfloat16, float32, or "
-                                 "auto = float16 on GPU, float32 on CPU", choices=("auto", "float16", "bfloat16", "float32"))
-    gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass (less memory)")
-    loss_chunk_tokens: int = setting(1024, "compute the output layer and loss on target positions only, this "
-                                     "many at a time, never holding all logits (0: the model's own loss)")
-    attn_implementation: str = setting("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2",
-                                                                           "flex_attention"))
-    seed: int = setting(42, "random seed")
-    save_steps: int = setting(500, "checkpoint every N steps", fingerprint=False)
-    save_total_limit: int = setting(2, "checkpoints kept", fingerprint=False)
-    logging_steps: int = setting(10, "log every N steps", fingerprint=False)
-    stop_after_steps: int = setting(0, "stop after N steps in this invocation, with a checkpoint (for job time "
-                                    "limits); continue with --resume", fingerprint=False)
-    threads: int = setting(0, "torch CPU threads (0: torch's default)", fingerprint=False)
-
-    def check_common(self, source):
-        if not self.model:
-            raise LlamantinoError(f"{source}: setting 'model' is required")
-        if not self.output:
-            raise LlamantinoError(f"{source}: setting 'output' is required")
-        for name in ("max_length", "batch_size", "gradient_accumulation", "max_steps", "lora_r"):
-            if getattr(self, name) < 1:
-                raise LlamantinoError(f"{source}: setting '{name}' must be at least 1")
-
-
-def resolve_compute_dtype(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    return "float16" if device.type == "cuda" else "float32"
-
-
-class RowSource:
-    """What a training stage feeds the loop: packed rows, with a resumable position."""
-
-    def next_row(self):  # -> packing.Row | None (None: data exhausted for good)
-        raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
-
-
-def _peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ---------------------------------------------------------------------------------------
+# The model: 4-bit base + LoRA, and its loss
 
 
 def prepare_for_training(model, gradient_checkpointing: bool, compute_dtype: str) -> None:
@@ -135,7 +64,8 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
 
     model = load_causal_lm(base_path or cfg.model, dtype=compute_dtype, load_in_4bit=cfg.load_in_4bit,
                            compute_dtype=compute_dtype, device=str(device),
-                           attn_implementation=cfg.attn_implementation)
+                           attn_implementation=cfg.attn_implementation, quant_type=cfg.quant_type,
+                           double_quant=cfg.double_quant)
     prepare_for_training(model, cfg.gradient_checkpointing, compute_dtype)
     targets = cfg.lora_targets or lora_targets(model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -180,233 +110,259 @@ def _cross_entropy_sum(hidden, weight, targets):
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
-def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, source: RowSource, rank: int,
-                     world: int, extra: dict) -> None:
-    """Write <run>/checkpoints/step-N: every rank its RNG and data state, rank 0 the rest;
-    the folder appears under its final name only when complete."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+class AdapterState:
+    """The LoRA weights as a checkpoint part: rank 0 writes them, every rank reads them."""
 
-    final = training.checkpoint_path(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    if rank == 0:
-        tmp.mkdir(parents=True, exist_ok=True)
-    training.barrier()
-    torch.save(training.rng_state(), tmp / f"rng-rank{rank}.pt")
-    atomic_write_json(tmp / f"data-rank{rank}.json", source.state_dict())
-    if rank == 0:
-        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(state, str(tmp / "adapter_model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "world_size": world, **extra})
-    training.barrier()
-    if rank == 0:
-        os.replace(tmp, final)
-    training.barrier()
+    FILE = "adapter_model.safetensors"
+
+    def __init__(self, model):
+        self.model = model
+
+    def save_to(self, folder: Path, rank: int) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if rank == 0:
+            state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+            save_file(state, str(folder / self.FILE))
+
+    def load_from(self, folder: Path, rank: int) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(str(folder / self.FILE)))
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, source: RowSource, rank: int, world: int) -> dict:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = json.loads((path / "trainer_state.json").read_text())
-    if state["world_size"] != world:
-        raise LlamantinoError(f"{path}: made with {state['world_size']} processes, this run has {world}; "
-                              "resume with the same number of processes")
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    source.load_state_dict(json.loads((path / f"data-rank{rank}.json").read_text()))
-    training.set_rng_state(torch.load(path / f"rng-rank{rank}.pt", weights_only=False))
-    return state
+# ---------------------------------------------------------------------------------------
+# The run: set up, step, finish
 
 
-class _StopRequest:
-    """SIGTERM (what SLURM sends before a time limit) asks for a checkpoint and a clean exit."""
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop touches, made once by `setup`."""
 
-    def __init__(self):
-        self.requested = False
-        try:
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not in the main thread
-            pass
+    kind: str
+    cfg: QLoraSettings
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    tokenizer: object
+    source: object          # packing.RowSource of this rank
+    model: object           # the PEFT model
+    loss: torch.nn.Module   # CausalLMLoss, wrapped in DDP on several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    compute_dtype: str
+    accumulation: int
+    checkpoints: Checkpoints
+    metrics_log: training.MetricsLog
+    progress: training.Progress
+    counters: dict          # step, tokens, real_tokens, world_size: saved in every checkpoint
+    info: dict              # what the manifest reports about the setup
+    recent: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=10))
+    started: float = dataclasses.field(default_factory=time.time)
+    steps_this_run: int = 0
+    real_this_run: int = 0
+    batch_digest: object = None  # sha256 of every batch, with debug_rank_records
 
-    def _handler(self, signum, frame):
-        self.requested = True
+    @property
+    def step(self) -> int:
+        return self.counters["step"]
+
+    def parts(self) -> tuple[dict, dict]:
+        """The checkpoint's shared parts and this rank's own."""
+        return ({"adapter": AdapterState(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                 "trainer": self.counters}, {"data": self.source, "rng": RNG})
 
 
-def train(kind: str, cfg: QLoraSettings, make_source, *, overwrite: bool, resume: bool, tokenizer,
-          make_base=None, inputs=(), prepare_tokenizer=None, extra_metrics=None) -> dict:
+def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: bool = False, resume: bool = False,
+          inputs=(), base_model=None) -> dict:
     """Run a QLoRA stage from start (or its latest checkpoint) to `max_steps`.
 
-    `make_source(rank, world)` returns the RowSource of this rank. `make_base()`, if given,
+    `make_source(rank, world)` returns this rank's RowSource; `base_model()`, if given,
     runs on rank 0 once the run folder is claimed and returns the folder the 4-bit base is
-    loaded from instead of `cfg.model` (sft merges a language adapter first). Returns the
-    stage summary.
+    loaded from instead of `cfg.model` (sft merges a language adapter first).
     """
-    from torch.nn.parallel import DistributedDataParallel
-
-    from llamantino.packing import collate
-
     rank, world, device = training.init_distributed()
     run_dir = Path(cfg.output)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    # Decide fresh / resume / done before anything is written; rank 0 owns the folder.
     # A refusal on rank 0 reaches every rank (none is left waiting in a collective).
     state = training.on_rank0(lambda: prepare_output(run_dir, kind, cfg, overwrite=overwrite, resume=resume))
     if state == "complete":
         metrics = read_manifest(run_dir)["metrics"]
         return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
-    checkpoint = training.latest_checkpoint(run_dir) if state == "resume" else None
-    # Data first: a corpus that yields nothing fails before anything is written.
+    t = setup(kind, cfg, make_source, tokenizer, resume_from=state == "resume", base_model=base_model,
+              rank=rank, world=world, device=device)
+    stop = training.StopRequest()
+    while t.step < cfg.max_steps:
+        if not train_step(t):
+            raise LlamantinoError(f"the data ran out at step {t.step} of {cfg.max_steps}: it yields no more rows")
+        want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= t.steps_this_run
+        if t.step < cfg.max_steps and (want_stop or (cfg.save_steps and t.step % cfg.save_steps == 0)):
+            t.checkpoints.save(t.step, *t.parts())
+        if want_stop and t.step < cfg.max_steps:
+            return stopped(t)
+    return finish(t, inputs)
+
+
+def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from: bool, base_model, rank: int,
+          world: int, device: torch.device) -> Trainer:
+    """Data, model, optimizer and schedule; the latest checkpoint loaded when resuming."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accum = accumulation(cfg, world)
+    # Data first: a corpus that yields nothing fails before the folder is claimed.
     source = make_source(rank, world)
-    if rank == 0:
-        start_run(run_dir, kind, cfg)
-    base_path = _broadcast_object(make_base() if (make_base and rank == 0) else None, rank, world)
-    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    training.on_rank0(lambda: start_run(cfg.output, kind, cfg) if not resume_from else None)
+    base_path = training.on_rank0(base_model) if base_model else None
+    compute_dtype = training.resolve_compute_dtype(cfg.compute_dtype, device)
     training.seed_all(cfg.seed)
     model, targets = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
     optimizer, optimizer_used = training.make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate,
                                                         cfg.weight_decay, device)
-    warmup = training.warmup_steps(cfg.warmup_ratio, cfg.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_lambda(cfg.lr_scheduler, warmup,
-                                                                                cfg.max_steps))
-    step, tokens_seen, real_seen, positions_seen = 0, 0, 0, 0
-    if checkpoint is not None:
-        st = _load_checkpoint(checkpoint[1], model, optimizer, scheduler, source, rank, world)
-        step = st["step"]
-        tokens_seen, real_seen, positions_seen = st["tokens_seen"], st["real_seen"], st["positions_seen"]
-        log.info("resumed from %s (step %d)", checkpoint[1], step)
-    if prepare_tokenizer is not None and rank == 0:
-        prepare_tokenizer(tokenizer)
-    loss_module = CausalLMLoss(model, cfg.loss_chunk_tokens)
-    ddp = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None,
-                                  init_sync=False) if world > 1 else loss_module
-    use_autocast = device.type == "cuda" and compute_dtype in ("float16", "bfloat16")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_autocast and compute_dtype == "float16")
-    metrics_log = training.MetricsLog(run_dir, resume_step=step, enabled=rank == 0)
-    progress = training.Progress(cfg.max_steps, initial=step, enabled=rank == 0, desc=kind)
-    stop = _StopRequest()
-    pad_id = tokenizer.pad_token_id
-    started, steps_this_run, real_this_run, last_loss = time.time(), 0, 0, float("nan")
-    losses: list[float] = []
-    data_digest, rows_this_run = hashlib.sha256(), 0
+    scheduler = training.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
+    counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
+    checkpoints = Checkpoints(cfg.output, rank=rank, world=world, keep=cfg.save_total_limit)
+    t = Trainer(kind=kind, cfg=cfg, rank=rank, world=world, device=device, run_dir=Path(cfg.output),
+                tokenizer=tokenizer, source=source, model=model, loss=CausalLMLoss(model, cfg.loss_chunk_tokens),
+                optimizer=optimizer, scheduler=scheduler, compute_dtype=compute_dtype, accumulation=accum,
+                scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and compute_dtype == "float16"),
+                checkpoints=checkpoints, metrics_log=None, progress=None, counters=counters,
+                info={"lora_targets": targets, "optimizer": optimizer_used,
+                      "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      "parameters": sum(p.numel() for p in model.parameters())},
+                batch_digest=hashlib.sha256() if cfg.debug_rank_records else None)
+    found = checkpoints.latest() if resume_from else None
+    if found:
+        shared, own = t.parts()
+        checkpoints.load(found[1], shared, own)
+        if counters["world_size"] != world:
+            raise LlamantinoError(f"{found[1]}: made with {counters['world_size']} processes, this run has {world}; "
+                                  "resume with the same number of processes")
+        log.info("resumed from %s (step %d)", found[1], t.step)
+    if world > 1:
+        t.loss = DistributedDataParallel(t.loss, device_ids=[device.index] if device.type == "cuda" else None,
+                                         init_sync=False)
+    t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.step, enabled=rank == 0)
+    t.progress = training.Progress(cfg.max_steps, initial=t.step, enabled=rank == 0, desc=kind)
     model.train()
-    exhausted = False
-    while step < cfg.max_steps:
-        micro = []
-        for _ in range(cfg.gradient_accumulation):
-            rows = []
-            for _ in range(cfg.batch_size):
-                row = source.next_row()
-                if row is None:
-                    break
-                rows.append(row)
-            if not rows:
-                exhausted = True
-                break
-            micro.append(collate(rows, cfg.max_length, pad_id))
-        if exhausted:
-            break
+    return t
+
+
+def train_step(t: Trainer) -> bool:
+    """One optimizer step over `accumulation` micro-batches of `batch_size` rows; False when
+    the data are exhausted. The loss is normalised by the target tokens of the whole step."""
+    from llamantino.packing import collate
+
+    cfg = t.cfg
+    micro = []
+    for _ in range(t.accumulation):
+        rows = _take(t.source, cfg.batch_size)
+        if not rows:
+            return False
+        micro.append(collate(rows, cfg.max_length, t.tokenizer.pad_token_id))
+    if t.batch_digest is not None:
         for b in micro:
-            data_digest.update(b.input_ids.numpy().tobytes())
-            rows_this_run += b.input_ids.shape[0]
-        n_targets = sum(b.target_tokens for b in micro)
-        loss_sum = 0.0
-        for i, batch in enumerate(micro):
-            sync = i == len(micro) - 1
-            ctx = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(device.type, dtype=getattr(torch, compute_dtype), enabled=use_autocast):
-                loss = ddp(batch.input_ids.to(device), batch.position_ids.to(device), batch.labels.to(device),
-                           torch.tensor(max(1, n_targets), device=device))
-            scaler.scale(loss).backward()
-            loss_sum += float(loss.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        steps_this_run += 1
-        # loss_sum is the token-mean loss of this rank's batch; average over ranks.
-        last_loss = training.all_reduce_sum(loss_sum, device) / world
-        losses.append(last_loss)
-        batch_tokens = int(training.all_reduce_sum(sum(b.positions for b in micro), device))
-        batch_real = int(training.all_reduce_sum(sum(b.real_tokens for b in micro), device))
-        tokens_seen += batch_tokens
-        real_seen += batch_real
-        real_this_run += batch_real
-        positions_seen += batch_tokens
-        rate = progress.update(batch_real, last_loss, lr)
-        if step % cfg.logging_steps == 0 or step == cfg.max_steps or step == 1:
-            metrics_log.log(step, loss=last_loss, lr=lr, grad_norm=grad_norm, tokens=tokens_seen,
-                            tokens_per_s=rate, elapsed_s=round(time.time() - started, 2))
-        # Every rank must stop at the same step (a SIGTERM reaches them at different times).
-        want_stop = training.all_reduce_sum(float(stop.requested), device) > 0 or (
-            cfg.stop_after_steps and steps_this_run >= cfg.stop_after_steps)
-        if (step % cfg.save_steps == 0 or want_stop) and step < cfg.max_steps:
-            _save_checkpoint(run_dir, step, model, optimizer, scheduler, source, rank, world,
-                             {"tokens_seen": tokens_seen, "real_seen": real_seen, "positions_seen": positions_seen})
-            if rank == 0:
-                training.prune_checkpoints(run_dir, cfg.save_total_limit)
-        if want_stop and step < cfg.max_steps:
-            progress.close()
-            metrics_log.close()
-            if rank == 0:
-                log.info("stopped at step %d with a checkpoint; continue with --resume", step)
-            return {"status": f"stopped at step {step}", "headline": {"step": step}, "metrics": {"step": step}}
-    progress.close()
-    metrics_log.close()
-    if exhausted:
-        raise LlamantinoError(f"the data ran out at step {step} of {cfg.max_steps}: it yields no more rows")
-    elapsed = time.time() - started
+            t.batch_digest.update(b.input_ids.numpy().tobytes())
+    n_targets = torch.tensor(max(1, sum(b.target_tokens for b in micro)), device=t.device)
+    autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
+                              enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
+    loss_sum = 0.0
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1
+        sync = t.loss.no_sync() if (t.world > 1 and not last) else contextlib.nullcontext()
+        with sync, autocast:
+            loss = t.loss(batch.input_ids.to(t.device), batch.position_ids.to(t.device),
+                          batch.labels.to(t.device), n_targets)
+        t.scaler.scale(loss).backward()
+        loss_sum += float(loss.detach())
+    t.scaler.unscale_(t.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf")))
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.optimizer.zero_grad(set_to_none=True)
+    lr = t.scheduler.get_last_lr()[0]
+    t.scheduler.step()
+    # loss_sum is the token-mean loss of this rank's batch; average over ranks.
+    loss = training.all_reduce_sum(loss_sum, t.device) / t.world
+    tokens = int(training.all_reduce_sum(sum(b.positions for b in micro), t.device))
+    real = int(training.all_reduce_sum(sum(b.real_tokens for b in micro), t.device))
+    t.counters.update(step=t.step + 1, tokens=t.counters["tokens"] + tokens,
+                      real_tokens=t.counters["real_tokens"] + real)
+    t.steps_this_run += 1
+    t.real_this_run += real
+    t.recent.append(loss)
+    rate = t.progress.update(real, loss, lr)
+    if t.step % cfg.logging_steps == 0 or t.step == cfg.max_steps or t.step == 1:
+        t.metrics_log.log(t.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=t.counters["tokens"],
+                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 2))
+    return True
+
+
+def _take(source, n: int) -> list:
+    rows = []
+    while len(rows) < n and (row := source.next_row()) is not None:
+        rows.append(row)
+    return rows
+
+
+def stopped(t: Trainer) -> dict:
+    t.progress.close()
+    t.metrics_log.close()
+    if t.rank == 0:
+        log.info("stopped at step %d with a checkpoint; continue with --resume", t.step)
+    return {"status": f"stopped at step {t.step}", "headline": {"step": t.step}, "metrics": {"step": t.step}}
+
+
+def finish(t: Trainer, inputs) -> dict:
+    """Save the adapter and tokenizer, the loss plot and the manifest (last)."""
+    t.progress.close()
+    t.metrics_log.close()
+    elapsed = time.time() - t.started
     metrics = {
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "real_token_share": real_seen / max(1, positions_seen),
-        "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else float("nan"),
-        "tokens_per_s": real_this_run / max(1e-9, elapsed),
+        "steps": t.step,
+        "tokens_seen": t.counters["tokens"],
+        "real_token_share": t.counters["real_tokens"] / max(1, t.counters["tokens"]),
+        "final_loss": sum(t.recent) / len(t.recent) if t.recent else float("nan"),
+        "tokens_per_s": t.real_this_run / max(1e-9, elapsed),
         "train_seconds": round(elapsed, 1),
-        "world_size": world,
-        "trainable_parameters": trainable,
-        "parameters": total,
-        "lora_targets": targets,
-        "optimizer": optimizer_used,
-        "compute_dtype": compute_dtype,
-        "device": device.type,
-        "peak_memory_mb": round(_peak_memory_mb(device), 1),
-        **(extra_metrics(source) if extra_metrics else {}),
+        "world_size": t.world,
+        "gradient_accumulation": t.accumulation,
+        "effective_batch_size": t.cfg.batch_size * t.accumulation * t.world,
+        **t.info,
+        "compute_dtype": t.compute_dtype,
+        "device": t.device.type,
+        "peak_memory_mb": round(training.peak_memory_bytes(t.device) / 2**20, 1),
+        **t.source.metrics(),
     }
-    # Per-rank record: what this rank trained on and what it ended with (identical
-    # adapters across ranks are what DDP guarantees; different data is what sharding does).
-    (run_dir / "ranks").mkdir(exist_ok=True)
-    atomic_write_json(run_dir / "ranks" / f"rank{rank}.json", {
-        "rank": rank, "world_size": world, "rows": rows_this_run, "data_sha256": data_digest.hexdigest(),
-        "adapter_sha256": _adapter_digest(model)})
+    if t.batch_digest is not None:
+        _write_rank_record(t)
     training.barrier()
-    if rank == 0:
-        model.save_pretrained(run_dir)
-        tokenizer.save_pretrained(run_dir)
-        training.plot_loss(run_dir, title=f"{kind}: {Path(cfg.model).name}")
-        write_manifest(run_dir, kind, cfg, inputs=describe_inputs(inputs), metrics=metrics)
+    if t.rank == 0:
+        t.model.save_pretrained(t.run_dir)
+        t.tokenizer.save_pretrained(t.run_dir)
+        training.plot_loss(t.run_dir, title=f"{t.kind}: {Path(t.cfg.model).name}")
+        write_manifest(t.run_dir, t.kind, t.cfg, inputs=describe_inputs(inputs), metrics=metrics)
     training.barrier()
     return {"status": "done", "headline": _headline(metrics), "metrics": metrics}
 
 
-def _adapter_digest(model) -> str:
+def _write_rank_record(t: Trainer) -> None:
+    """ranks/rankR.json: what this rank trained on and the adapter it ended with (identical
+    adapters across ranks are what DDP guarantees; different data is what sharding does)."""
     from peft import get_peft_model_state_dict
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(get_peft_model_state_dict(model).items()):
+    for name, tensor in sorted(get_peft_model_state_dict(t.model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    (t.run_dir / "ranks").mkdir(exist_ok=True)
+    atomic_write_json(t.run_dir / "ranks" / f"rank{t.rank}.json", {
+        "rank": t.rank, "world_size": t.world, "steps": t.step, "data_sha256": t.batch_digest.hexdigest(),
+        "adapter_sha256": digest.hexdigest()})
 
 
 def _headline(m: dict) -> dict:
@@ -414,11 +370,3 @@ def _headline(m: dict) -> dict:
     if m.get("real_token_share") is not None:
         out["real_tokens"] = f"{100 * m['real_token_share']:.1f}%"
     return out
-
-
-def _broadcast_object(obj, rank: int, world: int):
-    if world == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]

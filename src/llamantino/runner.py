@@ -69,10 +69,21 @@ def stage_config(kind: str, args: argparse.Namespace, positional=()):
 def run_stage_command(kind: str, args: argparse.Namespace, positional=()) -> int:
     module = stage_module(kind)
     cfg = stage_config(kind, args, positional)
-    summary = module.run(cfg, overwrite=args.overwrite, resume=getattr(args, "resume", False))
+    try:
+        summary = module.run(cfg, overwrite=args.overwrite, resume=getattr(args, "resume", False))
+    finally:
+        _end_process_group()
     if summary is not None and os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     return 0
+
+
+def _end_process_group() -> None:
+    """Leave torchrun's process group cleanly (torch warns at exit otherwise). Only a stage
+    that trained has imported torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------

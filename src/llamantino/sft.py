@@ -20,10 +20,12 @@ from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
-from llamantino.qlora import QLoraSettings, RowSource, train
+from llamantino.packing import RowSource
+from llamantino.train_settings import QLoraSettings
 from llamantino.records import CONVERSATION_FORMATS
 
 KIND = "sft"
+RESUMABLE = True  # the command takes --resume
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +99,10 @@ class ExampleRows(RowSource):
         self.counts = dict(state["counts"])
         self.examples = self._examples()
 
+    def metrics(self) -> dict:
+        return {**self.counts, "conversations_read": self.stream.count, "data_epochs": self.stream.epoch,
+                "formats": sorted(set(self.formats.values()))}
+
 
 def merged_base(cfg: Config) -> str:
     """The base with the language adapter merged in, cached inside the run folder."""
@@ -144,26 +150,11 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         next(probe.examples, None)
         return rows
 
-    def extra_metrics(rows):
-        return {**rows.counts, "conversations_read": rows.stream.count, "data_epochs": rows.stream.epoch,
-                "formats": sorted(set(rows.formats.values()))}
+    from llamantino.qlora import train
 
     summary = train(KIND, cfg, make_source, overwrite=overwrite, resume=resume, tokenizer=tokenizer,
-                    make_base=(lambda: merged_base(cfg)) if cfg.adapter else None, inputs=sources,
-                    prepare_tokenizer=set_chat_template, extra_metrics=extra_metrics)
+                    base_model=(lambda: merged_base(cfg)) if cfg.adapter else None, inputs=sources)
     if summary["status"] == "done" and dist_env()[0] == 0:
         # The merged base is a full copy of the model: only needed while training.
         shutil.rmtree(Path(cfg.output) / "merged-base", ignore_errors=True)
     return summary
-
-
-def add_arguments(parser):
-    from llamantino.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND, resume=True)
-
-
-def main(args) -> int:
-    from llamantino.runner import run_stage_command
-
-    return run_stage_command(KIND, args)

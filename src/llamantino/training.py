@@ -11,8 +11,7 @@ import logging
 import math
 import os
 import random
-import re
-import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from llamantino.errors import LlamantinoError
+from llamantino.train_settings import OPTIMIZERS, SCHEDULES  # noqa: F401  (named here too)
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,19 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------
 # Schedules and optimizers
 
-SCHEDULES = ("linear", "cosine", "constant")
-OPTIMIZERS = ("paged_adamw_32bit", "adamw_torch", "adamw_8bit")
+def resolve_compute_dtype(name: str, device: torch.device) -> str:
+    """`auto`: bfloat16 on a GPU that has it (float16 overflows in Gemma and others), float16 on
+    an older GPU, float32 on CPU (where bfloat16 matmuls are many times slower)."""
+    if name != "auto":
+        return name
+    if torch.device(device).type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def make_scheduler(optimizer, schedule: str, warmup_ratio: float, total: int):
+    """Linear warmup over ceil(ratio x total) steps, then the schedule's decay to 0."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, warmup_steps(warmup_ratio, total), total))
 
 
 def warmup_steps(ratio: float, total: int) -> int:
@@ -175,35 +186,6 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, device: to
         log.warning("optimizer %s needs a CUDA device; using torch AdamW (same update rule) on %s",
                     name, device.type)
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), "adamw_torch"
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoint folders: <run>/checkpoints/step-000123, each written atomically
-
-_CKPT = re.compile(r"^step-(\d+)$")
-
-
-def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir) -> tuple[int, Path] | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def checkpoint_path(run_dir, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
-
-
-def prune_checkpoints(run_dir, keep: int) -> None:
-    found = list_checkpoints(run_dir)
-    for _, path in found[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,3 +285,21 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class StopRequest:
+    """SIGTERM (what SLURM sends before a time limit) asks for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not in the main thread
+            pass
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, device) -> bool:
+        # Every rank must stop at the same step (a SIGTERM reaches them at different times).
+        return all_reduce_sum(float(self.requested), device) > 0
