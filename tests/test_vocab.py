@@ -105,6 +105,24 @@ def test_learner_stops_when_no_pair_is_frequent_enough():
     assert merges == [("a", "b"), ("ab", "c")]
 
 
+def test_tokenizer_families_from_tokenizer_json():
+    from llamantino.vocab import BYTE_LEVEL, SENTENCEPIECE, tokenizer_family
+
+    bpe = {"type": "BPE", "vocab": {}, "merges": []}
+    llama3 = {"model": bpe, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "x"}}, {"type": "ByteLevel", "add_prefix_space": False}]}}
+    llama2_legacy = {"model": {**bpe, "byte_fallback": True}, "pre_tokenizer": None, "normalizer": {
+        "type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}}
+    mistral = {"model": bpe, "pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}}
+    assert tokenizer_family(llama3, "t") == BYTE_LEVEL
+    assert tokenizer_family(llama2_legacy, "t") == tokenizer_family(mistral, "t") == SENTENCEPIECE
+    with pytest.raises(LlamantinoError, match="tokenizer type BPE with pre-tokenizer Whitespace is not supported"):
+        tokenizer_family({"model": bpe, "pre_tokenizer": {"type": "Whitespace"}}, "t")
+    with pytest.raises(LlamantinoError, match="tokenizer type WordLevel is not supported"):
+        tokenizer_family({"model": {"type": "WordLevel", "vocab": {}}}, "t")
+
+
 # ---------------------------------------------------------------------------------------
 # Byte-level BPE (the demo's tokenizer family)
 
@@ -224,8 +242,10 @@ def sentencepiece_model(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
     shutil.copy(root / "spm" / "tokenizer.model", base / "tokenizer.model")
+    corpus = root / "it_train.jsonl"  # JSON lines with the text under another field
+    corpus.write_text("".join(json.dumps({"body": text}) + "\n" for text in paragraphs(IT_TRAIN)), encoding="utf-8")
     out = root / "extended"
-    _, report = extend(base, out, add_tokens=200)
+    _, report = extend(base, out, add_tokens=200, data=[str(corpus)], text_field="body")
     return base, out, report
 
 
@@ -331,7 +351,8 @@ def test_pad_to_multiple_of_rounds_the_matrix_up(reserved_model, tmp_path):
     from transformers import AutoConfig
 
     out = tmp_path / "extended"
-    _, report = extend(reserved_model, out, add_tokens=100, pad_to_multiple_of=64)
+    _, report = extend(reserved_model, out, add_tokens=100, pad_to_multiple_of=64, max_documents=40)
+    assert report["corpus"]["documents"] == 40
     assert report["embedding_rows_after"] == 640 and AutoConfig.from_pretrained(out).vocab_size == 640
     before, after = state_dict(reserved_model), state_dict(out)
     weight = after["model.embed_tokens.weight"]
@@ -395,3 +416,13 @@ def test_a_source_that_yields_nothing(tiny_model_dir, tmp_path, content):
 def test_eval_data_needs_a_name(tiny_model_dir, tmp_path):
     with pytest.raises(LlamantinoError, match="expected NAME=PATH"):
         extend(tiny_model_dir, tmp_path / "out", eval_data=[str(IT_HELDOUT)])
+
+
+def test_a_tokenizer_larger_than_the_embedding_matrix(tiny_model_dir, reserved_model, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", folder / "config.json")  # 512 rows
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(reserved_model / name, folder / name)  # ids up to 515
+    with pytest.raises(LlamantinoError, match="has 512 embedding rows but its tokenizer uses ids up to 515"):
+        extend(folder, tmp_path / "out", add_tokens=5)

@@ -468,53 +468,68 @@ def learn_tokens(cfg: Config, tokenizer, family: str) -> dict:
 
 def extend_vocabulary(folder: Path, cfg: Config) -> dict:
     """Do the work of the stage into the existing folder `folder`; returns the report."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llamantino.modeling import check_model_source
 
     t0 = time.time()
     source = check_model_source(cfg.model)
     tokenizer = load_tokenizer(source)
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    family = tokenizer_family(state, source)
+    family = tokenizer_family(json.loads(tokenizer.backend_tokenizer.to_str()), source)
+    first_id = max(tokenizer.get_vocab().values()) + 1
+    check_embedding_rows(source, first_id)
     held_out = {name: list(read_documents(paths)) for name, paths in eval_sets(cfg.eval_data).items()}
     learnt = learn_tokens(cfg, tokenizer, family)
-    old_vocab = tokenizer.get_vocab()
-    first_id = max(old_vocab.values()) + 1
     new_tokens = learnt["tokens"]
     log.info("vocab: %d tokens learnt (%s), ids %d-%d", len(new_tokens), family, first_id,
              first_id + len(new_tokens) - 1)
     new_state = extended_state(learnt["state"], family, new_tokens, learnt["merges"], first_id)
-    sentencepiece, sentencepiece_note = _sentencepiece_update(source, family, old_vocab, new_tokens, first_id)
-
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
-    rows = model.get_input_embeddings().weight.shape[0]
-    if rows < first_id:
-        raise LlamantinoError(f"{source}: the model has {rows} embedding rows but its tokenizer uses ids up to "
-                              f"{first_id - 1}")
+    sentencepiece, note = _sentencepiece_update(source, family, tokenizer.get_vocab(), new_tokens, first_id)
     pieces = [[t.id for t in tokenizer.backend_tokenizer.model.tokenize(token)] for token in new_tokens]
-    embeddings = extend_embeddings(model, pieces, first_id, first_id, cfg.pad_to_multiple_of)
-    model.save_pretrained(folder, max_shard_size=cfg.max_shard_size)
+    model_figures = save_model(folder, source, pieces, first_id, cfg)
     save_tokenizer(folder, tokenizer, new_state, sentencepiece)
-
     new_tok = AutoTokenizer.from_pretrained(folder)
-    check_ids(old_vocab, new_tok.get_vocab(), new_tokens, first_id, folder)
-    new_ids = range(first_id, first_id + len(new_tokens))
-    evaluation, used = {}, set()
-    for name, texts in held_out.items():
-        evaluation[name], seen = compare_on(name, texts, tokenizer, new_tok, new_ids)
-        used |= seen
-    report = {
+    check_ids(tokenizer.get_vocab(), new_tok.get_vocab(), new_tokens, first_id, folder)
+    evaluation, used = evaluate(held_out, tokenizer, new_tok, range(first_id, first_id + len(new_tokens)))
+    return {
         "tokens_added": len(new_tokens), "tokenizer_family": family, "first_new_id": first_id,
-        "vocab_size_before": len(tokenizer), "vocab_size_after": len(new_tok), **embeddings,
-        "dtype": str(model.dtype).removeprefix("torch."), "min_frequency": cfg.min_frequency,
-        "corpus": learnt["corpus"], "eval": evaluation,
-        "new_tokens_used": len(used) if held_out else None, "sentencepiece_model": sentencepiece_note,
-        "seconds": round(time.time() - t0, 1),
+        "vocab_size_before": len(tokenizer), "vocab_size_after": len(new_tok), **model_figures,
+        "min_frequency": cfg.min_frequency, "corpus": learnt["corpus"], "eval": evaluation,
+        "new_tokens_used": used, "sentencepiece_model": note, "seconds": round(time.time() - t0, 1),
         "new_tokens": [{"id": first_id + k, "token": token, "text": new_tok.convert_tokens_to_string([token]),
                         "init_from": pieces[k]} for k, token in enumerate(new_tokens)],
     }
-    return report
+
+
+def check_embedding_rows(source: str, first_id: int) -> None:
+    from llamantino.modeling import load_config
+
+    rows = getattr(load_config(source).get_text_config(), "vocab_size", None)
+    if rows is not None and rows < first_id:
+        raise LlamantinoError(f"{source}: the model has {rows} embedding rows but its tokenizer uses ids up to "
+                              f"{first_id - 1}")
+
+
+def save_model(folder: Path, source: str, pieces: list[list[int]], first_id: int, cfg: Config) -> dict:
+    """Load the model in its own dtype, give it the new embedding rows, save it into `folder`."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    except (OSError, ValueError) as exc:
+        raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    figures = extend_embeddings(model, pieces, first_id, first_id, cfg.pad_to_multiple_of)
+    model.save_pretrained(folder, max_shard_size=cfg.max_shard_size)
+    return {**figures, "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+def evaluate(held_out: dict, old_tok, new_tok, new_ids: range) -> tuple[dict, int | None]:
+    """Figures per held-out set, and how many distinct new tokens they use (None without sets)."""
+    evaluation, used = {}, set()
+    for name, texts in held_out.items():
+        evaluation[name], seen = compare_on(name, texts, old_tok, new_tok, new_ids)
+        used |= seen
+    return evaluation, len(used) if held_out else None
 
 
 def _sentencepiece_update(source, family, old_vocab, new_tokens, first_id) -> tuple[bytes | None, str]:
