@@ -12,7 +12,7 @@ extended tokenizer is measured on the bundled Italian held-out text (`it_heldout
 never learnt from) and, to see what English loses or gains, on `en_heldout.txt`:
 
 * bundled: the project's Italian text (`it_train.txt`, the mC4 sample, the Dolly and chat
-  samples), about 0.2 MB. It supports about 3k new tokens at min_frequency 2; larger sizes
+  samples), about 0.2 MB. It supports about 5k new tokens at min_frequency 2; larger sizes
   are reported as what it supports.
 * generated: --corpus-mb of Italian (4 MB by default), half the bundled text repeated, half
   generated sentences built from templates around the verbs of the bundled text, conjugated

@@ -304,17 +304,28 @@ def test_sentencepiece_tied_embeddings_grow_as_one_matrix(sentencepiece_model):
 # Reserved special tokens after the vocabulary, padded matrices, dtype
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 @pytest.fixture(scope="module")
 def reserved_model(tmp_path_factory, tiny_tokenizer):
-    """Llama 3's shape in small: special tokens reserved after the BPE vocabulary, and (like
-    Qwen) an embedding matrix padded beyond the tokenizer; bfloat16 weights."""
-    import copy
-
+    """Llama 3's shape in small: its pre-tokenizer (regex split, then bytes) and ignore_merges,
+    special tokens reserved after the BPE vocabulary, and (like Qwen) an embedding matrix
+    padded beyond the tokenizer; bfloat16 weights."""
     import torch
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     from llamantino.demo_base import build_model
 
-    tokenizer = copy.deepcopy(tiny_tokenizer)
+    state = json.loads(tiny_tokenizer.backend_tokenizer.to_str())
+    state["model"]["ignore_merges"] = True
+    state["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)), bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>", clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": [f"<|reserved_{i}|>" for i in range(4)]})
     assert tokenizer.convert_tokens_to_ids("<|reserved_3|>") == 515
     model = build_model(tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
@@ -335,6 +346,8 @@ def test_new_ids_follow_reserved_tokens_and_use_spare_rows(reserved_model, tmp_p
     new = AutoTokenizer.from_pretrained(out)
     assert report["first_new_id"] == 516 and len(new) == 566
     assert new("<|reserved_2|>", add_special_tokens=False)["input_ids"] == [514]
+    assert report["eval"]["it"]["after"]["round_trip_exact"] == report["eval"]["it"]["documents"]
+    assert report["eval"]["it"]["new_tokens_used"] > 20
     assert report["embedding_rows_before"] == report["embedding_rows_after"] == 576
     before, after = state_dict(reserved_model), state_dict(out)
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
