@@ -228,6 +228,11 @@ def training_comparison(base: Path, extended: Path, steps: int) -> dict:
     token, compares models with different tokenizers. Until `adapt` can train the embedding
     rows, adapting the extended model would leave its new rows at their initial means, which
     measures nothing worth printing, so this refuses."""
+    require_train_embeddings()
+    raise SystemExit("bench_vocab: `adapt --train-embeddings` exists now: wire training_comparison to it")
+
+
+def require_train_embeddings() -> None:
     import dataclasses
 
     from llamantino.adapt import Config as AdaptConfig
@@ -235,7 +240,6 @@ def training_comparison(base: Path, extended: Path, steps: int) -> dict:
     if "train_embeddings" not in {f.name for f in dataclasses.fields(AdaptConfig)}:
         raise SystemExit("bench_vocab: the training comparison needs `llamantino adapt --train-embeddings`, "
                          "which this version does not have yet; run without --training")
-    raise SystemExit("bench_vocab: `adapt --train-embeddings` exists now: wire training_comparison to it")
 
 
 def main(argv=None) -> int:
@@ -246,6 +250,8 @@ def main(argv=None) -> int:
     parser.add_argument("--base", type=Path, help="model folder with the demo tokenizer (default: built here)")
     parser.add_argument("--training", action="store_true", help="also run the training comparison")
     args = parser.parse_args(argv)
+    if args.training:
+        require_train_embeddings()  # before minutes of work, not after
     with tempfile.TemporaryDirectory(prefix="bench-vocab-") as tmp:
         work = Path(tmp)
         base = args.base or demo_base(work / "base")
