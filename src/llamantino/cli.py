@@ -42,6 +42,7 @@ COMMANDS = {
     "diff apply": ("llamantino.weightdiff", "rebuild a checkpoint from its base and a weight difference"),
     "build": ("llamantino.build", "rebuild one of the ten released models from its chain"),
     "release": ("llamantino.release", "package a trained run as it is published (adapter or weight difference)"),
+    "vocab extend": ("llamantino.vocab", "add target-language tokens to a model's vocabulary, with initialised embeddings"),
 }
 
 
