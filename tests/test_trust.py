@@ -186,6 +186,32 @@ stages:
 
 
 # ---------------------------------------------------------------------------------------
+# Recipes: every malformed one is one line
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"name: x\nstages:\n  adapt: [1, 2]\n", "stage 'adapt': expected a mapping of settings, got list"),
+    (b"name: x\nstages:\n  adapt: hello\n", "stage 'adapt': expected a mapping of settings, got str"),
+    (b"name: x\nrun_dir: ${run_dir}/x\nstages:\n  bpb: {model: m, data: [d]}\n", "run_dir refers to itself"),
+    (b"name: x\nstages:\n  ..: {kind: bpb, model: m, data: [d]}\n", "stage name '..': use letters, digits and _"),
+    (b"name: x\ndescription: caf\xe9\nstages:\n  bpb: {model: m, data: [d]}\n", ":2: not UTF-8 text (byte 24"),
+])
+def test_malformed_recipes_are_one_line(tmp_path, capsys, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(text)
+    assert cli(["config", "show", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+
+
+@pytest.mark.parametrize("override, message", [("adapt=5", "'adapt' is a section"),
+                                               ("release=x", "'release' is a section")])
+def test_set_of_a_whole_section_is_one_line(capsys, override, message):
+    assert cli(["config", "show", "demo", "--set", override]) == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
 # Settings out of range fail up front
 
 

@@ -141,6 +141,7 @@ def recipe_path(name_or_path: str) -> Path:
                           "`llamantino config list` shows the bundled ones")
 
 
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _REF = re.compile(r"\$\{([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?\}")
 
 
@@ -184,10 +185,7 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
     and may also hold top-level keys such as run_dir.
     """
     path = recipe_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise LlamantinoError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise LlamantinoError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     for key in raw:
@@ -196,12 +194,17 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
     overrides = dict(overrides or {})
     stage_over = overrides.pop("stages", {})
     for key in list(overrides):
+        value = overrides.pop(key)
         if key in ("run_dir", "name", "description"):
-            raw[key] = overrides.pop(key)
+            raw[key] = value
+        elif not isinstance(value, dict):
+            example = "release.license=apache-2.0" if key == "release" else f"{key}.max_steps=10"
+            raise LlamantinoError(f"--set {key}={value}: '{key}' is a section, give one of its settings "
+                                  f"(e.g. --set {example})")
         elif key == "release":
-            raw["release"] = _merge(raw.get("release") or {}, overrides.pop(key))
+            raw["release"] = _merge(raw.get("release") or {}, value)
         else:
-            stage_over[key] = overrides.pop(key)
+            stage_over[key] = value
     if run_dir:
         raw["run_dir"] = run_dir
     name = str(raw.get("name") or path.stem)
@@ -214,9 +217,17 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
                                   f"{closest(stage_name, stages_raw)}; stages: {', '.join(stages_raw)}")
     context: dict = {"name": name, "run_dir": str(raw.get("run_dir") or f"runs/{name}"), "stages": {},
                      "data_dir": str(DATA_DIR)}
+    if "${run_dir}" in context["run_dir"]:
+        raise LlamantinoError(f"{path}: run_dir refers to itself (${{run_dir}}); give a folder")
     context["run_dir"] = _interpolate(context["run_dir"], context, f"{path}: run_dir")
     stages = []
     for stage_name, settings in stages_raw.items():
+        if not isinstance(stage_name, str) or not _STAGE_NAME.match(stage_name):
+            raise LlamantinoError(f"{path}: stage name {stage_name!r}: use letters, digits and _ only "
+                                  "(it names the stage's output folder and its ${NAME.setting} references)")
+        if settings is not None and not isinstance(settings, dict):
+            raise LlamantinoError(f"{path}: stage '{stage_name}': expected a mapping of settings, "
+                                  f"got {type(settings).__name__}")
         settings = dict(settings or {})
         settings = _merge(settings, stage_over.get(stage_name, {}))
         kind = str(settings.pop("kind", stage_name))
@@ -232,13 +243,25 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
                   release=release, stages=stages, source=str(path))
 
 
+def _read_yaml(path: Path):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise LlamantinoError(f"{path}:{line}: not UTF-8 text (byte {exc.start} of the file)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LlamantinoError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+
+
 def read_release(name_or_path: str) -> ReleaseInfo:
     """Only the `release` section of a recipe (for `build`, which runs no stage)."""
     path = recipe_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise LlamantinoError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise LlamantinoError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     return build_config(ReleaseInfo, raw.get("release") or {}, f"{path}: release")
 
 
