@@ -82,8 +82,10 @@ def iter_text_lines(path, *, start_byte: int = 0, start_line: int = 0,
                                           f"{stats.byte + exc.start} {where})") from None
                 stats.line += 1
                 stats.byte += len(piece)
-                if text[-1:] == "\r" or text[-2:] == "\r\n":
-                    text = text.rstrip("\n")[:-1] + "\n"
+                if text.endswith("\r\n"):
+                    text = text[:-2] + "\n"
+                elif text.endswith("\r"):
+                    text = text[:-1] + "\n"
                 yield stats.line, text
 
 

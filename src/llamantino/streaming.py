@@ -416,51 +416,76 @@ class MixtureStream:
 # Reading the whole corpus ahead, in the background
 
 
-def _check_sources(sources, text_field, skip_bad_lines, send) -> None:
-    """Child process: read every record once; send "" if all is well, else the error line."""
+def _check_main() -> None:
+    """The check process: a request on stdin, `[outcome, message]` on stdout (JSON)."""
+    import json
+    import sys
+
+    request = json.loads(sys.stdin.read())
     try:
-        for _ in DocumentStream(sources, text_field=text_field, skip_bad_lines=skip_bad_lines, cycle=False):
+        for _ in DocumentStream(request["sources"], text_field=request["text_field"],
+                                skip_bad_lines=request["skip_bad_lines"], cycle=False):
             pass
-        send.send(("ok", ""))
+        result = ["ok", ""]
     except LlamantinoError as exc:
-        send.send(("error", str(exc)))
+        result = ["error", str(exc)]
     except Exception as exc:  # a fault of the check itself must not stop training
-        send.send(("failed", f"{type(exc).__name__}: {exc}"))
+        result = ["failed", f"{type(exc).__name__}: {exc}"]
+    sys.stdout.write(json.dumps(result))
 
 
 class CorpusCheck:
-    """Reads the local files of a corpus once, in a background process (no lock shared with
+    """Reads the local files of a corpus once, in a background process (sharing no lock with
     training), with the same reader as training: a bad byte, a truncated gzip file or a
     malformed record anywhere stops the run at its next row rather than when training
     reaches it, and a run never finishes on a corpus it has not checked whole. Hub datasets
-    are left to the reader."""
+    are left to the reader. The process is a fresh interpreter (not a fork of one holding
+    threads, nor a re-import of the caller's script) and is stopped when this one exits."""
 
     def __init__(self, sources, *, text_field: str | None, skip_bad_lines: bool):
-        import multiprocessing
+        import json
+        import os
+        import subprocess
+        import sys
+        import weakref
+        from pathlib import Path
 
         local = [s for s in sources if not s.startswith(HUB_PREFIX)]
         self.result: tuple[str, str] | None = None if local else ("ok", "")
         if not local:
             return
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-        self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_check_sources, args=(local, text_field, skip_bad_lines, send),
-                                        daemon=True, name="llamantino-corpus-check")
-        self._process.start()
-        send.close()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from llamantino.streaming import _check_main; _check_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONPATH": path})
+        self._process.stdin.write(json.dumps({"sources": local, "text_field": text_field,
+                                              "skip_bad_lines": skip_bad_lines}))
+        self._process.stdin.close()
+        weakref.finalize(self, _stop_process, self._process)
 
     def done(self) -> bool:
         return self.result is not None
 
     def raise_if_failed(self, wait: bool = False) -> None:
         """Raise the error found, if any; with `wait`, first let the check finish."""
-        if self.result is None and (wait or self._receive.poll()):
+        import json
+
+        if self.result is None and (wait or self._process.poll() is not None):
+            output = self._process.stdout.read()
+            self._process.wait()
             try:
-                self.result = self._receive.recv()
-            except EOFError:  # the process died (killed); the reader still checks what it reads
-                self.result = ("failed", "the check process ended without a result")
-            self._process.join()
+                self.result = tuple(json.loads(output))
+            except ValueError:  # killed, or out of memory: the reader still checks what it reads
+                self.result = ("failed", f"the check process ended without a result (exit {self._process.returncode})")
             if self.result[0] == "failed":
                 log.warning("the corpus check could not finish (%s)", self.result[1])
         if self.result is not None and self.result[0] == "error":
             raise LlamantinoError(self.result[1])
+
+
+def _stop_process(process) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
