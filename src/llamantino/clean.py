@@ -312,7 +312,7 @@ class Reader:
         stats = LineStats()
         counted = 0
         for number, record in iter_jsonl(path, skip_bad_lines=self.cfg.skip_bad_lines, stats=stats,
-                                         start_line=start):
+                                         start_line=start, skip_option=True):
             self.bad += stats.bad - counted
             counted = stats.bad
             yield number, f"{path}:{number}", record

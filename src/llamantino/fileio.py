@@ -37,67 +37,158 @@ def open_text(path, mode: str = "rt"):
 
 
 class LineStats:
-    """Counts of lines read and skipped while reading JSON lines."""
+    """What a reader of JSON lines or paragraphs has done: lines read and skipped, and where
+    it stands (`line`: lines read so far; `byte`: offset just after them in the file, or in
+    the decompressed text of a `.gz` file), the place to resume from."""
 
     def __init__(self):
         self.read = 0
         self.bad = 0
+        self.line = 0
+        self.byte = 0
+
+
+def _split_line_endings(raw: bytes) -> list[bytes]:
+    """One `\n`-terminated chunk -> its lines as Python's text mode sees them (a lone `\r`
+    also ends a line), each with its own ending, so byte offsets stay exact."""
+    pieces = [part + b"\r" for part in raw.split(b"\r")]
+    last = pieces.pop()[:-1]
+    if last == b"\n":  # "\r\n" is one ending
+        pieces[-1] += last
+    elif last:
+        pieces.append(last)
+    return pieces
+
+
+def iter_text_lines(path, *, start_byte: int = 0, start_line: int = 0,
+                    stats: LineStats | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file (gunzipped if `.gz`), endings
+    turned into `\n` as in text mode. Reading starts at `start_byte`, the start of line
+    `start_line + 1`; `stats.line` / `stats.byte` follow the lines read. Bad bytes and damaged
+    gzip data are errors naming the file, the line and the byte offset."""
+    path = Path(path)
+    stats = stats or LineStats()
+    stats.line, stats.byte = start_line, start_byte
+    where = "of the decompressed text" if is_gzip(path) else "of the file"
+    with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as raw_handle:
+        handle = _GzipReader(raw_handle, path, stats, where) if is_gzip(path) else raw_handle
+        _seek_to_line_start(handle, path, start_byte)
+        for chunk in handle:
+            for piece in _split_line_endings(chunk) if b"\r" in chunk else (chunk,):
+                try:
+                    text = piece.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise LlamantinoError(f"{path}:{stats.line + 1}: not UTF-8 text ({exc.reason} at byte "
+                                          f"{stats.byte + exc.start} {where})") from None
+                stats.line += 1
+                stats.byte += len(piece)
+                if text.endswith("\r\n"):
+                    text = text[:-2] + "\n"
+                elif text.endswith("\r"):
+                    text = text[:-1] + "\n"
+                yield stats.line, text
+
+
+class _GzipReader:
+    """A gzip file read by lines, whose damaged data is an error naming the file, the line
+    and the offset. (A class, not a generator: no exception handler sits around a `yield`.)"""
+
+    def __init__(self, handle, path: Path, stats: LineStats, where: str):
+        self.handle, self.path, self.stats, self.where = handle, path, stats, where
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self._guard(self.handle.readline)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def seek(self, offset: int):
+        return self._guard(self.handle.seek, offset)
+
+    def read(self, size: int) -> bytes:
+        return self._guard(self.handle.read, size)
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise LlamantinoError(f"{self.path}: unreadable gzip file ({exc}) at line {self.stats.line + 1}, "
+                                  f"byte {self.stats.byte} {self.where}") from None
+
+
+def _seek_to_line_start(handle, path: Path, offset: int) -> None:
+    """Move to `offset`, which must follow a line ending (a gzip stream is decompressed up to
+    it, not parsed): a file changed since the offset was taken is refused, not misread."""
+    if offset <= 0:
+        return
+    handle.seek(offset - 1)
+    before = handle.read(1)
+    if before in (b"\n", b"\r") or (before and not handle.read(1)):  # a line start, or the very end
+        return
+    raise LlamantinoError(f"{path}: byte {offset} is not the start of a line; the file changed since "
+                          "the position was saved (resume with the same data)")
 
 
 def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = None,
-               start_line: int = 0) -> Iterator[tuple[int, dict]]:
+               start_line: int = 0, start_byte: int = 0, skip_option: bool = False) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record) for each non-empty line; 1-based line numbers.
 
     A malformed line is an error naming file and line, unless `skip_bad_lines`, in which
-    case it is counted in `stats.bad`. `start_line` skips the first lines (resume).
+    case it is counted in `stats.bad`; `skip_option` says the caller has a `--skip-bad-lines`
+    option to suggest. Resume: with `start_byte`, reading starts there, at the start of line
+    `start_line + 1`; without it, the first `start_line` lines are passed over unparsed.
+    `stats.line` / `stats.byte` give the position after the last record yielded.
     """
     path = Path(path)
     stats = stats or LineStats()
-    try:
-        with open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if number <= start_line:
-                    continue
-                if not line.strip():
-                    continue
-                stats.read += 1
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    if skip_bad_lines:
-                        stats.bad += 1
-                        continue
-                    raise LlamantinoError(
-                        f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                        "fix the line or pass --skip-bad-lines") from None
-                if not isinstance(record, dict):
-                    if skip_bad_lines:
-                        stats.bad += 1
-                        continue
-                    raise LlamantinoError(
-                        f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-                yield number, record
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise LlamantinoError(f"{path}: unreadable gzip file ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    skip_lines = 0 if start_byte else start_line
+    for number, line in iter_text_lines(path, start_byte=start_byte, start_line=start_line if start_byte else 0,
+                                        stats=stats):
+        if number <= skip_lines or not line.strip():
+            continue
+        stats.read += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if skip_bad_lines:
+                stats.bad += 1
+                continue
+            # Some messages end in "at" ("Unterminated string starting at").
+            place = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
+            hint = "fix the line or pass --skip-bad-lines" if skip_option else "fix the line"
+            raise LlamantinoError(f"{path}:{number}: malformed JSON ({exc.msg} {place}); {hint}") from None
+        if not isinstance(record, dict):
+            if skip_bad_lines:
+                stats.bad += 1
+                continue
+            raise LlamantinoError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
 
 
-def iter_paragraphs(path) -> Iterator[tuple[int, str]]:
-    """(first line number, text) of each blank-line-separated paragraph of a text file."""
-    with open_text(path) as handle:
-        block: list[str] = []
-        start = 1
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                if not block:
-                    start = number
-                block.append(line.rstrip("\n"))
-            elif block:
-                yield start, "\n".join(block)
-                block = []
-        if block:
+def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0,
+                    stats: LineStats | None = None) -> Iterator[tuple[int, str]]:
+    """(first line number, text) of each blank-line-separated paragraph of a text file.
+
+    Resume: reading starts at `start_byte`, the start of line `start_line + 1`; after each
+    paragraph, `stats.line` / `stats.byte` give the position just after it (after the blank
+    line that ends it).
+    """
+    stats = stats or LineStats()
+    block: list[str] = []
+    start = 1
+    for number, line in iter_text_lines(path, start_byte=start_byte, start_line=start_line, stats=stats):
+        if line.strip():
+            if not block:
+                start = number
+            block.append(line.rstrip("\n"))
+        elif block:
             yield start, "\n".join(block)
+            block = []
+    if block:
+        yield start, "\n".join(block)
 
 
 def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from llamantino import __version__
 from llamantino.config import differing_settings, fingerprint, input_paths, to_dict
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RUN_INFO = "run.json"  # written when a stage starts; identifies an unfinished run
@@ -202,17 +205,23 @@ def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: b
         raise LlamantinoError(f"{folder}: output folder is not empty and holds no llamantino run; "
                               "llamantino replaces only its own outputs: choose an empty or new folder")
     same = other.get("stage") == kind and other.get("fingerprint") == ident["fingerprint"]
-    if same:
+    if same and finished is not None:
         changed = changed_inputs(other.get("input_state"))
-        if finished is not None and not changed:
+        if not changed:
             return "complete"
-        if finished is None and not changed and resume:
+        if not overwrite:
+            raise LlamantinoError(f"{folder}: holds a finished '{kind}' run, but its input changed since "
+                                  f"({changed[0]}); pass --overwrite to redo it")
+    elif same:
+        if resume:
+            changed = changed_inputs(other.get("input_state"))
+            if changed:
+                # A fixed input (a bad byte far ahead, say) must not stop the resume; the stage
+                # checks that the part it already consumed is unchanged.
+                log.warning("%s: input changed since the interrupted run started (%s); resuming", folder, changed[0])
+                atomic_write_json(info_path, {**other, "input_state": input_state(cfg)})
             return "resume"
         if not overwrite:
-            if changed:
-                what = "finished" if finished is not None else "interrupted"
-                raise LlamantinoError(f"{folder}: holds a {what} '{kind}' run, but its input changed since "
-                                      f"({changed[0]}); pass --overwrite to redo it")
             raise LlamantinoError(f"{folder}: holds an interrupted run of these settings; pass --resume to continue "
                                   "it or --overwrite to start again")
     elif not overwrite:

@@ -195,14 +195,15 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: b
     t = setup(kind, cfg, make_source, tokenizer, resume_from=state == "resume", base_model=base_model,
               rank=rank, world=world, device=device)
     stop = training.StopRequest()
-    while t.step < cfg.max_steps:
-        if not train_step(t):
-            raise LlamantinoError(f"the data ran out at step {t.step} of {cfg.max_steps}: it yields no more rows")
-        want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= t.steps_this_run
-        if t.step < cfg.max_steps and (want_stop or (cfg.save_steps and t.step % cfg.save_steps == 0)):
-            t.checkpoints.save(t.step, *t.parts())
-        if want_stop and t.step < cfg.max_steps:
-            return stopped(t)
+    with t.progress:  # closed on an error too: the error line starts a line of its own
+        while t.step < cfg.max_steps:
+            if not train_step(t):
+                raise LlamantinoError(f"the data ran out at step {t.step} of {cfg.max_steps}: it yields no more rows")
+            want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= t.steps_this_run
+            if t.step < cfg.max_steps and (want_stop or (cfg.save_steps and t.step % cfg.save_steps == 0)):
+                t.checkpoints.save(t.step, *t.parts())
+            if want_stop and t.step < cfg.max_steps:
+                return stopped(t)
     return finish(t, inputs)
 
 

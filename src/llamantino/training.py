@@ -286,6 +286,12 @@ class Progress:
     def close(self) -> None:
         self.bar.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class StopRequest:
     """SIGTERM (what SLURM sends before a time limit) asks for a checkpoint and a clean exit."""
