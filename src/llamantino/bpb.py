@@ -57,8 +57,9 @@ def windows(n_tokens: int, max_length: int, stride: int):
 
 
 def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: int, batch_size: int = 8,
-                progress: bool = False) -> dict:
-    """The bits-per-byte report of `model` on `texts` (see module docstring)."""
+                progress: bool = False, rank: int = 0, world: int = 1) -> dict:
+    """The bits-per-byte report of `model` on `texts` (see module docstring). With `world` > 1
+    (torchrun) each rank scores every world-th batch and the sums are added up."""
     import torch
     from tqdm.auto import tqdm
 
@@ -80,7 +81,8 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
-        for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="bpb", unit="batch"):
+        for b in tqdm(range(rank * batch_size, len(order), batch_size * world), disable=not progress, desc="bpb",
+                      unit="batch"):
             batch = [jobs[i] for i in order[b: b + batch_size]]
             width = max(len(ids) for ids, _ in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -98,6 +100,10 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
             mask = tgt != -100
             nll = -logprobs.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             total_nll += float((nll * mask).sum().double())
+    if world > 1:
+        from llamantino.training import all_reduce_sum
+
+        total_nll = all_reduce_sum(total_nll, device)
     if total_bytes == 0 or total_tokens == 0:
         raise LlamantinoError("no text to score: the documents are empty")
     return {

@@ -166,6 +166,8 @@ class Trainer:
     steps_this_run: int = 0
     real_this_run: int = 0
     batch_digest: object = None  # sha256 of every batch, with debug_rank_records
+    heldout: list = dataclasses.field(default_factory=list)  # heldout.HeldOutSet scored while training
+    last_eval: dict = dataclasses.field(default_factory=dict)
 
     @property
     def step(self) -> int:
@@ -200,6 +202,8 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: b
             if not train_step(t):
                 raise LlamantinoError(f"the data ran out at step {t.step} of {cfg.max_steps}: it yields no more rows")
             want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= t.steps_this_run
+            if t.heldout and (t.step == cfg.max_steps or (cfg.eval_steps and t.step % cfg.eval_steps == 0)):
+                evaluate_heldout(t)
             if t.step < cfg.max_steps and (want_stop or (cfg.save_steps and t.step % cfg.save_steps == 0)):
                 t.checkpoints.save(t.step, *t.parts())
             if want_stop and t.step < cfg.max_steps:
@@ -214,9 +218,12 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from llamantino.heldout import load_sets
+
     accum = accumulation(cfg, world)
     # Data first: a corpus that yields nothing fails before the folder is claimed.
     source = make_source(rank, world)
+    heldout = load_sets(cfg.eval_data, max_documents=cfg.eval_max_documents) if cfg.eval_data else []
     training.on_rank0(lambda: start_run(cfg.output, kind, cfg) if not resume_from else None)
     base_path = training.on_rank0(base_model) if base_model else None
     compute_dtype = training.resolve_compute_dtype(cfg.compute_dtype, device)
@@ -235,7 +242,7 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                 info={"lora_targets": targets, "optimizer": optimizer_used,
                       "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                       "parameters": sum(p.numel() for p in model.parameters())},
-                batch_digest=hashlib.sha256() if cfg.debug_rank_records else None)
+                batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout)
     found = checkpoints.latest() if resume_from else None
     if found:
         shared, own = t.parts()
@@ -247,7 +254,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     if world > 1:
         t.loss = DistributedDataParallel(t.loss, device_ids=[device.index] if device.type == "cuda" else None,
                                          init_sync=False)
-    t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.step, enabled=rank == 0)
+    t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.step, enabled=rank == 0,
+                                        extra_fields=[h.column for h in heldout])
     t.progress = training.Progress(cfg.max_steps, initial=t.step, enabled=rank == 0, desc=kind)
     model.train()
     return t
@@ -303,6 +311,20 @@ def train_step(t: Trainer) -> bool:
     return True
 
 
+def evaluate_heldout(t: Trainer) -> None:
+    """Bits per byte of the model as it is now on every held-out set, logged at this step."""
+    from llamantino.heldout import evaluate
+
+    autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
+                              enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
+    with autocast:
+        t.last_eval = evaluate(t.model, t.tokenizer, t.heldout, max_length=t.cfg.max_length,
+                               batch_size=t.cfg.eval_batch_size, rank=t.rank, world=t.world)
+    t.metrics_log.log(t.step, **t.last_eval)
+    if t.rank == 0:
+        log.info("step %d: %s", t.step, ", ".join(f"{k} {v:.4f}" for k, v in t.last_eval.items()))
+
+
 def _take(source, n: int) -> list:
     rows = []
     while len(rows) < n and (row := source.next_row()) is not None:
@@ -338,6 +360,7 @@ def finish(t: Trainer, inputs) -> dict:
         "device": t.device.type,
         "peak_memory_mb": round(training.peak_memory_bytes(t.device) / 2**20, 1),
         **t.source.metrics(),
+        **t.last_eval,
     }
     if t.batch_digest is not None:
         _write_rank_record(t)
@@ -370,4 +393,5 @@ def _headline(m: dict) -> dict:
     out = {"steps": m.get("steps"), "final_loss": m.get("final_loss")}
     if m.get("real_token_share") is not None:
         out["real_tokens"] = f"{100 * m['real_token_share']:.1f}%"
+    out.update({k[5:]: v for k, v in m.items() if k.startswith("eval_")})  # it_bpb, en_bpb, ...
     return out

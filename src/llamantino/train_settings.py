@@ -115,6 +115,13 @@ class QLoraSettings(TrainSettings):
                                      minimum=0)
     attn_implementation: str = setting("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2",
                                                                            "flex_attention"))
+    eval_data: list[str] = setting([], "held-out text scored in bits per byte while training, as NAME=PATH (JSON "
+                                       "lines, .txt, parquet, hub:), e.g. it=heldout_it.txt en=heldout_en.txt",
+                                   path_input=True)
+    eval_steps: int = setting(0, "score eval_data every N steps, and at the end (0: only at the end)", minimum=0)
+    eval_max_documents: int = setting(0, "documents read from each held-out set (0: all)", minimum=0)
+    eval_batch_size: int = setting(8, "windows per forward pass when scoring held-out text", fingerprint=False,
+                                   minimum=1)
     debug_rank_records: bool = setting(False, "write ranks/rankR.json with a hash of every batch each rank "
                                               "trained on and of its final adapter (checks data sharding)",
                                        fingerprint=False)

@@ -198,8 +198,9 @@ class MetricsLog:
 
     FIELDS = ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
 
-    def __init__(self, run_dir, *, resume_step: int = 0, enabled: bool = True):
+    def __init__(self, run_dir, *, resume_step: int = 0, enabled: bool = True, extra_fields=()):
         self.enabled = enabled
+        self.fields = self.FIELDS + tuple(extra_fields)  # e.g. eval_it_bpb, logged on rows of their own
         if not enabled:
             return
         self.path = Path(run_dir) / "metrics.csv"
@@ -208,11 +209,11 @@ class MetricsLog:
             with open(self.path, newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
         with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         self.handle = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=self.FIELDS)
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.fields)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None)
@@ -220,11 +221,14 @@ class MetricsLog:
     def log(self, step: int, **values) -> None:
         if not self.enabled:
             return
-        self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.FIELDS if k != "step"}})
+        self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.fields if k != "step"}})
         self.handle.flush()
         for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
             if values.get(key) not in (None, ""):
                 self.tb.add_scalar(f"train/{key}", values[key], step)
+        for key, value in values.items():
+            if key.startswith("eval_") and value not in (None, ""):
+                self.tb.add_scalar(f"eval/{key[5:]}", value, step)
 
     def close(self) -> None:
         if self.enabled:
@@ -243,9 +247,11 @@ def plot_loss(run_dir, title: str = "") -> Path | None:
     import matplotlib.pyplot as plt
 
     with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["loss"]]
+        table = list(csv.DictReader(handle))
+    rows = [r for r in table if r["loss"]]
     if not rows:
         return None
+    evals = sorted(k for k in (table[0] if table else {}) if k.startswith("eval_"))
     steps = [int(r["step"]) for r in rows]
     losses = [float(r["loss"]) for r in rows]
     window = max(1, len(losses) // 20)
@@ -257,7 +263,17 @@ def plot_loss(run_dir, title: str = "") -> Path | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats/token)")
     ax.set_title(title)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if evals:  # held-out bits per byte on a second axis: language gained, language forgotten
+        right = ax.twinx()
+        for key in evals:
+            points = [(int(r["step"]), float(r[key])) for r in table if r.get(key)]
+            right.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle="--",
+                       label=f"held-out {key[5:-4]} (bits/byte)")
+        right.set_ylabel("held-out bits per byte")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels)
     fig.tight_layout()
     out = Path(run_dir) / "loss.png"
     fig.savefig(out, dpi=100)
