@@ -41,7 +41,10 @@ def add_stage_arguments(parser: argparse.ArgumentParser, kind: str, *, positiona
                         help="replace an output folder that holds a different run")
     if resume:
         parser.add_argument("--resume", action="store_true",
-                            help="continue the latest checkpoint of an interrupted run in --output")
+                            help="continue the latest checkpoint of an interrupted run in --output. Every "
+                                 "checkpoint file must have the sha256 the run recorded when it wrote it (run.json); "
+                                 "sharded checkpoints keep torch.distributed.checkpoint metadata, a pickle: trust "
+                                 "a checkpoint folder like code")
     add_config_arguments(parser, module.Config, skip=tuple(skip) + tuple(positional or ()))
 
 
