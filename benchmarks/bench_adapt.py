@@ -222,6 +222,10 @@ def main() -> None:
         speed = results["ours"]["tokens_per_s"] / results["trl"]["tokens_per_s"]
         memory = results["ours"]["peak_memory_mb"] / results["trl"]["peak_memory_mb"]
         print(f"{'ratio (ours / TRL)':22s}{speed:11.2f}x{memory:11.2f}x")
+        for figure, key in (("real tokens/s", "tokens_per_s"), ("peak memory (MiB)", "peak_memory_mb")):
+            print("RESULT " + json.dumps({"benchmark": "adapt", "figure": figure, "ours": results["ours"][key],
+                                          "baseline": results["trl"][key],
+                                          "baseline_name": "TRL SFTTrainer defaults"}))
 
 
 if __name__ == "__main__":

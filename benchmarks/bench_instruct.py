@@ -127,6 +127,16 @@ def bench_cpu(args):
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, width))))
     print("\nPeak RSS includes the ~0.4 GB every Python process with torch and transformers holds; what FSDP\n"
           "shards is the weights, gradients and AdamW moments (16 bytes per parameter in float32).")
+    sharded = [r for r in results.values() if r["world_size"] > 1]
+    single = [r for r in results.values() if r["world_size"] == 1]
+    if sharded and single:
+        for figure, key in (("training tokens/s", "tokens_per_s"),):
+            print("RESULT " + json.dumps({"benchmark": "instruct", "figure": figure, "ours": sharded[0][key],
+                                          "baseline": single[0][key], "baseline_name": "1 process, no sharding"}))
+        print("RESULT " + json.dumps({"benchmark": "instruct", "figure": "weights + AdamW on rank 0 (MiB)",
+                                      "ours": sharded[0]["ranks"][0]["state_bytes"] / 2**20,
+                                      "baseline": single[0]["ranks"][0]["state_bytes"] / 2**20,
+                                      "baseline_name": "1 process, no sharding"}))
 
 
 # ---------------------------------------------------------------------------------------
