@@ -25,6 +25,7 @@ COMMANDS = {
     "demo-base": ("llamantino.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
     "eval bpb": ("llamantino.bpb", "bits per byte of a model on held-out text"),
     "eval evalita": ("llamantino.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
+    "eval lm-eval": ("llamantino.evaluate.harness", "lm-evaluation-harness tasks and suites (leaderboard-it, evalita-llm)"),
     "adapt": ("llamantino.adapt", "language adaptation: QLoRA continued pretraining"),
     "translate": ("llamantino.translate", "machine-translate chat or instruction data"),
     "demo-translator": ("llamantino.tiny_translator", "build the small stand-in translation model used by the demo"),

@@ -52,6 +52,7 @@ STAGE_MODULES = {
     "build": "llamantino.build",
     "verify": "llamantino.verify",
     "report": "llamantino.report",
+    "lm_eval": "llamantino.evaluate.harness",
 }
 
 TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")
