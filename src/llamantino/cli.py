@@ -40,6 +40,7 @@ COMMANDS = {
     "diff apply": ("llamantino.weightdiff", "rebuild a checkpoint from its base and a weight difference"),
     "build": ("llamantino.build", "rebuild one of the ten released models from its chain"),
     "release": ("llamantino.release", "package a trained run as it is published (adapter or weight difference)"),
+    "report compare": ("llamantino.evaluate.compare", "compare runs side by side: markdown table and bar chart"),
 }
 
 
