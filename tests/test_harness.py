@@ -94,20 +94,23 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def lm_eval_cli(tmp_path_factory, tiny_model_dir, adapter_dir, tasks_dir):
-    """lm-eval's own command line on the tiny task, started at once in the background (it
-    indexes all of lm-eval's ~15k tasks first): the base with the adapter, float32, on CPU."""
+    """lm-eval's own command line on the tiny task, started in the background when this file's
+    tests start (it parses all of lm-eval's ~14k task files first) and read by the last test:
+    the base with the adapter, float32, on CPU."""
     out = tmp_path_factory.mktemp("lm-eval-cli")
     command = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
                "--model_args", f"pretrained={tiny_model_dir},peft={adapter_dir},dtype=float32",
                "--device", "cpu", "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--batch_size", "4",
                "--log_samples", "--output_path", str(out / "results.json")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(out / "log.txt", "w") as log:  # a file, not a pipe nobody reads until the end
+        process = subprocess.Popen(command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
     yield process, out
     if process.poll() is None:
         process.kill()
+        process.wait()
 
 
 def read_lm_eval_output(folder, task):
@@ -115,35 +118,6 @@ def read_lm_eval_output(folder, task):
     (samples,) = folder.glob(f"samples_{task}_*.jsonl")
     lines = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
     return json.loads(results.read_text(encoding="utf-8")), {s["doc_id"]: s["resps"] for s in lines}
-
-
-def test_figures_equal_lm_evals_own_command_line(tmp_path, lm_eval_cli, tiny_model_dir, adapter_dir, tasks_dir,
-                                                 capsys):
-    process, cli_out = lm_eval_cli
-    ours = tmp_path / "ours"
-    assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--adapter", str(adapter_dir),
-                 "--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--batch-size", "4", "--log-samples",
-                 "--output", str(ours)]) == 0
-    printed = capsys.readouterr().out
-    assert "|tiny_mc|" in printed and "acc_norm" in printed  # lm-eval's own table
-    log, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, log[-3000:]
-    theirs, their_samples = read_lm_eval_output(cli_out, "tiny_mc")
-    mine, my_samples = read_lm_eval_output(ours, "tiny_mc")
-    assert mine["results"]["tiny_mc"] == theirs["results"]["tiny_mc"]
-    assert {"acc,none", "acc_norm,none"} <= set(mine["results"]["tiny_mc"])
-    assert my_samples == their_samples and len(my_samples) == len(MC_ITEMS)  # every log-likelihood, bit for bit
-    manifest = json.loads((ours / "manifest.json").read_text())
-    figures = manifest["metrics"]["results"]["tiny_mc"]["metrics"]
-    assert figures["acc"] == theirs["results"]["tiny_mc"]["acc,none"]
-    assert figures["acc_norm"] == theirs["results"]["tiny_mc"]["acc_norm,none"]
-    assert mine["config"]["model_args"] == theirs["config"]["model_args"]
-    # Negative control: without the adapter, the log-likelihoods are not lm-eval's.
-    base = tmp_path / "base"
-    assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--tasks", "tiny_mc", "--include-path",
-                 str(tasks_dir), "--batch-size", "4", "--log-samples", "--output", str(base)]) == 0
-    _, base_samples = read_lm_eval_output(base, "tiny_mc")
-    assert all(base_samples[i] != their_samples[i] for i in their_samples)
 
 
 def test_bits_per_byte_through_lm_eval_equals_eval_bpb(tmp_path, tiny_model_dir):
@@ -280,7 +254,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_model_dir, task
     text = error("--tasks", "leaderboard-it", "--data-dir", str(empty))
     assert "task arc_it: dataset alexandrainst/m_arc (config it) is not available offline" in text
     assert "data/it/test.jsonl" in text and "data/it/train.jsonl" in text and f"{empty}/alexandrainst/m_arc/" in text
+    assert text.endswith("; also missing: alexandrainst/m_hellaswag, alexandrainst/m_mmlu")
     assert "include path is not a folder" in error("--tasks", "tiny_mc", "--include-path", str(tmp_path / "nope"))
+    hostile = tmp_path / "hostile" / "alexandrainst" / "m_arc"
+    hostile.mkdir(parents=True)
+    (hostile / "README.md").write_text("---\nconfigs:\n- config_name: it\n  data_files:\n"
+                                       "  - split: test\n    path: ../../../secrets/*.jsonl\n---\n")
+    text = error("--tasks", "arc_it", "--data-dir", str(tmp_path / "hostile"))
+    assert "README.md: configs data_files: '../../../secrets/*.jsonl' is not a plain relative file name" in text
+    assert "exceeds the model's context of 512" in error("--tasks", "tiny_mc", "--include-path", str(tasks_dir),
+                                                         "--max-length", "1024")
     other = tmp_path / "other-base"
     _adapter_for_another_base(other)
     text = error("--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--adapter", str(other / "adapter"))
@@ -293,6 +276,34 @@ def test_unknown_task_names_close_matches(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--tasks", "arc_itt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: unknown lm-eval task 'arc_itt'; close matches: ") and "arc_it" in err
+
+
+def test_figures_equal_lm_evals_own_command_line(tmp_path, lm_eval_cli, tiny_model_dir, adapter_dir, tasks_dir,
+                                                 capsys):
+    process, cli_out = lm_eval_cli
+    ours = tmp_path / "ours"
+    assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--adapter", str(adapter_dir),
+                 "--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--batch-size", "4", "--log-samples",
+                 "--output", str(ours)]) == 0
+    printed = capsys.readouterr().out
+    assert "|tiny_mc|" in printed and "acc_norm" in printed  # lm-eval's own table
+    assert process.wait(timeout=300) == 0, (cli_out / "log.txt").read_text()[-3000:]
+    theirs, their_samples = read_lm_eval_output(cli_out, "tiny_mc")
+    mine, my_samples = read_lm_eval_output(ours, "tiny_mc")
+    assert mine["results"]["tiny_mc"] == theirs["results"]["tiny_mc"]
+    assert {"acc,none", "acc_norm,none"} <= set(mine["results"]["tiny_mc"])
+    assert my_samples == their_samples and len(my_samples) == len(MC_ITEMS)  # every log-likelihood, bit for bit
+    manifest = json.loads((ours / "manifest.json").read_text())
+    figures = manifest["metrics"]["results"]["tiny_mc"]["metrics"]
+    assert figures["acc"] == theirs["results"]["tiny_mc"]["acc,none"]
+    assert figures["acc_norm"] == theirs["results"]["tiny_mc"]["acc_norm,none"]
+    assert mine["config"]["model_args"] == theirs["config"]["model_args"]
+    # Negative control: without the adapter, the log-likelihoods are not lm-eval's.
+    base = tmp_path / "base"
+    assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--tasks", "tiny_mc", "--include-path",
+                 str(tasks_dir), "--batch-size", "4", "--log-samples", "--output", str(base)]) == 0
+    _, base_samples = read_lm_eval_output(base, "tiny_mc")
+    assert all(base_samples[i] != their_samples[i] for i in their_samples)
 
 
 def _adapter_for_another_base(folder):

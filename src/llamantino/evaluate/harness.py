@@ -165,6 +165,7 @@ class Plan:
     overrides: dict[str, dict] = dataclasses.field(default_factory=dict)  # name -> override config
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)     # task -> reason
     data_files: list[str] = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)              # MissingData, reported together
     task_manager: object = None
 
 
@@ -394,11 +395,15 @@ def _hub_cache(dataset: str) -> Path | None:
 def split_files(root: Path, config: str | None, splits: list[str]) -> dict[str, list[Path]]:
     """The files of each split in a dataset folder: from its README's `configs` metadata
     (as the hub reads them), else by the usual layouts (data/<config>/<split>.jsonl, ...)."""
+    from llamantino.fileio import check_member_name
+
     declared = readme_data_files(root, config)
     found = {}
     for split in splits:
         if declared is not None:
-            patterns = declared.get(split, [])
+            # Patterns written by the dataset's author stay inside its folder.
+            patterns = [check_member_name(p, f"{root / 'README.md'}: configs data_files")
+                        for p in declared.get(split, [])]
             files = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
         else:
             files = _layout_files(root, config, split)
@@ -474,11 +479,20 @@ def local_data(leaf: Node, cfg: Config) -> dict | None:
                     "dataset_kwargs": {"data_files": {s: [str(p) for p in files] for s, files in found.items()}}}
     if cfg.allow_download:
         return None
+    raise MissingData(dataset, leaf.name, missing_data_message(cfg, leaf.name, dataset, config, splits))
+
+
+class MissingData(Exception):
+    def __init__(self, dataset: str, task: str, message: str):
+        super().__init__(message)
+        self.dataset, self.task = dataset, task
+
+
+def missing_data_message(cfg: Config, task: str, dataset: str, config: str | None, splits: list[str]) -> str:
     wanted = ", ".join(f"data/{config}/{s}.jsonl" if config else f"data/{s}.jsonl" for s in splits)
-    folder = f"{cfg.data_dir or 'DATA_DIR'}/{dataset}"
-    raise LlamantinoError(f"task {leaf.name}: dataset {dataset}{f' (config {config})' if config else ''} is not "
-                          f"available offline; it wants the {' and '.join(splits)} split(s), e.g. {wanted} under "
-                          f"{folder}/ (pass --data-dir, or --allow-download to fetch it)")
+    return (f"task {task}: dataset {dataset}{f' (config {config})' if config else ''} is not available offline; "
+            f"it wants the {' and '.join(splits)} split(s), e.g. {wanted} under "
+            f"{cfg.data_dir or 'DATA_DIR'}/{dataset}/ (pass --data-dir, or --allow-download to fetch it)")
 
 
 def plan_tasks(cfg: Config, override_dir: Path) -> Plan:
@@ -491,6 +505,10 @@ def plan_tasks(cfg: Config, override_dir: Path) -> Plan:
     plan = Plan(specs=[])
     for request in requests:
         plan_request(cfg, request, task_tree(manager, request.spec), plan)
+    if plan.missing:  # one line: the first in full, then the other datasets by name
+        first = plan.missing[0]
+        others = list(dict.fromkeys(m.dataset for m in plan.missing if m.dataset != first.dataset))
+        raise LlamantinoError(str(first) + (f"; also missing: {', '.join(others)}" if others else ""))
     if plan.overrides:
         override_dir.mkdir(parents=True, exist_ok=True)
         for name, override in plan.overrides.items():
@@ -523,7 +541,11 @@ def plan_request(cfg: Config, request: Request, tree: Node, plan: Plan) -> None:
         group_overrides(tree, pruned, plan.overrides)
     leaves = pruned.leaves()
     for leaf in leaves:
-        override = local_data(leaf, cfg) or {}
+        try:
+            override = local_data(leaf, cfg) or {}
+        except MissingData as exc:
+            plan.missing.append(exc)
+            continue
         shots = request.shots if cfg.num_fewshot is None else None
         if shots is not None:
             override["num_fewshot"] = shots
@@ -578,7 +600,7 @@ def load_model(cfg: Config):
         raise LlamantinoError(f"{cfg.adapter}: the adapter does not fit the model {cfg.model} ({detail[:300]})") from None
 
 
-def model_record(cfg: Config, model) -> dict:
+def model_record(cfg: Config) -> dict:
     """What lm-eval records as model_args, in its CLI's words."""
     record = {"pretrained": cfg.model, "dtype": cfg.dtype}
     if cfg.adapter:
@@ -600,7 +622,7 @@ def evaluate_pass(cfg: Config, plan: Plan, specs: list[str], model, tokenizer, f
     stem = "results_rolling" if rolling else "results"
     tracker = EvaluationTracker(output_path=str(folder / f"{stem}.json"))
     results = lm_eval.simple_evaluate(
-        model=lm, model_args=model_record(cfg, model), tasks=specs, num_fewshot=cfg.num_fewshot,
+        model=lm, model_args=model_record(cfg), tasks=specs, num_fewshot=cfg.num_fewshot,
         limit=cfg.limit or None, batch_size=cfg.batch_size, device=str(lm.device), log_samples=cfg.log_samples,
         evaluation_tracker=tracker, task_manager=plan.task_manager)
     samples = results.pop("samples", None)
@@ -608,9 +630,11 @@ def evaluate_pass(cfg: Config, plan: Plan, specs: list[str], model, tokenizer, f
     if cfg.log_samples:
         for name in results["configs"]:
             tracker.save_results_samples(task_name=name, samples=samples[name])
+    # lm-eval logs a failure to write its files as a warning; here it is an error.
     written = sorted(folder.glob(f"{stem}_*.json"))
-    if not written:
-        raise LlamantinoError(f"{folder}: lm-eval did not write its results file")
+    if not written or (cfg.log_samples and not all(any(folder.glob(f"samples_{name}_*.jsonl"))
+                                                   for name in results["configs"])):
+        raise LlamantinoError(f"{folder}: lm-eval did not write its results files")
     return {"results": results, "file": written[-1].name, "add_bos_token": lm.add_bos_token}
 
 
@@ -671,6 +695,10 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             text = read_table(cfg.output)
             print(text)
             return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics, "display": text}
+        if cfg.max_length:
+            from llamantino.modeling import check_max_length, load_config
+
+            check_max_length(load_config(cfg.model), cfg.max_length, cfg.model)
         model, tokenizer = load_model(cfg)
         with atomic_dir(cfg.output or Path(scratch) / "out") as tmp:
             main = [s for s in plan.specs if not (cfg.single_bos and s in plan.rolling)]
