@@ -210,26 +210,37 @@ def test_data_from_a_hub_layout_folder_and_from_the_hub_cache(tmp_path, tiny_mod
 
 
 def test_a_group_member_whose_code_needs_the_network_is_skipped(tmp_path, tiny_model_dir, tasks_dir, capsys):
-    """As the EVALITA-LLM summarisation tasks (`evaluate.load("rouge")` at import): reported, not crashed on."""
+    """As the EVALITA-LLM summarisation tasks (`evaluate.load("rouge")` at import): reported, not crashed on.
+    The member sits in a tag inside a group inside a group, as in lm-eval's evalita-mp."""
     folder = tmp_path / "tasks"
     folder.mkdir()
     (folder / "net_utils.py").write_text("raise ConnectionError('Couldn\\'t reach the Hugging Face Hub')\n"
                                          "def process_docs(dataset):\n    return dataset\n")
     mc = (tasks_dir / "tiny_mc.yaml").read_text()
-    (folder / "net_task.yaml").write_text(mc.replace("task: tiny_mc", "task: tiny_net")
+    (folder / "net_task.yaml").write_text(mc.replace("task: tiny_mc", "task: tiny_net\ntag: tiny_tag")
                                           + "process_docs: !function net_utils.process_docs\n")
-    (folder / "suite.yaml").write_text("group: tiny_suite\ntask:\n  - tiny_mc\n  - tiny_net\n"
+    (folder / "tagged_task.yaml").write_text(mc.replace("task: tiny_mc", "task: tiny_tagged\ntag: tiny_tag"))
+    (folder / "inner.yaml").write_text("group: tiny_inner\ntask:\n  - tiny_tag\n")
+    (folder / "suite.yaml").write_text("group: tiny_suite\ntask:\n  - tiny_inner\n  - tiny_mc\n"
                                        "aggregate_metric_list:\n  - metric: acc\n")
     (folder / "net_only.yaml").write_text("group: tiny_net_only\ntask:\n  - tiny_net\n")
-    args = ["eval", "lm-eval", "--model", str(tiny_model_dir), "--include-path", str(tasks_dir), str(folder)]
+    args = ["eval", "lm-eval", "--model", str(tiny_model_dir), "--include-path", str(tasks_dir), str(folder),
+            "--limit", "3"]
     out = tmp_path / "out"
     assert main([*args, "--tasks", "tiny_suite", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "skipped tiny_net: its code failed to import (ConnectionError: Couldn't reach the Hugging Face Hub)" \
         in printed
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
-    assert set(metrics["results"]) == {"tiny_suite", "tiny_mc"} and metrics["results"]["tiny_suite"]["group"]
-    assert list(metrics["skipped"]) == ["tiny_net"]
+    assert set(metrics["results"]) == {"tiny_suite", "tiny_inner", "tiny_tagged", "tiny_mc"}
+    assert metrics["results"]["tiny_suite"]["group"] and list(metrics["skipped"]) == ["tiny_net"]
+    # Only the group that lost a member is overridden: its tag became the names left.
+    assert [p.name for p in (out / "task_overrides").iterdir()] == ["tiny_inner.yaml"]
+    assert "- tiny_tagged\n" in (out / "task_overrides" / "tiny_inner.yaml").read_text()
+    # A tag asked for directly runs as the tasks left in it.
+    tag = harness.run(config_for("lm_eval", model=str(tiny_model_dir), tasks=["tiny_tag"], limit=3,
+                                 include_path=[str(folder)]))
+    assert list(tag["metrics"]["results"]) == ["tiny_tagged"] and list(tag["metrics"]["skipped"]) == ["tiny_net"]
     assert main([*args, "--tasks", "tiny_net_only", "--output", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: tiny_net_only: nothing left to run (1 task(s) skipped; tiny_net: its code failed")

@@ -235,7 +235,7 @@ class TaskSources:
     def texts(self) -> list[tuple[Path, str]]:
         if self._texts is None:
             self._texts = [(p, p.read_text(encoding="utf-8", errors="replace"))
-                           for p in sorted(_tasks_dir().rglob("*.yaml"))]
+                           for p in sorted(_tasks_dir().rglob("*yaml"))]  # and included `_default_yaml`s
         return self._texts
 
     def folders_mentioning(self, name: str) -> list[Path]:
