@@ -370,17 +370,14 @@ def needs_hub(cfg: dict) -> bool:
     return not Path(str(path)).expanduser().exists()
 
 
-def data_roots(cfg: Config, dataset: str) -> list[tuple[str, Path]]:
-    """(where, folder) candidates holding a local copy of a hub dataset, in order."""
-    roots = []
-    if cfg.data_dir:
-        roots.append(("--data-dir", Path(cfg.data_dir) / dataset))
+def data_roots(cfg: Config, dataset: str) -> list[Path]:
+    """Folders that may hold a local copy of a hub dataset, in the order they are tried:
+    --data-dir, the bundled sample (--sample), the hub cache."""
+    roots = [Path(cfg.data_dir) / dataset] if cfg.data_dir else []
     if cfg.sample:
-        roots.append(("the bundled sample", SAMPLE_DIR / dataset))
+        roots.append(SAMPLE_DIR / dataset)
     cached = _hub_cache(dataset)
-    if cached:
-        roots.append(("the hub cache", cached))
-    return roots
+    return roots + ([cached] if cached else [])
 
 
 def _hub_cache(dataset: str) -> Path | None:
@@ -447,14 +444,17 @@ def readme_data_files(root: Path, config: str | None) -> dict[str, list[str]] | 
     return None
 
 
-def _split_patterns(data_files) -> dict[str, list[str]]:
-    if isinstance(data_files, (str, list)) and not (isinstance(data_files, list) and data_files
-                                                      and isinstance(data_files[0], dict)):
-        return {"train": [data_files] if isinstance(data_files, str) else list(data_files)}
-    out: dict[str, list[str]] = {}
-    for item in data_files or []:
-        paths = item.get("path", [])
-        out.setdefault(str(item.get("split", "train")), []).extend([paths] if isinstance(paths, str) else paths)
+def _split_patterns(data_files) -> dict[str, list]:
+    """A README config's `data_files`: a pattern or a list of them (all `train`, as the hub
+    reads them), or a list of {split, path} entries."""
+    entries = [data_files] if isinstance(data_files, str) else data_files if isinstance(data_files, list) else []
+    if entries and all(isinstance(e, str) for e in entries):
+        return {"train": list(entries)}
+    out: dict[str, list] = {}
+    for entry in entries:
+        if isinstance(entry, dict):
+            paths = entry.get("path", [])
+            out.setdefault(str(entry.get("split", "train")), []).extend(paths if isinstance(paths, list) else [paths])
     return out
 
 
@@ -469,7 +469,7 @@ def local_data(leaf: Node, cfg: Config) -> dict | None:
     if not needs_hub(task):
         return None
     dataset, config, splits = str(task["dataset_path"]), task.get("dataset_name"), needed_splits(task)
-    for where, root in data_roots(cfg, dataset):
+    for root in data_roots(cfg, dataset):
         found = split_files(root, config, splits)
         if len(found) == len(splits):
             builders = {_builder(p) for files in found.values() for p in files}
