@@ -28,6 +28,7 @@ COMMANDS = {
     "demo-base": ("llamantino.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
     "eval bpb": ("llamantino.bpb", "bits per byte of a model on held-out text"),
     "eval evalita": ("llamantino.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
+    "eval lm-eval": ("llamantino.evaluate.harness", "lm-evaluation-harness tasks and suites (leaderboard-it, evalita-llm)"),
     "adapt": ("llamantino.adapt", "language adaptation: QLoRA continued pretraining"),
     "translate": ("llamantino.translate", "machine-translate chat or instruction data"),
     "demo-translator": ("llamantino.tiny_translator", "build the small stand-in translation model used by the demo"),
@@ -43,6 +44,7 @@ COMMANDS = {
     "build": ("llamantino.build", "rebuild one of the ten released models from its chain"),
     "release": ("llamantino.release", "package a trained run as it is published (adapter or weight difference)"),
     "vocab extend": ("llamantino.vocab", "add target-language tokens to a model's vocabulary, with initialised embeddings"),
+    "report compare": ("llamantino.evaluate.compare", "compare runs side by side: markdown table and bar chart"),
 }
 
 

@@ -53,6 +53,8 @@ STAGE_MODULES = {
     "verify": "llamantino.verify",
     "report": "llamantino.report",
     "vocab_extend": "llamantino.vocab",
+    "lm_eval": "llamantino.evaluate.harness",
+    "compare": "llamantino.evaluate.compare",
 }
 
 TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")
