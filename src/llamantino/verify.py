@@ -8,8 +8,6 @@ that only record who wrote it. Any difference is an error naming each tensor.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
@@ -32,7 +30,12 @@ class Config:
 
 
 def _config(folder) -> dict:
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    from llamantino.fileio import safe_join
+    from llamantino.weightdiff import read_json
+
+    config = read_json(safe_join(folder, "config.json", f"model folder {folder}"), "config")
+    if not isinstance(config, dict):
+        raise LlamantinoError(f"{folder}/config.json: not a JSON object")
     return {k: v for k, v in config.items() if k not in CONFIG_KEYS_IGNORED}
 
 
