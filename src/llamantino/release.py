@@ -222,9 +222,10 @@ def model_card(card: Card) -> str:
         parts += ["Rebuild the model, bit for bit, from the model it was tuned from:", "", "```",
                   "llamantino diff apply --base BASE_FOLDER --diff THIS_FOLDER --output MODEL_FOLDER", "```", "",
                   f"`BASE_FOLDER` holds `{card.base_model}` exactly as it was when the difference was made. "
-                  "Every base tensor is checked against its sha256 before use and every rebuilt tensor after; "
+                  "Every rebuilt tensor is checked against its sha256 (a wrong base cannot give the right result); "
                   "a wrong base is refused, naming the tensors that differ. `weight_diff.json` lists each "
-                  "tensor with its shape, dtype and checksums. Memory use stays near twice the largest tensor.", ""]
+                  "tensor with its shape, dtype and checksums. Memory stays at a few 4 MiB chunks per thread, "
+                  "whatever the size of the model.", ""]
     if card.chain:
         parts += ["The whole chain, from Meta's weights:", "", "```",
                   f"llamantino build {card.name} --base-dir MODELS --output {card.name}", "```", "",
