@@ -19,7 +19,6 @@ from pathlib import Path
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import safe_join
-from llamantino.weightdiff import read_json, refuse_links_outside
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,11 @@ class Config:
 
 
 def check_not_quantized(base) -> None:
-    if Path(base).is_dir() and safe_join(base, "config.json", f"base model {base}").is_file():
-        config = read_json(Path(base) / "config.json", "config")
+    from llamantino.weightdiff import read_json
+
+    path = safe_join(base, "config.json", f"base model {base}") if Path(base).is_dir() else None
+    if path is not None and path.is_file():
+        config = read_json(path, "config")
         if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
             method = config["quantization_config"].get("quant_method", "quantized")
             raise LlamantinoError(f"{base}: a {method} (quantized) model; merging into it is lossy: "
@@ -52,6 +54,8 @@ def check_not_quantized(base) -> None:
 
 
 def _adapter_config(adapter) -> dict:
+    from llamantino.weightdiff import read_json, refuse_links_outside
+
     if not Path(adapter).is_dir():
         raise LlamantinoError(f"{adapter}: no such adapter folder")
     refuse_links_outside(adapter, "adapter")
@@ -85,6 +89,8 @@ def merge_into(folder, base, adapter, *, dtype: str = "float32", max_shard_size:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamantino.weightdiff import refuse_links_outside
 
     if dtype not in DTYPES:
         raise LlamantinoError(f"merge dtype {dtype!r}; valid: {', '.join(DTYPES)}")
