@@ -2,6 +2,7 @@
 
     python benchmarks/bench_weightdiff.py               # ~2 GB bfloat16 checkpoint, 2 shards
     python benchmarks/bench_weightdiff.py --gb 0.5      # a smaller one
+    python benchmarks/bench_weightdiff.py --baseline-src OLD/src --no-naive   # before/after a change
 
 A LLaMA-shaped checkpoint (hidden 2048, MLP 5504, vocabulary 32000, as many layers as
 fit the size) is generated under a temporary folder with its fine-tuned twin (every
@@ -10,11 +11,17 @@ its own process (so peak RSS is its own), from a warm page cache:
 
 * copy:  shutil.copy of the target's safetensors files (the fastest a rebuild could be);
 * diff apply:  llamantino's tensor-by-tensor rebuild, checking every sha256;
-* naive:  load both state dicts whole (safetensors load_file), XOR, save_file.
+* naive:  load both state dicts whole (safetensors load_file), XOR, save_file;
+* apply (baseline):  with `--baseline-src`, `diff apply` of another llamantino source tree
+  (an earlier version), so that a change is measured against it in the same run.
 
 Throughput is the target checkpoint's bytes per second of work (imports excluded).
 Targets: apply at least 0.5x the copy's throughput, and peak RSS at most twice the
 largest tensor plus 1 GiB. Everything generated is removed at the end.
+
+The CPU seconds (user + system, all threads) of each method are printed too: on a machine
+shared with other jobs the wall-clock ratio moves with their load, the CPU cost much less.
+The load average before and after is printed: compare ratios from one run only.
 """
 
 from __future__ import annotations
@@ -88,19 +95,22 @@ def write_pair(root: Path, gb: float, shards: int = 2) -> dict:
             "largest": max(math.prod(s) * 2 for _, s in shapes), "shards": shards, "layers": n_layers}
 
 
+# Each method: (imports, untimed; the work, timed).
 CHILD = {
-    "copy": """
+    "copy": ("""
         import shutil
-        from pathlib import Path
+    """, """
         out.mkdir()
         for path in sorted(Path(target).glob("*.safetensors")):
             shutil.copy(path, out / path.name)
-    """,
-    "diff apply": """
+    """),
+    "diff apply": ("""
+        import llamantino.manifest
         from llamantino.weightdiff import apply_diff
+    """, """
         apply_diff(base, diff, out)
-    """,
-    "naive": """
+    """),
+    "naive": ("""
         import json
         import torch
         from safetensors.torch import load_file, save_file
@@ -109,6 +119,7 @@ CHILD = {
             for path in sorted(Path(folder).glob("*.safetensors")):
                 out.update(load_file(path))
             return out
+    """, """
         base_sd, diff_sd = whole(base), whole(diff)
         manifest = json.loads((Path(diff) / "weight_diff.json").read_text())
         result = {}
@@ -119,7 +130,7 @@ CHILD = {
         for spec in manifest["target"]["files"]:
             names = [e["name"] for e in manifest["tensors"] if e["file"] == spec["file"]]
             save_file({n: result[n] for n in names}, out / spec["file"], metadata={"format": "pt"})
-    """,
+    """),
 }
 
 
@@ -137,29 +148,40 @@ def peak_rss():
 """
 
 
-def measure(kind: str, root: Path, expected: dict) -> dict:
-    """Run one method in a fresh process (it reports its own seconds and peak RSS), then
-    check that its output holds the target's tensors."""
-    body = textwrap.indent(textwrap.dedent(CHILD[kind]), "    ")
+BASELINE = "apply (baseline)"
+CPU_SECONDS = """
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return usage.ru_utime + usage.ru_stime
+"""
+
+
+def measure(kind: str, root: Path, expected: dict, source: str | None = None) -> dict:
+    """Run one method in a fresh process (it reports its own seconds, CPU seconds and peak
+    RSS), importing llamantino from `source` if given; then check that its output holds the
+    target's tensors."""
+    imports, work = CHILD["diff apply" if kind == BASELINE else kind]
     script = (
-        "import time\nfrom pathlib import Path\n" + PEAK_RSS +
+        "import resource\nimport time\nfrom pathlib import Path\n" + PEAK_RSS + CPU_SECONDS +
         f"base, diff, target, out = {str(root / 'base')!r}, {str(root / 'diff')!r}, "
         f"{str(root / 'target')!r}, Path({str(root / 'out')!r})\n"
-        "t0 = time.perf_counter()\n"
-        "if True:\n" + body + "\n"
-        "print(time.perf_counter() - t0, peak_rss())\n")
+        + textwrap.dedent(imports) +
+        "t0, cpu0 = time.perf_counter(), cpu_seconds()\n"
+        "if True:\n" + textwrap.indent(textwrap.dedent(work), "    ") + "\n"
+        "print(time.perf_counter() - t0, cpu_seconds() - cpu0, peak_rss())\n")
     os.sync()  # every method starts with no dirty pages of the previous one to write back
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": source} if source else None
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"{kind} failed:\n{done.stderr}")
-    seconds, rss = done.stdout.split()[-2:]
+    seconds, cpu, rss = done.stdout.split()[-3:]
     for name in ("config.json", "model.safetensors.index.json"):  # untimed: for the check below
         if not (root / "out" / name).exists():
             shutil.copy(root / "target" / name, root / "out" / name)
     if tensor_hashes(root / "out") != expected:
         raise SystemExit(f"{kind}: the rebuilt tensors are not the target's")
     shutil.rmtree(root / "out")
-    return {"seconds": float(seconds), "rss": int(rss)}
+    return {"seconds": float(seconds), "cpu": float(cpu), "rss": int(rss)}
 
 
 def main() -> int:
@@ -167,7 +189,12 @@ def main() -> int:
     parser.add_argument("--gb", type=float, default=2.0, help="checkpoint size in GB")
     parser.add_argument("--dir", default=None, help="where to write the temporary checkpoints")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each method; the fastest is shown")
+    parser.add_argument("--baseline-src", default=None,
+                        help="also time `diff apply` of the llamantino package under this folder (its src/)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the load-add-save method (slow, ~6 GB)")
     args = parser.parse_args()
+    methods = ["copy", "diff apply"] + ([BASELINE] if args.baseline_src else []) + ([] if args.no_naive else ["naive"])
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     root = Path(tempfile.mkdtemp(prefix="bench-weightdiff-", dir=args.dir))
     try:
         t0 = time.perf_counter()
@@ -183,24 +210,27 @@ def main() -> int:
         expected = tensor_hashes(root / "target")
         results = {}
         for _ in range(args.repeat):  # best of N: the first touch of fresh memory is slow on some VMs
-            for kind in ("copy", "diff apply", "naive"):
-                r = measure(kind, root, expected)
+            for kind in methods:
+                r = measure(kind, root, expected, args.baseline_src if kind == BASELINE else None)
                 if kind not in results or r["seconds"] < results[kind]["seconds"]:
                     results[kind] = r
     finally:
         shutil.rmtree(root, ignore_errors=True)
     copy_rate = size / results["copy"]["seconds"]
-    print(f"\n{'method':12s} {'seconds':>8s} {'GB/s':>7s} {'vs copy':>8s} {'peak RSS MiB':>13s}")
+    print(f"\n{'method':16s} {'seconds':>8s} {'GB/s':>7s} {'vs copy':>8s} {'CPU s':>6s} {'peak RSS MiB':>13s}")
     for kind, r in results.items():
         rate = size / r["seconds"]
-        print(f"{kind:12s} {r['seconds']:8.2f} {rate / 1e9:7.2f} {rate / copy_rate:7.2f}x {r['rss'] / 2**20:13.0f}")
+        print(f"{kind:16s} {r['seconds']:8.2f} {rate / 1e9:7.2f} {rate / copy_rate:7.2f}x {r['cpu']:6.2f} "
+              f"{r['rss'] / 2**20:13.0f}")
     apply = results["diff apply"]
     ratio = (size / apply["seconds"]) / copy_rate
     bound = 2 * info["largest"] + 2**30
     print(f"\ntarget: apply >= 0.5x copy throughput: {ratio:.2f}x {'PASS' if ratio >= 0.5 else 'FAIL'}")
     print(f"target: apply peak RSS <= 2 x largest tensor + 1 GiB = {bound / 2**20:.0f} MiB: "
           f"{apply['rss'] / 2**20:.0f} MiB {'PASS' if apply['rss'] <= bound else 'FAIL'}")
-    print(f"naive peak RSS / apply peak RSS: {results['naive']['rss'] / apply['rss']:.1f}x")
+    if "naive" in results:
+        print(f"naive peak RSS / apply peak RSS: {results['naive']['rss'] / apply['rss']:.1f}x")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -327,14 +327,21 @@ def test_build_downloads_missing_inputs_only_when_asked(tmp_path, tiny_model_dir
 
     from llamantino.build import run as build_run
 
+    import llamantino.build as build
+
     calls = []
 
-    def fake_snapshot_download(repo_id, local_dir, allow_patterns):
+    def source(repo_id):
+        return tiny_model_dir if repo_id.startswith("meta-llama/") else releases / "adapter"
+
+    def fake_snapshot_download(repo_id, local_dir, allow_patterns, revision):
         calls.append((repo_id, allow_patterns))
-        source = tiny_model_dir if repo_id.startswith("meta-llama/") else releases / "adapter"
-        shutil.copytree(source, local_dir)
+        shutil.copytree(source(repo_id), local_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    # the repository's file names are listed (and checked) before anything is fetched
+    monkeypatch.setattr(build, "_repo_listing", lambda repo_id: (
+        "0" * 40, [p.name for p in source(repo_id).iterdir()]))
     settings = {"name": "LLaMAntino-2-7b-hf-ITA", "base_dir": str(tmp_path / "models"), "output": str(tmp_path / "o")}
     with pytest.raises(LlamantinoError, match="pass --download"):
         build_run(config_for("build", **settings))
@@ -390,3 +397,23 @@ def test_verify_names_the_differing_tensor(tmp_path, merged_dir):
         verify_run(config_for("verify", model=str(tmp_path / "copy"), reference=str(merged_dir),
                               output=str(tmp_path / "check")))
     assert not (tmp_path / "check").exists()
+
+
+def test_build_with_a_wrong_base_names_the_users_base(tmp_path, tiny_model_dir, releases):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model_dir, tmp_path / "other")
+    for path in (tmp_path / "other").glob("*.safetensors"):
+        tensors = load_file(path)
+        if "model.norm.weight" in tensors:
+            tensors["model.norm.weight"][0] += 1e-3
+            save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(LlamantinoError) as info:
+        build_chain(tmp_path / "other", [f"adapter:{releases / 'adapter'}", "merge", f"diff:{releases / 'diff'}"],
+                    tmp_path / "out")
+    message = str(info.value)
+    # not the temporary folder the merge went to (deleted by then), but the user's base and the chain so far
+    assert message.startswith(f"{tmp_path / 'other'} -> +adapter {releases / 'adapter'} -> merge (float32): "
+                              "1 of "), message
+    assert "base tensor(s) differ" in message and message.endswith(": model.norm.weight")
+    assert ".chain-" not in message and sorted(p.name for p in tmp_path.iterdir()) == ["other"]

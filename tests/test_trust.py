@@ -290,3 +290,24 @@ def test_the_forbidden_patterns_are_caught(tmp_path):
     for text, pattern in zip(samples, FORBIDDEN):
         assert re.search(pattern, text), text
     assert not re.search(r"(?<![\w.])eval\(", "model.eval()")
+
+
+def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, shards, capsys):
+    """Stages that build their output in a temporary folder replace the old one only at the end:
+    a failed --overwrite run leaves the previous output as it was."""
+    from llamantino.fileio import atomic_dir
+    from llamantino.manifest import prepare_output
+
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    before = snapshot(out)
+    cfg = config_for("clean", inputs=[str(shards)], output=str(out), min_chars=400)
+    assert prepare_output(out, "clean", cfg, overwrite=True, replace_later=True) == "fresh"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.txt").write_text("half written")
+            raise RuntimeError("the new run fails")
+    assert snapshot(out) == before
+    (out / "mine.txt").write_text("added by hand")
+    with pytest.raises(LlamantinoError, match="no llamantino run wrote"):
+        prepare_output(out, "clean", cfg, overwrite=True, replace_later=True)

@@ -325,8 +325,14 @@ def test_output_is_protected(made):
         apply_diff(made / "base", made / "diff", made / "busy")
     with pytest.raises(LlamantinoError, match="must differ from --base"):
         apply_diff(made / "base", made / "diff", made / "base", overwrite=True)
+    # --overwrite replaces only a llamantino output: a user's file stays (it used to be deleted)
+    with pytest.raises(LlamantinoError, match="no llamantino run wrote \\(e.g. file\\)"):
+        apply_diff(made / "base", made / "diff", made / "busy", overwrite=True)
+    assert (made / "busy/file").read_text() == "x"
+    (made / "busy/file").unlink()
     apply_diff(made / "base", made / "diff", made / "busy", overwrite=True)
-    assert not (made / "busy/file").exists()
+    apply_diff(made / "base", made / "diff", made / "busy", overwrite=True)  # its own output: replaced
+    assert tensor_hashes(made / "busy") == tensor_hashes(made / "target")
 
 
 def test_command_line(made, capsys):

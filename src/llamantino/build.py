@@ -19,15 +19,22 @@ Inputs are looked up under `--base-dir`, one folder per hub name:
     BASE_DIR/swap-uniba/LLaMAntino-2-7b-hf-dolly-ITA   released weight difference
 
 `--download` fetches the missing ones from the Hugging Face hub into the same places
-(the Meta models need an accepted licence and a token). A released folder's SHA256SUMS
-is checked before use; a weight difference checks each base tensor and each result.
-Intermediate models live in a temporary folder next to the output and are removed.
+(the Meta models need an accepted licence and a token): the repository's file names are
+checked before anything is fetched, into a temporary folder renamed into place once
+complete. A released folder (adapter, weight difference) must carry SHA256SUMS listing
+every file, each checked before use: without one the build is refused unless
+`--no-verify` is given, since a checksum list that can be deleted protects nothing. A
+weight difference then checks every rebuilt tensor against its sha256. Every input is
+refused if it holds a symbolic link leading out of its folder. Intermediate models live
+in a temporary folder next to the output and are removed.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -35,6 +42,7 @@ from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.fileio import check_member_name, safe_join
 from llamantino.merge import DTYPES
 
 KIND = "build"
@@ -43,6 +51,9 @@ STEP_KINDS = ("adapter", "merge", "diff")
 # What a download fetches: safetensors weights only (Meta's repositories also hold .bin copies).
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt", CHECKSUMS]
 TORCH_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # as `sha256sum` writes them (text or binary)
+NOT_RELEASED = ("manifest.json", "run.json")  # llamantino's own records of the release run
 
 
 @dataclasses.dataclass
@@ -134,45 +145,146 @@ def list_text() -> str:
     return "\n".join(lines)
 
 
+def hub_folder(name: str, base_dir) -> Path:
+    """BASE_DIR/<owner>/<name> for a hub repository name (recipes may come from strangers)."""
+    if not HUB_NAME.fullmatch(name):
+        raise LlamantinoError(f"{name!r}: not a hub repository name (owner/name)")
+    return Path(base_dir) / check_member_name(name, f"hub repository {name!r}")
+
+
 def resolve(name: str, base_dir, download: bool) -> Path:
     """A hub name's folder under base_dir, fetched from the hub only when asked."""
-    folder = Path(base_dir) / name
+    folder = hub_folder(name, base_dir)
     if folder.is_dir() and any(folder.iterdir()):
         return folder
     if not download:
         raise LlamantinoError(f"{folder}: missing; put {name} there or pass --download to fetch it from the hub")
+    fetch(name, folder)
+    return folder
+
+
+def _repo_listing(name: str) -> tuple[str, list[str]]:
+    """(commit, file names) of a hub model repository."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(name)
+    return info.sha, [sibling.rfilename for sibling in info.siblings or []]
+
+
+def fetch(name: str, folder: Path) -> None:
+    """Download the files of `name` that a build reads into `folder`: names checked before
+    anything is fetched, one pinned commit, a temporary folder renamed into place once
+    complete and checked (no symbolic links, no file the listing did not announce)."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
 
     try:
-        snapshot_download(repo_id=name, local_dir=folder, allow_patterns=DOWNLOAD_PATTERNS)
+        revision, names = _repo_listing(name)
     except Exception as exc:  # network, authentication or a missing repository: one line for the user
-        raise LlamantinoError(f"download of {name} failed: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
-    return folder
+        raise _download_failed(name, exc) from None
+    wanted = set(filter_repo_objects(names, allow_patterns=DOWNLOAD_PATTERNS))
+    for file in sorted(wanted):
+        check_member_name(file, f"hub repository {name}: file")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.download-{os.getpid()}"
+    try:
+        try:
+            snapshot_download(repo_id=name, revision=revision, local_dir=tmp, allow_patterns=DOWNLOAD_PATTERNS)
+        except Exception as exc:
+            raise _download_failed(name, exc) from None
+        _check_download(tmp, name, names)
+        if folder.is_dir():
+            folder.rmdir()  # empty (resolve's caller found nothing in it)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_download(tmp: Path, name: str, names: list[str]) -> None:
+    """No symbolic link, and no file the repository's listing did not announce."""
+    links = [p for p in tmp.rglob("*") if p.is_symlink()]
+    got = {str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and not _hidden(p.relative_to(tmp))}
+    odd = [str(p.relative_to(tmp)) for p in links] or sorted(got - set(names))
+    if odd:
+        raise LlamantinoError(f"download of {name}: unexpected file or link {odd[0]}; nothing kept")
+
+
+def _download_failed(name: str, exc: Exception) -> LlamantinoError:
+    return LlamantinoError(f"download of {name} failed: {type(exc).__name__}: {exc}".replace("\n", " "))
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
 
 
 # ---------------------------------------------------------------------------------------
 # Building
 
 
-def verify_checksums(folder) -> str:
-    """Check the files listed in a release's SHA256SUMS; say what was checked."""
+def read_checksums(folder) -> dict[str, str]:
+    """file name -> sha256 of a release's SHA256SUMS; every name a plain one inside `folder`."""
+    path = safe_join(folder, CHECKSUMS, f"release {folder}")
+    listed: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = CHECKSUM_LINE.fullmatch(line)
+        if not match:
+            raise LlamantinoError(f"{path}:{number}: not a '<sha256>  <file name>' line")
+        name = match.group(2)
+        safe_join(folder, name, f"{path}:{number}")
+        if name in listed:
+            raise LlamantinoError(f"{path}:{number}: {name} is listed twice")
+        listed[name] = match.group(1).lower()
+    return listed
+
+
+def verify_checksums(folder, *, required: bool = True) -> str:
+    """Check a release folder against its SHA256SUMS, which must list every file in it
+    (llamantino's own run records and hidden files apart); say what was checked."""
     from llamantino.fileio import sha256_file
 
-    path = Path(folder) / CHECKSUMS
-    if not path.is_file():
-        return f"{folder}: no {CHECKSUMS}, files not checked"
+    folder = Path(folder)
+    if not safe_join(folder, CHECKSUMS, f"release {folder}").is_file():
+        if required:
+            raise LlamantinoError(f"{folder}: no {CHECKSUMS}, so its files cannot be checked; pass --no-verify "
+                                  "to use it anyway")
+        return f"{folder}: no {CHECKSUMS}, files not checked (--no-verify)"
+    listed = read_checksums(folder)
+    present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                     if not p.is_dir() and not _hidden(p.relative_to(folder)))
+    unlisted = [f for f in present if f not in listed and f != CHECKSUMS and f not in NOT_RELEASED]
+    if unlisted:
+        raise LlamantinoError(f"{folder}: file(s) not listed in {CHECKSUMS}, so not checkable: {', '.join(unlisted)}")
     bad = []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for line in lines:
-        digest, _, name = line.partition("  ")
-        file = Path(folder) / name
+    for name, digest in listed.items():
+        file = folder / name
         if not file.is_file():
             bad.append(f"{name} (missing)")
         elif sha256_file(file) != digest:
             bad.append(f"{name} (sha256 differs)")
     if bad:
         raise LlamantinoError(f"{folder}: files do not match {CHECKSUMS}: {', '.join(bad)}")
-    return f"{folder}: {len(lines)} files match {CHECKSUMS}"
+    return f"{folder}: {len(listed)} files match {CHECKSUMS}"
+
+
+def check_inputs(base, steps: list[Step], *, verify: bool = True) -> list[str]:
+    """Before any work: no input holds a link leading out of it, every released folder
+    matches its SHA256SUMS. Returns what was checked."""
+    from llamantino.weightdiff import refuse_links_outside
+
+    if not Path(base).is_dir():
+        raise LlamantinoError(f"{base}: no such base model folder")
+    refuse_links_outside(base, "base model")
+    checks = []
+    for step in steps:
+        if step.path:
+            if not Path(step.path).is_dir():
+                raise LlamantinoError(f"{step.path}: no such {step.kind} folder")
+            refuse_links_outside(step.path, step.kind)
+            checks.append(verify_checksums(step.path, required=verify))
+    return checks
 
 
 def chain_dtype(base, steps: list[Step], dtype: str) -> str:
@@ -187,31 +299,32 @@ def chain_dtype(base, steps: list[Step], dtype: str) -> str:
         if len(wanted) != 1:
             raise LlamantinoError(f"{diff.path}: expects base tensors in {sorted(wanted)}: pass --dtype")
         return wanted.pop()
-    config_path = Path(base) / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    own = config.get("dtype") or config.get("torch_dtype")
+    from llamantino.weightdiff import read_json
+
+    config_path = safe_join(base, "config.json", f"base model {base}")
+    config = read_json(config_path, "config") if config_path.is_file() else {}
+    own = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
     return own if own in DTYPES else "float32"
 
 
-def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shard_size: str = "5GB") -> dict:
+def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shard_size: str = "5GB",
+               verify: bool = True) -> dict:
     """Run the chain; the final model lands in the existing empty folder `folder`."""
     from llamantino.merge import merge_into
     from llamantino.weightdiff import apply_into
 
     check_chain(steps)
     folder = Path(folder)
-    if not Path(base).is_dir():
-        raise LlamantinoError(f"{base}: no such base model folder")
     t0 = time.time()
+    checks = check_inputs(base, steps, verify=verify)
     dtype = chain_dtype(base, steps, dtype)
-    checks, log = [], []
+    log = []
     current, pending = Path(base), None
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.chain-", dir=folder.parent))
     try:
         for i, step in enumerate(steps):
             dest = folder if i == len(steps) - 1 else work / f"step-{i + 1}"
             if step.kind == "adapter":
-                checks.append(verify_checksums(step.path))
                 pending = step.path
                 continue
             dest.mkdir(exist_ok=True)
@@ -220,10 +333,12 @@ def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shar
                 log.append(f"merged {pending} into {current} ({dtype})")
                 pending = None
             else:
-                checks.append(verify_checksums(step.path))
-                summary = apply_into(current, step.path, dest)
-                checks.append(f"{step.path}: {summary['tensors']} base tensors and results match their sha256")
-                log.append(f"applied {step.path} to {current}")
+                # errors name the user's base and what was merged into it, not a temporary folder
+                label = str(base) if i == 0 else f"{format_chain(str(base), steps[:i])} ({dtype})"
+                summary = apply_into(current, step.path, dest, base_label=label)
+                checks.append(f"{step.path}: all {summary['tensors']} rebuilt tensors match their sha256 "
+                              "(so every base tensor is the one the difference was made from)")
+                log.append(f"applied {step.path} to {label}")
             if work in current.parents:
                 shutil.rmtree(current)  # an intermediate model is not needed once used
             current = dest
@@ -234,17 +349,19 @@ def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shar
 
 
 def build_chain(base, steps, output, *, dtype: str = "auto", max_shard_size: str = "5GB",
-                overwrite: bool = False) -> dict:
+                overwrite: bool = False, verify: bool = True) -> dict:
     """Library entry point: rebuild `base` + `steps` (Step objects or 'adapter:PATH', 'merge',
-    'diff:PATH') into `output`, which appears only when complete."""
+    'diff:PATH') into `output`, which appears only when complete. The output may not be,
+    hold or lie inside an input; `overwrite` replaces only a previous llamantino output."""
     from llamantino.fileio import atomic_dir
+    from llamantino.weightdiff import check_output, write_marker
 
     steps = [s if isinstance(s, Step) else parse_step(s) for s in steps]
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise LlamantinoError(f"{output}: output folder exists and is not empty; pass overwrite to replace it")
+    output = check_output(output, [("base", base)] + [(s.kind, s.path) for s in steps if s.path], overwrite)
     with atomic_dir(output) as tmp:
-        return build_into(tmp, base, steps, dtype=dtype, max_shard_size=max_shard_size)
+        report = build_into(tmp, base, steps, dtype=dtype, max_shard_size=max_shard_size, verify=verify)
+        write_marker(tmp, KIND)
+    return report
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,6 +380,9 @@ class Config:
     dtype: str = setting("auto", "dtype of the merges; auto: what the weight difference expects, "
                                  "else the base's own", choices=("auto",) + DTYPES)
     max_shard_size: str = setting("5GB", "largest safetensors file of merged models")
+    verify: bool = setting(True, "check every released folder against its SHA256SUMS, which must list every "
+                                 "file; --no-verify also takes folders without one (their files unchecked; "
+                                 "a weight difference still checks every tensor)", fingerprint=False)
 
     def validate(self, source):
         if not self.output:
@@ -293,12 +413,13 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
-    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True)
     if state == "complete":
         return {"status": "skipped (done)", **_summary(read_manifest(cfg.output)["metrics"])}
     base, steps = chain_of(cfg)
     with atomic_dir(cfg.output) as tmp:
-        metrics = build_into(tmp, base, steps, dtype=cfg.dtype, max_shard_size=cfg.max_shard_size)
+        metrics = build_into(tmp, base, steps, dtype=cfg.dtype, max_shard_size=cfg.max_shard_size,
+                             verify=cfg.verify)
         write_manifest(tmp, KIND, cfg, inputs=describe_inputs([base] + [s.path for s in steps if s.path]),
                        metrics=metrics)
     return {"status": "done", **_summary(metrics)}
@@ -311,7 +432,9 @@ def _summary(metrics: dict) -> dict:
 def add_arguments(parser):
     from llamantino.runner import add_stage_arguments
 
-    add_stage_arguments(parser, KIND, positional={"name": {"nargs": "?", "help": "released model to rebuild"}})
+    # SUPPRESS: without a name, the setting keeps its default (an explicit chain: --base ...)
+    add_stage_arguments(parser, KIND, positional={"name": {"nargs": "?", "default": argparse.SUPPRESS,
+                                                           "help": "released model to rebuild"}})
     parser.add_argument("--list", action="store_true", help="list the released models and their chains")
 
 

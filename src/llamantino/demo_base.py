@@ -144,7 +144,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
-    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True)
     if state == "complete":
         return {"status": "skipped (done)", **_summary(read_manifest(cfg.output)["metrics"])}
     if cfg.threads:

@@ -228,11 +228,23 @@ def check_member_name(name, what: str) -> str:
     return text
 
 
+def link_root(folder) -> Path:
+    """The folder whose inside symbolic links of `folder` may lead to: the folder itself, or,
+    for a snapshot in the Hugging Face hub cache (`models--ORG--NAME/snapshots/REV`, whose
+    files are links into `models--ORG--NAME/blobs/`), the repository's cache folder."""
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(("models--", "datasets--")) \
+            and (folder.parent.parent / "blobs").is_dir():
+        return folder.parent.parent.resolve()
+    return folder.resolve()
+
+
 def safe_join(folder, name, what: str) -> Path:
     """`folder / name` for a `name` taken from data, refused unless it stays inside `folder`
-    once symbolic links are followed. `what` names the entry in the error (file and field)."""
+    once symbolic links are followed (see `link_root` for the hub cache). `what` names the
+    entry in the error (file and field)."""
     check_member_name(name, what)
-    root = Path(folder).resolve()
+    root = link_root(folder)
     path = Path(folder) / name
     resolved = path.resolve()
     if resolved != root and root not in resolved.parents:

@@ -177,7 +177,8 @@ def replace_output(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
-def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: bool = True) -> str:
+def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: bool = True,
+                   replace_later: bool = False) -> str:
     """Decide what to do with an output folder before a stage writes anything.
 
     Returns "complete" (same stage, settings and inputs already finished: nothing to do),
@@ -185,6 +186,8 @@ def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: b
     whatever `overwrite` says: an output that is, holds or lies inside an input; a folder
     holding symbolic links; files that no llamantino run wrote. Refused unless `overwrite`:
     a different run, a finished run whose inputs changed, an unfinished run without `resume`.
+    `replace_later`: the stage builds its whole output with `fileio.atomic_dir`, which swaps
+    the old folder out only once the new one is complete; it is checked here, not deleted.
     """
     folder = check_output_location(folder, cfg)
     ident = run_identity(kind, cfg)
@@ -231,7 +234,12 @@ def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: b
             changed = differing_settings(other.get("settings", {}), ident["settings"])
             why = f"holds a different '{kind}' run (settings differ: {', '.join(changed) or 'version'})"
         raise LlamantinoError(f"{folder}: output folder {why}; pass --overwrite to replace it")
-    replace_output(folder)
+    if replace_later:
+        foreign = foreign_files(folder)
+        if foreign:
+            replace_output(folder)  # refuses, naming the foreign file
+    else:
+        replace_output(folder)
     return "fresh"
 
 

@@ -12,13 +12,13 @@ naming the tensors.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.fileio import safe_join
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,29 @@ class Config:
 
 
 def check_not_quantized(base) -> None:
-    path = Path(base) / "config.json"
-    if path.is_file():
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if config.get("quantization_config"):
+    from llamantino.weightdiff import read_json
+
+    path = safe_join(base, "config.json", f"base model {base}") if Path(base).is_dir() else None
+    if path is not None and path.is_file():
+        config = read_json(path, "config")
+        if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
             method = config["quantization_config"].get("quant_method", "quantized")
             raise LlamantinoError(f"{base}: a {method} (quantized) model; merging into it is lossy: "
                                   "merge into the 16- or 32-bit base instead")
 
 
 def _adapter_config(adapter) -> dict:
-    path = Path(adapter) / "adapter_config.json"
+    from llamantino.weightdiff import read_json, refuse_links_outside
+
+    if not Path(adapter).is_dir():
+        raise LlamantinoError(f"{adapter}: no such adapter folder")
+    refuse_links_outside(adapter, "adapter")
+    path = safe_join(adapter, "adapter_config.json", f"adapter {adapter}")
     if not path.is_file():
         raise LlamantinoError(f"{adapter}: no adapter_config.json: not a LoRA adapter folder")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path, "adapter config")
+    if not isinstance(config, dict):
+        raise LlamantinoError(f"{path}: not a JSON object")
     if config.get("peft_type") != "LORA":
         raise LlamantinoError(f"{path}: peft_type {config.get('peft_type')!r}; only LoRA adapters merge")
     return config
@@ -65,7 +74,7 @@ def _adapter_embedding_rows(adapter) -> int | None:
     """Rows of the full embedding weights an adapter carries (when its vocabulary grew)."""
     from safetensors import safe_open
 
-    path = Path(adapter) / "adapter_model.safetensors"
+    path = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
     if not path.is_file():
         raise LlamantinoError(f"{adapter}: no adapter_model.safetensors")
     with safe_open(path, "pt") as handle:
@@ -81,9 +90,12 @@ def merge_into(folder, base, adapter, *, dtype: str = "float32", max_shard_size:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llamantino.weightdiff import refuse_links_outside
+
     if dtype not in DTYPES:
         raise LlamantinoError(f"merge dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     t0 = time.time()
+    refuse_links_outside(base, "base model")
     check_not_quantized(base)
     adapter_config = _adapter_config(adapter)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
@@ -111,9 +123,12 @@ def merge_into(folder, base, adapter, *, dtype: str = "float32", max_shard_size:
 
 
 def merge_adapter(base, adapter, output, *, dtype: str = "float32", max_shard_size: str = "5GB") -> dict:
-    """Library entry point: merge into `output`, which appears only when complete."""
+    """Library entry point: merge into `output`, which appears only when complete. The
+    output may not be, hold or lie inside an input, nor be a folder that holds files."""
     from llamantino.fileio import atomic_dir
+    from llamantino.weightdiff import check_output
 
+    output = check_output(output, [("base", base), ("adapter", adapter)], overwrite=False)
     with atomic_dir(output) as tmp:
         return merge_into(tmp, base, adapter, dtype=dtype, max_shard_size=max_shard_size)
 
@@ -122,7 +137,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
-    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True)
     if state == "complete":
         return {"status": "skipped (done)", **_summary(read_manifest(cfg.output)["metrics"])}
     with atomic_dir(cfg.output) as tmp:

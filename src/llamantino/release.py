@@ -14,6 +14,7 @@ from the run's manifest) and SHA256SUMS, the sha256 of every released file in th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.fileio import safe_join
 from llamantino.streaming import HUB_PREFIX
 
 KIND = "release"
@@ -220,9 +222,10 @@ def model_card(card: Card) -> str:
         parts += ["Rebuild the model, bit for bit, from the model it was tuned from:", "", "```",
                   "llamantino diff apply --base BASE_FOLDER --diff THIS_FOLDER --output MODEL_FOLDER", "```", "",
                   f"`BASE_FOLDER` holds `{card.base_model}` exactly as it was when the difference was made. "
-                  "Every base tensor is checked against its sha256 before use and every rebuilt tensor after; "
+                  "Every rebuilt tensor is checked against its sha256 (a wrong base cannot give the right result); "
                   "a wrong base is refused, naming the tensors that differ. `weight_diff.json` lists each "
-                  "tensor with its shape, dtype and checksums. Memory use stays near twice the largest tensor.", ""]
+                  "tensor with its shape, dtype and checksums. Memory stays at a few 4 MiB chunks per thread, "
+                  "whatever the size of the model.", ""]
     if card.chain:
         parts += ["The whole chain, from Meta's weights:", "", "```",
                   f"llamantino build {card.name} --base-dir MODELS --output {card.name}", "```", "",
@@ -275,8 +278,9 @@ def release_into(folder: Path, cfg: Config) -> dict:
         if not (run / "adapter_model.safetensors").is_file():
             raise LlamantinoError(f"{run}: no adapter_model.safetensors (release adapters as safetensors)")
         for name in ADAPTER_FILES + TOKENIZER_FILES:
-            if (run / name).is_file():
-                shutil.copyfile(run / name, folder / name)
+            source = safe_join(run, name, f"run {run}")  # a link leading out would publish that file
+            if source.is_file():
+                shutil.copyfile(source, folder / name)
         base = ""
     elif (run / "config.json").is_file():
         released_as = "weight-diff"
@@ -305,14 +309,16 @@ def _hub_api():
 
 def push_release(folder, repo_id: str, *, private: bool = False, api=None) -> str:
     """Upload the files listed in SHA256SUMS (after checking them) and SHA256SUMS itself."""
-    from llamantino.build import verify_checksums
+    import glob
+
+    from llamantino.build import read_checksums, verify_checksums
 
     folder = Path(folder)
-    if not (folder / CHECKSUMS).is_file():
+    if not safe_join(folder, CHECKSUMS, f"release {folder}").is_file():
         raise LlamantinoError(f"{folder}: no {CHECKSUMS}: not a release folder")
     verify_checksums(folder)
-    files = [line.split("  ", 1)[1] for line in (folder / CHECKSUMS).read_text(encoding="utf-8").splitlines()
-             if line.strip()] + [CHECKSUMS]
+    # the hub reads these as patterns: a file name is matched literally, never as a wildcard
+    files = [glob.escape(name) for name in read_checksums(folder)] + [CHECKSUMS]
     api = api or _hub_api()
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
@@ -327,7 +333,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
-    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True)
     if state == "complete":
         metrics, status = read_manifest(cfg.output)["metrics"], "skipped (done)"
     else:
@@ -345,7 +351,9 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 def add_arguments(parser):
     from llamantino.runner import add_stage_arguments
 
-    add_stage_arguments(parser, KIND, positional={"run": {"nargs": "?", "help": "training run folder"}})
+    # SUPPRESS: without one, the run folder comes from --recipe or --set
+    add_stage_arguments(parser, KIND, positional={"run": {"nargs": "?", "default": argparse.SUPPRESS,
+                                                          "help": "training run folder"}})
 
 
 def main(args) -> int:

@@ -8,8 +8,6 @@ that only record who wrote it. Any difference is an error naming each tensor.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
@@ -32,7 +30,12 @@ class Config:
 
 
 def _config(folder) -> dict:
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    from llamantino.fileio import safe_join
+    from llamantino.weightdiff import read_json
+
+    config = read_json(safe_join(folder, "config.json", f"model folder {folder}"), "config")
+    if not isinstance(config, dict):
+        raise LlamantinoError(f"{folder}/config.json: not a JSON object")
     return {k: v for k, v in config.items() if k not in CONFIG_KEYS_IGNORED}
 
 
@@ -68,7 +71,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir, atomic_write_json
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
-    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite)
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True)
     if state == "complete":
         return {"status": "skipped (done)", **_summary(read_manifest(cfg.output)["metrics"])}
     report = compare_models(cfg.model, cfg.reference)

@@ -23,9 +23,25 @@ bytes in row-major order, as stored in safetensors.
 
 Both commands stream each tensor in 4 MiB chunks with positional reads (no memory map,
 whose pages would stay resident) and writes at the tensor's place in the output file, the
-sha256 computed as the bytes pass; a few tensors go through at once on worker threads.
-Memory stays at a few chunks per thread whatever the size of the model or of its largest
-tensor, so a 70B model rebuilds on a machine with far less RAM than the model.
+sha256 computed as the bytes pass; a few tensors go through at once on worker threads,
+largest first. Memory stays at a few chunks per thread whatever the size of the model or
+of its largest tensor, so a 70B model rebuilds on a machine with far less RAM than the model.
+
+`diff apply` hashes each rebuilt tensor as it is written. XOR with a fixed difference is
+one-to-one, so a rebuilt tensor matches its recorded sha256 only if its base tensor is the
+recorded one too: on success the result's checksum vouches for the base as well. Only when
+a result fails are the base tensors of the failed results hashed, to tell a wrong base from
+a damaged difference and to name each one. One sha256 pass instead of two is what lets a
+rebuild keep up with a plain copy.
+
+A difference is a stranger's file. Every file name read from `weight_diff.json` or from an
+index must be a plain name inside its folder (`fileio.safe_join`): `../x`, `/abs/path` and
+symbolic links that lead out of the folder are refused before anything is opened. The
+rebuilt model is written into a new temporary folder next to the output (files created,
+never truncated) and renamed into place only when every checksum matched; with
+`--overwrite` the previous output stays as it was until then, and only a folder that holds
+nothing but a llamantino output may be replaced. Both commands leave a `manifest.json`
+listing their files, so a later `--overwrite` recognises their outputs.
 """
 
 from __future__ import annotations
@@ -36,7 +52,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import struct
 import threading
 import time
@@ -45,20 +61,23 @@ from pathlib import Path
 
 import numpy as np
 
+from llamantino import __version__
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import atomic_dir, sha256_file
+from llamantino.fileio import atomic_dir, atomic_write_json, check_member_name, link_root, safe_join, sha256_file
 
 FORMAT = "llamantino-weight-diff"
 FORMAT_VERSION = 1
 DIFF_MANIFEST = "weight_diff.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+RUN_MANIFEST = "manifest.json"  # manifest.MANIFEST: marks a folder as a llamantino output
 ENCODING = ("xor: each stored tensor holds the raw bits of the target tensor XOR those of its base "
             "tensor (zero-extended when rows were added; a tensor without base is stored as it is)")
 
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
                "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 BITS_DTYPE = {1: "U8", 2: "U16", 4: "U32", 8: "U64"}
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 CHUNK = 4 << 20  # bytes of a tensor read, XORed, hashed and written at a time
 WRITE_CHUNK = 1 << 20
@@ -70,7 +89,8 @@ WORKERS = max(1, min(8, os.cpu_count() or 1))
 ARCH_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads", "num_key_value_heads", "vocab_size")
 
-# Files of the target that travel with the difference (the weights never do).
+# Files of the target that travel with the difference (the weights never do). A difference
+# naming any other side file is refused.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer.model",
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
               "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
@@ -94,6 +114,42 @@ class TensorInfo:
     nbytes: int
 
 
+def _is_shape(shape) -> bool:
+    return isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+
+
+def _offsets(entry) -> tuple[int, int]:
+    try:
+        begin, stop = entry["data_offsets"]
+        return int(begin), int(stop)
+    except (KeyError, TypeError, ValueError):
+        return -1, -1
+
+
+def parse_header(header_text: str, where) -> tuple[dict | None, list[tuple[str, str, list[int], int, int]]]:
+    """(metadata, [(name, dtype, shape, begin, stop)] in byte order) of a safetensors header,
+    refused unless the tensors follow one another and each range fits its shape."""
+    try:
+        header = json.loads(header_text)
+    except json.JSONDecodeError as exc:
+        raise LlamantinoError(f"{where}: unreadable safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise LlamantinoError(f"{where}: safetensors header is not a mapping")
+    metadata = header.pop("__metadata__", None)
+    tensors, end = [], 0
+    for name, entry in sorted(header.items(), key=lambda kv: _offsets(kv[1])[0]):
+        dtype, shape = (entry.get("dtype"), entry.get("shape")) if isinstance(entry, dict) else (None, None)
+        if dtype not in DTYPE_BYTES or not _is_shape(shape):
+            raise LlamantinoError(f"{where}: tensor {name}: unsupported dtype {dtype!r} or bad shape")
+        begin, stop = _offsets(entry)
+        if begin != end or stop - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+            raise LlamantinoError(f"{where}: tensor {name}: byte range {begin}-{stop} does not "
+                                  "follow the previous tensor or does not fit its shape")
+        tensors.append((name, dtype, list(shape), begin, stop))
+        end = stop
+    return metadata, tensors
+
+
 class WeightFile:
     """A safetensors file's header, checked against the file's size (catches truncation)."""
 
@@ -109,75 +165,69 @@ class WeightFile:
                 if length > min(size - 8, 1 << 28):
                     raise ValueError(f"header length {length} does not fit the file")
                 self.header_text = handle.read(length).decode("utf-8")
-            header = json.loads(self.header_text)
-            if not isinstance(header, dict):
-                raise ValueError("header is not a mapping")
         except FileNotFoundError:
             raise LlamantinoError(f"{self.path}: missing file") from None
         except (ValueError, UnicodeDecodeError, OSError) as exc:
             raise LlamantinoError(f"{self.path}: not a readable safetensors file ({exc})") from None
-        self.metadata = header.pop("__metadata__", None)
+        self.metadata, tensors = parse_header(self.header_text, self.path)
         data_start = 8 + length
-        self.tensors: dict[str, TensorInfo] = {}
-        end = 0
-        for name, entry in sorted(header.items(), key=lambda kv: _offsets(kv[1])[0]):
-            dtype, shape = entry.get("dtype"), entry.get("shape")
-            begin, stop = _offsets(entry)
-            if dtype not in DTYPE_BYTES or not isinstance(shape, list):
-                raise LlamantinoError(f"{self.path}: tensor {name}: unsupported dtype {dtype!r} or bad shape")
-            nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
-            if begin != end or stop - begin != nbytes:
-                raise LlamantinoError(f"{self.path}: tensor {name}: byte range {begin}-{stop} does not "
-                                      "follow the previous tensor or does not fit its shape")
-            self.tensors[name] = TensorInfo(name, dtype, list(shape), self.path, data_start + begin, nbytes)
-            end = stop
+        self.tensors = {name: TensorInfo(name, dtype, shape, self.path, data_start + begin, stop - begin)
+                        for name, dtype, shape, begin, stop in tensors}
+        end = tensors[-1][4] if tensors else 0
         if data_start + end != size:
             raise LlamantinoError(f"{self.path}: truncated or damaged: {size} bytes where the header "
                                   f"announces {data_start + end}")
 
 
-def _offsets(entry) -> tuple[int, int]:
+def read_json(path, what: str):
+    """A JSON file of a folder someone else may have written: one line if it is unreadable."""
     try:
-        begin, stop = entry["data_offsets"]
-        return int(begin), int(stop)
-    except (KeyError, TypeError, ValueError):
-        return -1, -1
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LlamantinoError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def weight_file_name(name, what: str) -> str:
+    """A weight file name read from data: a plain `.safetensors` name, no folders."""
+    check_member_name(name, what)
+    if "/" in name or not name.endswith(".safetensors"):
+        raise LlamantinoError(f"{what}: {name!r} is not a plain .safetensors file name")
+    return name
 
 
 class ModelFolder:
-    """A model folder's config and safetensors weights (one file, or shards and an index)."""
+    """A model folder's config and safetensors weights (one file, or shards and an index).
+    Every file is found through `safe_join`: names from the index, and links, stay inside."""
 
     def __init__(self, folder, what: str = "model"):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise LlamantinoError(f"{self.folder}: no such {what} folder")
-        config_path = self.folder / "config.json"
+        config_path = safe_join(self.folder, "config.json", f"{what} folder {self.folder}")
         if not config_path.is_file():
             raise LlamantinoError(f"{self.folder}: no config.json: not a model folder")
-        try:
-            self.config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LlamantinoError(f"{config_path}: unreadable ({exc})") from None
+        self.config = read_json(config_path, "config")
+        if not isinstance(self.config, dict):
+            raise LlamantinoError(f"{config_path}: not a JSON object")
         self.index_text = None
-        index_path = self.folder / INDEX_FILE
+        index_path = safe_join(self.folder, INDEX_FILE, f"{what} folder {self.folder}")
         if index_path.is_file():
             self.index_text = index_path.read_text(encoding="utf-8")
-            try:
-                weight_map = json.loads(self.index_text)["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise LlamantinoError(f"{index_path}: unreadable index ({exc})") from None
+            weight_map = read_weight_map(self.index_text, index_path)
             names = sorted(set(weight_map.values()))
-        elif (self.folder / SINGLE_FILE).is_file():
+        elif safe_join(self.folder, SINGLE_FILE, f"{what} folder {self.folder}").is_file():
             weight_map, names = None, [SINGLE_FILE]
         else:
             other = "; it holds .bin weights: convert them to safetensors first" if any(
                 self.folder.glob("*.bin")) else ""
             raise LlamantinoError(f"{self.folder}: no {SINGLE_FILE} or {INDEX_FILE}{other}")
-        missing = [n for n in names if not (self.folder / n).is_file()]
+        paths = {n: safe_join(self.folder, n, f"{index_path}: weight_map" if weight_map else str(self.folder))
+                 for n in names}
+        missing = [n for n, p in paths.items() if not p.is_file()]
         if missing:
             raise LlamantinoError(f"{self.folder}: missing weight file(s) {', '.join(missing)} "
                                   f"(listed in {INDEX_FILE})")
-        self.files = {n: WeightFile(self.folder / n) for n in names}
+        self.files = {n: WeightFile(p) for n, p in paths.items()}
         self.tensors: dict[str, TensorInfo] = {}
         for file in self.files.values():
             self.tensors.update(file.tensors)
@@ -192,6 +242,44 @@ class ModelFolder:
     @property
     def tied(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False))
+
+
+def read_weight_map(index_text: str, where) -> dict[str, str]:
+    """The `weight_map` of a safetensors index (tensor -> file), checked to be a mapping of names."""
+    try:
+        weight_map = json.loads(index_text)["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise LlamantinoError(f"{where}: unreadable index ({type(exc).__name__}: {exc})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise LlamantinoError(f"{where}: weight_map is not a mapping of tensor names to file names")
+    return weight_map
+
+
+def links_outside(folder) -> list[Path]:
+    """Symbolic links anywhere in `folder` that lead out of it (a stranger's folder may use
+    them to make a tool read, or publish, a file elsewhere). A hub-cache snapshot's links into
+    its repository's `blobs/` stay inside (`fileio.link_root`)."""
+    root = link_root(folder)
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_symlink():
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                found.append(path)
+    return found
+
+
+def refuse_links_outside(folder, what: str) -> None:
+    if Path(folder).is_dir():
+        links = links_outside(folder)
+        if links:
+            raise LlamantinoError(f"{what} {folder}: {links[0].relative_to(folder)} is a symbolic link that "
+                                  "leads outside the folder; copy the real file in its place")
+
+
+# ---------------------------------------------------------------------------------------
+# Chunked reads and writes
 
 
 def read_range(fd: int, info: TensorInfo, offset: int, out: np.ndarray) -> np.ndarray:
@@ -225,12 +313,19 @@ class OpenFiles:
     def reading(self, path: Path) -> int:
         if path not in self.fds:
             self.fds[path] = os.open(path, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):  # a larger read-ahead when the file is not cached
+                os.posix_fadvise(self.fds[path], 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return self.fds[path]
 
     def writing(self, path: Path, header_text: str) -> tuple[int, int]:
-        """A new safetensors file with its header written; returns (fd, where data starts)."""
+        """A new safetensors file with its header written; returns (fd, where data starts).
+        The file must not exist: nothing is ever truncated (nor written through a link)."""
         data = header_text.encode("utf-8")
-        fd = self.fds[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            raise LlamantinoError(f"{path}: already exists; refusing to write over it") from None
+        self.fds[path] = fd
         write_at(fd, np.frombuffer(struct.pack("<Q", len(data)) + data, np.uint8), 0, path)
         return fd, 8 + len(data)
 
@@ -278,19 +373,22 @@ def xor(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     np.bitwise_xor(a.view(word), b.view(word), out=out.view(word))
 
 
+def _hash_tensor(files: OpenFiles, info: TensorInfo) -> str:
+    digest, buffer = hashlib.sha256(), chunk_buffers(1)[0]
+    fd = files.reading(info.path)
+    for offset in range(0, info.nbytes, CHUNK):
+        digest.update(read_range(fd, info, offset, buffer[: min(CHUNK, info.nbytes - offset)]))
+    return digest.hexdigest()
+
+
 def tensor_hashes(folder) -> dict[str, str]:
     """sha256 of every tensor of a model folder, read chunk by chunk."""
     model = ModelFolder(folder)
-    files, buffer, out = OpenFiles(), np.empty(CHUNK, np.uint8), {}
+    files = OpenFiles()
     try:
-        for name, info in sorted(model.tensors.items()):
-            digest, fd = hashlib.sha256(), files.reading(info.path)
-            for offset in range(0, info.nbytes, CHUNK):
-                digest.update(read_range(fd, info, offset, buffer[: min(CHUNK, info.nbytes - offset)]))
-            out[name] = digest.hexdigest()
+        return {name: _hash_tensor(files, info) for name, info in sorted(model.tensors.items())}
     finally:
         files.close()
-    return out
 
 
 @contextlib.contextmanager
@@ -307,27 +405,57 @@ def _cancel_on_error(jobs: list, stop: threading.Event | None = None):
         raise
 
 
-def _check_output(output, inputs: dict, overwrite: bool) -> Path:
-    """Refuse an output that is one of the inputs, or a non-empty folder without overwrite."""
+# ---------------------------------------------------------------------------------------
+# Output folders
+
+
+def check_output(output, inputs, overwrite: bool) -> Path:
+    """Refuse, before anything is written, an output that is, holds or lies inside one of
+    `inputs` ((what, path) pairs or a mapping), and a non-empty folder unless `overwrite`
+    and everything in it is a llamantino output. Nothing is deleted here: `atomic_dir`
+    replaces the folder only once the new one is complete."""
+    from llamantino.manifest import check_output_location, foreign_files
+
     output = Path(output)
-    for what, path in inputs.items():
-        if output.resolve() == Path(path).resolve():
+    pairs = list(inputs.items() if isinstance(inputs, dict) else inputs)
+    for what, path in pairs:
+        if path and output.resolve() == Path(path).resolve():
             raise LlamantinoError(f"{output}: the output folder must differ from --{what}")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+    check_output_location(output, inputs=[str(path) for _, path in pairs if path])
+    if output.exists() and not output.is_dir():
+        raise LlamantinoError(f"{output}: exists and is not a folder")
+    if not output.exists() or not any(output.iterdir()):
+        return output
+    if not overwrite:
         raise LlamantinoError(f"{output}: output folder exists and is not empty; pass --overwrite to replace it")
+    links = [p for p in output.rglob("*") if p.is_symlink()]
+    if links:
+        raise LlamantinoError(f"{output}: holds a symbolic link ({links[0]}); llamantino outputs never do, "
+                              "refusing to replace it")
+    foreign = foreign_files(output)
+    if foreign:
+        raise LlamantinoError(f"{output}: holds {len(foreign)} file(s) no llamantino run wrote (e.g. {foreign[0]}); "
+                              "--overwrite replaces only llamantino outputs: move them or choose another folder")
     return output
 
 
-def _copy_side_files(source: Path, dest: Path, required=("config.json",)) -> list[dict]:
-    out = []
-    for name in SIDE_FILES:
-        path = source / name
-        if path.is_file():
-            shutil.copyfile(path, dest / name)
-            out.append({"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size})
-        elif name in required:
-            raise LlamantinoError(f"{source}: no {name}")
-    return out
+def write_marker(folder, stage: str) -> None:
+    """A manifest.json listing the folder's files: a later --overwrite can tell this output
+    (and only its files) from anything else. Deterministic: same inputs, same bytes."""
+    from llamantino.manifest import list_outputs
+
+    atomic_write_json(Path(folder) / RUN_MANIFEST,
+                      {"llamantino": __version__, "stage": stage, "outputs": list_outputs(folder)})
+
+
+def _copy_checked(source: Path, dest: Path) -> dict:
+    """Copy one side file (into a new file of the temporary output) with its sha256."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, open(dest, "xb") as writer:
+        while block := reader.read(CHUNK):
+            digest.update(block)
+            writer.write(block)
+    return {"name": dest.name, "sha256": digest.hexdigest(), "bytes": source.stat().st_size}
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,6 +467,7 @@ def _plan(base: ModelFolder, target: ModelFolder) -> tuple[list[dict], list[str]
     entries, used = [], set()
     dtype_bad, shape_bad = [], []
     for file_name, file in target.files.items():
+        weight_file_name(file_name, f"target {target.folder}: weight file")  # apply reads it back
         for name, info in file.tensors.items():
             source = name if name in base.tensors else None
             if source is None and name in TIED_EMBEDDINGS and base.tied and TIED_EMBEDDINGS[name] in base.tensors:
@@ -349,9 +478,7 @@ def _plan(base: ModelFolder, target: ModelFolder) -> tuple[list[dict], list[str]
                 used.add(source)
                 if b.dtype != info.dtype:
                     dtype_bad.append(f"{name} ({b.dtype} in the base, {info.dtype} in the target)")
-                elif b.shape != info.shape and not (
-                        len(b.shape) == len(info.shape) >= 1 and b.shape[1:] == info.shape[1:]
-                        and b.shape[0] < info.shape[0]):
+                elif not _rows_added_only(b.shape, info.shape):
                     shape_bad.append(f"{name} ({b.shape} in the base, {info.shape} in the target)")
                 entry["base"] = {"name": source, "dtype": b.dtype, "shape": b.shape}
                 entry["rows_added"] = info.shape[0] - b.shape[0] if info.shape else 0
@@ -366,25 +493,51 @@ def _plan(base: ModelFolder, target: ModelFolder) -> tuple[list[dict], list[str]
     return entries, base_only
 
 
-def make_diff(base, target, output, *, base_name: str = "", overwrite: bool = False) -> dict:
-    """Write the exact difference `target XOR base` into `output`; returns a summary."""
-    output = _check_output(output, {"base": base, "target": target}, overwrite)
-    with atomic_dir(output) as tmp:
-        summary = make_into(base, target, tmp, base_name=base_name)
-    return summary
+def _rows_added_only(base_shape: list[int], shape: list[int]) -> bool:
+    """The same shape, or rows added along the first dimension (a grown vocabulary)."""
+    return base_shape == shape or (len(base_shape) == len(shape) >= 1 and base_shape[1:] == shape[1:]
+                                   and base_shape[0] < shape[0])
 
 
-def make_into(base, target, folder, *, base_name: str = "") -> dict:
-    """`make_diff` writing into an existing empty folder (the caller makes it atomic)."""
-    t0 = time.time()
-    folder = Path(folder)
+@dataclass
+class MakePlan:
+    """Base and target read and paired, tensor by tensor; nothing written yet."""
+
+    base: ModelFolder
+    target: ModelFolder
+    entries: list[dict]
+    base_only: list[str]
+
+
+def plan_make(base, target) -> MakePlan:
     base_model, target_model = ModelFolder(base, "base"), ModelFolder(target, "target")
     base_arch, target_arch = base_model.architecture(), target_model.architecture()
     changed = [k for k in ARCH_KEYS if k != "vocab_size" and base_arch[k] != target_arch[k]]
     if changed:
         raise LlamantinoError(f"target {target} is another architecture than base {base}: "
                               + ", ".join(f"{k} {base_arch[k]} vs {target_arch[k]}" for k in changed))
-    entries, base_only = _plan(base_model, target_model)
+    return MakePlan(base_model, target_model, *_plan(base_model, target_model))
+
+
+def make_diff(base, target, output, *, base_name: str = "", overwrite: bool = False) -> dict:
+    """Write the exact difference `target XOR base` into `output`; returns a summary."""
+    plan = plan_make(base, target)
+    output = check_output(output, {"base": base, "target": target}, overwrite)
+    with atomic_dir(output) as tmp:
+        summary = run_make(plan, tmp, base_name=base_name)
+        write_marker(tmp, "diff make")
+    return summary
+
+
+def make_into(base, target, folder, *, base_name: str = "") -> dict:
+    """`make_diff` writing into an existing empty folder (the caller makes it atomic)."""
+    return run_make(plan_make(base, target), folder, base_name=base_name)
+
+
+def run_make(plan: MakePlan, folder, *, base_name: str = "") -> dict:
+    t0 = time.time()
+    folder = Path(folder)
+    entries, target_model = plan.entries, plan.target
     n_files = len(target_model.files)
     files_meta = [{"file": name, "diff_file": f"diff-{i:05d}-of-{n_files:05d}.safetensors",
                    "header": wf.header_text} for i, (name, wf) in enumerate(target_model.files.items(), start=1)]
@@ -403,7 +556,7 @@ def make_into(base, target, folder, *, base_name: str = "") -> dict:
                 for entry in mine:
                     entry["diff_file"] = spec["diff_file"]
                     target_info = source_file.tensors[entry["name"]]
-                    base_info = base_model.tensors[entry["base"]["name"]] if entry["base"] else None
+                    base_info = plan.base.tensors[entry["base"]["name"]] if entry["base"] else None
                     for info in (target_info, base_info):
                         if info is not None:
                             files.reading(info.path)
@@ -419,19 +572,32 @@ def make_into(base, target, folder, *, base_name: str = "") -> dict:
     side = _copy_side_files(target_model.folder, folder)
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "encoding": ENCODING,
-        "base": {"name": base_name or base_model.folder.name, "architecture": base_arch},
-        "target": {"architecture": target_arch, "files": files_meta, "index": target_model.index_text},
+        "base": {"name": base_name or plan.base.folder.name, "architecture": plan.base.architecture()},
+        "target": {"architecture": target_model.architecture(), "files": files_meta,
+                   "index": target_model.index_text},
         "tensors": entries,
-        "base_only": base_only,
+        "base_only": plan.base_only,
         "rows_added": {e["name"]: e["rows_added"] for e in entries if e.get("rows_added")},
         "target_only": [e["name"] for e in entries if e["base"] is None],
         "side_files": side,
     }
-    (folder / DIFF_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    with open(folder / DIFF_MANIFEST, "x", encoding="utf-8") as handle:
+        handle.write(json.dumps(manifest, indent=1) + "\n")
     total = sum(math.prod(e["shape"]) * DTYPE_BYTES[e["dtype"]] for e in entries)
     return {"status": "done", "tensors": len(entries), "bytes": total, "rows_added": manifest["rows_added"],
-            "target_only": manifest["target_only"], "base_only": base_only,
+            "target_only": manifest["target_only"], "base_only": plan.base_only,
             "seconds": round(time.time() - t0, 2)}
+
+
+def _copy_side_files(source: Path, dest: Path, required=("config.json",)) -> list[dict]:
+    out = []
+    for name in SIDE_FILES:
+        path = safe_join(source, name, f"target folder {source}")
+        if path.is_file():
+            out.append(_copy_checked(path, dest / name))
+        elif name in required:
+            raise LlamantinoError(f"{source}: no {name}")
+    return out
 
 
 def _make_tensor(files: OpenFiles, out, target: TensorInfo, base: TensorInfo | None):
@@ -458,23 +624,146 @@ def _make_tensor(files: OpenFiles, out, target: TensorInfo, base: TensorInfo | N
 
 
 # ---------------------------------------------------------------------------------------
-# diff apply
+# The manifest of a difference, checked field by field before anything is opened
+
+
+def _field(obj: dict, key: str, kinds, where: str, what: str):
+    """obj[key], refused in one line (file and field) when missing or of another type."""
+    if key not in obj:
+        raise LlamantinoError(f"{where}: missing key '{key}'")
+    value = obj[key]
+    if not isinstance(value, kinds):
+        raise LlamantinoError(f"{where}: {key}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def _object(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise LlamantinoError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _checked_tensor(value, where: str) -> dict:
+    """One `tensors` entry (or its `base`): name, dtype, shape and sha256, typed."""
+    entry = _object(value, where)
+    _field(entry, "name", str, where, "a tensor name")
+    if _field(entry, "dtype", str, where, "a dtype") not in DTYPE_BYTES:
+        raise LlamantinoError(f"{where}: dtype: unsupported {entry['dtype']!r}")
+    if not _is_shape(_field(entry, "shape", list, where, "a list of sizes")):
+        raise LlamantinoError(f"{where}: shape: {entry['shape']!r} is not a list of sizes")
+    if not SHA256.fullmatch(_field(entry, "sha256", str, where, "a sha256")):
+        raise LlamantinoError(f"{where}: sha256: {entry['sha256']!r} is not a sha256 in hex")
+    return entry
+
+
+def _check_file_specs(files: list, where: str) -> dict[str, dict]:
+    """target.files: unique plain .safetensors names (written into the output: never a path)."""
+    specs, diff_files = {}, set()
+    for i, value in enumerate(files):
+        at = f"{where}: target.files[{i}]"
+        spec = _object(value, at)
+        name = weight_file_name(_field(spec, "file", str, at, "a file name"), f"{at}: file")
+        diff_file = weight_file_name(_field(spec, "diff_file", str, at, "a file name"), f"{at}: diff_file")
+        _field(spec, "header", str, at, "a safetensors header")
+        if name in specs or diff_file in diff_files:
+            raise LlamantinoError(f"{at}: file {name!r} or diff_file {diff_file!r} is listed twice")
+        specs[name] = spec
+        diff_files.add(diff_file)
+    return specs
+
+
+def _check_tensors(tensors: list, specs: dict, where: str) -> None:
+    names = set()
+    for i, value in enumerate(tensors):
+        at = f"{where}: tensors[{i}]"
+        entry = _checked_tensor(value, at)
+        at = f"{where}: tensors[{i}] ({entry['name']})"
+        spec = specs.get(_field(entry, "file", str, at, "a file name"))
+        if spec is None:
+            raise LlamantinoError(f"{at}: file {entry['file']!r} is not one of target.files")
+        if _field(entry, "diff_file", str, at, "a file name") != spec["diff_file"]:
+            raise LlamantinoError(f"{at}: diff_file {entry['diff_file']!r} is not the one of its file "
+                                  f"({spec['diff_file']})")
+        if entry["name"] in names:
+            raise LlamantinoError(f"{at}: tensor listed twice")
+        names.add(entry["name"])
+        if _field(entry, "base", (dict, type(None)), at, "an object or null") is not None:
+            base = _checked_tensor(entry["base"], f"{at}: base")
+            if base["dtype"] != entry["dtype"] or not _rows_added_only(base["shape"], entry["shape"]):
+                raise LlamantinoError(f"{at}: base {base['dtype']} {base['shape']} cannot make "
+                                      f"{entry['dtype']} {entry['shape']}")
+
+
+def _check_headers(specs: dict, tensors: list, where: str) -> None:
+    """Each stored header (written as it is into the rebuilt file) describes its tensors."""
+    for name, spec in specs.items():
+        _, described = parse_header(spec["header"], f"{where}: header of {name}")
+        mine = sorted((e["name"], e["dtype"], e["shape"]) for e in tensors if e["file"] == name)
+        if sorted((n, dtype, shape) for n, dtype, shape, _, _ in described) != mine:
+            raise LlamantinoError(f"{where}: header of {name} does not match its tensors")
+
+
+def _check_index(index_text: str, specs: dict, tensors: list, where: str) -> None:
+    """The target index (written into the rebuilt model) maps each tensor to its file."""
+    weight_map = read_weight_map(index_text, f"{where}: target.index")
+    for file in sorted(set(weight_map.values())):
+        weight_file_name(file, f"{where}: target.index: weight_map")
+    files = {e["name"]: e["file"] for e in tensors}
+    wrong = [t for t, f in weight_map.items() if files.get(t) != f]
+    if wrong:
+        raise LlamantinoError(f"{where}: target.index: weight_map puts tensor(s) in another file than "
+                              f"target.files: {', '.join(wrong)}")
+
+
+def _check_side_files(sides: list, where: str) -> None:
+    names = set()
+    for i, value in enumerate(sides):
+        at = f"{where}: side_files[{i}]"
+        side = _object(value, at)
+        name = check_member_name(_field(side, "name", str, at, "a file name"), f"{at}: name")
+        if name not in SIDE_FILES or name in names:
+            raise LlamantinoError(f"{at}: name {name!r} is not one of the side files a difference carries "
+                                  f"({', '.join(SIDE_FILES)}), or is listed twice")
+        if not SHA256.fullmatch(_field(side, "sha256", str, at, "a sha256")):
+            raise LlamantinoError(f"{at}: sha256: {side['sha256']!r} is not a sha256 in hex")
+        names.add(name)
+    if "config.json" not in names:
+        raise LlamantinoError(f"{where}: side_files: no config.json")
+
+
+def check_diff_manifest(manifest, where) -> dict:
+    """Every key `diff apply` and `build` read, with its type; every file name plain."""
+    where = str(where)
+    _object(manifest, where)
+    base = _object(_field(manifest, "base", dict, where, "an object"), f"{where}: base")
+    _field(base, "name", str, f"{where}: base", "a name")
+    _field(base, "architecture", dict, f"{where}: base", "an object")
+    target = _field(manifest, "target", dict, where, "an object")
+    _field(target, "architecture", dict, f"{where}: target", "an object")
+    specs = _check_file_specs(_field(target, "files", list, f"{where}: target", "a list"), where)
+    tensors = _field(manifest, "tensors", list, where, "a list")
+    _check_tensors(tensors, specs, where)
+    _check_headers(specs, tensors, where)
+    if _field(target, "index", (str, type(None)), f"{where}: target", "the index text or null") is not None:
+        _check_index(target["index"], specs, tensors, where)
+    elif len(specs) != 1 or SINGLE_FILE not in specs:
+        raise LlamantinoError(f"{where}: target.index is null but the files are not one {SINGLE_FILE}")
+    _check_side_files(_field(manifest, "side_files", list, where, "a list"), where)
+    return manifest
 
 
 def read_diff_manifest(diff) -> dict:
-    path = Path(diff) / DIFF_MANIFEST
     if not Path(diff).is_dir():
         raise LlamantinoError(f"{diff}: no such weight difference folder")
+    path = safe_join(diff, DIFF_MANIFEST, f"weight difference {diff}")
     if not path.is_file():
         raise LlamantinoError(f"{diff}: not a weight difference (no {DIFF_MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LlamantinoError(f"{path}: unreadable ({exc})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise LlamantinoError(f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
+    manifest = read_json(path, "weight difference manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        found = manifest if isinstance(manifest, dict) else {}
+        raise LlamantinoError(f"{path}: format {found.get('format')!r} version {found.get('version')!r}; "
                               f"this llamantino reads {FORMAT} version {FORMAT_VERSION}")
-    return manifest
+    return check_diff_manifest(manifest, path)
 
 
 def base_dtypes(diff) -> set[str]:
@@ -483,36 +772,69 @@ def base_dtypes(diff) -> set[str]:
     return {e["base"]["dtype"] for e in manifest["tensors"] if e["base"] is not None}
 
 
+# ---------------------------------------------------------------------------------------
+# diff apply
+
+
+@dataclass
+class ApplyPlan:
+    """A difference and its base, every header and name checked; nothing written yet."""
+
+    diff: Path
+    manifest: dict
+    diff_files: dict[str, WeightFile]
+    side_files: dict[str, Path]  # name -> file of the difference, sha256 checked
+    base: ModelFolder
+    base_label: str  # how errors name the base (build: the user's base and what was merged into it)
+
+
+def plan_apply(base, diff, *, base_label: str | None = None) -> ApplyPlan:
+    diff = Path(diff)
+    manifest = read_diff_manifest(diff)
+    diff_files = _check_diff_files(diff, manifest)
+    side_files = _check_side_files_present(diff, manifest)
+    base_model = ModelFolder(base, "base")
+    label = base_label or str(base_model.folder)
+    _check_base(base_model, manifest, label)
+    return ApplyPlan(diff, manifest, diff_files, side_files, base_model, label)
+
+
+def _check_side_files_present(diff: Path, manifest: dict) -> dict[str, Path]:
+    out = {}
+    for side in manifest["side_files"]:
+        source = safe_join(diff, side["name"], f"{diff / DIFF_MANIFEST}: side_files")
+        if not source.is_file():
+            raise LlamantinoError(f"{source}: missing; the difference lists it in side_files")
+        if sha256_file(source) != side["sha256"]:
+            raise LlamantinoError(f"{source}: not the file the difference was made with (sha256 differs)")
+        out[side["name"]] = source
+    return out
+
+
 def _check_diff_files(diff: Path, manifest: dict) -> dict[str, WeightFile]:
-    names = [f["diff_file"] for f in manifest["target"]["files"]]
-    missing = [n for n in names if not (diff / n).is_file()]
+    paths = {f["diff_file"]: safe_join(diff, f["diff_file"], f"{diff / DIFF_MANIFEST}: diff_file")
+             for f in manifest["target"]["files"]}
+    missing = [n for n, p in paths.items() if not p.is_file()]
     if missing:
         raise LlamantinoError(f"{diff}: missing difference file(s) {', '.join(missing)}")
-    files = {n: WeightFile(diff / n) for n in names}
+    files = {n: WeightFile(p) for n, p in paths.items()}
     for entry in manifest["tensors"]:
         info = files[entry["diff_file"]].tensors.get(entry["name"])
         if info is None or info.shape != entry["shape"] or \
                 info.dtype != BITS_DTYPE[DTYPE_BYTES[entry["dtype"]]]:
             raise LlamantinoError(f"{diff / entry['diff_file']}: tensor {entry['name']} is missing or does "
                                   f"not match {DIFF_MANIFEST}")
-    for spec in manifest["target"]["files"]:  # the stored header must describe the same tensors
-        mine = [e for e in manifest["tensors"] if e["file"] == spec["file"]]
-        header = json.loads(spec["header"])
-        header.pop("__metadata__", None)
-        described = sorted((n, h["dtype"], h["shape"]) for n, h in header.items())
-        if described != sorted((e["name"], e["dtype"], e["shape"]) for e in mine):
-            raise LlamantinoError(f"{diff / DIFF_MANIFEST}: header of {spec['file']} does not match its tensors")
     return files
 
 
-def _check_base(base: ModelFolder, manifest: dict) -> None:
+def _check_base(base: ModelFolder, manifest: dict, label: str) -> None:
     """Names, shapes, dtypes and architecture, from headers only: fails fast, reads no data."""
     expected = manifest["base"]["architecture"]
     actual = base.architecture()
     changed = [k for k in ARCH_KEYS if expected.get(k) != actual.get(k)]
     if changed:
         raise LlamantinoError(
-            f"{base.folder}: this difference was made for another architecture ({manifest['base']['name']}): "
+            f"{label}: this difference was made for another architecture ({manifest['base']['name']}): "
             + ", ".join(f"{k} is {actual.get(k)}, expected {expected.get(k)}" for k in changed))
     missing, dtype_bad, shape_bad = [], [], []
     for entry in manifest["tensors"]:
@@ -527,106 +849,124 @@ def _check_base(base: ModelFolder, manifest: dict) -> None:
         elif info.shape != spec["shape"]:
             shape_bad.append(f"{spec['name']} ({info.shape}, expected {spec['shape']})")
     if missing:
-        raise LlamantinoError(f"{base.folder}: base lacks tensor(s) the difference needs: {', '.join(missing)}")
+        raise LlamantinoError(f"{label}: base lacks tensor(s) the difference needs: {', '.join(missing)}")
     if dtype_bad:
-        raise LlamantinoError(f"{base.folder}: dtype mismatch, the difference expects another dtype for: "
+        raise LlamantinoError(f"{label}: dtype mismatch, the difference expects another dtype for: "
                               f"{', '.join(dtype_bad)}")
     if shape_bad:
-        raise LlamantinoError(f"{base.folder}: shape mismatch for: {', '.join(shape_bad)}")
+        raise LlamantinoError(f"{label}: shape mismatch for: {', '.join(shape_bad)}")
 
 
 def apply_diff(base, diff, output, *, overwrite: bool = False) -> dict:
     """Rebuild the target of `diff` from `base` into `output`, checking every checksum."""
-    output = _check_output(output, {"base": base, "diff": diff}, overwrite)
+    plan = plan_apply(base, diff)
+    output = check_output(output, {"base": base, "diff": diff}, overwrite)
     with atomic_dir(output) as tmp:
-        summary = apply_into(base, diff, tmp)
+        summary = run_apply(plan, tmp)
+        write_marker(tmp, "diff apply")
     return summary
 
 
-def apply_into(base, diff, folder) -> dict:
+def apply_into(base, diff, folder, *, base_label: str | None = None) -> dict:
     """`apply_diff` writing into an existing empty folder (the caller makes it atomic)."""
+    return run_apply(plan_apply(base, diff, base_label=base_label), folder)
+
+
+def run_apply(plan: ApplyPlan, folder) -> dict:
+    """Rebuild every tensor into `folder`, a new empty folder; refuse unless every result
+    matches its recorded sha256, naming every wrong base tensor and every damaged one."""
     t0 = time.time()
-    diff, folder = Path(diff), Path(folder)
-    manifest = read_diff_manifest(diff)
-    diff_files = _check_diff_files(diff, manifest)
-    base_model = ModelFolder(base, "base")
-    _check_base(base_model, manifest)
-    entries = manifest["tensors"]
-    stop = threading.Event()  # set at the first failed check: nothing more is written
-    wrong_base, wrong_result = [], []
-    files, jobs = OpenFiles(), []
-    total = 0
-    try:
-        with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool, _cancel_on_error(jobs, stop):
-            for spec in manifest["target"]["files"]:
-                path = folder / spec["file"]
-                fd, start = files.writing(path, spec["header"])
-                offsets = data_offsets(spec["header"])
-                for entry in (e for e in entries if e["file"] == spec["file"]):
-                    payload = diff_files[entry["diff_file"]].tensors[entry["name"]]
-                    source = base_model.tensors[entry["base"]["name"]] if entry["base"] else None
-                    for info in (payload, source):
-                        if info is not None:
-                            files.reading(info.path)
-                    jobs.append((entry, pool.submit(_apply_tensor, files, (fd, start + offsets[entry["name"]], path),
-                                                    payload, source, stop)))
-                    total += payload.nbytes
-            for entry, job in jobs:  # in order, while later tensors are still being rebuilt
-                base_digest, result_digest = job.result()
-                if base_digest is not None and base_digest != entry["base"]["sha256"]:
-                    wrong_base.append(entry["base"]["name"])
-                    stop.set()
-                elif result_digest is not None and result_digest != entry["sha256"]:
-                    wrong_result.append(f"{entry['name']} ({entry['diff_file']})")
-                    stop.set()
-    finally:
-        files.close()
-    if wrong_base:
-        raise LlamantinoError(
-            f"{base_model.folder}: {len(wrong_base)} of {sum(e['base'] is not None for e in entries)} base "
-            f"tensor(s) differ from the ones this difference was made from ({manifest['base']['name']}): "
-            f"{', '.join(wrong_base)}")
-    if wrong_result:
-        raise LlamantinoError(f"{diff}: rebuilt tensor(s) do not match their recorded sha256 (damaged "
-                              f"difference file?): {', '.join(wrong_result)}")
-    if manifest["target"]["index"] is not None:
-        (folder / INDEX_FILE).write_text(manifest["target"]["index"], encoding="utf-8")
-    for side in manifest["side_files"]:
-        source = diff / side["name"]
-        if not source.is_file() or sha256_file(source) != side["sha256"]:
-            raise LlamantinoError(f"{source}: missing or not the file the difference was made with")
-        shutil.copyfile(source, folder / side["name"])
+    folder = Path(folder)
+    entries = plan.manifest["tensors"]
+    failed = _rebuild_tensors(plan, folder)
+    if failed:
+        raise LlamantinoError(_failure_message(plan, failed))
+    if plan.manifest["target"]["index"] is not None:
+        with open(folder / INDEX_FILE, "x", encoding="utf-8") as handle:
+            handle.write(plan.manifest["target"]["index"])
+    for side in plan.manifest["side_files"]:
+        source = plan.side_files[side["name"]]
+        if _copy_checked(source, safe_join(folder, side["name"], str(folder)))["sha256"] != side["sha256"]:
+            raise LlamantinoError(f"{source}: changed while the model was rebuilt (sha256 differs)")
     seconds = time.time() - t0
+    total = sum(plan.diff_files[e["diff_file"]].tensors[e["name"]].nbytes for e in entries)
     return {"status": "done", "tensors": len(entries), "bytes": total, "seconds": round(seconds, 2),
             "GB_per_s": round(total / max(seconds, 1e-9) / 1e9, 3)}
 
 
-def _apply_tensor(files: OpenFiles, out, payload: TensorInfo, base: TensorInfo | None, stop: threading.Event):
-    """Write payload XOR base (zero-extended) chunk by chunk at its place in the output file;
-    returns the sha256 of the base tensor and of the result. Once `stop` is set, only the
-    base is hashed (to name every wrong one) and the result's digest is None."""
+def _rebuild_tensors(plan: ApplyPlan, folder: Path) -> list[dict]:
+    """Write every weight file of the target; returns the entries whose result is wrong.
+    Largest tensors first, so that the last ones to finish are small (no idle core)."""
+    stop = threading.Event()  # set at the first wrong result: nothing more is written
+    files, jobs, tasks = OpenFiles(), [], []
+    try:
+        for spec in plan.manifest["target"]["files"]:
+            path = safe_join(folder, spec["file"], str(folder))
+            fd, start = files.writing(path, spec["header"])
+            offsets = data_offsets(spec["header"])
+            for entry in (e for e in plan.manifest["tensors"] if e["file"] == spec["file"]):
+                payload = plan.diff_files[entry["diff_file"]].tensors[entry["name"]]
+                source = plan.base.tensors[entry["base"]["name"]] if entry["base"] else None
+                for info in (payload, source):
+                    if info is not None:
+                        files.reading(info.path)
+                tasks.append((entry, (fd, start + offsets[entry["name"]], path), payload, source))
+        tasks.sort(key=lambda task: -task[2].nbytes)
+        with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool, _cancel_on_error(jobs, stop):
+            for entry, out, payload, source in tasks:
+                jobs.append((entry, pool.submit(_apply_tensor, files, out, payload, source, entry["sha256"], stop)))
+            wrong = {id(entry) for entry, job in jobs if not job.result()}
+    finally:
+        files.close()
+    return [e for e in plan.manifest["tensors"] if id(e) in wrong]  # in the manifest's order
+
+
+def _apply_tensor(files: OpenFiles, out, payload: TensorInfo, base: TensorInfo | None, expected: str,
+                  stop: threading.Event) -> bool:
+    """Write payload XOR base (zero-extended) chunk by chunk at its place in the output file,
+    hashing the result as it passes; True when it matches `expected`. Once `stop` is set
+    (another tensor failed) nothing more is written, but the hash still runs to its end."""
     out_fd, position, path = out
-    base_hash, result_hash = hashlib.sha256() if base else None, hashlib.sha256()
+    digest = hashlib.sha256()
     base_bytes = base.nbytes if base else 0
     d_buf, b_buf = chunk_buffers(2)
     for offset in range(0, payload.nbytes, CHUNK):
         n = min(CHUNK, payload.nbytes - offset)
         k = max(0, min(n, base_bytes - offset))  # bytes of this chunk that have a base
-        if k:
-            b = read_range(files.fds[base.path], base, offset, b_buf[:k])
-            base_hash.update(b)
-        if stop.is_set():
-            result_hash = None
-            if not k:
-                break
-            continue
         d = read_range(files.fds[payload.path], payload, offset, d_buf[:n])
         if k:
-            xor(d[:k], d[:k], b)
-        result_hash.update(d)
-        write_at(out_fd, d, position + offset, path)
-    return (base_hash.hexdigest() if base else None,
-            result_hash.hexdigest() if result_hash is not None and not stop.is_set() else None)
+            xor(d[:k], d[:k], read_range(files.fds[base.path], base, offset, b_buf[:k]))
+        digest.update(d)
+        if not stop.is_set():
+            write_at(out_fd, d, position + offset, path)
+    if digest.hexdigest() != expected:
+        stop.set()
+        return False
+    return True
+
+
+def _failure_message(plan: ApplyPlan, failed: list[dict]) -> str:
+    """Hash the base tensors of the failed results: a wrong one explains its result; the
+    others' results come from a damaged difference. One line naming each."""
+    needed = {e["base"]["name"]: e["base"]["sha256"] for e in failed if e["base"] is not None}
+    files = OpenFiles()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+            actual = dict(zip(needed, pool.map(lambda n: _hash_tensor(files, plan.base.tensors[n]), needed)))
+    finally:
+        files.close()
+    wrong_base = [n for n in needed if actual[n] != needed[n]]
+    damaged = [f"{e['name']} ({e['diff_file']})" for e in failed
+               if e["base"] is None or e["base"]["name"] not in wrong_base]
+    parts = []
+    if wrong_base:
+        with_base = sum(e["base"] is not None for e in plan.manifest["tensors"])
+        parts.append(f"{plan.base_label}: {len(wrong_base)} of {with_base} base tensor(s) differ from the ones "
+                     f"this difference was made from ({plan.manifest['base']['name']}): {', '.join(wrong_base)}")
+    if damaged:
+        parts.append(f"{plan.diff}: {len(damaged)} rebuilt tensor(s) do not match their recorded sha256 "
+                     f"(damaged difference file?): {', '.join(damaged)}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -638,7 +978,8 @@ def add_make_arguments(parser):
     parser.add_argument("--target", required=True, help="the tuned model folder")
     parser.add_argument("--output", required=True, help="folder to write the difference into")
     parser.add_argument("--base-name", default="", help="name of the base shown in errors (default: folder name)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output folder that holds a previous llamantino output")
 
 
 def make_main(args) -> int:
@@ -651,7 +992,8 @@ def add_apply_arguments(parser):
     parser.add_argument("--base", required=True, help="model folder the difference was made against")
     parser.add_argument("--diff", required=True, help="weight difference folder")
     parser.add_argument("--output", required=True, help="folder to write the rebuilt model into")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output folder that holds a previous llamantino output")
 
 
 def apply_main(args) -> int:

@@ -109,7 +109,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             raise LlamantinoError(f"{name}: {', '.join(map(str, paths))}: "
                                   + ("no items" if not items else f"{len(missing)} item(s) without gold"))
         tasks[name] = (task, items)
-    if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
+    if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True) == "complete":
         report = read_manifest(cfg.output)["metrics"]
         print(table(report))
         return {"status": "skipped (done)", "headline": _headline(report), "metrics": report, "display": table(report)}

@@ -690,7 +690,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     require_lm_eval()
     with offline(not cfg.allow_download), tempfile.TemporaryDirectory(prefix="llamantino-lm-eval-") as scratch:
         plan = plan_tasks(cfg, Path(scratch) / "task_overrides")
-        if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite) == "complete":
+        if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True) == "complete":
             metrics = read_manifest(cfg.output)["metrics"]
             text = read_table(cfg.output)
             print(text)
