@@ -178,6 +178,23 @@ def test_byte_ranges_take_each_line_once(tmp_path):
     assert rows[0][1].startswith(f"{plain}: line at byte ")  # a line number would need the whole prefix read
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_malformed_line_in_a_piece_is_named(tmp_path, gz):
+    records = [json.dumps({"text": f"riga {i}"}) + "\n" for i in range(30)]
+    records[20] = '{"text": "rotto\n'
+    source = write_jsonl(tmp_path / ("in.jsonl.gz" if gz else "in.jsonl"), records, gz=gz)
+    offset = sum(len(r) for r in records[:20])
+    piece = sharding.Piece(str(source), 0, 1, 2)
+    with pytest.raises(LlamantinoError) as info:
+        list(sharding.iter_jsonl_piece(source, piece))
+    # gzip is read from its start, so the line number is known; a plain file is entered with a seek.
+    where = f"{source}:21" if gz else f"{source}: line at byte {offset}"
+    assert str(info.value).startswith(f"{where}: malformed JSON (")
+    stats = sharding.LineStats()
+    rows = list(sharding.iter_jsonl_piece(source, piece, skip_bad_lines=True, stats=stats))
+    assert stats.bad == 1 and len(rows) + stats.bad == stats.read
+
+
 def test_a_lone_carriage_return_is_refused(tmp_path):
     path = tmp_path / "mac.jsonl"
     path.write_bytes(b'{"text": "a"}\r{"text": "b"}\n' * 20)
