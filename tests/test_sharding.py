@@ -232,27 +232,34 @@ def test_parquet_and_hub_datasets(tmp_path, reference):
 # Resuming a task, and what is refused
 
 
-def test_a_killed_task_resumes_to_the_same_part(tmp_path, monkeypatch):
-    source = write_jsonl(tmp_path / "in.jsonl", demo_records(copies=3), gz=False)
-    reference = run_parts([source], tmp_path / "reference", 2)[1]
-    written = []
-    real_write = clean.ShardWriter.write
+def test_a_killed_task_resumes_to_the_same_part(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
 
-    def interrupted(self, line):
-        written.append(line)
-        if len(written) == 10:
-            raise KeyboardInterrupt  # as a kill would leave it: finished shards and progress.json
-        return real_write(self, line)
-
-    monkeypatch.setattr(clean.ShardWriter, "write", interrupted)
+    source = write_jsonl(tmp_path / "in.jsonl", demo_records(copies=8), gz=False)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        run_clean([source], out, num_shards=2, shard_index=1)
     part = out / "shard-00001-of-00002"
-    assert json.loads((part / "progress.json").read_text())["shards"] == 2 and not (part / "manifest.json").exists()
-    monkeypatch.setattr(clean.ShardWriter, "write", real_write)
-    assert run_clean([source], out, num_shards=2, shard_index=1)["status"].startswith("done")
-    assert shard_bytes(part) == shard_bytes(reference)
+    command = [sys.executable, "-m", "llamantino", "clean", str(source), "--output", str(out), "--num-shards", "2",
+               "--shard-index", "1", "--langid", "langdetect", "--shard-docs", "4", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (part / "progress.json").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (part / "manifest.json").exists(), "the task ended before it could be killed"
+    assert json.loads((part / "progress.json").read_text())["shard"]["index"] == 1
+
+    settings = {"langid": "langdetect", "num_shards": 2, "shard_index": 1}
+    assert run_clean([source], out, **settings)["status"].startswith("done (part 1 of 2")
+    reference = run_parts([source], tmp_path / "reference", 2, langid="langdetect")[1]
+    assert shard_bytes(part) == shard_bytes(reference) and len(shard_bytes(part)) > 4
+    assert sorted(p.name for p in part.iterdir() if not p.name.startswith("part-")) == ["manifest.json"]
     # Resumed with another number of shards: refused, nothing written.
     (part / "manifest.json").unlink()
     with pytest.raises(LlamantinoError, match=r"holds parts of a split into 2 \(shard-00001-of-00002\), this task "
