@@ -251,12 +251,15 @@ class BadWords:
 
 
 def count_sentences(line: str) -> int:
-    # After the break: a capital, a digit, or a letter of a script without case (not lower-case).
-    breaks = sum(1 for m in SENTENCE_BREAK.finditer(line)
-                 if m.group(1).isdigit() or (m.group(1).isalpha() and not m.group(1).islower()))
-    if not line.isascii():
+    breaks = sum(1 for m in SENTENCE_BREAK.finditer(line) if _starts_sentence(m.group(1)))
+    if "\u3002" in line or "\uff01" in line or "\uff1f" in line:  # 。！？
         breaks += len(WIDE_BREAK.findall(line))
     return breaks + 1
+
+
+def _starts_sentence(char: str) -> bool:
+    """A capital, a digit, or a letter of a script without case (neither capital nor small)."""
+    return char.isupper() or char.isdigit() or (char.isalpha() and not char.islower())
 
 
 class Cleaner:
