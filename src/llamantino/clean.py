@@ -390,25 +390,40 @@ class Reader:
         """(number, where, record) of a piece after `start`: a line or row number, records
         read from a stream, or for a piece of JSON lines a byte offset."""
         src = piece.source
+        if piece.parts > 1:
+            return self._piece_records(piece, start)
         if src.startswith(HUB_PREFIX):
-            return hub_records(src, start) if piece.parts == 1 else sharding.hub_piece_records(src, piece, start)
+            return hub_records(src, start)
         if src.endswith(".parquet"):
-            return parquet_records(src, start) if piece.parts == 1 else sharding.parquet_piece_records(src, piece, start)
-        return self._jsonl_records(src, start, piece)
+            return parquet_records(src, start)
+        return self._jsonl_records(src, start)
 
-    def _jsonl_records(self, path: str, start: int, piece: sharding.Piece):
+    def _jsonl_records(self, path: str, start: int):
         stats = LineStats()
-        skip = self.cfg.skip_bad_lines
-        if piece.parts == 1:
-            rows = ((number, f"{path}:{number}", record)
-                    for number, record in iter_jsonl(path, skip_bad_lines=skip, stats=stats, start_line=start))
-        else:
-            rows = sharding.iter_jsonl_piece(path, piece, start, skip_bad_lines=skip, stats=stats)
         counted = 0
-        for number, where, record in rows:
+        for number, record in iter_jsonl(path, skip_bad_lines=self.cfg.skip_bad_lines, stats=stats,
+                                         start_line=start):
             self.bad += stats.bad - counted
             counted = stats.bad
-            yield number, where, record
+            yield number, f"{path}:{number}", record
+        self.bad += stats.bad - counted
+
+    def _piece_records(self, piece: sharding.Piece, start: int):
+        """A task's piece of a source (`llamantino.sharding`)."""
+        src = piece.source
+        if src.startswith(HUB_PREFIX):
+            yield from sharding.hub_piece_records(src, piece, start)
+            return
+        if src.endswith(".parquet"):
+            yield from sharding.parquet_piece_records(src, piece, start)
+            return
+        stats = LineStats()
+        counted = 0
+        for resume, where, record in sharding.iter_jsonl_piece(src, piece, start, stats=stats,
+                                                               skip_bad_lines=self.cfg.skip_bad_lines):
+            self.bad += stats.bad - counted
+            counted = stats.bad
+            yield resume, where, record
         self.bad += stats.bad - counted
 
 
