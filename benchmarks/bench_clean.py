@@ -19,6 +19,8 @@ line rules, language identification, JSON encoding, inter-process transfer) is m
 one step at a time in one process over the same shard, with its share of the total: a
 regression shows where it comes from. The machine's load average is printed before and
 after (other jobs on the cores slow the parallel run more than the one-process baseline).
+Each shard ends with `RESULT {...}` lines (documents/s and CPU seconds, ours and the
+baseline's) for a summary table over every benchmark.
 """
 
 from __future__ import annotations
@@ -463,6 +465,13 @@ def bench_shard(args, workdir: Path, style: str) -> None:
     print("kept by page kind (pages, llamantino, baseline):",
           ", ".join(f"{k} {v[0]}/{v[1]}/{v[2]}" for k, v in sorted(by_kind.items())))
     print_time_shares(shard)
+    # One line per headline figure, for a summary over every benchmark.
+    (_, t_ours, cpu_ours), (_, t_base, cpu_base) = rows[0], rows[-1]
+    for figure, ours_value, base_value in ((f"documents/s, {style} shard", n / t_ours, n / t_base),
+                                           (f"CPU seconds, {style} shard", cpu_ours, cpu_base)):
+        print("RESULT " + json.dumps({"benchmark": "clean", "figure": figure, "ours": round(ours_value, 1),
+                                      "baseline": round(base_value, 1),
+                                      "baseline_name": "single-process langdetect cleaner"}))
 
 
 # ---------------------------------------------------------------------------------------
