@@ -1,15 +1,26 @@
 """Benchmark `llamantino clean` against a plain single-process cleaner.
 
-    python benchmarks/bench_clean.py                 # ~20 MB shard: speed and agreement
-    python benchmarks/bench_clean.py --mb 5          # a smaller shard
+    python benchmarks/bench_clean.py                 # two ~20 MB shards: speed, agreement, time shares
+    python benchmarks/bench_clean.py --shard second  # one of them
+    python benchmarks/bench_clean.py --mb 5          # smaller shards
     python benchmarks/bench_clean.py --langid        # compare the language detectors
 
-The shard is generated here, deterministically: Italian web pages built from varied
+The shards are generated here, deterministically: Italian web pages built from varied
 sentences, wrapped in the noise of real pages (menus, cookie banners, javascript
 warnings, titles without punctuation), plus pages in other languages, pages with bad
-words, fragments, code and oversized pages. The baseline applies the same rules in the
-most direct way: one document after another, bad words through one big regular
-expression (as C4 did), langdetect on every document that reaches the language rule.
+words, fragments, code and oversized pages. The second shard has other lengths (from
+one-sentence paragraphs to long ones) and more noise (more noise lines per page, more
+pages of noise, fragments and code). The baseline applies the same rules in the most
+direct way: one document after another, bad words through one big regular expression
+(as C4 did), langdetect on every document that reaches the language rule.
+
+After the timings, the CPU time of each step of `llamantino clean` (gzip, JSON decoding,
+line rules, language identification, JSON encoding, inter-process transfer) is measured
+one step at a time in one process over the same shard, with its share of the total: a
+regression shows where it comes from. The machine's load average is printed before and
+after (other jobs on the cores slow the parallel run more than the one-process baseline).
+Each shard ends with `RESULT {...}` lines (documents/s and CPU seconds, ours and the
+baseline's) for a summary table over every benchmark.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import re
 import shutil
@@ -248,17 +260,27 @@ def noisy(rng: random.Random, body: list[str], share: float = 0.35) -> list[str]
     return out + [rng.choice(NOISE) for _ in range(rng.randint(1, 3))]
 
 
-def make_page(rng: random.Random) -> tuple[str, str]:
+# How pages are drawn for each shard: page kinds, paragraphs per article, sentences per
+# paragraph, share of noise lines after each paragraph.
+STYLES = {
+    "first": {"weights": [56, 5, 13, 4, 12, 8, 2, 0.3], "paragraphs": (3, 10), "sentences": (2, 5), "noise": 0.35},
+    "second": {"weights": [44, 5, 14, 4, 18, 10, 4, 0.6], "paragraphs": (1, 16), "sentences": (1, 9), "noise": 0.6},
+}
+
+
+def make_page(rng: random.Random, style: str = "first") -> tuple[str, str]:
     """(text, kind) of one web page."""
+    shape = STYLES[style]
     kind = rng.choices(["article", "badword", "foreign", "mixed", "noise", "short", "code", "long"],
-                       weights=[56, 5, 13, 4, 12, 8, 2, 0.3])[0]
+                       weights=shape["weights"])[0]
     if kind in ("article", "badword", "mixed"):
-        body = [paragraph(rng, italian_sentence) for _ in range(rng.randint(3, 10))]
+        body = [paragraph(rng, italian_sentence, rng.randint(*shape["sentences"]))
+                for _ in range(rng.randint(*shape["paragraphs"]))]
         if kind == "badword":
             body.insert(rng.randrange(len(body)), f"Commento: ma che {rng.choice(BAD)} di servizio è questo?")
         if kind == "mixed":  # an Italian page quoting English passages: still mostly Italian
             body.insert(1, paragraph(rng, lambda r: r.choice(FOREIGN["en"]), 2))
-        return "\n".join(noisy(rng, body)), kind
+        return "\n".join(noisy(rng, body, shape["noise"])), kind
     if kind == "foreign":
         lang = rng.choice(sorted(FOREIGN))
         body = [paragraph(rng, lambda r: r.choice(FOREIGN[lang])) for _ in range(rng.randint(3, 8))]
@@ -277,13 +299,13 @@ def make_page(rng: random.Random) -> tuple[str, str]:
     return "\n".join(body), kind
 
 
-def generate(path: Path, megabytes: float, seed: int = 0) -> dict:
+def generate(path: Path, megabytes: float, seed: int = 0, style: str = "first") -> dict:
     """Write an mC4-like shard of about `megabytes` of JSON lines; return {url: kind}."""
     rng = random.Random(seed)
     kinds, size, n = {}, 0, 0
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
         while size < megabytes * 1e6:
-            text, kind = make_page(rng)
+            text, kind = make_page(rng, style)
             url = f"https://www.sito{rng.randint(1, 5000)}.example.it/pagina/{n}"
             stamp = f"2020-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:" \
                     f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"
@@ -303,9 +325,10 @@ def baseline(path: Path, badword_files: list[Path]) -> dict[str, str]:
     """{url: cleaned text} of the documents a straightforward cleaner keeps."""
     import langdetect
 
-    from llamantino.clean import CITATION, POLICY_PHRASES, count_sentences
+    from llamantino.clean import CITATION, count_sentences, read_list
 
     langdetect.DetectorFactory.seed = 0
+    policy_phrases = read_list("it", "policy") + read_list("en", "policy")
     words = [w.strip().lower() for f in badword_files for w in f.read_text(encoding="utf-8").splitlines()
              if w.strip() and not w.startswith("#")]
     badwords = re.compile(r"(?:\W|^)({})(?:\W|$)".format("|".join(re.escape(w) for w in words)))
@@ -329,7 +352,7 @@ def baseline(path: Path, badword_files: list[Path]) -> dict[str, str]:
                 low = raw.lower()
                 if "lorem ipsum" in low or "javascript" in low or "{" in raw:
                     continue
-                if any(p in low.replace("\u2019", "'") for p in POLICY_PHRASES):
+                if any(p in low.replace("\u2019", "'") for p in policy_phrases):
                     continue
                 lines.append(raw)
                 sentences += count_sentences(raw)
@@ -361,13 +384,20 @@ def ours(path: Path, out: Path, workers: int, langid: str = "py3langid") -> dict
 
 
 def timed(func, *args):
-    t0 = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process and of the worker processes it ended)."""
+    import resource
+
+    def cpu() -> float:
+        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+    t0, c0 = time.perf_counter(), cpu()
     result = func(*args)
-    return result, time.perf_counter() - t0
+    return result, time.perf_counter() - t0, cpu() - c0
 
 
 def bench(args) -> None:
-    from llamantino.clean import BUNDLED_BADWORDS
+    from llamantino.clean import available_cores
 
     if not args.workdir:
         with tempfile.TemporaryDirectory(prefix="bench-clean-") as tmp:
@@ -375,31 +405,46 @@ def bench(args) -> None:
             return bench(args)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    shard = workdir / "c4-it-bench.json.gz"
-    kinds = generate(shard, args.mb)
+    print(f"{available_cores()} cores; load average before: {load()}")
+    for style in (["first", "second"] if args.shard == "both" else [args.shard]):
+        bench_shard(args, workdir, style)
+    print(f"\nload average after: {load()}")
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
+
+
+def bench_shard(args, workdir: Path, style: str) -> None:
+    from llamantino.clean import BUNDLED_BADWORDS, available_cores
+
+    shard = workdir / f"c4-it-bench-{style}.json.gz"
+    kinds = generate(shard, args.mb, seed=0 if style == "first" else 1, style=style)
     with gzip.open(shard, "rb") as handle:
         megabytes = len(handle.read()) / 1e6
     n = len(kinds)
-    from llamantino.clean import available_cores
-
     cores = available_cores()
-    print(f"shard: {n} documents, {megabytes:.1f} MB of JSON lines ({shard.stat().st_size / 1e6:.1f} MB gzipped), "
-          f"{cores} cores")
+    print(f"\n=== {style} shard: {n} documents, {megabytes:.1f} MB of JSON lines "
+          f"({shard.stat().st_size / 1e6:.1f} MB gzipped)")
 
     rows = []
-    ours_kept, t_ours = timed(ours, shard, workdir / "out", 0)
-    rows.append((f"llamantino clean ({cores} workers)", t_ours))
-    one_kept, t_one = timed(ours, shard, workdir / "out-1", 1)
-    rows.append(("llamantino clean --workers 1", t_one))
+    ours_kept, *times = timed(ours, shard, workdir / "out", 0)
+    rows.append((f"llamantino clean ({cores} workers)", *times))
+    one_kept, *times = timed(ours, shard, workdir / "out-1", 1)
+    rows.append(("llamantino clean --workers 1", *times))
     if args.with_langdetect_engine:
-        ld_kept, t_ld = timed(ours, shard, workdir / "out-langdetect", 0, "langdetect")
-        rows.append((f"llamantino clean --langid langdetect ({cores} workers)", t_ld))
-    base_kept, t_base = timed(baseline, shard, list(BUNDLED_BADWORDS.values()))
-    rows.append(("baseline: plain loop, langdetect, 1 process", t_base))
+        ld_kept, *times = timed(ours, shard, workdir / "out-langdetect", 0, "langdetect")
+        rows.append((f"llamantino clean --langid langdetect ({cores} workers)", *times))
+    base_kept, t_base, cpu_base = timed(baseline, shard, [BUNDLED_BADWORDS["it"], BUNDLED_BADWORDS["en"]])
+    rows.append(("baseline: plain loop, langdetect, 1 process", t_base, cpu_base))
 
-    print(f"\n{'':52s} {'seconds':>8s} {'docs/s':>9s} {'MB/s':>7s} {'vs baseline':>12s}")
-    for name, seconds in rows:
-        print(f"{name:52s} {seconds:8.2f} {n / seconds:9.0f} {megabytes / seconds:7.2f} {t_base / seconds:11.1f}x")
+    # Wall time is what a user waits; CPU time (all processes) is what other jobs on the
+    # cores disturb least: on a quiet machine, wall time is about CPU time / workers.
+    print(f"\n{'':52s} {'seconds':>8s} {'docs/s':>9s} {'MB/s':>7s} {'vs baseline':>12s} "
+          f"{'CPU s':>8s} {'CPU vs baseline':>16s}")
+    for name, seconds, cpu in rows:
+        print(f"{name:52s} {seconds:8.2f} {n / seconds:9.0f} {megabytes / seconds:7.2f} {t_base / seconds:11.1f}x "
+              f"{cpu:8.2f} {cpu_base / cpu:15.1f}x")
 
     def agreement(a: dict, b: dict) -> str:
         same_set = set(a) & set(b)
@@ -419,6 +464,98 @@ def bench(args) -> None:
         row[2] += url in base_kept
     print("kept by page kind (pages, llamantino, baseline):",
           ", ".join(f"{k} {v[0]}/{v[1]}/{v[2]}" for k, v in sorted(by_kind.items())))
+    print_time_shares(shard)
+    # One line per headline figure, for a summary over every benchmark.
+    (_, t_ours, cpu_ours), (_, t_base, cpu_base) = rows[0], rows[-1]
+    for figure, ours_value, base_value in ((f"documents/s, {style} shard", n / t_ours, n / t_base),
+                                           (f"CPU seconds, {style} shard", cpu_ours, cpu_base)):
+        print("RESULT " + json.dumps({"benchmark": "clean", "figure": figure, "ours": round(ours_value, 1),
+                                      "baseline": round(base_value, 1),
+                                      "baseline_name": "single-process langdetect cleaner"}))
+
+
+# ---------------------------------------------------------------------------------------
+# Where the time goes: each step of llamantino clean on its own, in one process
+
+
+def time_shares(path: Path) -> list[tuple[str, str, float]]:
+    """(step, process, seconds) of each step of `llamantino clean` over the shard."""
+    import io
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from llamantino.clean import CHUNK_DOCS, Cleaner, _json_default
+    from llamantino.runner import config_for
+
+    clock = time.perf_counter
+    cfg = config_for("clean", inputs=["x"], output="y")
+    t0 = clock()
+    with gzip.open(path, "rb") as handle:
+        lines = handle.read().decode("utf-8").splitlines(keepends=True)
+    t_gunzip = clock() - t0
+
+    t0 = clock()
+    records = [json.loads(line) for line in lines]
+    t_decode = clock() - t0
+
+    cleaner = Cleaner(cfg)
+    detector, asked = cleaner.detector, []
+
+    class Recorder:  # stands in for the detector: the rules are timed without it
+        def detect(self, text):
+            asked.append(text)
+            return cfg.lang
+
+    cleaner.detector = Recorder()
+    detector.detect(records[0]["text"])  # anything loaded lazily, outside the clock
+    t0 = clock()
+    cleaned = [cleaner.clean(record["text"]) for record in records]
+    t_rules = clock() - t0
+
+    t0 = clock()
+    answers = iter([detector.detect(text) for text in asked])
+    t_langid = clock() - t0
+    kept, results = [], []
+    for position, (record, (text, reason, counts)) in enumerate(zip(records, cleaned)):
+        if text is not None and next(answers) != cfg.lang:
+            text, reason = None, "wrong_language"
+        if text is not None:
+            kept.append(dict(record, text=text))
+        results.append(((0, position), text, reason, counts, len(record["text"]), len(text or "")))
+
+    t0 = clock()
+    out_lines = [json.dumps(record, ensure_ascii=False, default=_json_default) + "\n" for record in kept]
+    t_encode = clock() - t0
+
+    t0 = clock()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=io.BytesIO(), mtime=0) as raw:
+        with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as handle:
+            handle.writelines(out_lines)
+    t_gzip = clock() - t0
+
+    # What the pool pickles: chunks of (position, record) out, result tuples back.
+    sent = [[((0, i), r) for i, r in enumerate(records[k:k + CHUNK_DOCS], start=k)]
+            for k in range(0, len(records), CHUNK_DOCS)]
+    back = [results[k:k + CHUNK_DOCS] for k in range(0, len(results), CHUNK_DOCS)]
+    t0 = clock()
+    for chunk in sent + back:
+        pickle.loads(ForkingPickler.dumps(chunk))
+    t_ipc = clock() - t0
+    return [("gzip (read input)", "main", t_gunzip), ("JSON decoding", "main", t_decode),
+            ("line and document rules", "worker", t_rules), ("language identification", "worker", t_langid),
+            ("JSON encoding", "worker", t_encode), ("gzip (write shards)", "main", t_gzip),
+            ("inter-process transfer (pickling)", "both", t_ipc)]
+
+
+def print_time_shares(path: Path) -> None:
+    steps = time_shares(path)
+    total = sum(seconds for _, _, seconds in steps)
+    print(f"\nCPU time by step of llamantino clean (one step at a time, one process, this shard):")
+    print(f"{'step':36s} {'process':>8s} {'seconds':>8s} {'share':>7s}")
+    for name, where, seconds in steps:
+        print(f"{name:36s} {where:>8s} {seconds:8.2f} {100 * seconds / total:6.1f}%")
+    main = sum(seconds for _, where, seconds in steps if where in ("main", "both"))
+    print(f"{'total':36s} {'':>8s} {total:8.2f}  (main process: {main:.2f} s, its share {100 * main / total:.0f}%)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -500,7 +637,9 @@ def compare_langid(args) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=float, default=20.0, help="size of the generated shard (MB of JSON lines)")
+    parser.add_argument("--mb", type=float, default=20.0, help="size of each generated shard (MB of JSON lines)")
+    parser.add_argument("--shard", choices=("first", "second", "both"), default="both",
+                        help="which generated shard(s) to clean")
     parser.add_argument("--workdir", help="where to write the shard and outputs (default: a temporary folder)")
     parser.add_argument("--with-langdetect-engine", action="store_true",
                         help="also time llamantino clean with --langid langdetect")

@@ -1,6 +1,7 @@
 """Corpus cleaning: each clean_mc4_it rule, the demo shard end to end, determinism across
 worker counts, resume after a kill, the streaming reader, and the command's errors."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from llamantino import clean
 from llamantino.cli import main as cli
+from llamantino.errors import LlamantinoError
 from llamantino.runner import config_for
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -411,7 +413,168 @@ def test_unknown_settings_and_recipes(tmp_path, capsys):
     code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--lang", "xx")
     assert code == 2 and "lang 'xx': not a language py3langid identifies" in err
     code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--badwords", "it", tmp_path / "none.txt")
-    assert code == 2 and err == f"error: {tmp_path / 'none.txt'}: no such bad-words file (bundled lists: it, en)"
+    assert code == 2 and err == f"error: {tmp_path / 'none.txt'}: no such bad-words file (bundled lists: de, en, es, fr, it, pt)"
     code, err = run_cli(capsys, DEMO, "--output", tmp_path / "out", "--min-chars", "900", "--max-chars", "800")
     assert code == 2 and "min_chars (900) exceeds max_chars (800)" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, bounds", [
+    ("--shard-docs", "0", "between 1 and 100000000"), ("--workers", "-1", "between 0 and 4096"),
+    ("--min-words", "-2", "between 0 and 1000000"), ("--max-word-length", "0", "between 1 and 100000000"),
+    ("--min-sentences", "-1", "between 0 and 1000000"), ("--max-chars", "0", "between 1 and 100000000"),
+    ("--min-chars", "-5", "between 0 and 100000000"), ("--shard-index", "-1", "between 0 and 99998"),
+])
+def test_every_number_has_its_range(tmp_path, capsys, option, value, bounds):
+    code = cli(["clean", str(DEMO), "--output", str(tmp_path / "out"), "--workers", "1", option, value])
+    err = capsys.readouterr().err.strip()
+    setting = option[2:].replace("-", "_")
+    assert code == 2 and err == f"error: command line: setting '{setting}' is {value}; it must be {bounds}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_numeric_setting_declares_its_range():
+    numeric = [f for f in dataclasses.fields(clean.Config) if f.type in ("int", "float", "int | None")]
+    assert len(numeric) == 9
+    assert all(f.metadata["minimum"] is not None and f.metadata["maximum"] is not None for f in numeric)
+
+
+# ---------------------------------------------------------------------------------------
+# A full disk keeps the finished shards
+
+
+def test_a_full_disk_keeps_finished_shards_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+
+    source = write_jsonl(tmp_path / "in.jsonl", demo_records(copies=4), gz=False)
+    reference = tmp_path / "reference"
+    clean.run(config_for("clean", inputs=[str(source)], output=str(reference), shard_docs=5, workers=1))
+    written = []
+    real_write = clean.ShardWriter.write
+
+    def full_disk(self, line):
+        written.append(line)
+        if len(written) == 23:  # part way through the fifth shard
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, line)
+
+    monkeypatch.setattr(clean.ShardWriter, "write", full_disk)
+    out = tmp_path / "out"
+    args = ["clean", str(source), "--output", str(out), "--shard-docs", "5", "--workers", "1"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {out}: No space left on device; finished work is kept: fix this and run the same "
+                   "command again to resume\n")
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.jsonl.gz", "part-00001.jsonl.gz",
+                                                     "part-00002.jsonl.gz", "part-00003.jsonl.gz",
+                                                     "progress.json", "run.json"]
+    assert json.loads((out / "progress.json").read_text())["shards"] == 4
+    monkeypatch.setattr(clean.ShardWriter, "write", real_write)
+    assert cli(args) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "done"
+    assert shard_bytes(out) == shard_bytes(reference) and len(shard_bytes(out)) == 13
+    ours, theirs = (json.loads((d / "manifest.json").read_text())["metrics"] for d in (out, reference))
+    assert ours["documents"] == theirs["documents"] and ours["lines"] == theirs["lines"]
+
+
+# ---------------------------------------------------------------------------------------
+# Other languages: bundled lists per language, line-rule defaults per script
+
+# The phrases this stage had in its code before they became data files: the Italian
+# settings of the paper must clean exactly as before.
+PAPER_POLICY_PHRASES = (
+    "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
+    "informativa sulla privacy", "informativa privacy", "informativa sui cookie", "informativa cookie",
+    "politica sulla privacy", "politica dei cookie", "politica sui cookie", "trattamento dei dati personali",
+    "utilizza i cookie", "utilizza cookie", "utilizziamo i cookie", "usa i cookie", "usiamo i cookie",
+    "uso dei cookie", "utilizzo dei cookie", "accetta i cookie", "consenso ai cookie", "cookie tecnici",
+    "cookie di terze parti", "cookie di profilazione", "termini di utilizzo", "termini d'uso",
+    "condizioni d'uso", "condizioni di utilizzo",
+)
+
+
+def test_italian_defaults_are_the_papers_lists(cleaner):
+    assert clean.list_specs(cleaner.cfg, "badwords") == ["it", "en"] == clean.list_specs(cleaner.cfg, "policy")
+    assert sorted(cleaner.policy) == sorted(PAPER_POLICY_PHRASES)
+    assert clean.line_rule_settings(cleaner.cfg) == {"min_words": 3, "max_word_length": 1000,
+                                                     "end_marks": [".", "?", "!", '"']}
+
+
+@pytest.mark.parametrize("lang", ["it", "en", "es", "fr", "de", "pt"])
+def test_every_bundled_language_has_both_lists(lang):
+    for kind in ("badwords", "policy"):
+        entries = clean.read_list(lang, kind)
+        assert len(entries) >= 6 and len(set(entries)) == len(entries), (lang, kind)
+        assert all(e == e.strip().lower() for e in entries)
+
+
+SPANISH = [
+    "La biblioteca municipal seguirá abierta durante el mes de agosto, con un horario reducido por la mañana. "
+    "Los lectores podrán llevarse libros, revistas y películas como el resto del año.",
+    "Durante el verano habrá encuentros con autores en el jardín interior, a la sombra de los tilos. "
+    "La entrada es gratuita, pero se recomienda reservar en el mostrador de préstamos.",
+    "Para los más pequeños vuelven las lecturas animadas del jueves por la tarde, a cargo de los voluntarios. "
+    "El personal recuerda que los libros deben devolverse antes de la fecha indicada en el recibo.",
+]
+
+
+def test_another_language_takes_its_own_lists():
+    spanish = clean.Cleaner(config_for("clean", inputs=["x"], output="y", lang="es"))
+    assert fate(spanish, page(lines=SPANISH)) == "kept"
+    cookie = "Este sitio web utiliza cookies propias y de terceros para mejorar su experiencia."
+    assert spanish.line_rule(cookie)[0] == "policy"
+    assert fate(spanish, page("¿Pero qué mierda de servicio es este?", lines=SPANISH)) == "bad_words"
+    assert fate(spanish, page("Watch free porn videos here.", lines=SPANISH)) == "bad_words"  # English too
+    # The Italian lists are not the Spanish run's.
+    assert spanish.line_rule("Questo sito utilizza i cookie per la navigazione.")[0] is None
+    # Own lists replace the bundled ones; "none" turns a list off.
+    plain = clean.Cleaner(config_for("clean", inputs=["x"], output="y", lang="es", badwords=["none"], policy=["none"]))
+    assert plain.line_rule(cookie)[0] is None and fate(plain, page("¡Qué mierda!", lines=SPANISH)) == "kept"
+    with pytest.raises(LlamantinoError, match="'none' or a list of lists, not both"):
+        config_for("clean", inputs=["x"], output="y", badwords=["none", "es"])
+
+
+def test_a_language_without_bundled_lists_says_so_in_one_line(tmp_path, caplog):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": page(lines=SPANISH), "url": "u"}], gz=False)
+    with caplog.at_level("WARNING", logger="llamantino.clean"):
+        clean.run(config_for("clean", inputs=[str(source)], output=str(tmp_path / "sw"), lang="sw", workers=1))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith("clean: no bad-word or policy-phrase list is bundled for 'sw' (bundled: de, en, "
+                                  "es, fr, it, pt), only the English one applies")
+    manifest = json.loads((tmp_path / "sw" / "manifest.json").read_text())
+    assert [entry["list"] for entry in manifest["badwords"]] == ["en"] == [e["list"] for e in manifest["policy"]]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llamantino.clean"):
+        clean.run(config_for("clean", inputs=[str(source)], output=str(tmp_path / "es"), lang="es", workers=1))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+CHINESE = [
+    "市立图书馆八月照常开放，上午开放时间缩短。读者可以像往常一样借阅图书、杂志和电影。夏天，馆方将在内院的椴树下举办作家见面会。",
+    "活动免费参加，但建议提前在借阅台预约。每周四下午，志愿者会为小朋友们带来有趣的故事会。工作人员提醒大家按时归还图书。",
+    "图书馆还为老年读者开设了免费的电脑课程，帮助他们学习使用网络。课程每周两次，每次一个小时，名额有限，请尽早报名。",
+    "此外，馆内新增了一个安静的自习区，配有充足的座位和电源插座。学生们可以在这里复习功课，准备考试，度过充实的暑假。",
+    "馆长表示，希望通过这些活动吸引更多市民走进图书馆，享受阅读的乐趣。他还感谢了所有为活动付出努力的志愿者和工作人员。",
+]
+
+
+def test_chinese_lines_get_their_scripts_defaults():
+    # 300 characters of Chinese hold as much as 600-900 of Italian: min_chars is set to match.
+    chinese = clean.Cleaner(config_for("clean", inputs=["x"], output="y", lang="zh", min_chars=250))
+    assert clean.line_rule_settings(chinese.cfg)["min_words"] == 1
+    assert "\u3002" in chinese.end_marks
+    text = "\n".join(CHINESE)
+    cleaned, reason, counts = chinese.clean(text)
+    assert reason is None and cleaned == text and counts["kept"] == 5
+    assert clean.count_sentences(CHINESE[0]) == 3
+    # With the Latin defaults, every line of it would go: no . ? ! at the end, one "word" each.
+    latin = clean.Cleaner(config_for("clean", inputs=["x"], output="y", lang="zh", end_marks=[".", "?", "!"],
+                                     min_words=3, min_chars=250))
+    assert latin.clean(text)[2]["no_end_punctuation"] == 5
+
+
+def test_sentences_of_scripts_without_case():
+    assert clean.count_sentences("यह पहला वाक्य है। यह दूसरा वाक्य है।") == 2  # Hindi danda, no capitals
+    assert clean.count_sentences("Una frase. un'altra che non comincia con la maiuscola.") == 1
+    assert clean.count_sentences("これは一文です。これは二文目です！本当？") == 3

@@ -20,7 +20,13 @@ builders: `hub:json?data_files=shard.jsonl.gz`). Kept documents keep every field
 `text` replaced by the cleaned text, in gzipped JSON-lines shards of `shard_docs`
 documents in input order, so the output bytes do not depend on the number of workers.
 A killed run resumes from its last finished shard; a run that fails on bad input leaves
-nothing behind.
+nothing behind; a full disk stops the run with one line and keeps the finished shards.
+
+Other languages: `--lang xx` takes the bad-word and policy-phrase lists bundled for xx
+(`data/badwords_xx.txt`, `data/policy_xx.txt`) with the English ones, as clean_mc4_it took
+Italian and English; scripts with their own sentence marks (。！？, ।, ؟...) or without
+spaces between words get their own defaults for the line rules. `--num-shards N
+--shard-index I` cleans part I of N of the input (see `llamantino.sharding`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from llamantino import sharding
 from llamantino.config import closest, setting
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import JSONL_SUFFIXES, LineStats, atomic_open, atomic_write_json, expand_inputs, iter_jsonl
@@ -47,7 +54,10 @@ log = logging.getLogger(__name__)
 
 KIND = "clean"
 DATA_DIR = Path(__file__).parent / "data"
-BUNDLED_BADWORDS = {"it": DATA_DIR / "badwords_it.txt", "en": DATA_DIR / "badwords_en.txt"}
+# Lists bundled per language: data/badwords_xx.txt, data/policy_xx.txt.
+BUNDLED_BADWORDS = {p.stem.split("_", 1)[1]: p for p in sorted(DATA_DIR.glob("badwords_*.txt"))}
+BUNDLED_POLICY = {p.stem.split("_", 1)[1]: p for p in sorted(DATA_DIR.glob("policy_*.txt"))}
+NO_LIST = "none"
 SHARD_PATTERN = "part-{:05d}.jsonl.gz"
 PROGRESS = "progress.json"  # written after each finished shard of an unfinished run
 CHUNK_DOCS = 128  # documents per task sent to a worker; does not change the output
@@ -61,21 +71,31 @@ DOC_RULES = ("bad_words", "too_few_sentences", "too_short", "too_long", "wrong_l
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 ELLIPSIS = "..."
 JAVASCRIPT_MARKERS = ("javascript", "{")
-# C4's English phrases, then the Italian ones of cookie banners and privacy notices.
-POLICY_PHRASES = (
-    "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
-    "informativa sulla privacy", "informativa privacy", "informativa sui cookie", "informativa cookie",
-    "politica sulla privacy", "politica dei cookie", "politica sui cookie", "trattamento dei dati personali",
-    "utilizza i cookie", "utilizza cookie", "utilizziamo i cookie", "usa i cookie", "usiamo i cookie",
-    "uso dei cookie", "utilizzo dei cookie", "accetta i cookie", "consenso ai cookie", "cookie tecnici",
-    "cookie di terze parti", "cookie di profilazione", "termini di utilizzo", "termini d'uso",
-    "condizioni d'uso", "condizioni di utilizzo",
-)
-# A sentence ends at . ! ? or … (plus closing quotes or brackets) followed by a space and
-# a capital letter or digit: punkt's main cue, without its abbreviation model (nothing
-# to download).
-SENTENCE_BREAK = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019\u00bb)\]]*\s+[\"'\u201c\u2018\u00ab(\[]?(\w)")
+# A sentence ends at . ! ? or … (or the full stops and question marks of Devanagari,
+# Arabic, Urdu, Armenian, Ethiopic and Burmese), plus closing quotes or brackets, followed
+# by a space and a capital letter, a digit or a letter of a script without case: punkt's
+# main cue, without its abbreviation model (nothing to download).
+SENTENCE_BREAK = re.compile(r"[.!?\u2026\u0964\u0965\u061f\u06d4\u0589\u1362\u1367\u104b]+"
+                            r"[\"'\u201d\u2019\u00bb)\]]*\s+[\"'\u201c\u2018\u00ab(\[]?(\w)")
+# Chinese and Japanese full stops need no space after them.
+WIDE_BREAK = re.compile(r"[\u3002\uff01\uff1f]+[\u300d\u300f\u201d\u2019\uff09]*(?=\S)")
 WORD = re.compile(r"\w+")
+# Line-rule defaults by language. Chinese, Japanese, Thai, Lao, Khmer, Burmese and Tibetan
+# put no spaces between words: a line is one "word" to str.split(), so the word rules
+# fall back to one word of any length (up to max_chars).
+NO_SPACES = ("zh", "ja", "th", "lo", "km", "my", "bo")
+LATIN_END_MARKS = [".", "?", "!", '"']
+OWN_END_MARKS = {  # sentence-final marks of scripts that have their own, besides . ? ! "
+    "zh": ["\u3002", "\uff01", "\uff1f", "\u300d", "\u300f", "\u201d"],   # 。！？」』”
+    "ja": ["\u3002", "\uff01", "\uff1f", "\u300d", "\u300f"],             # 。！？」』
+    **{lang: ["\u0964", "\u0965"] for lang in ("hi", "mr", "ne", "sa", "bn", "pa")},  # । ॥
+    **{lang: ["\u061f"] for lang in ("ar", "fa", "ps")},                      # ؟
+    "ur": ["\u061f", "\u06d4"],                                              # ؟ ۔
+    "hy": ["\u0589"], "am": ["\u1362", "\u1367"], "my": ["\u104b"],         # ։ ። ፧ ။
+    "km": ["\u17d4"], "bo": ["\u0f0d"], "el": [";", "\u037e"],                # ។ ། ; (Greek question mark)
+}
+DEFAULT_MIN_WORDS = 3
+DEFAULT_MAX_WORD_LENGTH = 1000
 # The language is identified on the start of the cleaned text only: langdetect (the
 # paper's tool) reads no more than this, and more text does not change the answer.
 LANGID_CHARS = 10_000
@@ -89,49 +109,101 @@ class Config:
     lang: str = setting("it", "keep documents mostly in this language (ISO 639-1 code)")
     langid: str = setting("py3langid", "language detector: py3langid (fast) or langdetect (the one "
                                        "clean_mc4_it used)", choices=tuple(DETECTORS))
-    badwords: list[str] = setting(["it", "en"], "bad-word lists: a bundled one (it, en) or a file with one "
-                                                "word or phrase per line", path_input=True)
-    min_words: int = setting(3, "drop lines with fewer words")
-    max_word_length: int = setting(1000, "drop lines with a longer word (characters)")
-    end_marks: list[str] = setting([".", "?", "!", '"'], "keep only lines ending in one of these")
-    min_sentences: int = setting(5, "drop documents with fewer sentences after line filtering")
-    min_chars: int = setting(500, "drop documents shorter than this after line filtering")
-    max_chars: int = setting(50000, "drop documents longer than this after line filtering")
+    badwords: list[str] = setting([], "bad-word lists: bundled ones by language code "
+                                      f"({', '.join(BUNDLED_BADWORDS)}) or files with one word or phrase per "
+                                      "line; empty: the bundled lists of --lang and English; none: no list",
+                                  path_input=True)
+    policy: list[str] = setting([], "cookie/privacy-policy phrase lists: bundled ones by language code "
+                                    f"({', '.join(BUNDLED_POLICY)}) or files with one phrase per line; empty: "
+                                    "the bundled lists of --lang and English; none: no list", path_input=True)
+    min_words: int | None = setting(None, "drop lines with fewer words (empty: 3, or 1 for languages written "
+                                          "without spaces)", minimum=0, maximum=1_000_000)
+    max_word_length: int | None = setting(None, "drop lines with a longer word, in characters (empty: 1000, "
+                                                "or no limit below max_chars for languages written without "
+                                                "spaces)", minimum=1, maximum=100_000_000)
+    end_marks: list[str] = setting([], "keep only lines ending in one of these (empty: . ? ! \" and the "
+                                       "language's own marks, e.g. 。！？ for zh and ja)")
+    min_sentences: int = setting(5, "drop documents with fewer sentences after line filtering",
+                                 minimum=0, maximum=1_000_000)
+    min_chars: int = setting(500, "drop documents shorter than this after line filtering",
+                             minimum=0, maximum=100_000_000)
+    max_chars: int = setting(50000, "drop documents longer than this after line filtering",
+                             minimum=1, maximum=100_000_000)
     text_field: str = setting("text", "field holding the text")
-    shard_docs: int = setting(100000, "kept documents per output shard")
+    shard_docs: int = setting(100000, "kept documents per output shard", minimum=1, maximum=100_000_000)
     skip_bad_lines: bool = setting(False, "count and skip malformed lines instead of stopping")
-    workers: int = setting(0, "processes (0: all cores)", fingerprint=False)
+    num_shards: int | None = sharding.num_shards_setting()
+    shard_index: int | None = sharding.shard_index_setting()
+    workers: int = setting(0, "processes (0: all cores)", fingerprint=False, minimum=0, maximum=4096)
 
     def validate(self, source):
         if not self.inputs:
             raise LlamantinoError(f"{source}: no inputs given")
         if not self.output:
             raise LlamantinoError(f"{source}: setting 'output' is required")
-        for name in ("min_words", "max_word_length", "min_sentences", "min_chars", "max_chars", "workers"):
-            if getattr(self, name) < 0:
-                raise LlamantinoError(f"{source}: setting '{name}' must not be negative")
-        if self.shard_docs < 1:
-            raise LlamantinoError(f"{source}: setting 'shard_docs' must be at least 1")
         if self.min_chars > self.max_chars:
             raise LlamantinoError(f"{source}: min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
-        if not self.end_marks or any(not m for m in self.end_marks):
-            raise LlamantinoError(f"{source}: setting 'end_marks' needs at least one non-empty mark")
+        if any(not m for m in self.end_marks):
+            raise LlamantinoError(f"{source}: setting 'end_marks' holds an empty mark")
+        for name in ("badwords", "policy"):
+            if NO_LIST in getattr(self, name) and len(getattr(self, name)) > 1:
+                raise LlamantinoError(f"{source}: setting '{name}' is 'none' or a list of lists, not both")
+
+
+def list_specs(cfg: Config, kind: str) -> list[str]:
+    """The bad-word ("badwords") or policy-phrase ("policy") lists a run uses."""
+    given, bundled = (cfg.badwords, BUNDLED_BADWORDS) if kind == "badwords" else (cfg.policy, BUNDLED_POLICY)
+    if given == [NO_LIST]:
+        return []
+    return list(given) or [code for code in dict.fromkeys([cfg.lang, "en"]) if code in bundled]
+
+
+def line_rule_settings(cfg: Config) -> dict:
+    """min_words, max_word_length and end_marks, with the language's defaults where not given."""
+    spaced = cfg.lang not in NO_SPACES
+    return {
+        "min_words": cfg.min_words if cfg.min_words is not None else (DEFAULT_MIN_WORDS if spaced else 1),
+        "max_word_length": (cfg.max_word_length if cfg.max_word_length is not None
+                            else DEFAULT_MAX_WORD_LENGTH if spaced else cfg.max_chars),
+        "end_marks": list(cfg.end_marks) or LATIN_END_MARKS + OWN_END_MARKS.get(cfg.lang, []),
+    }
+
+
+def warn_missing_lists(cfg: Config) -> None:
+    """One warning line when --lang has no bundled list and none was given."""
+    missing = [what for what, given, bundled in (("bad-word", cfg.badwords, BUNDLED_BADWORDS),
+                                                 ("policy-phrase", cfg.policy, BUNDLED_POLICY))
+               if not given and cfg.lang not in bundled]
+    if missing:
+        log.warning("clean: no %s list is bundled for '%s' (bundled: %s), only the English one applies; pass your "
+                    "own with --badwords FILE en / --policy FILE en", " or ".join(missing), cfg.lang,
+                    ", ".join(sorted(set(BUNDLED_BADWORDS) & set(BUNDLED_POLICY))))
 
 
 # ---------------------------------------------------------------------------------------
 # The rules
 
 
-def read_badwords(spec: str) -> list[str]:
-    """Entries of a bundled list ('it', 'en') or of a file: one per line, '#' comments."""
-    path = BUNDLED_BADWORDS.get(spec, Path(spec))
+def read_list(spec: str, kind: str = "badwords") -> list[str]:
+    """Entries of a bundled list (by language code) or of a file: one per line, '#' comments;
+    lower-cased, and policy phrases with typographic apostrophes made plain."""
+    bundled, what = (BUNDLED_BADWORDS, "bad-words") if kind == "badwords" else (BUNDLED_POLICY, "policy-phrases")
+    path = bundled.get(spec, Path(spec))
     if not path.is_file():
-        raise LlamantinoError(f"{spec}: no such bad-words file (bundled lists: {', '.join(BUNDLED_BADWORDS)})")
+        raise LlamantinoError(f"{spec}: no such {what} file (bundled lists: {', '.join(bundled)})")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return [w.strip().lower() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    entries = [w.strip().lower() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    return [e.replace("\u2019", "'") for e in entries] if kind == "policy" else entries
+
+
+def read_lists(cfg: Config) -> tuple[list[str], list[str]]:
+    """(bad words, policy phrases) of a run, read before any work starts."""
+    badwords, policy = ([e for spec in list_specs(cfg, kind) for e in read_list(spec, kind)]
+                        for kind in ("badwords", "policy"))
+    return badwords, policy
 
 
 class BadWords:
@@ -179,32 +251,42 @@ class BadWords:
 
 
 def count_sentences(line: str) -> int:
-    breaks = sum(1 for m in SENTENCE_BREAK.finditer(line) if m.group(1).isupper() or m.group(1).isdigit())
+    breaks = sum(1 for m in SENTENCE_BREAK.finditer(line) if _starts_sentence(m.group(1)))
+    if "\u3002" in line or "\uff01" in line or "\uff1f" in line:  # 。！？
+        breaks += len(WIDE_BREAK.findall(line))
     return breaks + 1
+
+
+def _starts_sentence(char: str) -> bool:
+    """A capital, a digit, or a letter of a script without case (neither capital nor small)."""
+    return char.isupper() or char.isdigit() or (char.isalpha() and not char.islower())
 
 
 class Cleaner:
     """The clean_mc4_it rules for one document; built once per worker process."""
 
-    def __init__(self, cfg: Config, badwords: list[str] | None = None):
+    def __init__(self, cfg: Config, lists: tuple[list[str], list[str]] | None = None):
         from llamantino.langid import make_detector
 
         self.cfg = cfg
-        self.end_marks = tuple(cfg.end_marks)
-        entries = badwords if badwords is not None else [w for spec in cfg.badwords for w in read_badwords(spec)]
-        self.badwords = BadWords(entries)
+        rules = line_rule_settings(cfg)
+        self.min_words, self.max_word_length = rules["min_words"], rules["max_word_length"]
+        self.end_marks = tuple(rules["end_marks"])
+        badwords, policy = lists if lists is not None else read_lists(cfg)
+        self.badwords = BadWords(badwords)
+        self.policy = tuple(policy)
         self.detector = make_detector(cfg.langid)
 
     def line_rule(self, line: str) -> tuple[str | None, str]:
         """(rule that drops the line or None, the line without citations)."""
-        cfg = self.cfg
-        if len(line) > cfg.max_word_length and any(len(word) > cfg.max_word_length for word in line.split()):
+        longest = self.max_word_length
+        if len(line) > longest and any(len(word) > longest for word in line.split()):
             return "word_too_long", line
         if "[" in line:
             line = CITATION.sub("", line).strip()
         if not line.endswith(self.end_marks) or line.endswith(ELLIPSIS):
             return "no_end_punctuation", line
-        if len(line.split()) < cfg.min_words:
+        if len(line.split()) < self.min_words:
             return "too_few_words", line
         low = line.lower()
         if "lorem ipsum" in low:
@@ -212,7 +294,7 @@ class Cleaner:
         if any(marker in low for marker in JAVASCRIPT_MARKERS):
             return "javascript", line
         low = low.replace("\u2019", "'")  # d’uso and d'uso alike
-        if any(phrase in low for phrase in POLICY_PHRASES):
+        if any(phrase in low for phrase in self.policy):
             return "policy", line
         return None, line
 
@@ -259,9 +341,10 @@ def _check_text(record: dict, where: str, field: str) -> str | None:
 
 
 class Reader:
-    """All inputs in order, resumable after a position, counting the lines it skips."""
+    """All inputs (or a task's pieces of them) in order, resumable after a position,
+    counting the lines it skips."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shard: sharding.Shard | None = None):
         self.cfg = cfg
         self.sources: list[str] = []
         for raw in cfg.inputs:
@@ -270,6 +353,7 @@ class Reader:
                 self.sources.append(raw)
             else:
                 self.sources += [str(p) for p in expand_inputs([raw], JSONL_SUFFIXES + (".parquet",))]
+        self.pieces = sharding.plan(self.sources, shard)  # whole sources when unsharded
         self.bad = 0  # lines skipped so far (skip_bad_lines)
 
     def identity(self) -> list:
@@ -285,18 +369,12 @@ class Reader:
 
     def records(self, after: tuple[int, int] = (0, 0)) -> Iterator[tuple[tuple[int, int], str, dict, int]]:
         """Yield (position, where, record, lines skipped so far) for records after `after`."""
-        for index, src in enumerate(self.sources):
+        for index, piece in enumerate(self.pieces):
             if index < after[0]:
                 continue
             start = after[1] if index == after[0] else 0
-            if src.startswith(HUB_PREFIX):
-                items = hub_records(src, start)
-            elif src.endswith(".parquet"):
-                items = parquet_records(src, start)
-            else:
-                items = self._jsonl_records(src, start)
             found = False
-            for number, where, record in items:
+            for number, where, record in self._items(piece, start):
                 found = True
                 problem = _check_text(record, where, self.cfg.text_field)
                 if problem:
@@ -305,8 +383,20 @@ class Reader:
                     self.bad += 1
                     continue
                 yield (index, number), where, record, self.bad
-            if not found and start == 0:
-                raise LlamantinoError(f"{src}: empty input (no documents)")
+            if not found and start == 0 and piece.parts == 1:  # a piece of a source may be empty
+                raise LlamantinoError(f"{piece.source}: empty input (no documents)")
+
+    def _items(self, piece: sharding.Piece, start: int):
+        """(number, where, record) of a piece after `start`: a line or row number, records
+        read from a stream, or for a piece of JSON lines a byte offset."""
+        src = piece.source
+        if piece.parts > 1:
+            return self._piece_records(piece, start)
+        if src.startswith(HUB_PREFIX):
+            return hub_records(src, start)
+        if src.endswith(".parquet"):
+            return parquet_records(src, start)
+        return self._jsonl_records(src, start)
 
     def _jsonl_records(self, path: str, start: int):
         stats = LineStats()
@@ -316,6 +406,24 @@ class Reader:
             self.bad += stats.bad - counted
             counted = stats.bad
             yield number, f"{path}:{number}", record
+        self.bad += stats.bad - counted
+
+    def _piece_records(self, piece: sharding.Piece, start: int):
+        """A task's piece of a source (`llamantino.sharding`)."""
+        src = piece.source
+        if src.startswith(HUB_PREFIX):
+            yield from sharding.hub_piece_records(src, piece, start)
+            return
+        if src.endswith(".parquet"):
+            yield from sharding.parquet_piece_records(src, piece, start)
+            return
+        stats = LineStats()
+        counted = 0
+        for resume, where, record in sharding.iter_jsonl_piece(src, piece, start, stats=stats,
+                                                               skip_bad_lines=self.cfg.skip_bad_lines):
+            self.bad += stats.bad - counted
+            counted = stats.bad
+            yield resume, where, record
         self.bad += stats.bad - counted
 
 
@@ -334,11 +442,11 @@ _CLEANER: Cleaner | None = None
 _INIT_ERROR: BaseException | None = None
 
 
-def _init_worker(cfg: Config, badwords: list[str]) -> None:
+def _init_worker(cfg: Config, lists: tuple[list[str], list[str]]) -> None:
     global _CLEANER, _INIT_ERROR
     _CLEANER, _INIT_ERROR = None, None
     try:
-        _CLEANER = Cleaner(cfg, badwords)
+        _CLEANER = Cleaner(cfg, lists)
     except Exception as exc:  # raised from a pool initializer it would restart the worker forever
         _INIT_ERROR = exc
 
@@ -401,15 +509,15 @@ class Workers:
     They start at once and load their language models while the caller does other work.
     """
 
-    def __init__(self, count: int, cfg: Config, badwords: list[str]):
+    def __init__(self, count: int, cfg: Config, lists: tuple[list[str], list[str]]):
         self.count = count
         self.pool = None
         if count == 1:
-            _init_worker(cfg, badwords)
+            _init_worker(cfg, lists)
         else:
             # spawn: workers start clean on every platform (no inherited locks or threads).
             context = multiprocessing.get_context("spawn")
-            self.pool = context.Pool(count, initializer=_init_worker, initargs=(cfg, badwords))
+            self.pool = context.Pool(count, initializer=_init_worker, initargs=(cfg, lists))
 
     def __enter__(self):
         return self
@@ -503,14 +611,16 @@ class ShardWriter:
             self._context = self._handle = None
 
 
-def _describe_badwords(specs) -> list[dict]:
-    """Which lists were used, with their content hashes (a list file may change)."""
+def _describe_lists(cfg: Config) -> dict:
+    """Which bad-word and policy lists were used, with their content hashes (a list file may
+    change), and the line-rule settings as applied."""
     from llamantino.fileio import sha256_file
 
-    out = []
-    for spec in specs:
-        path = BUNDLED_BADWORDS.get(spec, Path(spec))
-        out.append({"list": spec, "entries": len(read_badwords(spec)), "sha256": sha256_file(path)})
+    out = {}
+    for kind, bundled in (("badwords", BUNDLED_BADWORDS), ("policy", BUNDLED_POLICY)):
+        out[kind] = [{"list": spec, "entries": len(read_list(spec, kind)),
+                      "sha256": sha256_file(bundled.get(spec, Path(spec)))} for spec in list_specs(cfg, kind)]
+    out["line_rules"] = line_rule_settings(cfg)
     return out
 
 
@@ -541,29 +651,33 @@ def _remove_stale(folder: Path, shards_done: int) -> None:
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
-    """Clean `cfg.inputs` into `cfg.output`. An interrupted run always resumes (`resume` is
-    accepted for the stage contract)."""
-    from llamantino.manifest import (RUN_INFO, describe_inputs, prepare_output, read_manifest, run_identity,
-                                     start_run, write_manifest)
+    """Clean `cfg.inputs` (or part shard_index of num_shards of them) into `cfg.output`.
+    An interrupted run always resumes (`resume` is accepted for the stage contract)."""
+    from llamantino.cli import DISK_ERRORS
+    from llamantino.manifest import RUN_INFO, describe_inputs, read_manifest, run_identity, start_run, write_manifest
 
-    out = Path(cfg.output)
     # Everything that can be checked before work starts is checked before the folder is touched.
-    reader = Reader(cfg)
-    badwords = [w for spec in cfg.badwords for w in read_badwords(spec)]
+    cfg, shard = sharding.resolve(cfg)
+    out = sharding.part_folder(cfg, shard)
+    if shard:
+        sharding.check_root(Path(cfg.output), shard)
+    reader = Reader(cfg, shard)
+    lists = read_lists(cfg)
     done = read_manifest(out) if out.is_dir() else None
     identity = run_identity(KIND, cfg)
     if done and (done.get("stage"), done.get("fingerprint")) == (identity["stage"], identity["fingerprint"]):
         # The same run finished: skipped, unless its inputs changed (then refused or, with
         # --overwrite, replaced) or the folder is unsafe to use.
-        if prepare_output(out, KIND, cfg, overwrite=overwrite) == "complete":
+        if sharding.prepare(cfg, shard, KIND, overwrite=overwrite)[1] == "complete":
             return {"status": "skipped (done)", **_summary(done["metrics"])}
 
-    with Workers(cfg.workers or available_cores(), cfg, badwords) as workers:
+    with Workers(cfg.workers or available_cores(), cfg, lists) as workers:
         languages = workers.languages()
         if cfg.lang not in languages:
             raise LlamantinoError(f"lang '{cfg.lang}': not a language {cfg.langid} identifies"
                                   f"{closest(cfg.lang, languages)}")
-        state = prepare_output(out, KIND, cfg, overwrite=overwrite)
+        warn_missing_lists(cfg)
+        out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
         if state == "complete":  # finished by another process since the check above
             return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
         progress = None
@@ -573,22 +687,33 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             if progress and progress["inputs"] != reader.identity():
                 raise LlamantinoError(f"{out}: the inputs changed since the interrupted run; "
                                       "pass --overwrite to start again")
+            if progress and progress.get("shard") != sharding.manifest_entry(shard, reader.pieces).get("shard"):
+                raise LlamantinoError(f"{out}: the interrupted run cleaned another part of the inputs; "
+                                      "pass --overwrite to start again")
         else:
             start_run(out, KIND, cfg)
         try:
-            metrics = _clean_all(cfg, reader, workers, out, progress)
+            metrics = _clean_all(cfg, reader, workers, out, progress, shard)
             write_manifest(out, KIND, cfg, inputs=describe_inputs(cfg.inputs), metrics=metrics,
-                           extra={"badwords": _describe_badwords(cfg.badwords)})
+                           extra={**_describe_lists(cfg), **sharding.manifest_entry(shard, reader.pieces)})
         except BaseException as exc:
-            if not isinstance(exc, KeyboardInterrupt):  # interrupted runs resume; failed ones vanish
+            if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+                # A full (or read-only) disk: the finished shards and the progress stay, so the
+                # same command resumes once there is room.
+                exc.filename = exc.filename or str(out)
+            elif not isinstance(exc, KeyboardInterrupt):  # interrupted runs resume; failed ones vanish
                 _remove_run_files(out)
+                sharding.remove_empty_root(cfg, shard)
             raise
     for name in (PROGRESS, RUN_INFO):
         (out / name).unlink(missing_ok=True)
-    return {"status": "done", **_summary(metrics)}
+    status = f"done (part {shard.index} of {shard.count}: merge with `llamantino manifest merge " \
+             f"{cfg.output}` when all parts are done)" if shard else "done"
+    return {"status": status, **_summary(metrics)}
 
 
-def _clean_all(cfg: Config, reader: Reader, workers: Workers, out: Path, progress: dict | None) -> dict:
+def _clean_all(cfg: Config, reader: Reader, workers: Workers, out: Path, progress: dict | None,
+               shard: sharding.Shard | None = None) -> dict:
     stats = Stats(progress["stats"] if progress else None)
     position = tuple(progress["position"]) if progress else (0, 0)
     shards = progress["shards"] if progress else 0
@@ -615,7 +740,8 @@ def _clean_all(cfg: Config, reader: Reader, workers: Workers, out: Path, progres
                 stats.bad_lines = bad
                 if line is not None and writer.write(line):
                     atomic_write_json(out / PROGRESS, {"position": list(pos), "shards": writer.index,
-                                                       "stats": stats.to_dict(), "inputs": reader.identity()})
+                                                       "stats": stats.to_dict(), "inputs": reader.identity(),
+                                                       **sharding.manifest_entry(shard, reader.pieces)})
                     rate = (stats.docs["read"] - read_at_start) / max(time.time() - t0, 1e-9)
                     log.info("%d documents read, %d kept, %d shards (%.0f documents/s)",
                              stats.docs["read"], stats.docs["kept"], writer.index, rate)

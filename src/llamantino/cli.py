@@ -25,6 +25,7 @@ COMMANDS = {
     "config show": ("llamantino.runner", "print the fully resolved settings of a recipe, running nothing"),
     "config list": ("llamantino.runner", "list the bundled recipes"),
     "clean": ("llamantino.clean", "clean a web corpus with the clean_mc4_it rules"),
+    "manifest merge": ("llamantino.sharding", "check the parts of a sharded run (array job) and write their combined manifest"),
     "demo-base": ("llamantino.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
     "eval bpb": ("llamantino.bpb", "bits per byte of a model on held-out text"),
     "eval evalita": ("llamantino.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),

@@ -46,6 +46,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from llamantino import sharding
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
 
@@ -99,6 +100,8 @@ class Config:
                                  fingerprint=False)
     strict: bool = setting(False, "stop at the first record that cannot be translated instead of "
                                   "skipping and counting it")
+    num_shards: int | None = sharding.num_shards_setting()
+    shard_index: int | None = sharding.shard_index_setting()
 
     def validate(self, source):
         if not self.output:
@@ -674,44 +677,46 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Translate `cfg.inputs` into `cfg.output`. An interrupted run with the same settings is
     always continued (committed chunks are final), whether or not `resume` is set."""
     from llamantino.fileio import atomic_open, expand_inputs
-    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+    from llamantino.manifest import describe_inputs, read_manifest, start_run, write_manifest
 
     files = expand_inputs(cfg.inputs)
+    cfg, shard = sharding.resolve(cfg)  # an array task: part shard_index of num_shards, in its own folder
+    ranges = sharding.line_ranges(files, shard)
     formats = file_formats(files, cfg.format)
     model = inspect_model(cfg)
-    out = Path(cfg.output)
-    state = prepare_output(out, KIND, cfg, overwrite=overwrite)
+    out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
     if state == "complete":
         _remove_work_files(out)  # left behind by a run killed right after its manifest
         return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
     progress = None
     if state == "resume" and (out / PROGRESS_FILE).is_file():
         progress = _read_json(out / PROGRESS_FILE)
-        if progress["inputs"] != _input_signature(files):
+        if progress["inputs"] != _input_signature(files) or progress.get("lines") != ranges:
             raise LlamantinoError(f"{out}: the input files changed since the interrupted run; pass --overwrite "
                                   "to start again")
         log.info("translate: resuming after %d records (%d parts)", progress["read"], progress["parts"])
     if progress is None:
         start_run(out, KIND, cfg)
         _remove_work_files(out)
-        progress = _new_progress(files)
+        progress = {**_new_progress(files), "lines": ranges}  # ranges: this part's lines of each file
     with contextlib.ExitStack() as stack:
         engine = open_engine(cfg, model, stack)
-        _translate_all(cfg, files, formats, engine, progress, out)
+        _translate_all(cfg, files, formats, engine, progress, out, ranges)
     with atomic_open(out / OUTPUT_FILE) as handle:
         for number in range(progress["parts"]):
             with open(out / PARTS_DIR / f"part-{number:06d}.jsonl", encoding="utf-8") as part:
                 shutil.copyfileobj(part, handle)
     metrics = _metrics(progress, cfg)
     write_manifest(out, KIND, cfg, inputs=describe_inputs(files), metrics=metrics,
-                   extra={"stand_in": model.stand_in, "model": model.describe(), "output_file": OUTPUT_FILE})
+                   extra={"stand_in": model.stand_in, "model": model.describe(), "output_file": OUTPUT_FILE,
+                          **sharding.manifest_entry(shard, sharding.plan([str(f) for f in files], shard))})
     _remove_work_files(out)
     if model.stand_in:
         log.warning("translate: the model is a stand-in; its translations are nonsense")
     return {"status": "done", **_summary(metrics)}
 
 
-def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Path) -> None:
+def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Path, ranges=None) -> None:
     from tqdm import tqdm
 
     from llamantino.fileio import atomic_write_json, atomic_write_text
@@ -754,9 +759,12 @@ def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Pat
     for file_index, path in enumerate(files):
         if file_index < position[0]:
             continue
-        start_line = position[1] if file_index == position[0] else 0
+        skip, last = ranges[file_index] if ranges else (0, None)  # this part's lines of the file
+        start_line = max(position[1] if file_index == position[0] else 0, skip)
         fmt = formats[file_index]
         for number, record, error in _read_lines(path, start_line):
+            if last is not None and number > last:
+                break
             where = f"{path}:{number}"
             progress["read"] += 1
             try:
