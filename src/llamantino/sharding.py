@@ -400,17 +400,11 @@ def hub_piece_records(spec: str, piece: Piece, after: int = 0):
     records of the whole stream, not of this task's share."""
     import itertools
 
-    import datasets
     from datasets.distributed import split_dataset_by_node
 
-    from llamantino.streaming import parse_hub_spec
+    from llamantino.streaming import open_hub
 
-    args = parse_hub_spec(spec)
-    try:
-        stream = datasets.load_dataset(**args)
-    except Exception as exc:  # the library raises many kinds; the user needs one line
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise LlamantinoError(f"{spec}: cannot open dataset ({type(exc).__name__}: {message})") from None
+    stream = open_hub(spec)
     if stream.num_shards >= piece.parts:
         stream = stream.shard(num_shards=piece.parts, index=piece.part, contiguous=True)
     else:
