@@ -142,8 +142,6 @@ class NllSum:
             self.head = None
 
     def __call__(self, input_ids, attention, targets) -> float:
-        import torch
-
         tgt = targets[:, 1:]
         keep = tgt != -100
         if self.head is None:

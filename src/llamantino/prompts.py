@@ -516,7 +516,8 @@ def prompt_format(name: str, tokenizer=None, system: str = "auto"):
         return Llama2Chat(system_prompt(system, "llama2-chat"), bos=bos, eos=eos)
     if name in ("auto", "chatml"):
         template = CHATML_TEMPLATE if name == "chatml" else _own_template(tokenizer)
-        return _template_chat(tokenizer, template, system, "chatml" if name == "chatml" else "the tokenizer")
+        return _template_chat(tokenizer, template, system,
+                              "chatml" if name == "chatml" else "auto (the tokenizer's chat template)")
     path = Path(name).expanduser()
     if not path.is_file():
         raise LlamantinoError(f"prompt format '{name}': neither {', '.join(PROMPT_FORMATS)} nor an existing file")
