@@ -30,6 +30,10 @@ CHAT = [{"role": "user", "content": "Ciao! Come stai?"},
         {"role": "user", "content": "Tutto bene. Mi consigli un libro?"},
         {"role": "assistant", "content": "Ti consiglio \"I promessi sposi\" di Manzoni."}]
 SYSTEM = {"role": "system", "content": "Rispondi in italiano, in breve."}
+DIALOGUES = [{"messages": [{"role": "user", "content": f"Domanda {i}: come stai?"},
+                           {"role": "assistant", "content": f"Risposta {i}: bene, grazie."}]} for i in range(8)]
+DOLLY = [{"instruction": f"Scrivi la parola numero {i}.", "context": "Il gatto dorme." if i % 2 else "",
+          "response": f"Parola {i}.", "category": "open_qa"} for i in range(8)]
 
 
 @pytest.fixture(autouse=True)
@@ -146,6 +150,23 @@ def test_chunked_loss_applies_logit_scaling_and_output_bias(tmp_path, family_dir
     if model_type == "phi":
         assert base.get_output_embeddings().bias is not None
     assert_same_loss(lora_model(base), len(tokenizer), model_type)
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_rows_flattened_for_varlen_attention_give_the_same_loss(family_dirs, chunk):
+    """With FlashAttention 2 the loss flattens a batch of packed rows into one sequence (its varlen
+    kernel separates documents within one row only); SDPA here shows the flattening changes nothing."""
+    from llamantino.bpb import NllSum
+    from llamantino.qlora import CausalLMLoss
+
+    model = lora_model(load_causal_lm(str(family_dirs("gemma2")), dtype="float32", device="cpu"))
+    assert NllSum(model, 8).head is not None  # bpb scores through the same output head, in chunks
+    ids, positions, labels = packed_batch(300)
+    loss = CausalLMLoss(model, chunk)
+    n = (labels[:, 1:] != IGNORE).sum()
+    rows = loss(ids, positions, labels, n)
+    loss.flatten = True
+    assert torch.allclose(loss(ids, positions, labels, n), rows, rtol=1e-6, atol=1e-5)
 
 
 def test_unknown_post_processing_falls_back_to_the_models_own_loss(family_dirs, caplog):
@@ -326,6 +347,40 @@ def test_every_format_renders_for_the_family_without_an_invented_bos(family_dirs
     assert example.input_ids.count(tokenizer.bos_token_id) <= 1 if tokenizer.bos_token_id is not None else True
 
 
+def test_chatml_is_masked_as_transformers_does(family_dirs):
+    tokenizer = tokenizer_of(family_dirs("qwen2"))
+    chat = prompts.prompt_format("chatml", tokenizer, "Sé breve.")
+    rendered = chat.render_conversation(CHAT)
+    marked = chat.chat_template.replace(
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
+        "{%- if message['role'] == 'assistant' -%}{{ '<|im_start|>assistant\\n' }}{% generation %}"
+        "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}{%- else -%}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif -%}")
+    assert marked != chat.chat_template
+    hf = tokenizer.apply_chat_template(CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                       chat_template=marked)
+    example = encode(tokenizer, rendered)
+    assert rendered.text.startswith("<|im_start|>system\nSé breve.<|im_end|>\n")
+    assert example.input_ids == hf["input_ids"] and [int(x != IGNORE) for x in example.labels] == hf["assistant_masks"]
+
+
+def test_instruction_prompts_in_another_language(family_dirs, tmp_path):
+    from llamantino import instruct
+    from llamantino.runner import config_for
+
+    folder = family_dirs("llama3")
+    tokenizer = tokenizer_of(folder)
+    data = write_jsonl(tmp_path / "dolly.jsonl", DOLLY[:2])
+    cfg = config_for("instruct", model=str(folder), data=[str(data)], output=str(tmp_path / "o"), prompt_format="alpaca",
+                     effective_batch_size=2, batch_size=2)
+    examples, _ = instruct.load_examples(cfg, tokenizer)
+    text = tokenizer.decode(examples[0].input_ids)
+    assert text.startswith("<|begin_of_text|>Below is an instruction that describes a task. Write a response")
+    assert text.endswith("### Response:\nParola 0.<|eot_id|>") and "Istruzione" not in text
+    trained = tokenizer.decode([t for t, lab in zip(examples[0].input_ids, examples[0].labels) if lab != IGNORE])
+    assert trained == "Parola 0.<|eot_id|>"
+
+
 def test_system_prompt_and_instruction_prompt_settings(tmp_path):
     assert prompts.system_prompt("auto", "llama2-chat") == prompts.ITALIAN_SYSTEM_PROMPT
     assert prompts.system_prompt("auto", "chatml") is None
@@ -479,15 +534,28 @@ def test_a_vision_language_checkpoint_trains_its_language_model_only(tiny_gemma3
 
     keys = load_file(tmp_path / "a" / "adapter_model.safetensors").keys()
     assert keys and all("language_model.layers." in k and "vision" not in k for k in keys)
+    # Full fine-tuning: the loaded model trains the language model only; a run changes nothing else.
+    from llamantino import instruct
+    from llamantino.runner import config_for
+
+    dolly = write_jsonl(tmp_path / "dolly.jsonl", DOLLY[:4])
+    cfg = config_for("instruct", model=str(tiny_gemma3_vision), data=[str(dolly)], output=str(tmp_path / "i"),
+                     max_length=128, batch_size=2, effective_batch_size=4, max_steps=1, save_steps=0,
+                     prompt_format="auto", warmup_ratio=0.0, gradient_checkpointing=False, learning_rate=1e-2)
+    loaded, _ = instruct.load_model(cfg, config, rank=0, world=1, device=torch.device("cpu"), compute_dtype="float32")
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable and all("language_model" in n or n.startswith("lm_head") for n in trainable)
+    instruct.run(cfg)
+    before = {n: p for n, p in model.state_dict().items()}
+    after = load_causal_lm(str(tmp_path / "i"), dtype="float32", device="cpu").state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all("language_model" in n or n == "lm_head.weight" for n in changed)
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in changed)
 
 
 # ---------------------------------------------------------------------------------------
 # Every command, per family: adapt -> merge -> instruct -> diff -> bpb; sft -> chat; evaluation
 
-DIALOGUES = [{"messages": [{"role": "user", "content": f"Domanda {i}: come stai?"},
-                           {"role": "assistant", "content": f"Risposta {i}: bene, grazie."}]} for i in range(8)]
-DOLLY = [{"instruction": f"Scrivi la parola numero {i}.", "context": "Il gatto dorme." if i % 2 else "",
-          "response": f"Parola {i}.", "category": "open_qa"} for i in range(8)]
 BRIEF = "Rispondi in breve."
 SMALL = ["--max-length", "96", "--batch-size", "2", "--save-steps", "0", "--logging-steps", "1",
          "--no-gradient-checkpointing"]
@@ -552,6 +620,7 @@ def test_every_command_runs_on_the_family(tiny_family, tmp_path, capsys):
     # Chat with the adapter, and EVALITA evaluation of the instruction-tuned model in its format.
     result = chat.run(config_for("chat", model=str(folder), adapter=str(sft), prompts=["Ciao!"], max_new_tokens=3))
     assert len(result["metrics"]["transcript"]) == 1
+    assert main(["chat", str(folder), "--adapter", str(sft), "--prompt", "Ciao!", "--max-new-tokens", "2"]) == 0
     report = evaluate.run(config_for("evalita_eval", model=str(tuned), samples="test", tasks=["haspeede3"], limit=2,
                                      max_new_tokens=3, prompt_format="auto", system_prompt=BRIEF,
                                      output=str(tmp_path / "evalita")))
