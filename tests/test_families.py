@@ -141,6 +141,11 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(tiny_family):
         assert abs(float(plain) - float(own)) > 1.0
 
 
+def test_chunked_loss_of_a_vision_language_model(tiny_gemma3_vision):
+    model = lora_model(load_causal_lm(str(tiny_gemma3_vision), dtype="float32", device="cpu"))
+    assert_same_loss(model, len(tokenizer_of(tiny_gemma3_vision)), "gemma3-vision")
+
+
 @pytest.mark.parametrize("model_type,extra", [("cohere", {"logit_scale": 0.0625}),
                                               ("granite", {"logits_scaling": 8.0}),
                                               ("phi", {})])  # Phi-2: an output layer with a bias
