@@ -357,6 +357,20 @@ def test_every_format_renders_for_the_family_without_an_invented_bos(family_dirs
     assert example.input_ids.count(tokenizer.bos_token_id) <= 1 if tokenizer.bos_token_id is not None else True
 
 
+def test_a_saved_llama2_template_renders_and_masks_as_the_papers_format(tiny_model_dir):
+    """An sft run of the paper's format saves its template; chat and a later run read it back (`auto`)."""
+    tokenizer = tokenizer_of(tiny_model_dir)
+    tokenizer.chat_template = prompts.LLAMA2_CHAT_TEMPLATE
+    saved = prompts.prompt_format("auto", tokenizer)
+    paper = prompts.prompt_format("llama2-chat", tokenizer)
+    assert isinstance(saved, prompts.TemplateChat) and saved.end_of_turn == "</s>"
+    for messages in (CHAT, [SYSTEM, *CHAT]):
+        assert saved.render_conversation(messages) == paper.render_conversation(messages)
+    prompt = [*CHAT[:3]]
+    assert saved.render_conversation(prompt, add_generation_prompt=True).text == \
+        paper.render_conversation(prompt, add_generation_prompt=True).text
+
+
 def test_chatml_is_masked_as_transformers_does(family_dirs):
     tokenizer = tokenizer_of(family_dirs("qwen2"))
     chat = prompts.prompt_format("chatml", tokenizer, "Sé breve.")
@@ -404,8 +418,10 @@ def test_system_prompt_and_instruction_prompt_settings(tmp_path):
     assert chat.render_conversation(CHAT[:2]).text == "<s>[INST] Ciao! Come stai? [/INST] Bene, grazie. E tu? </s>"
     # Alpaca: the paper's Italian prompt byte for byte, Stanford's English one, a template file.
     it = prompts.prompt_format("alpaca-it")
-    for args in (("Riassumi.", "", "Fatto."), ("Traduci.", "Il gatto.", "The cat."), ("Nomina.", " ", None)):
-        assert it.render_instruction(*args) == prompts.render_alpaca_it(*args)
+    assert it.render_instruction("Traduci.", "Il gatto.", "The cat.").text == (
+        prompts.ALPACA_IT_HEADER + "\n\n### Istruzione:\nTraduci.\n\n### Input:\nIl gatto.\n\n### Risposta:\nThe cat.</s>")
+    assert it.render_instruction("Nomina.", " ").text == (
+        prompts.ALPACA_IT_HEADER + "\n\n### Istruzione:\nNomina.\n\n### Risposta:\n")
     en = prompts.prompt_format("alpaca").render_instruction("Name a city.", "", "Rome")
     assert en.text == (prompts.ALPACA_EN_NO_INPUT.replace("{instruction}", "Name a city.") + "Rome</s>")
     template = tmp_path / "alpaca_es.json"

@@ -176,21 +176,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def auto_class(config):
-    """The transformers Auto class that loads a checkpoint as a language model: its causal LM, or
-    for vision-language checkpoints that have none (Qwen-VL) the image-text-to-text model."""
+def _loader(config):
+    """(Auto class, model class) that load a checkpoint as a language model: its causal LM, or for
+    vision-language checkpoints that have none (Qwen-VL) its image-text-to-text model."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)
 
-    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
-        if type(config) in auto._model_mapping:
-            return auto
+    for auto, mapping in ((AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
+                          (AutoModelForImageTextToText, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)):
+        if type(config) in mapping:
+            return auto, mapping[type(config)]
     raise LlamantinoError(f"model type '{config.model_type}' is neither a causal LM nor an image-text-to-text "
                           "model that transformers knows")
 
 
+def auto_class(config):
+    return _loader(config)[0]
+
+
 def model_class(config):
-    """The class `from_pretrained` builds for a checkpoint (see `auto_class`)."""
-    return auto_class(config)._model_mapping[type(config)]
+    return _loader(config)[1]
 
 
 def resolve_attention(name: str, config, device: str, compute_dtype: str) -> str:

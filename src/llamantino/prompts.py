@@ -167,15 +167,8 @@ def render_alpaca_it(instruction: str, input_text: str = "", response: str | Non
     With a response, it is followed by `</s>` and both are the trained span. Without one,
     the text ends after `### Risposta:\\n`, ready for generation.
     """
-    text = f"{ALPACA_IT_HEADER}\n\n### Istruzione:\n{instruction}\n\n"
-    if input_text and input_text.strip():
-        text += f"### Input:\n{input_text}\n\n"
-    text += "### Risposta:\n"
-    if response is None:
-        return Rendered(text, [], add_bos=True)
-    start = len(text)
-    text += f"{response}{eos}"
-    return Rendered(text, [(start, len(text))], add_bos=True)
+    return AlpacaFormat("alpaca-it", ALPACA_IT_INPUT, ALPACA_IT_NO_INPUT, eos).render_instruction(
+        instruction, input_text, response)
 
 
 # EVALITA 2023 instructions, Table 1 of the paper, verbatim (typos included).
