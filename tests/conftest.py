@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny LLaMA and its tokenizer, built offline and saved to disk once
-per test session, so tests exercise the real `from_pretrained` loading code."""
+"""Shared fixtures: a tiny LLaMA and its tokenizer, and a tiny model of each of today's families
+(Llama 3, Mistral, Qwen 2 and 3, Gemma 2 and 3, Phi-3, and a Gemma 3 vision-language one), built
+offline and saved to disk once per test session, so tests exercise the real `from_pretrained`
+loading code."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -40,3 +43,40 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# Today's families: a tiny random model of each, with its real chat template and special
+# tokens (see tests/families.py), saved once per session.
+
+sys.path.insert(0, os.path.dirname(__file__))
+from families import FAMILIES  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """Folder of a family's tiny model by name, built on first use (for tests about one family)."""
+    from families import save_family
+
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = save_family(name, tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES))
+def tiny_family(request, family_dirs):
+    """(family, folder) for each of gemma2, gemma3, llama3, mistral, phi3, qwen2, qwen3."""
+    return FAMILIES[request.param], family_dirs(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_vision(tmp_path_factory):
+    """A tiny Gemma 3 vision-language checkpoint (language model + SigLIP tower)."""
+    from families import save_gemma3_vision
+
+    return save_gemma3_vision(tmp_path_factory.mktemp("gemma3-vision"))

@@ -37,6 +37,9 @@ class Config(QLoraSettings):
                                "or record far ahead stops the run early", fingerprint=False)
     text_field: str = setting("text", "field holding the document text")
     skip_bad_lines: bool = setting(False, "count and skip malformed JSON lines instead of stopping")
+    document_end: str = setting("auto", "token that ends each document; auto: the base model's end of text "
+                                        "(<|end_of_text|>, <|endoftext|>, </s>, <eos>; not an Instruct tokenizer's "
+                                        "end-of-turn EOS)")
 
     def validate(self, source):
         self.check_common(source)
@@ -124,6 +127,9 @@ def check_inputs(cfg: Config):
     config = load_config(cfg.model)
     check_max_length(config, cfg.max_length, cfg.model)
     tokenizer = load_tokenizer(cfg.model, tokenizer=cfg.tokenizer)
+    end = getattr(cfg, "document_end", "auto")
+    if end != "auto" and tokenizer.convert_tokens_to_ids(end) in (None, tokenizer.unk_token_id):
+        raise LlamantinoError(f"document_end {end}: not a token of {cfg.tokenizer or cfg.model}'s tokenizer")
     return tokenizer
 
 
@@ -136,7 +142,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     parts = [expand_sources([entry]) for entry in cfg.data] if cfg.data_weights else []
 
     def make_source(rank, world):
-        packer = DocumentPacker(tokenizer, cfg.max_length)
+        end = None if cfg.document_end == "auto" else cfg.document_end
+        packer = DocumentPacker(tokenizer, cfg.max_length, end)
         options = {"text_field": cfg.text_field, "rank": rank, "world": world, "skip_bad_lines": cfg.skip_bad_lines,
                    "cycle": cfg.cycle}
         if cfg.data_weights:

@@ -1,6 +1,7 @@
 """Bits per byte: the tokenizer-independent measure of how well a model knows a language.
 
-For each document: prepend BOS, sum the negative log-likelihood (natural log) of every
+For each document: prepend BOS (for a tokenizer that adds none, such as Qwen's, the end-of-text
+token that separates documents), sum the negative log-likelihood (natural log) of every
 document token given the tokens before it. Documents longer than the context are scored
 in overlapping windows: each window covers `max_length` tokens, advances by `stride`,
 and scores only the tokens the previous window did not, so every token is scored once
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from llamantino.config import setting
 from llamantino.errors import LlamantinoError
 
 KIND = "bpb"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -32,6 +35,8 @@ class Config:
     max_length: int = setting(0, "window length in tokens (0: the model's context length)", minimum=0)
     stride: int = setting(0, "window advance for long documents (0: half the window)", minimum=0)
     batch_size: int = setting(8, "windows per forward pass", fingerprint=False, minimum=1)
+    chunk_tokens: int = setting(1024, "the output layer and log-softmax run on this many positions at a time "
+                                      "(never a whole window's full-vocabulary logits)", fingerprint=False, minimum=1)
     dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
     max_documents: int = setting(0, "score only the first N documents (0: all)", minimum=0)
     progress: bool = setting(True, "show a progress bar", fingerprint=False)
@@ -57,7 +62,7 @@ def windows(n_tokens: int, max_length: int, stride: int):
 
 
 def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: int, batch_size: int = 8,
-                progress: bool = False, rank: int = 0, world: int = 1) -> dict:
+                progress: bool = False, chunk_tokens: int = 1024, rank: int = 0, world: int = 1) -> dict:
     """The bits-per-byte report of `model` on `texts` (see module docstring). With `world` > 1
     (torchrun) each rank scores every world-th batch and the sums are added up."""
     import torch
@@ -65,7 +70,7 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
 
     if stride <= 0 or stride > max_length - 1:
         raise LlamantinoError(f"stride must be between 1 and max_length - 1 ({max_length - 1}), got {stride}")
-    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    start_id = document_start_id(tokenizer)
     device = next(model.parameters()).device
     jobs = []  # (input ids of the window, index of the first scored position within it)
     total_tokens = total_bytes = 0
@@ -79,6 +84,7 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
     order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
     total_nll = 0.0
     model.eval()
+    nll_sum = NllSum(model, chunk_tokens)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
         for b in tqdm(range(rank * batch_size, len(order), batch_size * world), disable=not progress, desc="bpb",
@@ -92,14 +98,7 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention[row, : len(ids)] = 1
                 targets[row, first: len(ids)] = torch.tensor(ids[first:])
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                           use_cache=False).logits.float()
-            # Position t predicts token t+1.
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            tgt = targets[:, 1:].to(device)
-            mask = tgt != -100
-            nll = -logprobs.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            total_nll += float((nll * mask).sum().double())
+            total_nll += nll_sum(input_ids.to(device), attention.to(device), targets.to(device))
     if world > 1:
         from llamantino.training import all_reduce_sum
 
@@ -119,11 +118,59 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
     }
 
 
+def document_start_id(tokenizer) -> int:
+    """What a document is scored after: the tokenizer's BOS when it adds one, else the token that
+    ends the previous document."""
+    from llamantino.modeling import adds_bos, document_end_token
+
+    if adds_bos(tokenizer):
+        return tokenizer.bos_token_id
+    return tokenizer.convert_tokens_to_ids(document_end_token(tokenizer))
+
+
+class NllSum:
+    """Summed negative log-likelihood of the targets (-100: none) of a padded batch, the output
+    layer and log-softmax taken `chunk` positions at a time on positions with a target only: a
+    window of 8k tokens with a 128k vocabulary never holds its 4 GB of float32 logits at once.
+    A model whose logits are not its output layer's (see `modeling.head_matches_model`) is
+    scored from its own logits, and the log says so."""
+
+    def __init__(self, model, chunk: int):
+        from llamantino.modeling import head_matches_model, output_head
+
+        self.model, self.chunk = model, chunk
+        self.causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.head = output_head(self.causal_lm)
+        matches, error = head_matches_model(self.causal_lm, self.head)
+        if not matches:
+            log.warning("%s: its logits differ from its output layer's (by %.2g): scoring from the full logits",
+                        type(self.causal_lm).__name__, error)
+            self.head = None
+
+    def __call__(self, input_ids, attention, targets) -> float:
+        tgt = targets[:, 1:]
+        keep = tgt != -100
+        if self.head is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+            return self._sum(logits[:, :-1][keep], tgt[keep])
+        hidden = self.causal_lm.model(input_ids=input_ids, attention_mask=attention,
+                                      use_cache=False).last_hidden_state[:, :-1][keep]
+        tgt = tgt[keep]
+        return sum(self._sum(self.head(hidden[i:i + self.chunk]), tgt[i:i + self.chunk])
+                   for i in range(0, len(tgt), self.chunk))
+
+    @staticmethod
+    def _sum(logits, targets) -> float:
+        import torch
+
+        return float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double())
+
+
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_write_json
     from llamantino.manifest import (check_output_location, describe_inputs, prepare_output, read_manifest,
                                      run_identity, write_manifest)
-    from llamantino.modeling import load_config, load_tokenizer, load_with_adapter
+    from llamantino.modeling import context_length, load_config, load_tokenizer, load_with_adapter
     from llamantino.records import iter_documents
 
     to_file = cfg.output.endswith(".json")
@@ -145,7 +192,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     if not texts:
         raise LlamantinoError(f"{', '.join(cfg.data)}: no documents")
     config = load_config(cfg.model)
-    context = getattr(config, "max_position_embeddings", 0) or 2048
+    context = context_length(config) or 2048
     max_length = cfg.max_length or context
     if max_length > context:
         raise LlamantinoError(f"{cfg.model}: max_length {max_length} exceeds the model's context of {context}")
@@ -153,7 +200,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     model = load_with_adapter(cfg.model, cfg.adapter, dtype=cfg.dtype)
     result = compute_bpb(model, tokenizer, texts, max_length=max_length, stride=stride,
-                         batch_size=cfg.batch_size, progress=cfg.progress and sys.stderr.isatty())
+                         batch_size=cfg.batch_size, progress=cfg.progress and sys.stderr.isatty(),
+                         chunk_tokens=cfg.chunk_tokens)
     result.update({"model": cfg.model, "adapter": cfg.adapter, "data": list(cfg.data)})
     if to_file:
         atomic_write_json(cfg.output, {**result, **run_identity(KIND, cfg)})

@@ -3,8 +3,10 @@
     torchrun --nproc_per_node 8 -m llamantino instruct --model M --data dolly-it.jsonl --output OUT
     llamantino instruct --model M --data dolly-it.jsonl --output OUT          # one process
 
-Records (Dolly, Alpaca or prepared EVALITA) are rendered with the Italian Alpaca prompt
-and trained on the response and its EOS only. Under torchrun every decoder layer, then
+Records (Dolly, Alpaca or prepared EVALITA) are rendered with the Italian Alpaca prompt (the
+paper's; `prompt_format` picks another: `alpaca` in English, an Alpaca template file, or a chat
+format such as the model's own template) and trained on the response and its EOS (or
+end-of-turn token) only. A vision-language checkpoint trains its language model only. Under torchrun every decoder layer, then
 the root, is sharded with `fully_shard` (ZeRO-3: each rank holds 1/N of the weights,
 gradients and AdamW state); a single process trains the same loop without sharding.
 
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.prompts import SYSTEM_PROMPT_HELP
 from llamantino.records import INSTRUCTION_FORMATS
 from llamantino.supervised import IGNORE, Example
 from llamantino.train_settings import DTYPES, SCHEDULES, TrainSettings
@@ -59,6 +62,11 @@ class Config(TrainSettings):
     format: str = setting("auto", "data format; auto: detected from each file's fields",
                           choices=("auto",) + INSTRUCTION_FORMATS)
     output: str = setting("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")
+    prompt_format: str = setting("alpaca-it", "instruction prompt: alpaca-it (the paper's), alpaca (English), a .json "
+                                              "Alpaca template (prompt_input, prompt_no_input), or a chat format: "
+                                              "auto (the model's chat template), llama2-chat, chatml, a Jinja file",
+                                 path_input=True)
+    system_prompt: str = setting("auto", SYSTEM_PROMPT_HELP + " (chat formats only)", path_input=True)
     max_length: int = setting(1024, "tokens per example; longer examples are truncated", minimum=1)
     batch_size: int = setting(16, "examples per device in one micro-batch", minimum=1)
     gradient_accumulation: int = setting(0, "micro-batches per optimizer step (0: derived from "
@@ -89,17 +97,28 @@ class Config(TrainSettings):
 
 
 # ---------------------------------------------------------------------------------------
-# Data: records -> Italian Alpaca prompt -> token ids with the loss on the response only
+# Data: records -> the instruction prompt -> token ids with the loss on the response only
+
+
+def instruction_prompt(cfg: Config, tokenizer):
+    """The run's prompt format; with a chat format the saved tokenizer's chat template renders it."""
+    from llamantino.prompts import prompt_format
+
+    prompt = prompt_format(cfg.prompt_format, tokenizer, cfg.system_prompt)
+    if prompt.chat_template is not None:
+        tokenizer.chat_template = prompt.chat_template
+    return prompt
 
 
 def load_examples(cfg: Config, tokenizer) -> tuple[list[Example], dict]:
     from llamantino.records import iter_records
     from llamantino.supervised import encode, render_record
 
+    prompt = instruction_prompt(cfg, tokenizer)
     examples, counts = [], {"records": 0, "truncated": 0, "dropped_no_response": 0}
     for where, fmt, record in iter_records(cfg.data, None if cfg.format == "auto" else cfg.format):
         counts["records"] += 1
-        ex = encode(tokenizer, render_record(record, fmt, "alpaca-it", where, tokenizer), cfg.max_length)
+        ex = encode(tokenizer, render_record(record, fmt, prompt, where), cfg.max_length)
         if trained_tokens(ex) == 0:  # the prompt alone fills max_length: nothing left to learn from
             counts["dropped_no_response"] += 1
             continue
@@ -230,17 +249,19 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     """
     import torch
 
-    from llamantino.modeling import load_causal_lm
+    from llamantino.modeling import auto_class, freeze_outside_language_model, load_causal_lm
 
     if world == 1:
-        return prepare_model(load_causal_lm(cfg.model, dtype="float32", device="cpu"), world=1, device=device,
-                             compute_dtype=compute_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+        model = load_causal_lm(cfg.model, dtype="float32", device="cpu")
+        _report_frozen(freeze_outside_language_model(model))
+        return prepare_model(model, world=1, device=device, compute_dtype=compute_dtype,
+                             gradient_checkpointing=cfg.gradient_checkpointing)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoModelForCausalLM
 
     source = load_causal_lm(cfg.model, dtype="float32", device="cpu") if rank == 0 else None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = auto_class(config).from_config(config, dtype=torch.float32)
+    _report_frozen(freeze_outside_language_model(model))
     model, autocast = prepare_model(model, world=world, device=device, compute_dtype=compute_dtype,
                                     gradient_checkpointing=cfg.gradient_checkpointing)
     model.to_empty(device=device)
@@ -254,6 +275,11 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     if rank == 0:
         model.generation_config = source.generation_config  # saved with the result
     return model, autocast
+
+
+def _report_frozen(frozen: int) -> None:
+    if frozen:
+        log.info("vision-language model: %.1fM parameters outside the language model stay frozen", frozen / 1e6)
 
 
 def summed_loss(model, batch: dict, autocast) -> torch.Tensor:

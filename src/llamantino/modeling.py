@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from llamantino.errors import LlamantinoError
-from llamantino.train_settings import DTYPES
+from llamantino.train_settings import ATTENTION, DTYPES  # noqa: F401  (ATTENTION named here too)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,14 @@ def load_config(name_or_path: str):
         raise LlamantinoError(f"{source}: cannot read the model config ({str(exc).splitlines()[0]})") from None
 
 
+def text_config(config):
+    """The language model's part of a config (the config itself for text-only models; the
+    `text_config` of multimodal ones such as Gemma 3 4B+, Llama 3.2 Vision, Qwen-VL)."""
+    return config.get_text_config(decoder=True)
+
+
 def context_length(config) -> int:
-    return int(getattr(config, "max_position_embeddings", 0) or 0)
+    return int(getattr(text_config(config), "max_position_embeddings", 0) or 0)
 
 
 def check_max_length(config, max_length: int, source: str) -> None:
@@ -70,11 +76,8 @@ def check_max_length(config, max_length: int, source: str) -> None:
 
 
 def load_tokenizer(name_or_path: str, *, tokenizer: str = ""):
-    """The model's tokenizer (or `tokenizer` if given), checked for BOS/EOS.
-
-    LLaMA 2 has no padding token; batches here are packed or padded with a mask, so the
-    pad id only needs to exist: it is set to the EOS id when missing (and never trained).
-    """
+    """The model's tokenizer (or `tokenizer` if given), checked for an EOS, with a pad token
+    that is no token the model must learn (see `choose_pad_token`)."""
     from transformers import AutoTokenizer
 
     source = tokenizer or name_or_path
@@ -89,9 +92,73 @@ def load_tokenizer(name_or_path: str, *, tokenizer: str = ""):
     if tok.eos_token_id is None:
         raise LlamantinoError(f"{source}: the tokenizer has no end-of-sequence (EOS) token; documents "
                               "cannot be separated")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    pad = choose_pad_token(tok)
+    if pad != tok.pad_token:
+        if tok.pad_token is not None:
+            log.info("%s: pad token %s is also a token the model learns; padding with %s instead", source,
+                     tok.pad_token, pad)
+        tok.pad_token = pad
     return tok
+
+
+# Tokens that end a document in pretraining, by family: Llama 3, then Qwen / Phi-3 / GPT-2,
+# then LLaMA 2 / Mistral, then Gemma. Instruct tokenizers often name their end-of-turn token
+# as `eos_token` (Llama 3's <|eot_id|>, Qwen's <|im_end|>): the base model never saw it
+# between documents.
+DOCUMENT_END_TOKENS = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>")
+
+# Tokens reserved for padding, by preference: Llama 3.1's, the common names, Qwen's unused
+# fill-in-the-middle pad; then Llama 3.0's reserved tokens and <unk> (never produced by
+# byte-fallback tokenizers).
+PAD_TOKENS = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "[PAD]", "<|fim_pad|>", "<|vision_pad|>")
+
+
+def special_token_id(tokenizer, token: str) -> int | None:
+    """Id of `token` when the tokenizer has it as one token of its own (added or special), else None."""
+    ids = tokenizer.convert_tokens_to_ids([token])
+    token_id = ids[0] if ids else None
+    if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
+        return None
+    return token_id
+
+
+def document_end_token(tokenizer) -> str:
+    """The token that ends a document for continued pretraining: the base model's end of text."""
+    for token in DOCUMENT_END_TOKENS:
+        if special_token_id(tokenizer, token) is not None:
+            return token
+    return tokenizer.eos_token
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS in front of a text by itself (LLaMA, Llama 3, Gemma do;
+    Qwen has none; Phi-3 has one but does not add it). Prompts and documents follow the model."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def choose_pad_token(tokenizer) -> str:
+    """A pad token that is none of the tokens the model must learn (EOS, the document end).
+
+    Padded positions never carry loss here, but a saved tokenizer whose pad is the EOS makes
+    other trainers mask every EOS out of the labels: the model would never learn to stop.
+    The tokenizer's own pad is kept when it is safe; else a reserved pad token; else EOS, with a
+    warning."""
+    learnt = {tokenizer.eos_token_id, special_token_id(tokenizer, document_end_token(tokenizer))}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in learnt:
+        return tokenizer.pad_token
+    vocab = tokenizer.get_vocab()
+    reserved = sorted((i, t) for t, i in vocab.items() if t.startswith("<|reserved_special_token_"))
+    for token in PAD_TOKENS + tuple(t for _, t in reserved[:1]) + ("<unk>",):
+        token_id = special_token_id(tokenizer, token)
+        if token_id is not None and token_id not in learnt:
+            return token
+    log.warning("the tokenizer has no token to pad with other than its EOS %s; padding with it (padded "
+                "positions carry no loss here)", tokenizer.eos_token)
+    return tokenizer.eos_token
 
 
 def quantization_config(compute_dtype: str, double_quant: bool = True, quant_type: str = "nf4"):
@@ -109,44 +176,170 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _loader(config):
+    """(Auto class, model class) that load a checkpoint as a language model: its causal LM, or for
+    vision-language checkpoints that have none (Qwen-VL) its image-text-to-text model."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)
+
+    for auto, mapping in ((AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
+                          (AutoModelForImageTextToText, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)):
+        if type(config) in mapping:
+            return auto, mapping[type(config)]
+    raise LlamantinoError(f"model type '{config.model_type}' is neither a causal LM nor an image-text-to-text "
+                          "model that transformers knows")
+
+
+def auto_class(config):
+    return _loader(config)[0]
+
+
+def model_class(config):
+    return _loader(config)[1]
+
+
+def resolve_attention(name: str, config, device: str, compute_dtype: str) -> str:
+    """`auto`: the fastest attention the model supports that keeps packed documents apart.
+
+    On a GPU: FlashAttention 2 when installed and the compute dtype is 16-bit (packed rows are
+    then flattened into one varlen sequence, see qlora.CausalLMLoss), else SDPA, else flex
+    attention (Gemma 2: SDPA cannot soft-cap attention scores). On CPU: SDPA, else eager.
+    SDPA, eager and flex attention take the block-diagonal mask transformers builds from the
+    restarting position ids."""
+    if name != "auto":
+        return name
+    from transformers.utils import is_flash_attn_2_available
+
+    cls = model_class(config)
+    gpu = str(device).startswith("cuda")
+    if gpu and cls._supports_flash_attn and compute_dtype in ("bfloat16", "float16") and is_flash_attn_2_available():
+        return "flash_attention_2"
+    if cls._supports_sdpa:
+        return "sdpa"
+    if gpu and cls._supports_flex_attn:
+        return "flex_attention"
+    return "eager"
+
+
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,
                    compute_dtype: str = "float32", device: str | None = None,
-                   attn_implementation: str | None = None, quant_type: str = "nf4", double_quant: bool = True):
-    """Load a causal LM in full precision or 4-bit (QLoRA) on one device."""
-    from transformers import AutoModelForCausalLM
-
+                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True):
+    """Load a causal LM in full precision or 4-bit (QLoRA) on one device; `attn_implementation`
+    `auto` resolves as `resolve_attention` says."""
     source = check_model_source(name_or_path)
-    load_config(source)  # fails early and clearly on a broken folder
+    config = load_config(source)  # fails early and clearly on a broken folder
     device = device or default_device()
     kwargs = {"device_map": {"": device} if device != "cpu" else "cpu"}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = resolve_attention(attn_implementation, config, device,
+                                                          compute_dtype if load_in_4bit else dtype)
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
     else:
         kwargs["dtype"] = torch_dtype(dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = auto_class(config).from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     return model
 
 
-def lora_targets(model) -> list[str]:
-    """Names (suffixes) of the linear layers inside the decoder blocks, as LoRA targets."""
+def language_model(model):
+    """The text decoder (embeddings and decoder blocks) of a causal LM or of a vision-language model."""
+    inner = getattr(model, "model", model)
+    for name in ("language_model", "text_model"):
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    return inner
+
+
+def lora_targets(model) -> list[str] | str:
+    """The linear layers inside the language model's decoder blocks, as LoRA targets: their names
+    (q_proj, ..., down_proj), or for a vision-language model a pattern that matches them in the
+    language model only, so no adapter lands on the vision tower's layers of the same names."""
+    import re
+
     import torch
 
-    found = set()
+    text = language_model(model)
+    inside = {id(m) for m in text.modules()}
+    found, elsewhere = set(), set()
     for name, module in model.named_modules():
         if ".layers." not in name:
             continue
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
         if is_linear:
-            found.add(name.rsplit(".", 1)[-1])
+            (found if id(module) in inside else elsewhere).add(name.rsplit(".", 1)[-1])
     if not found:
         raise LlamantinoError("no linear layers found inside decoder blocks ('.layers.'): unsupported architecture")
-    return sorted(found)
+    if not elsewhere:
+        return sorted(found)
+    prefix = next(name for name, module in model.named_modules() if module is text)
+    return rf"{re.escape(prefix)}\.layers\.\d+\..*\b({'|'.join(sorted(found))})"
+
+
+def freeze_outside_language_model(model) -> int:
+    """Full fine-tuning of a vision-language model trains the language model and its output layer
+    only: the vision tower and projector are frozen. Returns the number of parameters frozen."""
+    keep = {id(p) for p in language_model(model).parameters()}
+    keep |= {id(p) for p in model.get_output_embeddings().parameters()}
+    frozen = 0
+    for param in model.parameters():
+        if id(param) not in keep:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def output_head(causal_lm):
+    """Last hidden states -> the logits the model's own forward returns: its output layer (bias
+    and any adapter on it included), then what some families do after it: Cohere's logit_scale,
+    Granite's logits_scaling, Gemma 2's final-logit soft-capping."""
+    text = causal_lm.config.get_text_config(decoder=True)
+    layer = causal_lm.get_output_embeddings()
+    scale = getattr(text, "logit_scale", None)          # Cohere: logits x scale
+    divisor = getattr(text, "logits_scaling", None)     # Granite: logits / scaling
+    cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2: cap x tanh(logits / cap)
+
+    def head(hidden):
+        import torch
+
+        logits = layer(hidden)
+        if scale is not None:
+            logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return head
+
+
+def head_matches_model(causal_lm, head) -> tuple[bool, float]:
+    """Whether `head` on the body's hidden states gives the model's own logits, on 16 tokens in
+    eval mode: a family that does something else after its output layer shows here.
+    Returns (matches, largest difference relative to the largest logit)."""
+    import torch
+
+    vocab = causal_lm.get_output_embeddings().weight.shape[0]
+    device = causal_lm.get_output_embeddings().weight.device
+    ids = (torch.arange(16, device=device) * 7919 % vocab).unsqueeze(0)
+    training = causal_lm.training
+    causal_lm.eval()
+    try:
+        with torch.no_grad():
+            own = causal_lm(input_ids=ids, use_cache=False).logits.float()
+            mine = head(causal_lm.model(input_ids=ids, use_cache=False).last_hidden_state).float()
+    finally:
+        causal_lm.train(training)
+    scale = max(1.0, float(own.abs().max()))
+    error = float((own - mine).abs().max()) / scale
+    # Same kernels on the same inputs: float32 agrees to rounding, 16-bit to its precision.
+    tolerance = 1e-5 if causal_lm.get_output_embeddings().weight.dtype == torch.float32 else 1e-2
+    return error <= tolerance, error
 
 
 def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float32", device: str | None = None,

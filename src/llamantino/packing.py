@@ -10,6 +10,10 @@ Two packers:
 * `DocumentPacker` (continued pretraining): documents as `<s> text </s>`, rows filled
   completely; a document longer than the room left continues at the start of the next
   row (its continuation restarts positions at 0). Nothing is dropped, nothing padded.
+  The boundary tokens are the base model's: its BOS when its tokenizer adds one (none for
+  Qwen), and its end-of-text token (`modeling.document_end_token`: <|end_of_text|> for
+  Llama 3, <|endoftext|> for Qwen and Phi-3, </s>, <eos>), which for Instruct tokenizers is
+  not their `eos_token` (the end-of-turn token, <|eot_id|> or <|im_end|>).
 * `ExamplePacker` (supervised): examples with their own loss masks are never split; a
   row is closed (padded) when the next example does not fit. Examples longer than a row
   are truncated by the encoder before they arrive here.
@@ -97,11 +101,13 @@ def collate(rows: list[Row], max_length: int, pad_id: int) -> Batch:
 class DocumentPacker:
     """Documents -> full rows of `max_length` tokens (continued pretraining)."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, end_token: str | None = None):
+        from llamantino.modeling import adds_bos, document_end_token
+
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.bos = tokenizer.bos_token_id
-        self.eos = tokenizer.eos_token_id
+        self.bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
+        self.eos = tokenizer.convert_tokens_to_ids(end_token or document_end_token(tokenizer))
         # Tokens of the current document not yet placed in a row (saved in checkpoints).
         self.pending: list[int] = []
         self.pending_position = 0
@@ -128,7 +134,7 @@ class DocumentPacker:
                     break
                 self.pending = self.encode(text)
                 self.pending_position = 0
-                if len(self.pending) <= 2 and self.bos is not None:
+                if len(self.pending) <= (2 if self.bos is not None else 1):
                     self.pending = []  # empty document: only <s></s>
                     continue
             room = self.max_length - len(row)

@@ -30,6 +30,7 @@ from llamantino.checkpoint import RNG, Checkpoints
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_write_json
 from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+from llamantino.modeling import head_matches_model, output_head
 from llamantino.train_settings import QLoraSettings, accumulation
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def prepare_for_training(model, gradient_checkpointing: bool, compute_dtype: str
 
 
 def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_path: str | None = None):
-    """4-bit base (or full precision when load_in_4bit is off) + fresh LoRA adapters."""
+    """4-bit base (or full precision when load_in_4bit is off) + fresh LoRA adapters on the
+    language model's decoder blocks (never a vision tower's)."""
     from peft import LoraConfig, get_peft_model
 
     from llamantino.modeling import load_causal_lm, lora_targets
@@ -66,6 +68,7 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
                            compute_dtype=compute_dtype, device=str(device),
                            attn_implementation=cfg.attn_implementation, quant_type=cfg.quant_type,
                            double_quant=cfg.double_quant)
+    log.info("%s: attention %s", type(model).__name__, model.config._attn_implementation)
     prepare_for_training(model, cfg.gradient_checkpointing, compute_dtype)
     targets = cfg.lora_targets or lora_targets(model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -80,14 +83,33 @@ class CausalLMLoss(torch.nn.Module):
     With `chunk` > 0 the output layer runs only on positions that have a target, `chunk`
     positions at a time, each chunk recomputed in the backward pass: the full
     (batch x length x vocabulary) logits never exist, which saves about 2 GB per 8x1024
-    batch at a 32k vocabulary and skips the prompt positions of chat data.
+    batch at a 32k vocabulary and skips the prompt positions of chat data. The logits are the
+    model's own (`output_head`); a model whose logits differ from them (checked once, at
+    construction) falls back to its own loss, and the log says so.
+
+    With FlashAttention 2, packed rows are flattened into one sequence: its varlen kernel keeps
+    the documents of a single row apart from their restarting position ids, not of a batch.
     """
 
     def __init__(self, model, chunk: int):
         super().__init__()
         self.model, self.chunk = model, chunk
+        causal_lm = model.get_base_model()
+        self.flatten = str(getattr(causal_lm.config, "_attn_implementation", "")).startswith("flash")
+        self.head = output_head(causal_lm)
+        if chunk:
+            matches, error = head_matches_model(causal_lm, self.head)
+            if not matches:
+                log.warning("%s: the logits of its forward differ from those of its output layer (by %.2g of the "
+                            "largest): it does something after that layer that the chunked loss does not know, so "
+                            "the model's own loss is used (all logits held at once)", type(causal_lm).__name__, error)
+                self.chunk = 0
 
     def forward(self, input_ids, position_ids, labels, num_items):
+        if self.flatten:
+            labels = labels.clone()
+            labels[:, 0] = -100  # a row's first token has nothing before it in its row
+            input_ids, position_ids, labels = (t.reshape(1, -1) for t in (input_ids, position_ids, labels))
         if not self.chunk:
             return self.model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False,
                               num_items_in_batch=num_items).loss
@@ -96,17 +118,16 @@ class CausalLMLoss(torch.nn.Module):
         targets = labels[:, 1:]
         keep = targets != -100
         hidden, targets = hidden[:, :-1][keep], targets[keep]
-        weight = causal_lm.get_output_embeddings().weight
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, targets.numel(), self.chunk):
             end = start + self.chunk
             total = total + torch.utils.checkpoint.checkpoint(
-                _cross_entropy_sum, hidden[start:end], weight, targets[start:end], use_reentrant=False)
+                _cross_entropy_sum, self.head, hidden[start:end], targets[start:end], use_reentrant=False)
         return total / num_items
 
 
-def _cross_entropy_sum(hidden, weight, targets):
-    logits = torch.nn.functional.linear(hidden, weight).float()
+def _cross_entropy_sum(head, hidden, targets):
+    logits = head(hidden).float()
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 

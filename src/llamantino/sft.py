@@ -1,11 +1,13 @@
-"""Chat fine-tuning: QLoRA on conversations in the Italian LLaMA 2 chat format.
+"""Chat fine-tuning: QLoRA on conversations, in the paper's Italian LLaMA 2 chat format or the model's own.
 
 As in the paper (SPEC section 1, chat row): the language-adapted chat model (a base plus
 its language adapter, merged) is loaded in 4-bit and a new LoRA adapter is trained on
 translated UltraChat with the adaptation settings, except max length 2048 and 15,000
-steps. Loss is taken on the assistant answers and their `</s>` only. The tokenizer saved
-with the run carries the chat template, so `apply_chat_template` renders the training
-format exactly (with the Italian system prompt when no system message is given).
+steps. Loss is taken on the assistant answers and their end-of-turn token only (`</s>` in
+the paper's format). `prompt_format` picks the format (`auto`: the tokenizer's own chat
+template, else the paper's) and `system_prompt` the default system prompt. The tokenizer
+saved with the run carries the chat template, so `apply_chat_template` renders the training
+format exactly (with the run's system prompt when no system message is given).
 
     llamantino sft --model meta-llama/Llama-2-7b-chat-hf --adapter runs/chat-7b-ita \
         --data ultrachat_it/ --output runs/chat-7b-ultrachat-ita
@@ -21,6 +23,7 @@ from pathlib import Path
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
 from llamantino.packing import RowSource
+from llamantino.prompts import SYSTEM_PROMPT_HELP
 from llamantino.train_settings import QLoraSettings
 from llamantino.records import CONVERSATION_FORMATS
 
@@ -39,7 +42,10 @@ class Config(QLoraSettings):
                                "the checkpoint's own", choices=("auto", "float32", "bfloat16", "float16"))
     data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hub:NAME?config=C&split=S", path_input=True)
     format: str = setting("", "data format (default: detected from the fields)", choices=("",) + CONVERSATION_FORMATS)
-    prompt_format: str = setting("llama2-chat", "prompt format", choices=("llama2-chat",))
+    prompt_format: str = setting("auto", "chat format: auto (the tokenizer's chat template, else llama2-chat), "
+                                         "llama2-chat (the paper's), chatml, or a Jinja chat template file",
+                                 path_input=True)
+    system_prompt: str = setting("auto", SYSTEM_PROMPT_HELP, path_input=True)
 
     def validate(self, source):
         self.check_common(source)
@@ -50,10 +56,10 @@ class Config(QLoraSettings):
 class ExampleRows(RowSource):
     """Conversations of one rank -> rendered, tokenized, masked examples -> packed rows."""
 
-    def __init__(self, stream, tokenizer, cfg: Config):
+    def __init__(self, stream, tokenizer, cfg: Config, prompt):
         from llamantino.packing import ExamplePacker
 
-        self.stream, self.tokenizer, self.cfg = stream, tokenizer, cfg
+        self.stream, self.tokenizer, self.cfg, self.prompt = stream, tokenizer, cfg, prompt
         self.packer = ExamplePacker(cfg.max_length)
         self.formats: dict[str, str] = {}
         self.counts = {"examples": 0, "truncated": 0, "dropped_no_target": 0}
@@ -76,7 +82,7 @@ class ExampleRows(RowSource):
             fmt = self.cfg.format or self.formats.get(source) or detect_format(record, where)
             self.formats[source] = fmt
             check_format(record, fmt, where)
-            rendered = render_record(record, fmt, self.cfg.prompt_format, where, self.tokenizer)
+            rendered = render_record(record, fmt, self.prompt, where)
             example = encode(self.tokenizer, rendered, self.cfg.max_length)
             self.counts["examples"] += 1
             if example.truncated:
@@ -101,7 +107,8 @@ class ExampleRows(RowSource):
 
     def metrics(self) -> dict:
         return {**self.counts, "conversations_read": self.stream.count, "data_epochs": self.stream.epoch,
-                "formats": sorted(set(self.formats.values()))}
+                "formats": sorted(set(self.formats.values())), "prompt_format": self.prompt.name,
+                "end_of_turn": self.prompt.end_of_turn}
 
 
 def merged_base(cfg: Config) -> str:
@@ -125,35 +132,43 @@ def _merge_dtype(cfg: Config) -> str:
     return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 
 
-def set_chat_template(tokenizer) -> None:
-    from llamantino.prompts import LLAMA2_CHAT_TEMPLATE
+def chat_format(cfg: Config, tokenizer):
+    """The run's chat format; the tokenizer saved with the run renders it (`apply_chat_template`)."""
+    from llamantino.prompts import is_instruction_only, prompt_format
 
-    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    if is_instruction_only(cfg.prompt_format):
+        raise LlamantinoError(f"prompt_format {cfg.prompt_format} is an instruction prompt; sft trains on "
+                              "conversations: auto, llama2-chat, chatml or a Jinja chat template")
+    chat = prompt_format(cfg.prompt_format, tokenizer, cfg.system_prompt)
+    tokenizer.chat_template = chat.chat_template
+    return chat
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.adapt import check_inputs
+    from llamantino.prompts import prompt_files
     from llamantino.streaming import DocumentStream, expand_sources
     from llamantino.training import dist_env
 
     tokenizer = check_inputs(cfg)
-    set_chat_template(tokenizer)
+    chat = chat_format(cfg, tokenizer)
     sources = expand_sources(cfg.data)
     if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise LlamantinoError(f"{cfg.adapter}: no adapter_config.json, not a PEFT adapter folder")
 
     def make_source(rank, world):
         stream = DocumentStream(sources, text_field=None, rank=rank, world=world)
-        rows = ExampleRows(stream, tokenizer, cfg)
+        rows = ExampleRows(stream, tokenizer, cfg, chat)
         # Render the first example now: a bad record or template fails before any work.
-        probe = ExampleRows(DocumentStream(sources, text_field=None, rank=rank, world=world), tokenizer, cfg)
+        probe = ExampleRows(DocumentStream(sources, text_field=None, rank=rank, world=world), tokenizer, cfg, chat)
         next(probe.examples, None)
         return rows
 
     from llamantino.qlora import train
 
     summary = train(KIND, cfg, make_source, overwrite=overwrite, resume=resume, tokenizer=tokenizer,
-                    base_model=(lambda: merged_base(cfg)) if cfg.adapter else None, inputs=sources)
+                    base_model=(lambda: merged_base(cfg)) if cfg.adapter else None,
+                    inputs=list(sources) + prompt_files(cfg.prompt_format, cfg.system_prompt))
     if summary["status"] == "done" and dist_env()[0] == 0:
         # The merged base is a full copy of the model: only needed while training.
         shutil.rmtree(Path(cfg.output) / "merged-base", ignore_errors=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llamantino.errors import LlamantinoError
-from llamantino.prompts import Rendered, render_alpaca_it, render_chat
+from llamantino.prompts import Rendered
 from llamantino.records import CONVERSATION_FORMATS, INSTRUCTION_FORMATS, to_conversation, to_instruction
 
 IGNORE = -100
@@ -26,37 +26,36 @@ class Example:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def render_record(record: dict, fmt: str, prompt_format: str, where: str, tokenizer=None) -> Rendered:
-    """Render one source record in a prompt format ("llama2-chat" or "alpaca-it")."""
-    bos = getattr(tokenizer, "bos_token", None) or "<s>"
-    eos = getattr(tokenizer, "eos_token", None) or "</s>"
-    if prompt_format == "llama2-chat":
-        if fmt not in CONVERSATION_FORMATS:
-            raise LlamantinoError(f"{where}: format {fmt} is not a conversation; llama2-chat needs "
-                                  f"{' or '.join(CONVERSATION_FORMATS)}")
-        return render_chat(to_conversation(record, fmt, where), where=where, bos=bos, eos=eos)
-    if prompt_format == "alpaca-it":
-        if fmt not in INSTRUCTION_FORMATS:
-            raise LlamantinoError(f"{where}: format {fmt} is not an instruction record; alpaca-it needs "
-                                  f"{', '.join(INSTRUCTION_FORMATS)}")
+def render_record(record: dict, fmt: str, prompt, where: str) -> Rendered:
+    """Render one source record in a resolved prompt format (`prompts.prompt_format`): a
+    conversation with a chat format, an instruction with an instruction or chat format."""
+    if fmt in INSTRUCTION_FORMATS:
         ins = to_instruction(record, fmt, where)
-        return render_alpaca_it(ins["instruction"], ins["input"], ins["output"], eos=eos)
-    raise LlamantinoError(f"unknown prompt format '{prompt_format}'; valid: llama2-chat, alpaca-it")
+        return prompt.render_instruction(ins["instruction"], ins["input"], ins["output"], where=where)
+    if prompt.chat_template is None:
+        raise LlamantinoError(f"{where}: format {fmt} is not an instruction record; {prompt.name} needs "
+                              f"{', '.join(INSTRUCTION_FORMATS)}")
+    if fmt in CONVERSATION_FORMATS:
+        return prompt.render_conversation(to_conversation(record, fmt, where), where=where)
+    raise LlamantinoError(f"{where}: format {fmt} is not a conversation; {prompt.name} needs "
+                          f"{' or '.join(CONVERSATION_FORMATS)} (or an instruction record)")
 
 
 def encode(tokenizer, rendered: Rendered, max_length: int | None = None) -> Example:
     """Tokenize the rendered text as one string; a token carries loss when it starts inside
-    a trained span. A leading `<s>` is added unless the text already begins with it.
+    a trained span. A plain-text prompt (Alpaca) gets the tokenizer's BOS in front when the
+    tokenizer adds one itself; chat formats keep exactly the BOS their template writes.
     """
+    from llamantino.modeling import adds_bos
+
     text = rendered.text
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     bos = tokenizer.bos_token_id
-    if bos is not None and not (ids and ids[0] == bos):
+    if rendered.add_bos and adds_bos(tokenizer) and not (ids and ids[0] == bos):
         ids.insert(0, bos)
-        offsets.insert(0, (0, 0))
         # The inserted BOS covers no characters: it is never trained.
-        offsets[0] = (-1, -1)
+        offsets.insert(0, (-1, -1))
     labels = []
     spans = rendered.trained
     for tok, (start, end) in zip(ids, offsets):

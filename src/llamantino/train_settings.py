@@ -27,6 +27,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 COMPUTE_DTYPES = ("auto",) + DTYPES
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("paged_adamw_32bit", "adamw_torch", "adamw_8bit")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 
 
 @dataclasses.dataclass
@@ -113,8 +114,9 @@ class QLoraSettings(TrainSettings):
     loss_chunk_tokens: int = setting(1024, "compute the output layer and loss on target positions only, this "
                                            "many at a time, never holding all logits (0: the model's own loss)",
                                      minimum=0)
-    attn_implementation: str = setting("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2",
-                                                                           "flex_attention"))
+    attn_implementation: str = setting("auto", "attention kernel; auto: the fastest the model supports that keeps "
+                                               "packed documents apart (GPU: flash_attention_2 when installed, else "
+                                               "sdpa, else flex_attention; CPU: sdpa, else eager)", choices=ATTENTION)
     eval_data: list[str] = setting([], "held-out text scored in bits per byte while training, as NAME=PATH (JSON "
                                        "lines, .txt, parquet, hub:), e.g. it=heldout_it.txt en=heldout_en.txt",
                                    path_input=True)

@@ -5,7 +5,8 @@
     llamantino eval evalita --model runs/demo/instruct --samples test --output report/
 
 Each item is rendered with the Italian Alpaca prompt (Table 1's instruction, the input,
-no response), answered greedily, decoded by the task's decoder and scored with the task's
+no response; `prompt_format` picks the format the model was instruction-tuned with),
+answered greedily (stopping at the model's EOS ids and the format's end-of-turn token), decoded by the task's decoder and scored with the task's
 official metric. The folder gets `report.json` (per-task metrics), `generations.jsonl`
 (every answer and its decoded label) and the predictions in each task's official
 submission format under `predictions/`.
@@ -38,6 +39,10 @@ class Config:
     limit: int = setting(0, "evaluate at most N items per task (0: all)")
     batch_size: int = setting(8, "prompts per generation batch", fingerprint=False)
     dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
+    prompt_format: str = setting("alpaca-it", "prompt format the model was instruction-tuned with (as instruct's "
+                                              "prompt_format)", path_input=True)
+    system_prompt: str = setting("auto", "system prompt, with chat formats (as instruct's system_prompt)",
+                                 path_input=True)
 
     def validate(self, source):
         if not self.model:
@@ -70,17 +75,21 @@ def task_files(cfg: Config) -> dict[str, list[Path]]:
     return files
 
 
-def prompt_for(item, max_chars: int) -> str:
-    from llamantino.prompts import render_alpaca_it
+def prompt_for(item, max_chars: int, prompt=None) -> str:
+    from llamantino.prompts import prompt_format
 
-    return render_alpaca_it(item.instruction, item.input[:max_chars]).text
+    prompt = prompt or prompt_format("alpaca-it")
+    return prompt.render_instruction(item.instruction, item.input[:max_chars]).text
 
 
 def evaluate_task(task, items, model, tokenizer, cfg: Config) -> tuple[dict, list[dict], list]:
     from llamantino.generate import generate
+    from llamantino.prompts import prompt_format
 
-    prompts = [prompt_for(item, cfg.max_input_chars) for item in items]
-    answers = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    prompt = prompt_format(cfg.prompt_format, tokenizer, cfg.system_prompt)
+    prompts = [prompt_for(item, cfg.max_input_chars, prompt) for item in items]
+    answers = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                       add_bos=prompt.add_bos, stop_tokens=[prompt.end_of_turn])
     predictions = [task.decode(answer, item) for answer, item in zip(answers, items)]
     gold = {item.id: item.gold for item in items}
     pred = {item.id: p for item, p in zip(items, predictions)}
