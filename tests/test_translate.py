@@ -368,10 +368,14 @@ def test_every_numeric_setting_has_a_range():
 
     from llamantino import tiny_translator
 
+    numeric = {}
     for cls in (translate.Config, tiny_translator.Config):
         for field in dataclasses.fields(cls):
             if field.type in ("int", "float", "list[int]"):
-                assert field.metadata["minimum"] is not None and field.metadata["maximum"] is not None, field.name
+                numeric[field.name] = (field.metadata["minimum"], field.metadata["maximum"])
+    assert {"beam_size", "device_index", "threads", "workers", "max_batch_size", "chunk_records", "d_model",
+            "learning_rate", "train_layers", "model_vocab"} <= set(numeric)
+    assert [name for name, bounds in numeric.items() if None in bounds] == []
     for bad, message in [({"beam_size": 0}, "'beam_size' is 0; it must be between 1 and 64"),
                          ({"chunk_records": 0}, "'chunk_records' is 0"),
                          ({"device_index": [-1]}, "'device_index' is -1"),
