@@ -100,7 +100,7 @@ class Config:
                                            "batches spread over them (CTranslate2's data parallelism)",
                                       minimum=0, maximum=1023, fingerprint=False)
     compute_type: str = setting("auto", "CTranslate2 compute type (argostranslate's default: auto, the fastest "
-                                        "the device supports; e.g. int8 on CPU, int8_float16 on GPU)",
+                                        "the device supports, int8 on CPU; on GPUs e.g. int8_float16 or float16)",
                                 choices=COMPUTE_TYPES)
     argos_packages_dir: str = setting("", "folder of installed Argos packages (ARGOS_PACKAGES_DIR); an "
                                           ".argosmodel is installed there for the argos engine; "
@@ -113,7 +113,7 @@ class Config:
                            fingerprint=False, minimum=0, maximum=1024)
     max_batch_size: int = setting(0, "most tokens (or sentences, with --batch-type examples) per CTranslate2 "
                                      f"batch (batched engine); 0: {AUTO_BATCH_TOKENS['cpu']:,} tokens on CPU, "
-                                     f"{AUTO_BATCH_TOKENS['cuda']:,} on CUDA",
+                                     f"{AUTO_BATCH_TOKENS['cuda']:,} on CUDA (64 sentences with examples)",
                                   fingerprint=False, minimum=0, maximum=10_000_000)
     batch_type: str = setting("tokens", "what max_batch_size counts: source tokens (CTranslate2's advice: "
                                         "batches of even cost) or sentences", choices=("tokens", "examples"),
