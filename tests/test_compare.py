@@ -131,7 +131,15 @@ def test_every_kind_of_metric_with_its_direction(tmp_path, bpb_runs):
     assert "| EVALITA acti-a macro_f1 | ↑ higher | 0.4000 | 0.2000 | -50.0% worse |" in table
     assert "| EVALITA geolingit avg_km | ↓ lower | 300.0000 | 150.0000 | -50.0% better |" in table
     assert "stderr" not in table
-    assert "Not in every run (left out): bits per byte (it_heldout.txt) (tuned)" in table
+    assert "Not compared (the first run, or every other, lacks it): bits per byte (it_heldout.txt) (tuned)" in table
+    # A figure the first run and some others have is a row; a run without it shows a blank.
+    third = tmp_path / "third"
+    third.mkdir()
+    evalita_folder(third / "evalita", 0.3, 200.0)
+    table = compare.run(config_for("compare", runs=[f"base={base}", f"tuned={tuned}", f"third={third}"],
+                                   output=str(tmp_path / "three")))["display"]
+    assert "| arc_it acc_norm | ↑ higher | 0.2500 | 0.3500 | +40.0% better | — |  |" in table
+    assert (tmp_path / "three" / "compare.png").is_file()
     # A bare folder is labelled with its name; training runs compare their final loss.
     train_a, train_b = tmp_path / "adapt-a", tmp_path / "adapt-b"
     for folder, loss in ((train_a, 2.0), (train_b, 1.5)):

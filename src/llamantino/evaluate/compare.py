@@ -153,19 +153,20 @@ def verdict(delta: float | None, higher_is_better: bool | None) -> str:
 
 
 def build_rows(runs: dict[str, dict[str, Metric]]) -> tuple[list[dict], dict[str, list[str]]]:
-    """One row per metric every run has (in the first run's order); the others, by name,
-    with the labels that have them."""
+    """One row per metric the first run and at least one other have (in the first run's order;
+    a run without it shows a blank); the others, by name, with the labels that have them."""
     labels = list(runs)
     first = runs[labels[0]]
     rows = []
     for name, metric in first.items():
-        if all(name in runs[label] for label in labels):
-            values = {label: runs[label][name].value for label in labels}
+        have = [label for label in labels[1:] if name in runs[label]]
+        if have:
+            values = {label: runs[label][name].value for label in [labels[0], *have]}
             rows.append({"metric": name, "higher_is_better": metric.higher_is_better, "values": values,
-                         "change_percent": {label: change(values[label], metric.value) for label in labels[1:]}})
+                         "change_percent": {label: change(values[label], metric.value) for label in have}})
+    shown = {row["metric"] for row in rows}
     names = dict.fromkeys(n for label in labels for n in runs[label])
-    unshared = {n: [label for label in labels if n in runs[label]] for n in names
-                if not all(n in runs[label] for label in labels)}
+    unshared = {n: [label for label in labels if n in runs[label]] for n in names if n not in shown}
     return rows, unshared
 
 
@@ -178,6 +179,9 @@ def markdown(title: str, labels: list[str], rows: list[dict], unshared: dict) ->
         hib = row["higher_is_better"]
         cells = [row["metric"], {True: "↑ higher", False: "↓ lower"}.get(hib, "?"), _fmt(row["values"][labels[0]])]
         for label in labels[1:]:
+            if label not in row["values"]:
+                cells += ["—", ""]  # this run has no such figure
+                continue
             delta = row["change_percent"][label]
             note = verdict(delta, hib)
             cells += [_fmt(row["values"][label]), ("n/a" if delta is None else f"{delta:+.1f}%")
@@ -185,7 +189,7 @@ def markdown(title: str, labels: list[str], rows: list[dict], unshared: dict) ->
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Δ: change from {labels[0]}, in percent of its value."]
     if unshared:
-        lines += ["", "Not in every run (left out): "
+        lines += ["", "Not compared (the first run, or every other, lacks it): "
                   + "; ".join(f"{name} ({', '.join(have)})" for name, have in unshared.items())]
     return "\n".join(lines)
 
@@ -206,7 +210,8 @@ def bar_chart(path: Path, title: str, labels: list[str], rows: list[dict]) -> No
     fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.2 * lines), squeeze=False)
     colours = [f"C{i}" for i in range(len(labels))]
     for ax, row in zip(axes.flat, rows):
-        bars = ax.bar(range(len(labels)), [row["values"][label] for label in labels], color=colours)
+        present = [i for i, label in enumerate(labels) if label in row["values"]]  # runs with this figure
+        bars = ax.bar(present, [row["values"][labels[i]] for i in present], color=[colours[i] for i in present])
         ax.bar_label(bars, fmt="%.4g", fontsize=7)
         ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
         arrow = {True: " ↑", False: " ↓"}.get(row["higher_is_better"], "")
@@ -256,7 +261,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             write_manifest(tmp, KIND, cfg, inputs=describe_inputs(sources),
                            metrics={"labels": labels, "rows": rows, "not_shared": unshared})
     headline = {f"{row['metric']} {label}": f"{row['change_percent'][label]:+.1f}%"
-                for row in rows[:3] for label in labels[1:] if row["change_percent"][label] is not None}
+                for row in rows[:3] for label in labels[1:] if row["change_percent"].get(label) is not None}
     return {"status": "done", "headline": headline, "metrics": {"labels": labels, "rows": rows},
             "display": text}
 
