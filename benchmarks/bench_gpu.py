@@ -45,7 +45,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.e
 import bench_adapt  # noqa: E402
 import bench_instruct  # noqa: E402
 
-ADAPT_GPU = ["paper", "flash", "compile", "liger", "no-checkpointing", "defaults", "defaults-batch16",
+ADAPT_GPU = ["paper", "flash", "compile", "liger", "ckpt-every-2", "no-checkpointing", "defaults", "defaults-batch16",
              "trl-packing", "trl-defaults", "unsloth"]
 INSTRUCT_GPU = ["plain", "compile", "liger", "no-checkpointing", "defaults"]
 SIZES = {

@@ -116,16 +116,36 @@ def test_the_selective_policy_keeps_projections_and_attention_and_recomputes_the
     assert speed.selective_policy(0)(None, torch.ops.aten.mm.default, torch.zeros(6, 4), b) == save  # no LoRA
 
 
-def test_checkpointing_modes_give_the_same_loss_and_gradients(tiny_model_dir):
+def test_checkpointing_modes_give_the_same_loss_and_gradients(tiny_model_dir, monkeypatch):
     """4-bit base, LoRA with dropout 0.1 (recomputation must draw the same dropout masks)."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    decisions = []
+    plain_policy = speed.selective_policy
+
+    def recording_policy(lora_rank=0):
+        policy = plain_policy(lora_rank)
+
+        def record(ctx, op, *args, **kwargs):
+            decisions.append(policy(ctx, op, *args, **kwargs))
+            return decisions[-1]
+        return record
+
+    monkeypatch.setattr(speed, "selective_policy", recording_policy)
     model = qlora_model(tiny_model_dir)
     batch = packed_batch()
     speed.set_checkpointing(model.get_base_model(), "none")
     reference = loss_and_grads(model, batch)
-    for mode in ("full", "selective"):
-        speed.set_checkpointing(model.get_base_model(), mode, lora_rank=4)
-        assert model.get_base_model().model.layers[0].gradient_checkpointing
-        assert_same(reference, loss_and_grads(model, batch), loss_tol=0, grad_tol=1e-6, name=f"{mode} vs none")
+    layers = model.get_base_model().model.layers
+    assert not any(layer.gradient_checkpointing for layer in layers)
+    for mode, every in (("full", 1), ("selective", 1), ("full", 2)):
+        speed.set_checkpointing(model.get_base_model(), mode, lora_rank=4, every=every)
+        assert sum(layer.gradient_checkpointing for layer in layers) == len(layers) // every
+        assert_same(reference, loss_and_grads(model, batch), loss_tol=0, grad_tol=1e-6,
+                    name=f"{mode}, every {every} vs none")
+    # selective kept the 4-bit projections, LoRA A and attention, and recomputed the rest
+    assert decisions.count(CheckpointPolicy.MUST_SAVE) >= 2 * (7 + 7 + 1)
+    assert decisions.count(CheckpointPolicy.PREFER_RECOMPUTE) > decisions.count(CheckpointPolicy.MUST_SAVE)
 
 
 def test_activation_checkpointing_settings_and_their_old_switch():

@@ -36,6 +36,7 @@ class Speed:
     compile: str = "none"         # none, blocks
     kernels: str = "torch"        # torch, liger
     fused_loss: str = "chunked"   # chunked, liger
+    checkpoint_every: int = 1     # every N-th decoder block checkpointed
 
 
 def has_liger() -> bool:
@@ -69,7 +70,7 @@ def resolve(cfg, device: torch.device, model_type: str) -> Speed:
         if not liger_supports(model_type):
             raise LlamantinoError(f"setting '{setting}' is liger: Liger has no kernels for model type '{model_type}'")
 
-    speed = Speed(checkpointing=cfg.checkpointing())
+    speed = Speed(checkpointing=cfg.checkpointing(), checkpoint_every=cfg.checkpoint_every)
     if cfg.compile == "auto":
         speed.compile = "blocks" if gpu and has_triton() else "none"
     else:
@@ -113,9 +114,9 @@ def selective_policy(lora_rank: int = 0):
     return policy
 
 
-def set_checkpointing(causal_lm, mode: str, lora_rank: int = 0) -> None:
-    """Apply `mode` (full, selective, none) to the decoder blocks through transformers' own switch;
-    non-reentrant checkpointing (composes with FSDP2, DDP and compiled blocks)."""
+def set_checkpointing(causal_lm, mode: str, lora_rank: int = 0, every: int = 1) -> None:
+    """Apply `mode` (full, selective, none) to every `every`-th decoder block through transformers'
+    own switch; non-reentrant checkpointing (composes with FSDP2, DDP and compiled blocks)."""
     if mode == "none":
         disable = getattr(causal_lm, "activation_checkpointing_disable", None) or \
             causal_lm.gradient_checkpointing_disable
@@ -129,9 +130,11 @@ def set_checkpointing(causal_lm, mode: str, lora_rank: int = 0) -> None:
         kwargs["context_fn"] = lambda: create_selective_checkpoint_contexts(policy)
     enable = getattr(causal_lm, "activation_checkpointing_enable", None)
     if enable is not None:  # the name since transformers 5.2x
-        enable(kwargs)
-    else:
+        enable(kwargs, every_n_layers=every)
+    elif every == 1:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise LlamantinoError("checkpoint_every > 1 needs a transformers version with activation_checkpointing_enable")
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,8 +151,9 @@ def decoder_blocks(causal_lm) -> list[torch.nn.Module]:
 
 
 def compile_blocks(causal_lm) -> int:
-    """torch.compile every decoder block in place (parameter names and state dicts unchanged);
-    a checkpointed block is compiled inside its checkpoint. Returns the number of blocks."""
+    """torch.compile every decoder block in place (parameter names and state dicts unchanged).
+    transformers checkpoints a block's `forward`, so the checkpoint is compiled with it (the
+    compiler plans the recomputation); FSDP2's hooks stay outside. Returns the number of blocks."""
     blocks = decoder_blocks(causal_lm)
     for block in blocks:
         block.compile()
@@ -189,6 +193,6 @@ def apply(causal_lm, speed: Speed, *, lora_rank: int = 0) -> None:
     the forwards as they now are)."""
     if speed.kernels == "liger":
         apply_liger_kernels(causal_lm)
-    set_checkpointing(causal_lm, speed.checkpointing, lora_rank)
+    set_checkpointing(causal_lm, speed.checkpointing, lora_rank, speed.checkpoint_every)
     if speed.compile == "blocks":
         compile_blocks(causal_lm)

@@ -65,6 +65,9 @@ class TrainSettings:
         "selective (keep matmul and attention outputs, recompute norms, activations, RoPE, dropout, LoRA's rank-"
         "wide products and 4-bit dequantisation), none (keep everything: fastest, most memory); auto: full, or "
         "none when gradient_checkpointing is false", choices=CHECKPOINTING, fingerprint=False)
+    checkpoint_every: int = setting(1, "with full or selective checkpointing, checkpoint every N-th decoder block "
+                                       "only; the others keep their activations (memory back for speed)",
+                                    minimum=1, maximum=1000, fingerprint=False)
     compile: str = setting("auto", "torch.compile: blocks (each decoder block compiled, one graph for all) or none; "
                                    "auto: blocks on a GPU with Triton, none on CPU (compiling takes longer than a "
                                    "short CPU run saves)", choices=COMPILE, fingerprint=False)
