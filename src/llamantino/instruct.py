@@ -584,6 +584,9 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
             raise LlamantinoError(f"{found[1]}: the data differ from those this checkpoint was trained on "
                                   f"({t.counters['examples']} examples then, {len(examples)} now)")
         t.counters["world_size"] = world
+        if isinstance(optimizer, torch.optim.AdamW):  # the checkpoint's groups say how it ran; this run decides
+            for group in optimizer.param_groups:
+                group.update(fused=fused_adamw or None, foreach=None)
         log.info("resuming from %s (step %d of %d)", found[1], t.counters["step"], total)
     t.start = t.counters["step"]
     local, n_params = local_numel(model)
