@@ -1,37 +1,64 @@
-"""Sentences per second: the batched CTranslate2 path of `llamantino translate` against
-`argostranslate.translate.translate()` called once per sentence (the way the paper's
-Argos Translate run works), on the same model, the same sentences and the same settings.
+"""Sentences per second: `llamantino translate` (the batched CTranslate2 engine) against
+`argostranslate.translate.translate()` called once per sentence (how the paper's Argos
+Translate run works), on the same package, the same sentences and the same thread settings,
+in one run.
 
-    python benchmarks/bench_translate.py                      # the stand-in model, 1,200 sentences
-    python benchmarks/bench_translate.py --model translate-en_it.argosmodel --threads 4
+    python benchmarks/bench_translate.py                         # Transformer-base stand-in, 1 and 2 cores
+    python benchmarks/bench_translate.py --compute-types auto,float32 --layouts 1x1,1x2,2x1
+    python benchmarks/bench_translate.py --model translate-en_it.argosmodel   # a real Argos package
+    python benchmarks/bench_translate.py --small                 # the 0.2M-parameter test stand-in
 
-Both paths: one run each after one warm-up sentence; CTranslate2 intra-op threads =
-inter-op threads as given (ARGOS_INTRA_THREADS / ARGOS_INTER_THREADS), beam 4, length
-penalty 0.2, compute type auto, each sentence split by the package's MiniSBD splitter
-and tokenised by its SentencePiece model. With the stand-in the translations are
-nonsense; the work per sentence is real.
+The model is a stand-in of a real Argos / opus-mt en->it model's size: a MarianMT with
+d_model 512, 6 encoder and 6 decoder layers, feed-forward 2048, 8 heads and a 32,000-entry
+vocabulary (61M parameters; opus-mt-en-it has 76M with its 80k vocabulary). Its weights are
+random except the top decoder layer, trained a few dozen steps to end its output the way a
+translation does (a few minutes on 2 cores; training all layers would take hours there), so
+each sentence costs what a real model's costs; its translations are nonsense. It is built
+once and kept under benchmarks/.bench/.
 
-What to expect: batching pays off in proportion to the model's size. The stand-in has
-0.2M parameters; CTranslate2 decodes one of its sentences almost as cheaply as a batch,
-and both paths pay the same splitting and tokenising per sentence, so the batched path
-gains about 1.5-2x there. `--scaling` measures CTranslate2 alone on random models of
-growing size (batches of 32 against one sentence at a time), where the gain grows to
-several times; translation models in real use have tens of millions of parameters.
+Each measurement runs in a fresh process (argostranslate reads its thread settings once, at
+import): `llamantino translate` on a JSON-lines file of UltraChat records holding the
+sentences (rate over its own translating time: splitting, tokenising, decoding, joining),
+then `argostranslate.translate.translate()` on each sentence after one warm-up call.
+A thread layout `IxW` gives both CTranslate2 `intra_threads` I (ARGOS_INTRA_THREADS) and
+`inter_threads` W (ARGOS_INTER_THREADS); argostranslate, called once per sentence, cannot use
+more than one of the W workers. Beam 4, length penalty 0.2, compute type as given (auto:
+int8 on CPU). With a CUDA device, the same comparison runs on the GPU(s) too.
+
+What limits the gain on a 2-core CPU. In int8 the per-string path is already efficient: the
+four beams make a 4-row product, and the int8 weights a decoding step reads (about 41 MB)
+nearly fit the 32 MB L3 cache, so batching gains about 2.5-3x per core; in float32 (164 MB a
+step) the per-string path waits on memory and batching gains 4-5x, but int8 is faster for
+both. The second worker (1x2) should double the batched path's rate on 2 idle cores; on a
+machine shared with other jobs it gets what is left of the second core (both workers were
+seen busy, together about one core). Batches of 1,024 to 4,096 tokens ran within noise
+of each other; one batch on 2 threads (2x1) was slower than 1x1 for both paths; Intel MKL
+(CT2_USE_MKL=1) made int8 ten times slower on this AMD CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEMO_TEXT = Path(__file__).resolve().parents[1] / "src" / "llamantino" / "data" / "demo" / "en_train.txt"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_TEXT = ROOT / "src" / "llamantino" / "data" / "demo" / "en_train.txt"
+# Transformer base as in Argos / opus-mt models; only the top decoder layer is trained.
+TRANSFORMER_BASE = dict(d_model=512, layers=6, heads=8, ffn_dim=2048, vocab_size=4000, model_vocab=32000,
+                        train_layers=1, steps=60, batch_size=8, learning_rate=1e-3, threads=2)
+# The paper translated 512,837 UltraChat dialogues. UltraChat dialogues have 3 to 7 rounds
+# (its README); we count 5 rounds of a 2-sentence question and a 10-sentence answer.
+ULTRACHAT_DIALOGUES = 512_837
+SENTENCES_PER_DIALOGUE = 60
 
 
 def benchmark_sentences(count: int, seed: int = 0) -> list[str]:
@@ -48,114 +75,173 @@ def benchmark_sentences(count: int, seed: int = 0) -> list[str]:
     return list(out)
 
 
-def scaling(spm_file: Path, work: Path, sentences: list[str], threads: int) -> None:
-    """CTranslate2 alone: one translate_batch of 32 sentences against 32 calls of one, on random
-    MarianMT models of growing size, every output forced to 24 tokens (random models never stop)."""
-    import json
+# ---------------------------------------------------------------------------------------
+# One measurement, in a fresh process
 
+
+def measure_llamantino(spec: dict) -> dict:
+    from llamantino import translate
+    from llamantino.runner import config_for
+
+    sentences = benchmark_sentences(spec["sentences"])
+    work = Path(spec["work"])
+    shutil.rmtree(work, ignore_errors=True)  # a finished run there would be skipped, not measured
+    source = work / "input.jsonl"
+    work.mkdir(parents=True)
+    with open(source, "w", encoding="utf-8") as handle:  # two sentences per record, one per turn
+        for i in range(0, len(sentences) - 1, 2):
+            handle.write(json.dumps({"id": str(i), "data": sentences[i:i + 2]}) + "\n")
+    cfg = config_for("translate", inputs=[str(source)], output=str(work / "out"), model=spec["model"],
+                     threads=spec["intra"], workers=spec["inter"], compute_type=spec["compute_type"],
+                     device=spec["device"], device_index=spec["device_index"],
+                     max_batch_size=spec["max_batch_size"], chunk_records=spec["chunk_records"])
+    t0 = time.perf_counter()
+    summary = translate.run(cfg)
+    wall = time.perf_counter() - t0
+    metrics = summary["metrics"]
+    translations = [t for line in (work / "out" / "translated.jsonl").read_text(encoding="utf-8").splitlines()
+                    for t in json.loads(line)["data"]]
+    return {"rate": metrics["sentences"] / metrics["seconds_translating"], "wall_rate": len(translations) / wall,
+            "sentences": metrics["sentences"], "at_256": metrics["outputs_at_256_tokens"],
+            "max_batch_size": metrics["max_batch_size"], "translations": translations}
+
+
+def measure_argos(spec: dict) -> dict:
+    from llamantino import translate
+    from llamantino.runner import config_for
+
+    sentences = benchmark_sentences(spec["sentences"])[: spec["sentences"] // 2 * 2]
+    cfg = config_for("translate", inputs=["unused"], output="unused", model=spec["model"], engine="argos",
+                     threads=spec["intra"], workers=spec["inter"], compute_type=spec["compute_type"],
+                     device=spec["device"], argos_packages_dir=str(Path(spec["work"]) / "packages"))
+    engine = translate.ArgosEngine(translate.inspect_model(cfg), cfg)  # installs the package, offline
+    engine.translate_one("Warm-up sentence.", cfg.src, cfg.tgt)
+    t0 = time.perf_counter()
+    translations = [engine.translate_one(sentence, cfg.src, cfg.tgt) for sentence in sentences]
+    return {"rate": len(sentences) / (time.perf_counter() - t0), "translations": translations}
+
+
+def run_child(spec: dict) -> dict:
+    """One measurement in a fresh Python process (argostranslate's settings are fixed at import)."""
+    env = {**os.environ, "LLAMANTINO_LOG": "WARNING", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):  # argostranslate writes there
+        env[name] = str(Path(spec["work"]) / "xdg" / name.lower())
+    result = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"measurement failed ({spec['path']}, {spec['device']}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# The comparison
+
+
+def build_model(args, work: Path) -> str:
+    from llamantino.manifest import read_manifest
+    from llamantino.tiny_translator import build_tiny_translator
+
+    if args.model:
+        return args.model
+    folder, settings = (work / "small-stand-in", {}) if args.small else (work / "transformer-base", TRANSFORMER_BASE)
+    t0 = time.perf_counter()
+    built = build_tiny_translator(folder, **settings)
+    metrics = read_manifest(folder)["metrics"]  # the build's own time, also when found already built
+    when = "this run" if time.perf_counter() - t0 > 0.5 * metrics["seconds"] else "by an earlier run; kept"
+    print(f"stand-in: {metrics['parameters'] / 1e6:.1f}M parameters, vocabulary {metrics['vocab_size']:,}, "
+          f"built in {metrics['seconds']:.0f} s ({when}): {built['argosmodel']}")
+    return str(built["argosmodel"])
+
+
+def compare(args, model: str, work: Path, device: str, layouts, sentences: int, compute_type: str) -> list[dict]:
     import ctranslate2
-    import sentencepiece as spm
-    import torch
-    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
-    sp = spm.SentencePieceProcessor(model_file=str(spm_file))
-    tokens = [sp.encode(s, out_type=str) for s in sentences[:64]]
-    print(f"\nscaling: CTranslate2 only, {len(tokens)} sentences, beam 4, 24 output tokens each, threads={threads}")
-    for d_model, layers, vocab_size in ((64, 1, 1000), (256, 2, 8000), (512, 3, 16000)):
-        hf, ct2 = work / f"random-{d_model}" / "hf", work / f"random-{d_model}" / "ct2"
-        if not (ct2 / "model.bin").is_file():
-            pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-            pieces += [f"▁filler{i}" for i in range(vocab_size - len(pieces))] + ["<pad>"]
-            hf.mkdir(parents=True, exist_ok=True)
-            (hf / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(pieces)}), encoding="utf-8")
-            MarianTokenizer(str(spm_file), str(spm_file), str(hf / "vocab.json")).save_pretrained(hf)
-            torch.manual_seed(0)
-            MarianMTModel(MarianConfig(
-                vocab_size=len(pieces), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-                encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=4 * d_model,
-                decoder_ffn_dim=4 * d_model, max_position_embeddings=512, pad_token_id=len(pieces) - 1,
-                decoder_start_token_id=len(pieces) - 1, eos_token_id=0)).save_pretrained(hf)
-            ctranslate2.converters.TransformersConverter(str(hf)).convert(str(ct2), force=True)
-        translator = ctranslate2.Translator(str(ct2), intra_threads=threads)
-        rates = {}
-        for batch in (1, 32):
-            t0 = time.perf_counter()
-            translator.translate_batch(tokens, max_batch_size=batch, batch_type="examples", beam_size=4,
-                                       max_decoding_length=24, min_decoding_length=24)
-            rates[batch] = len(tokens) / (time.perf_counter() - t0)
-        params = sum(p.numel() for p in MarianMTModel.from_pretrained(hf).parameters()) / 1e6
-        print(f"  {params:5.1f}M parameters: one at a time {rates[1]:7.1f}/s, batches of 32 {rates[32]:7.1f}/s, "
-              f"ratio {rates[32] / rates[1]:.1f}x")
+    gpus = list(range(ctranslate2.get_cuda_device_count())) if device == "cuda" else [0]
+    rows = []
+    for intra, inter in layouts:
+        spec = dict(model=model, sentences=sentences, intra=intra, inter=inter, compute_type=compute_type,
+                    device=device, device_index=gpus, max_batch_size=args.max_batch_size,
+                    chunk_records=args.chunk_records)
+        ours = run_child({**spec, "path": "llamantino", "work": str(work / f"run-{device}-{intra}x{inter}")})
+        argos = run_child({**spec, "path": "argos", "work": str(work / "argos")})
+        same = sum(a == b for a, b in zip(ours["translations"], argos["translations"]))
+        rows.append({"device": device if device == "cpu" else f"cuda x{len(gpus)}", "gpus": len(gpus) * (device == "cuda"),
+                     "layout": f"{intra}x{inter}",
+                     "compute_type": compute_type, "ours": ours, "argos": argos, "same": same,
+                     "count": len(argos["translations"])})
+        print_row(rows[-1])
+    return rows
+
+
+def print_row(row: dict) -> None:
+    ours, argos = row["ours"], row["argos"]
+    print(f"{row['device']:>9}  {row['layout']:>6}  {row['compute_type']:>12}  {ours['max_batch_size']:>6}  "
+          f"{ours['rate']:10.1f}  {ours['wall_rate']:10.1f}  {argos['rate']:10.1f}  {ours['rate'] / argos['rate']:6.1f}x  "
+          f"{row['same']}/{row['count']}", flush=True)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def ultrachat_hours(rate: float) -> float:
+    return ULTRACHAT_DIALOGUES * SENTENCES_PER_DIALOGUE / rate / 3600
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help=".argosmodel to measure (default: build the stand-in)")
-    parser.add_argument("--sentences", type=int, default=1200)
-    parser.add_argument("--threads", type=int, default=1, help="CTranslate2 intra-op threads, both paths")
-    parser.add_argument("--workers", type=int, default=1, help="CTranslate2 inter-op threads, both paths")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch (batched path)")
-    parser.add_argument("--chunk", type=int, default=256, help="sentences handed over per call (batched path)")
-    parser.add_argument("--work", help="folder for the stand-in and the Argos packages (default: temporary)")
-    parser.add_argument("--scaling", action="store_true",
-                        help="also measure how batching pays off on larger random models (a few minutes)")
+    parser.add_argument("--model", help=".argosmodel to measure (default: build the Transformer-base stand-in)")
+    parser.add_argument("--small", action="store_true", help="the 0.2M-parameter test stand-in instead")
+    parser.add_argument("--sentences", type=int, default=480, help="sentences translated by each path on CPU")
+    parser.add_argument("--cuda-sentences", type=int, default=4000, help="sentences per path on CUDA")
+    parser.add_argument("--layouts", default="1x1,1x2",
+                        help="CPU thread layouts INTRAxINTER, comma-separated: one core, then one batch per core "
+                             "on 2 cores (2x1, one batch on 2 threads, was slower for both paths here)")
+    parser.add_argument("--compute-types", default="auto", help="CPU compute types, comma-separated, both paths "
+                                                                "(auto: int8 on CPU)")
+    parser.add_argument("--cuda-compute-types", default="int8_float16,float16", help="compute types on CUDA")
+    parser.add_argument("--max-batch-size", type=int, default=0, help="llamantino's tokens per batch (0: its default)")
+    parser.add_argument("--chunk-records", type=int, default=4096,
+                        help="llamantino's records (of 2 sentences here) per chunk; 256 UltraChat records, the "
+                             "default chunk, hold about 15,000 sentences")
+    parser.add_argument("--work", default=str(ROOT / "benchmarks" / ".bench" / "translate"),
+                        help="folder for the stand-in (kept between runs) and the measurements")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        result = (measure_llamantino if spec["path"] == "llamantino" else measure_argos)(spec)
+        print(json.dumps(result))
+        return 0
 
-    with tempfile.TemporaryDirectory(prefix="bench-translate-") as tmp:
-        return measure(args, Path(args.work) if args.work else Path(tmp))
+    import ctranslate2
 
-
-def measure(args, work: Path) -> int:
-    # argostranslate reads these once, at import, and creates folders under them.
-    for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
-        os.environ[name] = str(work / "xdg" / name.lower())
-
-    from llamantino import translate
-    from llamantino.runner import config_for
-
-    model = args.model
-    if model is None:
-        from llamantino.tiny_translator import build_tiny_translator
-
-        t0 = time.perf_counter()
-        model = str(build_tiny_translator(work / "stand-in")["argosmodel"])
-        print(f"stand-in model built (or found) in {time.perf_counter() - t0:.1f} s: {model}")
-    cfg = config_for("translate", inputs=["unused"], output=str(work / "unused"), model=model,
-                     engine="argos", threads=args.threads, workers=args.workers, batch_size=args.batch_size,
-                     argos_packages_dir=str(work / "argos-packages"))
-    info = translate.inspect_model(cfg)
-    argos = translate.ArgosEngine(info, cfg)  # installs the .argosmodel offline
-    from argostranslate import package
-
-    (installed,) = [p for p in package.get_installed_packages() if (p.from_code, p.to_code) == (cfg.src, cfg.tgt)]
-    batched = translate.BatchedEngine(installed.package_path, "argos", cfg)
-
-    sentences = benchmark_sentences(args.sentences)
-    print(f"{len(sentences)} distinct sentences ({sum(len(s.split()) for s in sentences) / len(sentences):.1f} "
-          f"words on average); threads={args.threads} workers={args.workers} beam={cfg.beam_size} "
-          f"compute_type={cfg.compute_type}; {os.cpu_count()} CPU cores")
-
-    batched.translate(["Warm-up sentence."])
-    t0 = time.perf_counter()
-    for start in range(0, len(sentences), args.chunk):
-        batched.translate(sentences[start:start + args.chunk])
-    batched_rate = len(sentences) / (time.perf_counter() - t0)
-
-    argos.translate(["Warm-up sentence."])
-    t0 = time.perf_counter()
-    for sentence in sentences:
-        argos.translate_one(sentence, cfg.src, cfg.tgt)
-    argos_rate = len(sentences) / (time.perf_counter() - t0)
-
-    print(f"batched CTranslate2 (translate_batch, batch {args.batch_size}, {args.chunk} per call): "
-          f"{batched_rate:8.1f} sentences/s")
-    print(f"argostranslate.translate.translate() per sentence:                  {argos_rate:8.1f} sentences/s")
-    print(f"ratio: {batched_rate / argos_rate:.1f}x")
-    if args.scaling:
-        from llamantino.tiny_translator import build_tiny_translator
-
-        stand_in = build_tiny_translator(work / "stand-in")  # for its SentencePiece model
-        scaling(stand_in["ct2"] / "sentencepiece.model", work, sentences, args.threads)
+    work = Path(args.work)
+    print(load())
+    model = build_model(args, work)
+    layouts = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts.split(",")]
+    print(f"\n{args.sentences} sentences ({sum(len(s.split()) for s in benchmark_sentences(args.sentences)) / args.sentences:.1f} "
+          "words on average), beam 4; rates in sentences/s")
+    print(f"{'device':>9}  {'IxW':>6}  {'compute':>12}  {'batch':>6}  {'llamantino':>10}  {'(wall)':>10}  "
+          f"{'argos':>10}  {'ratio':>7}  same output")
+    rows = []
+    for compute_type in args.compute_types.split(","):
+        rows += compare(args, model, work, "cpu", layouts, args.sentences, compute_type)
+    if ctranslate2.get_cuda_device_count() > 0:
+        for compute_type in args.cuda_compute_types.split(","):
+            rows += compare(args, model, work, "cuda", [(1, 1)], args.cuda_sentences, compute_type)
+    else:
+        print("CUDA rows skipped: no CUDA device found (ctranslate2.get_cuda_device_count() == 0)")
+    print(load())
+    for device in sorted({row["device"] for row in rows}):
+        same = [r for r in rows if r["device"] == device]
+        ours, argos = max(r["ours"]["rate"] for r in same), max(r["argos"]["rate"] for r in same)
+        gpus = f" x {same[0]['gpus']} GPUs" if same[0]["gpus"] else ""
+        print(f"UltraChat as the paper translated it ({ULTRACHAT_DIALOGUES:,} dialogues x ~{SENTENCES_PER_DIALOGUE} "
+              f"sentences) at the best {device} rates: llamantino ({ours:.1f}/s) {ultrachat_hours(ours):,.0f} "
+              f"hours{gpus}, argostranslate ({argos:.1f}/s) {ultrachat_hours(argos):,.0f} hours")
     return 0
 
 

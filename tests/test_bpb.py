@@ -92,6 +92,22 @@ def test_cli_reads_text_and_jsonl_and_writes_the_result(tmp_path, tiny_model_dir
     assert json.loads(capsys.readouterr().out)["bits_per_byte"] == pytest.approx(saved["bits_per_byte"], rel=1e-6)
 
 
+def test_several_data_files_get_a_figure_each_and_together(tmp_path, tiny_model_dir, model, tiny_tokenizer,
+                                                            capsys):
+    it, en = tmp_path / "it.txt", tmp_path / "en.txt"
+    it.write_text("\n\n".join(DOCS[:2]) + "\n", encoding="utf-8")
+    en.write_text(DOCS[2] + "\n", encoding="utf-8")
+    assert main(["eval", "bpb", "--model", str(tiny_model_dir), str(it), str(en), "--max-length", "128"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["by_data"]) == {"it.txt", "en.txt"}
+    assert result["by_data"]["it.txt"]["bits_per_byte"] == pytest.approx(
+        reference_bpb(model, tiny_tokenizer, DOCS[:2]), rel=1e-5)
+    assert result["by_data"]["en.txt"]["bits_per_byte"] == pytest.approx(
+        reference_bpb(model, tiny_tokenizer, DOCS[2:3]), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(reference_bpb(model, tiny_tokenizer, DOCS), rel=1e-5)
+    assert result["documents"] == 3
+
+
 def test_cli_errors(tmp_path, tiny_model_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "no text field"}\n')

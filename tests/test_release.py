@@ -417,3 +417,27 @@ def test_build_with_a_wrong_base_names_the_users_base(tmp_path, tiny_model_dir, 
                               "1 of "), message
     assert "base tensor(s) differ" in message and message.endswith(": model.norm.weight")
     assert ".chain-" not in message and sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+def test_card_of_a_run_beyond_llama2_takes_licence_language_and_format_from_the_run(tmp_path, family_dirs):
+    """A Qwen chat run released without a recipe: the licence is the base model's (its card),
+    the language that of the training data, the prompt the saved chat template's."""
+    import yaml
+
+    from llamantino.release import run as release_run
+    from test_families import BRIEF, DIALOGUES, SMALL, write_jsonl
+
+    base = tmp_path / "qwen"
+    shutil.copytree(family_dirs("qwen2"), base)
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a tiny Qwen\n", encoding="utf-8")
+    dialogues = write_jsonl(tmp_path / "chat.jsonl", DIALOGUES)
+    sft = tmp_path / "sft"
+    assert cli.main(["sft", "--model", str(base), "--data", str(dialogues), "--output", str(sft), "--max-steps", "1",
+                     "--system-prompt", BRIEF, *SMALL, "--max-length", "200"]) == 0
+    release_run(config_for("release", run=str(sft), output=str(tmp_path / "release")))
+    card = (tmp_path / "release" / "README.md").read_text(encoding="utf-8")
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "apache-2.0" and front["language"] == ["it"]
+    assert "llama-2" not in front["tags"] and "Llama 2" not in card
+    assert "<|im_start|>user\nQual è la capitale d'Italia?<|im_end|>" in card
+    assert "released under the Apache License 2.0" in card

@@ -1,4 +1,5 @@
-"""`llamantino translate`: structure, protected spans, both backends, resuming, bad input.
+"""`llamantino translate`: structure, protected spans, both backends, devices and batching, resuming,
+bad input, failing disks and unsafe packages.
 
 The stand-in translator (tiny MarianMT + SentencePiece + MiniSBD splitter, built once per
 session) translates into nonsense, which is enough: the tests check everything around
@@ -338,3 +339,249 @@ def test_resume_after_kill_translates_every_record_once_in_order(tmp_path, stand
     assert manifest["metrics"]["records_translated"] == 1500
     assert manifest["metrics"]["skipped_by_reason"] == {"odd_turns": 1}
     assert not (out / ".parts").exists() and not progress.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Devices, batching, settings
+
+
+def test_batching_by_tokens_or_sentences_gives_the_same_translations(tmp_path, stand_in):
+    records = [{"id": str(i), "data": [f"{a} {b}", b]} for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:]))]
+    default, summary = translate_records(tmp_path, records, stand_in["ct2"], name="default")
+    assert summary["metrics"]["batch_type"] == "tokens"
+    assert summary["metrics"]["max_batch_size"] == translate.AUTO_BATCH_TOKENS["cpu"]
+    small, _ = translate_records(tmp_path, records, stand_in["ct2"], name="small", max_batch_size=12)
+    examples, _ = translate_records(tmp_path, records, stand_in["ct2"], name="examples", batch_type="examples",
+                                    max_batch_size=3, threads=2, workers=1)
+    assert default == small == examples
+
+
+def test_cpu_threads_default_to_one_worker_per_core():
+    cores = len(os.sched_getaffinity(0))
+    cfg = config_for("translate", inputs=["x"], output="out")
+    assert (cfg.threads, cfg.workers) == (1, cores)
+    assert config_for("translate", inputs=["x"], output="out", threads=2).workers == max(1, cores // 2)
+
+
+def test_every_numeric_setting_has_a_range():
+    import dataclasses
+
+    from llamantino import tiny_translator
+
+    numeric = {}
+    for cls in (translate.Config, tiny_translator.Config):
+        for field in dataclasses.fields(cls):
+            if field.type in ("int", "float", "list[int]"):
+                numeric[field.name] = (field.metadata["minimum"], field.metadata["maximum"])
+    assert {"beam_size", "device_index", "threads", "workers", "max_batch_size", "chunk_records", "d_model",
+            "learning_rate", "train_layers", "model_vocab"} <= set(numeric)
+    assert [name for name, bounds in numeric.items() if None in bounds] == []
+    for bad, message in [({"beam_size": 0}, "'beam_size' is 0; it must be between 1 and 64"),
+                         ({"chunk_records": 0}, "'chunk_records' is 0"),
+                         ({"device_index": [-1]}, "'device_index' is -1"),
+                         ({"device_index": [1]}, "'device_index' chooses GPUs; it needs --device cuda"),
+                         ({"device": "cuda", "device_index": [0, 0]}, "distinct GPU numbers"),
+                         ({"compute_type": "int4"}, "valid: auto, default")]:
+        with pytest.raises(LlamantinoError, match=re.escape(message)):
+            config_for("translate", inputs=["x"], output="out", **bad)
+    with pytest.raises(LlamantinoError, match="'d_model' \\(100\\) must be a multiple of 'heads'"):
+        config_for("tiny_translator", output="x", d_model=100, heads=8)
+
+
+@pytest.mark.skipif(__import__("ctranslate2").get_cuda_device_count() > 0, reason="a CUDA device is present")
+def test_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path, stand_in):
+    source = write_jsonl(tmp_path / "in.jsonl", FORMAT_RECORDS["ultrachat"])
+    command = [sys.executable, "-m", "llamantino", "translate", str(source), "--output", str(tmp_path / "out"),
+               "--model", str(stand_in["ct2"]), "--device", "cuda", "--device-index", "0", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**env, "LLAMANTINO_LOG": "WARNING"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --device cuda --device-index 0 1: CTranslate2 finds no CUDA device on this machine; "
+        "available: cpu (--device cpu)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_gpu_and_unsupported_compute_type_are_named(tmp_path, stand_in, monkeypatch):
+    import ctranslate2
+
+    source = write_jsonl(tmp_path / "in.jsonl", FORMAT_RECORDS["ultrachat"])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 2)
+    cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(stand_in["ct2"]),
+                     device="cuda", device_index=[0, 3])
+    with pytest.raises(LlamantinoError, match=r"^--device-index 0 3: no GPU 3; CTranslate2 finds 2 CUDA "
+                                              r"device\(s\): 0 1$"):
+        translate.run(cfg)
+    cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(stand_in["ct2"]),
+                     compute_type="float16")
+    with pytest.raises(LlamantinoError, match=r"^--compute-type float16: not supported on this CPU; "
+                                              r"supported: .*float32"):
+        translate.run(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(__import__("ctranslate2").get_cuda_device_count() == 0, reason="needs a CUDA device")
+def test_cuda_translates_like_the_cpu(tmp_path, stand_in):
+    import ctranslate2
+
+    gpus = list(range(ctranslate2.get_cuda_device_count()))
+    records = FORMAT_RECORDS["ultrachat"] * 20
+    cpu, _ = translate_records(tmp_path, records, stand_in["ct2"], name="cpu", compute_type="float32")
+    cuda, summary = translate_records(tmp_path, records, stand_in["ct2"], name="cuda", compute_type="float32",
+                                      device="cuda", device_index=gpus, max_batch_size=64)
+    assert summary["metrics"]["device"] == "cuda" and summary["metrics"]["device_index"] == gpus
+    assert cuda == cpu
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs and disks that fail
+
+
+def test_truncated_gzip_is_one_line_writes_nothing_and_the_fixed_file_runs(tmp_path, stand_in):
+    import gzip
+
+    records = [{"id": str(i), "data": [SENTENCES[i % 8], SENTENCES[(i + 1) % 8]]} for i in range(400)]
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode())
+    source = tmp_path / "in.jsonl.gz"
+    source.write_bytes(whole[: len(whole) * 2 // 3])
+    cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(stand_in["ct2"]),
+                     chunk_records=50)
+    with pytest.raises(LlamantinoError) as info:
+        translate.run(cfg)
+    assert str(info.value).startswith(f"{source}: unreadable gzip file (Compressed file ended") and \
+        "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+    source.write_bytes(whole)  # the user fixes the file
+    assert translate.run(cfg)["headline"]["translated"] == 400
+
+
+def test_empty_input_is_refused(tmp_path, stand_in):
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n")):
+        source = tmp_path / name
+        source.write_text(text)
+        cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(stand_in["ct2"]))
+        with pytest.raises(LlamantinoError, match=f"^{re.escape(str(source))}: empty input \\(no records\\)$"):
+            translate.run(cfg)
+        assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_keeps_finished_chunks_and_resumes(tmp_path, stand_in, monkeypatch):
+    import errno
+
+    from llamantino import fileio
+
+    records = [{"id": str(i), "data": [SENTENCES[i % 8], SENTENCES[(i + 3) % 8]]} for i in range(60)]
+    reference, _ = translate_records(tmp_path, records, stand_in["ct2"], name="reference", chunk_records=10)
+    real_write, parts = fileio.atomic_write_text, []
+
+    def disk_fills_at_the_third_part(path, text):
+        if path.name.startswith("part-"):
+            parts.append(path.name)
+            if len(parts) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, text)
+
+    monkeypatch.setattr(fileio, "atomic_write_text", disk_fills_at_the_third_part)
+    out = tmp_path / "out"
+    cfg = config_for("translate", inputs=[str(tmp_path / "reference.jsonl")], output=str(out),
+                     model=str(stand_in["ct2"]), chunk_records=10)
+    with pytest.raises(LlamantinoError) as info:
+        translate.run(cfg)
+    assert str(info.value) == (f"{out}: cannot write (No space left on device); 2 finished chunk(s) (20 records) "
+                               f"kept in {out}: free space or fix the permissions, then run the same command again "
+                               "to resume")
+    assert sorted(p.name for p in (out / ".parts").iterdir()) == ["part-000000.jsonl", "part-000001.jsonl"]
+    monkeypatch.setattr(fileio, "atomic_write_text", real_write)  # space freed
+    summary = translate.run(cfg)
+    assert read_jsonl(out / "translated.jsonl") == reference and summary["metrics"]["records_read"] == 60
+    assert not (out / ".parts").exists()
+
+
+def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, stand_in):
+    """A real write error from the kernel (EFBIG under RLIMIT_FSIZE) while assembling the output."""
+    import resource
+
+    records = [{"id": str(i), "data": [SENTENCES[i % 8], SENTENCES[(i + 5) % 8]]} for i in range(80)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "llamantino", "translate", str(source), "--output", str(out),
+               "--model", str(stand_in["ct2"]), "--chunk-records", "20"]
+    env = {**os.environ, "LLAMANTINO_LOG": "WARNING", "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].endswith("cannot write (File too large); 4 finished chunk(s) (80 records) kept in "
+                             f"{out}: free space or fix the permissions, then run the same command again to resume")
+    assert len(list((out / ".parts").glob("part-*.jsonl"))) == 4 and not (out / "translated.jsonl").exists()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["id"] for r in read_jsonl(out / "translated.jsonl")] == [r["id"] for r in records]
+
+
+# ---------------------------------------------------------------------------------------
+# .argosmodel archives from strangers
+
+
+def crafted_argosmodel(tmp_path, good, name, add):
+    """The stand-in package with one more member, written by `add(zipfile)`."""
+    import zipfile
+
+    path = tmp_path / f"{name}.argosmodel"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w") as zf:
+        for info in source.infolist():
+            zf.writestr(info, source.read(info))
+        add(zf)
+    return path
+
+
+def _symlink_member(zf):
+    import stat
+    import zipfile
+
+    info = zipfile.ZipInfo("translate-en_it-stand_in/model/link")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    zf.writestr(info, "../../../outside")
+
+
+ARCHIVE_ATTACKS = {
+    "dotdot": (lambda zf: zf.writestr("translate-en_it-stand_in/../../escaped.txt", "x"), "is not a plain relative"),
+    "absolute": (lambda zf: zf.writestr("/tmp/escaped.txt", "x"), "is not a plain relative"),
+    "symlink": (_symlink_member, "is a symbolic link"),
+}
+
+
+@pytest.mark.parametrize("attack", list(ARCHIVE_ATTACKS))
+@pytest.mark.parametrize("engine", ["batched", "argos"])
+def test_argosmodel_with_unsafe_members_is_refused_before_extraction(tmp_path, stand_in, argos_dir, attack, engine):
+    add, message = ARCHIVE_ATTACKS[attack]
+    package = crafted_argosmodel(tmp_path, stand_in["argosmodel"], attack, add)
+    import zipfile
+
+    with zipfile.ZipFile(package) as zf:
+        assert len(zf.namelist()) == len(zipfile.ZipFile(stand_in["argosmodel"]).namelist()) + 1
+    source = write_jsonl(tmp_path / "in.jsonl", FORMAT_RECORDS["ultrachat"])
+    packages = tmp_path / "packages"
+    cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(package),
+                     engine=engine, argos_packages_dir=str(packages))
+    with pytest.raises(LlamantinoError, match=f"^{re.escape(str(package))}: member .*{message}"):
+        translate.run(cfg)
+    assert not (tmp_path / "out").exists() and not packages.exists()
+    assert not list(tmp_path.rglob("escaped.txt")) and not (tmp_path / "outside").exists()
+
+
+def test_argosmodel_is_extracted_member_by_member(tmp_path, stand_in):
+    import zipfile
+
+    root = translate.extract_argosmodel(stand_in["argosmodel"], tmp_path)
+    with zipfile.ZipFile(stand_in["argosmodel"]) as zf:
+        for name in zf.namelist():
+            assert (tmp_path / name).read_bytes() == zf.read(name)
+    assert root == tmp_path / "translate-en_it-stand_in"

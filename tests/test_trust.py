@@ -311,3 +311,17 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, 
     (out / "mine.txt").write_text("added by hand")
     with pytest.raises(LlamantinoError, match="no llamantino run wrote"):
         prepare_output(out, "clean", cfg, overwrite=True, replace_later=True)
+
+
+def test_an_adapter_for_another_base_is_one_line(tmp_path, tiny_model_dir, family_dirs, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    other = get_peft_model(AutoModelForCausalLM.from_pretrained(family_dirs("qwen2")),
+                           LoraConfig(r=2, target_modules=["q_proj"]))
+    other.save_pretrained(tmp_path / "adapter")
+    text = tmp_path / "t.txt"
+    text.write_text("Il gatto dorme.\n", encoding="utf-8")
+    assert cli(["eval", "bpb", str(text), "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "this adapter does not fit the model" in last and "size mismatch" in last

@@ -186,9 +186,11 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             return {"status": "skipped (done)", "headline": _headline(old), "metrics": old}
         if not overwrite:
             raise LlamantinoError(f"{cfg.output}: holds a different result; pass --overwrite to replace it")
-    texts = [text for _, text in iter_documents(cfg.data)]
+    # Documents with the data entry they come from (several entries: a figure for each too).
+    found = [(entry, text) for entry in cfg.data for _, text in iter_documents([entry])]
     if cfg.max_documents:
-        texts = texts[: cfg.max_documents]
+        found = found[: cfg.max_documents]
+    texts = [text for _, text in found]
     if not texts:
         raise LlamantinoError(f"{', '.join(cfg.data)}: no documents")
     config = load_config(cfg.model)
@@ -199,9 +201,17 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     stride = cfg.stride or max(1, max_length // 2)
     tokenizer = load_tokenizer(cfg.model)
     model = load_with_adapter(cfg.model, cfg.adapter, dtype=cfg.dtype)
-    result = compute_bpb(model, tokenizer, texts, max_length=max_length, stride=stride,
-                         batch_size=cfg.batch_size, progress=cfg.progress and sys.stderr.isatty(),
-                         chunk_tokens=cfg.chunk_tokens)
+    score = dict(max_length=max_length, stride=stride, batch_size=cfg.batch_size,
+                 progress=cfg.progress and sys.stderr.isatty(), chunk_tokens=cfg.chunk_tokens)
+    entries = list(dict.fromkeys(entry for entry, _ in found))
+    if len(entries) == 1:
+        result = compute_bpb(model, tokenizer, texts, **score)
+    else:
+        by_entry = {entry: compute_bpb(model, tokenizer, [t for e, t in found if e == entry], **score)
+                    for entry in entries}
+        result = combined(list(by_entry.values()))
+        result["by_data"] = {Path(entry).name: {k: r[k] for k in ("bits_per_byte", "tokens", "bytes", "documents")}
+                             for entry, r in by_entry.items()}
     result.update({"model": cfg.model, "adapter": cfg.adapter, "data": list(cfg.data)})
     if to_file:
         atomic_write_json(cfg.output, {**result, **run_identity(KIND, cfg)})
@@ -210,7 +220,18 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     return {"status": "done", "headline": _headline(result), "metrics": result}
 
 
+def combined(results: list[dict]) -> dict:
+    """The report of several sets scored apart, as if scored together (sums of NLL, tokens, bytes)."""
+    nll = sum(r["nll_per_token"] * r["tokens"] for r in results)
+    tokens, nbytes = sum(r["tokens"] for r in results), sum(r["bytes"] for r in results)
+    return {**results[0], "bits_per_byte": nll / (math.log(2) * nbytes), "nll_per_token": nll / tokens,
+            "perplexity": math.exp(nll / tokens), "tokens": tokens, "bytes": nbytes,
+            "documents": sum(r["documents"] for r in results), "windows": sum(r["windows"] for r in results)}
+
+
 def _headline(m: dict) -> dict:
+    if m.get("by_data"):
+        return {f"bpb {name}": round(r["bits_per_byte"], 4) for name, r in m["by_data"].items()}
     return {"bits_per_byte": round(m["bits_per_byte"], 4), "tokens": m["tokens"]}
 
 

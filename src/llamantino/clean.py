@@ -653,7 +653,7 @@ def _remove_stale(folder: Path, shards_done: int) -> None:
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Clean `cfg.inputs` (or part shard_index of num_shards of them) into `cfg.output`.
     An interrupted run always resumes (`resume` is accepted for the stage contract)."""
-    from llamantino.cli import DISK_ERRORS
+    from llamantino.errors import DISK_ERRORS
     from llamantino.manifest import RUN_INFO, describe_inputs, read_manifest, run_identity, start_run, write_manifest
 
     # Everything that can be checked before work starts is checked before the folder is touched.

@@ -7,16 +7,13 @@ command that needs no torch never imports it.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
 import sys
 
 from llamantino import __version__
-from llamantino.errors import LlamantinoError
-
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+from llamantino.errors import DISK_ERRORS, LlamantinoError
 
 # name -> (module, help). The module defines add_arguments(parser) and main(args) -> int,
 # or, for a module serving several commands, add_<suffix>_arguments / <suffix>_main.

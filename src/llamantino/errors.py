@@ -6,6 +6,13 @@ bug and keeps its traceback.
 """
 
 
+import errno
+
+# OSError numbers of a full, read-only or forbidden disk: one line for the user, finished
+# work kept for a resume (never a traceback).
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
 class LlamantinoError(Exception):
     """A user-facing error: one line that says what is wrong and where (file, line, field)."""
 

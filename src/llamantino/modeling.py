@@ -361,7 +361,13 @@ def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, missing modules: another base
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            why = next((line for line in lines if "size mismatch" in line), lines[0])
+            raise LlamantinoError(f"{adapter}: this adapter does not fit the model {model_path} ({why[:300]})") \
+                from None
         if merge:
             model = model.merge_and_unload()
     model.eval()

@@ -72,9 +72,66 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
     prepare_for_training(model, cfg.gradient_checkpointing, compute_dtype)
     targets = cfg.lora_targets or lora_targets(model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      **embedding_options(cfg.train_embeddings, model, cfg.model))
     model = get_peft_model(model, lora)
     return model, targets
+
+
+def embedding_options(mode: str, model, model_path: str) -> dict:
+    """LoraConfig options that also train the embeddings: the whole input and output matrices
+    (PEFT `modules_to_save`), or only the rows `vocab extend` added (`trainable_token_indices`).
+    Tied input and output embeddings stay tied."""
+    if mode == "none":
+        return {}
+    layers = {"input": model.get_input_embeddings(), "output": model.get_output_embeddings()}
+    for where, layer in layers.items():
+        weight = getattr(layer, "weight", None)
+        if weight is None or not weight.is_floating_point() or type(weight).__name__ == "Params4bit":
+            raise LlamantinoError(f"{model_path}: the {where} embeddings are quantized "
+                                  f"({type(weight).__name__}, {getattr(weight, 'dtype', '?')}); they cannot be trained "
+                                  "as they are: load the base in 16 or 32 bits, or leave train_embeddings at none")
+    names = {where: next(n for n, m in model.named_modules() if m is layer).rsplit(".", 1)[-1]
+             for where, layer in layers.items()}
+    tied = layers["input"].weight is layers["output"].weight
+    if mode == "all":
+        return {"modules_to_save": [names["input"], names["output"]], "ensure_weight_tying": tied}
+    rows = new_token_ids(model_path)
+    indices = {names["input"]: rows} if tied else {names["input"]: rows, names["output"]: rows}
+    return {"trainable_token_indices": indices, "ensure_weight_tying": tied}
+
+
+def new_token_ids(model_path: str) -> list[int]:
+    """The ids `llamantino vocab extend` added to a model (its vocab_report.json says which)."""
+    import json
+
+    from llamantino.fileio import safe_join
+
+    path = safe_join(model_path, "vocab_report.json", f"model {model_path}") if Path(model_path).is_dir() else None
+    if path is None or not path.is_file():
+        raise LlamantinoError(f"{model_path}: train_embeddings new needs a model made by `llamantino vocab extend` "
+                              "(its vocab_report.json lists the new tokens); use all to train whole matrices")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        ids = [int(entry["id"]) for entry in report["new_tokens"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LlamantinoError(f"{path}: unreadable list of new tokens ({type(exc).__name__}: {exc})") from None
+    if not ids:
+        raise LlamantinoError(f"{path}: lists no new tokens")
+    return ids
+
+
+def parameter_groups(model, learning_rate: float, embedding_learning_rate: float) -> list[dict]:
+    """LoRA weights at the learning rate; trained embeddings (whole or new rows) at theirs,
+    a tenth of it unless given, as practitioners advise for embeddings."""
+    embedding, other = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (embedding if ("modules_to_save" in name or "trainable_tokens" in name) else other).append(param)
+    groups = [{"params": other, "lr": learning_rate}]
+    if embedding:
+        groups.append({"params": embedding, "lr": embedding_learning_rate or learning_rate / 10})
+    return groups
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -281,7 +338,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     compute_dtype = training.resolve_compute_dtype(cfg.compute_dtype, device)
     training.seed_all(cfg.seed)
     model, targets = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
-    optimizer, optimizer_used = training.make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate,
+    groups = parameter_groups(model, cfg.learning_rate, cfg.embedding_learning_rate)
+    optimizer, optimizer_used = training.make_optimizer(groups, cfg.optimizer, cfg.learning_rate,
                                                         cfg.weight_decay, device)
     scheduler = training.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
     counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
@@ -295,6 +353,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                 scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and compute_dtype == "float16"),
                 checkpoints=checkpoints, metrics_log=None, progress=None, counters=counters,
                 info={"lora_targets": targets, "optimizer": optimizer_used, **speed_info(model, loss, paths),
+                      "train_embeddings": cfg.train_embeddings,
+                      "embedding_parameters": sum(p.numel() for p in groups[1]["params"]) if len(groups) > 1 else 0,
                       "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                       "parameters": sum(p.numel() for p in model.parameters())},
                 batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout)

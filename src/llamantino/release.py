@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -25,19 +26,30 @@ from llamantino.errors import LlamantinoError
 from llamantino.fileio import safe_join
 from llamantino.streaming import HUB_PREFIX
 
+log = logging.getLogger(__name__)
+
 KIND = "release"
 CHECKSUMS = "SHA256SUMS"
 CARD = "README.md"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
-PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "none")
+PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "alpaca", "chatml", "chat-template", "none")
 STAGE_PROMPT = {"sft": "llama2-chat", "instruct": "alpaca-it", "adapt": "none"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LICENCE_NOTE = (
-    "Derived from Llama 2: use is subject to the [Llama 2 Community License]"
-    "(https://ai.meta.com/llama/license/) and Meta's Acceptable Use Policy. This repository holds no "
-    "Llama 2 weights, only {what}; rebuilding the model needs the base weights obtained from Meta.")
+# What the card says of the licence, by the base model's licence (the hub's identifiers).
+LICENCE_NOTES = {
+    "llama2": ("Derived from Llama 2: use is subject to the [Llama 2 Community License]"
+               "(https://ai.meta.com/llama/license/) and Meta's Acceptable Use Policy."),
+    "llama3": "Derived from Llama 3: use is subject to the Meta Llama 3 Community License and Acceptable Use Policy.",
+    "llama3.1": "Derived from Llama 3.1: use is subject to the Llama 3.1 Community License and Acceptable Use Policy.",
+    "llama3.2": "Derived from Llama 3.2: use is subject to the Llama 3.2 Community License and Acceptable Use Policy.",
+    "gemma": "Derived from Gemma: use is subject to the Gemma Terms of Use and Prohibited Use Policy.",
+    "apache-2.0": "Derived from `{base}`, released under the Apache License 2.0.",
+    "mit": "Derived from `{base}`, released under the MIT License.",
+}
+LICENCE_WEIGHTS = ("This repository holds no weights of `{base}`, only {what}; rebuilding the model needs the "
+                   "base weights from their publisher.")
 
 
 @dataclasses.dataclass
@@ -52,8 +64,12 @@ class Config:
     base_model: str = setting("", "hub name of the parent model for the card (default: the recipe's "
                                   "parent, else the run's model)")
     datasets: list[str] = setting([], "datasets named on the card (default: the recipe's)")
-    prompt_format: str = setting("", "prompt format shown on the card (default: the recipe's, else from "
-                                     "the run's stage)", choices=("",) + PROMPT_FORMATS)
+    prompt_format: str = setting("", "prompt format shown on the card (default: the recipe's, else the run's)",
+                                 choices=("",) + PROMPT_FORMATS)
+    license: str = setting("", "licence on the card (default: the recipe's, else the base model's card, "
+                               "else 'other')")
+    language: list[str] = setting([], "languages on the card (default: the recipe's, else those of the "
+                                      "training data, identified on a sample)")
     push: str = setting("", "hub repository to upload the release to (needs network and a token)",
                         fingerprint=False)
     private: bool = setting(False, "create the hub repository as private", fingerprint=False)
@@ -74,7 +90,9 @@ class Card:
     base_model: str
     datasets: list[str]
     language: list[str]
+    license: str
     prompt_format: str
+    example: str            # a prompt rendered in the model's format
     hub_repo: str
     chain: str
     stage: str
@@ -134,14 +152,18 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
         base_model = str(_public(settings.get("model", "")))
     datasets = cfg.datasets or (info.datasets if info else []) or [
         d[len(HUB_PREFIX):].split("?")[0] for d in settings.get("data", []) if str(d).startswith(HUB_PREFIX)]
-    prompt = cfg.prompt_format or (info.prompt_format if info and info.prompt_format else "") \
-        or STAGE_PROMPT.get(stage, "none")
+    metrics = manifest.get("metrics", {})
+    prompt = cfg.prompt_format or (info.prompt_format if info and info.prompt_format not in ("", "auto") else "") \
+        or run_prompt_format(stage, metrics)
+    licence = cfg.license or (info.license if info else "") or base_licence(settings.get("model", "")) or "other"
+    language = cfg.language or (info.language if info else []) or data_languages(settings.get("data", []))
     chain = ""  # shown with `llamantino build NAME`, which knows the bundled recipes
     if cfg.release_recipe in list_recipes() and info.hub_repo:
         chain = format_chain(*release_chain(cfg.release_recipe))
     return Card(name=name, description=str(recipe.get("description", "")), released_as=released_as,
-                base_model=base_model, datasets=list(datasets), language=info.language if info else ["it"],
-                prompt_format=prompt, hub_repo=(info.hub_repo if info else "") or cfg.push, chain=chain,
+                base_model=base_model, datasets=list(datasets), language=list(language), license=licence,
+                prompt_format=prompt, example=prompt_example(prompt, Path(cfg.run)),
+                hub_repo=(info.hub_repo if info else "") or cfg.push, chain=chain,
                 stage=stage, settings={k: _public(v) for k, v in settings.items()},
                 metrics=manifest.get("metrics", {}), parent_adapter=str(_public(settings.get("adapter", ""))))
 
@@ -150,7 +172,72 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
 # The model card
 
 
-def prompt_example(prompt_format: str) -> str:
+def run_prompt_format(stage: str, metrics: dict) -> str:
+    """The format the run trained with, as its manifest records it (older runs: by stage)."""
+    name = str(metrics.get("prompt_format") or "")
+    if name in PROMPT_FORMATS:
+        return name
+    if name:  # the tokenizer's own template, or a template file
+        return "chat-template"
+    return STAGE_PROMPT.get(stage, "none")
+
+
+def base_licence(model: str) -> str:
+    """The `license:` of a local base model's card (README.md front matter), or ''."""
+    import yaml
+
+    path = Path(str(model)) / "README.md"
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return ""
+    try:
+        front = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return ""
+    return str(front.get("license", "")) if isinstance(front, dict) else ""
+
+
+def data_languages(data: list, documents: int = 200, share: float = 0.1) -> list[str]:
+    """Languages of the local training data, identified on its first documents: those of at
+    least `share` of them, most frequent first (hub datasets are not read)."""
+    from collections import Counter
+
+    from llamantino.langid import make_detector
+    from llamantino.streaming import DocumentStream, expand_sources
+
+    local = [str(d) for d in data if isinstance(d, str) and Path(d).exists()]
+    if not local:
+        return []
+    try:
+        stream = DocumentStream(expand_sources(local), text_field=None, cycle=False)
+        texts = []
+        for record in stream:
+            texts.append(_record_text(record))
+            if len(texts) >= documents:
+                break
+    except LlamantinoError:
+        return []
+    identify = make_detector()
+    counts = Counter(identify.detect(t) for t in texts if t.strip())
+    total = sum(counts.values())
+    return [lang for lang, n in counts.most_common() if total and n / total >= share]
+
+
+def _record_text(record) -> str:
+    """The text of a document, a conversation or an instruction record, for identifying its language."""
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        return ""
+    parts = [record.get(k) for k in ("text", "instruction", "context", "input", "response", "output")]
+    for turn in record.get("messages") or record.get("data") or []:
+        parts.append(turn.get("content") if isinstance(turn, dict) else turn)
+    return " ".join(p for p in parts if isinstance(p, str))
+
+
+def prompt_example(prompt_format: str, run: Path | None = None) -> str:
     from llamantino.prompts import render_alpaca_it, render_chat
 
     if prompt_format == "llama2-chat":
@@ -158,7 +245,22 @@ def prompt_example(prompt_format: str) -> str:
     if prompt_format == "alpaca-it":
         return render_alpaca_it("Riassumi il testo in una frase.",
                                 "Il gatto dorme sul divano mentre fuori piove da tutto il giorno.").text
+    if prompt_format in ("chat-template", "chatml") and run is not None:
+        return _template_example(run)
     return ""
+
+
+def _template_example(run: Path) -> str:
+    """A first user turn rendered by the run's saved tokenizer, exactly as it trained."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(run))
+        return tokenizer.apply_chat_template([{"role": "user", "content": "Qual è la capitale d'Italia?"}],
+                                             tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001  (a card without an example is still a card)
+        log.warning("%s: no prompt example for the card (%s)", run, exc)
+        return ""
 
 
 def _flat(data: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -191,8 +293,12 @@ def model_card(card: Card) -> str:
     import yaml
 
     adapter = card.released_as == "adapter"
-    tags = ["llamantino", "llama-2", "italian", "text-generation"] + (["peft", "lora"] if adapter else ["weight-diff"])
-    front = {"base_model": card.base_model, "license": "llama2", "language": card.language}
+    family = {"llama2": ["llama-2"], "llama3": ["llama-3"], "llama3.1": ["llama-3"], "llama3.2": ["llama-3"],
+              "gemma": ["gemma"]}.get(card.license, [])
+    tags = ["llamantino", *family, "text-generation"] + (["peft", "lora"] if adapter else ["weight-diff"])
+    front = {"base_model": card.base_model, "license": card.license}
+    if card.language:
+        front["language"] = card.language
     hub_datasets = [d for d in card.datasets if HUB_ID.match(d)]  # the hub wants ids in the metadata
     if hub_datasets:
         front["datasets"] = hub_datasets
@@ -206,7 +312,7 @@ def model_card(card: Card) -> str:
         parts += [card.description, ""]
     what = "a LoRA adapter" if adapter else "an exact weight difference (XOR of the raw bits)"
     parts += [f"This repository holds {what} for `{card.base_model}`, made with llamantino "
-              "(the LLaMAntino pipeline: LLaMA 2 adapted to Italian).", ""]
+              "(the LLaMAntino pipeline: open language models adapted to a language).", ""]
     parts += ["## How to use", ""]
     if adapter:
         if card.parent_adapter:
@@ -232,21 +338,28 @@ def model_card(card: Card) -> str:
                   f"Chain: `{card.chain}`. Inputs are read from `MODELS/<hub name>` "
                   "(`--download` fetches the missing ones).", ""]
     parts += ["## Prompt format", ""]
-    example = prompt_example(card.prompt_format)
+    example = card.example
     if card.prompt_format == "llama2-chat":
         parts += ["LLaMA 2 chat format with the Italian system prompt. Example prompt:", ""]
     elif card.prompt_format == "alpaca-it":
         parts += ["Italian Alpaca prompt (without an input, the `### Input:` block is left out). "
                   "Example prompt:", ""]
+    elif card.prompt_format in ("chat-template", "chatml"):
+        parts += ["The chat template saved with the tokenizer (`tokenizer.apply_chat_template` renders the "
+                  "training format exactly). Example prompt:", ""]
+    elif card.prompt_format == "alpaca":
+        parts += ["English Alpaca prompt.", ""]
     else:
-        parts += ["None: a language model continuing plain Italian text.", ""]
+        parts += ["None: a language model continuing plain text.", ""]
     if example:
         parts += ["```", example, "```", ""]
     parts += ["## Training", "", f"Stage `{card.stage}`; datasets: {', '.join(card.datasets) or 'see the settings'}.",
               "", _table(_flat(card.settings), ("setting", "value")), ""]
     if card.metrics:
         parts += ["## Evaluation and training figures", "", _table(_flat(card.metrics), ("figure", "value")), ""]
-    parts += ["## Licence", "", LICENCE_NOTE.format(what=what), "", "## Files", "",
+    note = LICENCE_NOTES.get(card.license, "Derived from `{base}`: use is subject to its licence.")
+    parts += ["## Licence", "", note.format(base=card.base_model) + " " +
+              LICENCE_WEIGHTS.format(base=card.base_model, what=what), "", "## Files", "",
               f"`{CHECKSUMS}` holds the sha256 of every file here: check a download with `sha256sum -c {CHECKSUMS}`.",
               ""]
     return "\n".join(parts)

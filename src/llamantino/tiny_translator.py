@@ -25,6 +25,12 @@ The output folder holds the model three ways:
                                      model/, sentencepiece.model, minisbd/)
 
 Everything it writes says it is a stand-in (`stand_in: true`).
+
+The same builder makes the translation benchmark's stand-in at the size of a real Argos or
+opus-mt model (d_model 512, 6+6 layers, feed-forward 2048, 8 heads, a vocabulary padded to
+32,000 entries: 61M parameters). Training all of it on a CPU would take hours, so
+`train_layers: 1` trains only the top decoder layer, enough to end outputs at a length like
+a translation's; the other layers keep random weights, which cost the same to run.
 """
 
 from __future__ import annotations
@@ -59,21 +65,39 @@ class Config:
     tgt: str = setting("it", "target language code")
     src_text: list[str] = setting([str(DATA_DIR / "en_train.txt")], "source-language text files", path_input=True)
     tgt_text: list[str] = setting([str(DATA_DIR / "it_train.txt")], "target-language text files", path_input=True)
-    vocab_size: int = setting(1000, "SentencePiece vocabulary size (before <pad>)")
-    d_model: int = setting(64, "model width")
-    layers: int = setting(1, "encoder and decoder layers")
-    pairs: int = setting(64, "sentence pairs to train on")
-    steps: int = setting(300, "optimizer steps (enough to learn to stop)")
-    batch_size: int = setting(16, "pairs per step")
-    learning_rate: float = setting(1e-2, "AdamW learning rate")
-    seed: int = setting(0, "random seed")
-    threads: int = setting(1, "torch CPU threads for training", fingerprint=False)
+    vocab_size: int = setting(1000, "SentencePiece vocabulary size (before <pad>)", minimum=100, maximum=100_000)
+    model_vocab: int = setting(0, "pad the model's vocabulary to this many entries with pieces the tokenizer "
+                                  "never produces, so the output layer costs what a real model's does "
+                                  "(0: the SentencePiece vocabulary only)", minimum=0, maximum=1_000_000)
+    d_model: int = setting(64, "model width", minimum=8, maximum=8192)
+    layers: int = setting(1, "encoder and decoder layers", minimum=1, maximum=64)
+    heads: int = setting(4, "attention heads (d_model must be a multiple)", minimum=1, maximum=128)
+    ffn_dim: int = setting(0, "feed-forward width; 0: twice d_model", minimum=0, maximum=65_536)
+    pairs: int = setting(64, "sentence pairs to train on", minimum=8, maximum=100_000)
+    steps: int = setting(300, "optimizer steps (enough to learn to stop)", minimum=1, maximum=1_000_000)
+    batch_size: int = setting(16, "pairs per step", minimum=1, maximum=4096)
+    learning_rate: float = setting(1e-2, "AdamW learning rate", minimum=1e-7, maximum=1.0)
+    train_layers: int = setting(0, "train only the top N decoder layers, the rest keeping their random "
+                                   "initialisation (0: train everything); a Transformer-base-sized stand-in "
+                                   "then learns to stop in minutes on a CPU instead of hours", minimum=0, maximum=64)
+    seed: int = setting(0, "random seed", minimum=0, maximum=2**32 - 1)
+    threads: int = setting(1, "torch CPU threads for training (0: torch's default)", fingerprint=False,
+                           minimum=0, maximum=1024)
 
     def validate(self, source):
         if not self.output:
             raise LlamantinoError(f"{source}: setting 'output' is required")
         if self.src == self.tgt:
             raise LlamantinoError(f"{source}: src and tgt are both '{self.src}'")
+        if self.d_model % self.heads:
+            raise LlamantinoError(f"{source}: setting 'd_model' ({self.d_model}) must be a multiple of 'heads' "
+                                  f"({self.heads})")
+        if self.train_layers > self.layers:
+            raise LlamantinoError(f"{source}: setting 'train_layers' ({self.train_layers}) is more than 'layers' "
+                                  f"({self.layers})")
+        if self.model_vocab and self.model_vocab <= self.vocab_size:
+            raise LlamantinoError(f"{source}: setting 'model_vocab' ({self.model_vocab}) must be 0 or more than "
+                                  f"'vocab_size' ({self.vocab_size})")
 
 
 def paths(output) -> dict:
@@ -117,26 +141,42 @@ def train_sentencepiece(sentences: list[str], vocab_size: int) -> bytes:
     return buf.getvalue()
 
 
+def model_vocabulary(sp, cfg: Config) -> list[str]:
+    """The model's pieces: SentencePiece's, then `<unused-N>` fillers up to `model_vocab`, then
+    `<pad>` last (the CTranslate2 converter drops the last embedding row)."""
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    pieces += [f"<unused-{i}>" for i in range(max(0, cfg.model_vocab - 1 - len(pieces)))]
+    return pieces + ["<pad>"]
+
+
 def train_marian(sp_model: bytes, pairs: list[tuple[str, str]], cfg: Config):
-    """A tiny MarianMT trained on `pairs` until it has learnt to end its output."""
+    """A randomly initialised MarianMT trained on `pairs` until it has learnt to end its output."""
     import sentencepiece as spm
     import torch
     from transformers import MarianConfig, MarianMTModel
 
     sp = spm.SentencePieceProcessor(model_proto=sp_model)
-    pad = sp.get_piece_size()  # <pad> is appended after the SentencePiece pieces
+    pad = len(model_vocabulary(sp, cfg)) - 1
+    ffn = cfg.ffn_dim or 2 * cfg.d_model
     config = MarianConfig(
         vocab_size=pad + 1, d_model=cfg.d_model, encoder_layers=cfg.layers, decoder_layers=cfg.layers,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * cfg.d_model,
-        decoder_ffn_dim=2 * cfg.d_model, max_position_embeddings=512,  # CTranslate2 decodes up to 256
+        encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads, encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn, max_position_embeddings=512,  # CTranslate2 decodes up to 256
         pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=0,
         activation_function="swish", scale_embedding=True, share_encoder_decoder_embeddings=True)
     torch.manual_seed(cfg.seed)
     model = MarianMTModel(config)
+    trained = list(model.parameters())
+    if cfg.train_layers:
+        # Only the top decoder layers learn; the others keep their random weights (and cost).
+        model.requires_grad_(False)
+        top = model.model.decoder.layers[-cfg.train_layers:]
+        top.requires_grad_(True)
+        trained = list(top.parameters())
     # Sources without </s>: Argos feeds the package's SentencePiece pieces as they are.
     data = [(sp.encode(a), sp.encode(b) + [0]) for a, b in pairs]
     rng = random.Random(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    opt = torch.optim.AdamW(trained, lr=cfg.learning_rate)
     model.train()
     loss = None
     for step in range(cfg.steps):
@@ -149,26 +189,25 @@ def train_marian(sp_model: bytes, pairs: list[tuple[str, str]], cfg: Config):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 100 == 0:
+        if step % 100 == 0 or step == cfg.steps - 1:
             log.info("stand-in translator step %d/%d loss %.3f", step + 1, cfg.steps, loss.item())
     model.eval()
     return model, float(loss.item())
 
 
-def save_marian(model, sp_model: bytes, folder: Path, src: str, tgt: str) -> None:
+def save_marian(model, sp_model: bytes, folder: Path, cfg: Config) -> None:
     """save_pretrained plus a MarianTokenizer, so the converter (and transformers) can load it."""
     import sentencepiece as spm
     from transformers import MarianTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     sp = spm.SentencePieceProcessor(model_proto=sp_model)
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    vocab["<pad>"] = len(vocab)
+    vocab = {piece: i for i, piece in enumerate(model_vocabulary(sp, cfg))}
     spm_path = folder / "sentencepiece.model"
     spm_path.write_bytes(sp_model)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     tokenizer = MarianTokenizer(source_spm=str(spm_path), target_spm=str(spm_path), vocab=str(folder / "vocab.json"),
-                                source_lang=src, target_lang=tgt, model_max_length=512)
+                                source_lang=cfg.src, target_lang=cfg.tgt, model_max_length=512)
     spm_path.unlink()
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
@@ -321,7 +360,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     info = {"from_code": cfg.src, "to_code": cfg.tgt, "stand_in": True, "description": STAND_IN_NOTE}
     with atomic_dir(cfg.output) as tmp:
         hf_dir, ct2_dir = tmp / "hf", tmp / "ct2"
-        save_marian(model, sp_model, hf_dir, cfg.src, cfg.tgt)
+        save_marian(model, sp_model, hf_dir, cfg)
         (hf_dir / "model_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir))
         (ct2_dir / "sentencepiece.model").write_bytes(sp_model)
@@ -329,7 +368,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         (ct2_dir / "minisbd" / f"{cfg.src}.onnx").write_bytes(splitter)
         shutil.copy(hf_dir / "model_info.json", ct2_dir / "model_info.json")
         write_argosmodel(tmp / f"translate-{cfg.src}_{cfg.tgt}-stand_in.argosmodel", ct2_dir, sp_model, splitter, cfg)
-        metrics = {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": sp.get_piece_size() + 1,
+        metrics = {"parameters": sum(p.numel() for p in model.parameters()),
+                   "vocab_size": model.config.vocab_size,
                    "pairs": len(pairs), "final_loss": round(final_loss, 4), "seconds": round(time.time() - t0, 1)}
         write_manifest(tmp, KIND, cfg, inputs=describe_inputs(cfg.src_text + cfg.tgt_text), metrics=metrics,
                        extra={"stand_in": True, "note": STAND_IN_NOTE})

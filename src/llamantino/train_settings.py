@@ -149,6 +149,11 @@ class QLoraSettings(TrainSettings):
                                                "packed documents apart (GPU: flash_attention_3 on Hopper or "
                                                "flash_attention_2 when installed, else sdpa, else flex_attention; "
                                                "CPU: sdpa, else eager)", choices=ATTENTION)
+    train_embeddings: str = setting("none", "also train the embeddings: none (the paper), all (input and output "
+                                            "matrices, whole), new (only the rows `llamantino vocab extend` added)",
+                                    choices=("none", "all", "new"))
+    embedding_learning_rate: float = setting(0.0, "learning rate of the embeddings (0: a tenth of learning_rate)",
+                                             minimum=0)
     eval_data: list[str] = setting([], "held-out text scored in bits per byte while training, as NAME=PATH (JSON "
                                        "lines, .txt, parquet, hub:), e.g. it=heldout_it.txt en=heldout_en.txt",
                                    path_input=True)

@@ -174,7 +174,12 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, device: to
                    betas=(0.9, 0.999), eps: float = 1e-8):
     """The paper's paged AdamW 32-bit on GPU; on CPU (no paging there) torch's AdamW,
     which computes the same update. Returns (optimizer, name actually used)."""
-    params = [p for p in params if p.requires_grad]
+    # Plain parameters, or parameter groups with their own learning rates (trained embeddings).
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
     if name in ("paged_adamw_32bit", "adamw_8bit") and device.type == "cuda":
         import bitsandbytes as bnb
 

@@ -22,6 +22,11 @@ Two engines, one model format (CTranslate2 + SentencePiece, what Argos packages 
 * `argos`: `argostranslate.translate.translate()` once per piece of text, the reference
   path (and the benchmark's baseline).
 
+Devices: `--device cpu` (intra-op `threads` x parallel `workers`, one per core by default) or
+`--device cuda --device-index 0 1 ...`: CTranslate2 keeps one model copy per GPU and runs
+the batches of a call on all of them at once. Batches are cut by source tokens
+(`max_batch_size`, `batch_type`), as CTranslate2's performance guide advises.
+
 Resuming: records are translated in chunks; each chunk is written as a numbered part file
 (atomically), then `progress.json` (atomically) records how far the input has been
 consumed. A run killed at any moment and started again with the same settings continues
@@ -67,6 +72,10 @@ PROGRESS_FILE = "progress.json"
 MAX_EXAMPLES = 20  # skipped records quoted in the manifest
 # Decoding as argostranslate does it, so both engines give the same translations.
 LENGTH_PENALTY = 0.2
+DEVICES = ("cpu", "cuda")
+COMPUTE_TYPES = ("auto", "default", "float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
+                 "float16", "bfloat16")
+AUTO_BATCH_TOKENS = {"cpu": 1024, "cuda": 8192}  # max_batch_size 0, per device
 
 
 @dataclasses.dataclass
@@ -85,19 +94,33 @@ class Config:
     splitter: str = setting("model", "sentence splitter of the batched engine: 'model' (the MiniSBD model "
                                      "the package or folder carries in minisbd/), 'rules' (a sentence ends at "
                                      ". ! ? or ... before a space) or a MiniSBD .onnx file")
-    beam_size: int = setting(4, "beam size (argostranslate's default)")
-    compute_type: str = setting("auto", "CTranslate2 compute type (argostranslate's default: auto)")
+    beam_size: int = setting(4, "beam size (argostranslate's default)", minimum=1, maximum=64)
+    device: str = setting("cpu", "where CTranslate2 runs: cpu, or cuda (the GPUs of --device-index)",
+                          choices=DEVICES)
+    device_index: list[int] = setting([0], "GPUs to translate on with --device cuda: one model copy per GPU, "
+                                           "batches spread over them (CTranslate2's data parallelism)",
+                                      minimum=0, maximum=1023, fingerprint=False)
+    compute_type: str = setting("auto", "CTranslate2 compute type (argostranslate's default: auto, the fastest "
+                                        "the device supports, int8 on CPU; on GPUs e.g. int8_float16 or float16)",
+                                choices=COMPUTE_TYPES)
     argos_packages_dir: str = setting("", "folder of installed Argos packages (ARGOS_PACKAGES_DIR); an "
                                           ".argosmodel is installed there for the argos engine; "
                                           "empty: argostranslate's own", fingerprint=False, path_input=True)
-    threads: int = setting(1, "CTranslate2 threads per translation (ARGOS_INTRA_THREADS); 0 lets "
+    threads: int = setting(1, "CTranslate2 threads per translation (intra_threads, ARGOS_INTRA_THREADS); 0 lets "
                               "CTranslate2 choose, argostranslate's default, 20-50x slower per call on 2 cores",
-                           fingerprint=False)
-    workers: int = setting(0, "CTranslate2 batches translated in parallel (ARGOS_INTER_THREADS); 0: one per "
-                              "core, which is how the batched engine uses every core", fingerprint=False)
-    batch_size: int = setting(64, "sentences per CTranslate2 batch (batched engine)", fingerprint=False)
+                           fingerprint=False, minimum=0, maximum=1024)
+    workers: int = setting(0, "CTranslate2 batches translated in parallel (inter_threads, ARGOS_INTER_THREADS), "
+                              "per GPU on cuda; 0: on CPU one per core (cores / threads), on cuda one per GPU",
+                           fingerprint=False, minimum=0, maximum=1024)
+    max_batch_size: int = setting(0, "most tokens (or sentences, with --batch-type examples) per CTranslate2 "
+                                     f"batch (batched engine); 0: {AUTO_BATCH_TOKENS['cpu']:,} tokens on CPU, "
+                                     f"{AUTO_BATCH_TOKENS['cuda']:,} on CUDA (64 sentences with examples)",
+                                  fingerprint=False, minimum=0, maximum=10_000_000)
+    batch_type: str = setting("tokens", "what max_batch_size counts: source tokens (CTranslate2's advice: "
+                                        "batches of even cost) or sentences", choices=("tokens", "examples"),
+                              fingerprint=False)
     chunk_records: int = setting(256, "records translated and committed together: the unit of resuming",
-                                 fingerprint=False)
+                                 fingerprint=False, minimum=1, maximum=10_000_000)
     strict: bool = setting(False, "stop at the first record that cannot be translated instead of "
                                   "skipping and counting it")
     num_shards: int | None = sharding.num_shards_setting()
@@ -116,14 +139,19 @@ class Config:
         if self.engine == "argos" and self.splitter != "model":
             raise LlamantinoError(f"{source}: the argos engine always splits with the package's own "
                                   "splitter; leave 'splitter' at 'model'")
-        for name in ("beam_size", "batch_size", "chunk_records"):
-            if getattr(self, name) < 1:
-                raise LlamantinoError(f"{source}: setting '{name}' must be at least 1")
-        for name in ("threads", "workers"):
-            if getattr(self, name) < 0:
-                raise LlamantinoError(f"{source}: setting '{name}' must be 0 or more")
-        if self.workers == 0:
-            self.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if not self.device_index or len(set(self.device_index)) != len(self.device_index):
+            raise LlamantinoError(f"{source}: setting 'device_index' must list distinct GPU numbers, got "
+                                  f"{self.device_index}")
+        if self.device == "cpu" and self.device_index != [0]:
+            raise LlamantinoError(f"{source}: setting 'device_index' chooses GPUs; it needs --device cuda")
+        if self.engine == "argos" and self.device_index != [0]:
+            raise LlamantinoError(f"{source}: the argos engine runs on one GPU (argostranslate has no device "
+                                  "index); use the batched engine for several, or CUDA_VISIBLE_DEVICES")
+        if self.workers == 0:  # CTranslate2's advice: inter x intra threads no more than the cores
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            self.workers = max(1, cores // max(self.threads, 1)) if self.device == "cpu" else 1
+        if self.max_batch_size == 0:
+            self.max_batch_size = AUTO_BATCH_TOKENS[self.device] if self.batch_type == "tokens" else 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,13 +377,21 @@ def _read_lines(path: Path, start_line: int):
 
 
 def _count_records(files) -> int:
-    """Non-empty lines of all inputs (for the progress bar's ETA); a fast pass over the bytes."""
+    """Non-empty lines of all inputs (for the progress bar's ETA), in a fast pass over the bytes
+    that also finds, before anything is written, a truncated gzip file or an empty input."""
     import gzip
+    import zlib
 
     total = 0
     for path in files:
-        with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as handle:
-            total += sum(1 for line in handle if line.strip())
+        try:
+            with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as handle:
+                count = sum(1 for line in handle if line.strip())
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise LlamantinoError(f"{path}: unreadable gzip file ({exc}); nothing was translated") from None
+        if count == 0:
+            raise LlamantinoError(f"{path}: empty input (no records)")
+        total += count
     return total
 
 
@@ -436,7 +472,7 @@ def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
     if not zipfile.is_zipfile(path):
         raise LlamantinoError(f"{path}: not an Argos package (an .argosmodel is a zip archive)")
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
+        names = archive_members(path, zf)
         roots = {n.split("/")[0] for n in names}
         if len(roots) != 1 or f"{min(roots)}/metadata.json" not in names:
             raise LlamantinoError(f"{path}: an .argosmodel holds one folder with metadata.json at its top")
@@ -448,6 +484,40 @@ def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
     _check_package(path, metadata, [n[len(root) + 1:] for n in names], cfg)
     return Model("argosmodel", path, metadata.get("from_code"), metadata.get("to_code"),
                  bool(metadata.get("stand_in")), metadata)
+
+
+def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
+    """Names of the files in an .argosmodel (a zip from anyone), each checked to be a plain relative
+    name that stays inside the folder it is extracted to; links and special files refused."""
+    import stat
+
+    from llamantino.fileio import check_member_name
+
+    names = []
+    for info in zf.infolist():
+        mode = info.external_attr >> 16  # Unix permission and type bits, when a Unix tool wrote the zip
+        what = f"{path}: member {info.filename!r}"
+        if stat.S_ISLNK(mode) or (stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            raise LlamantinoError(f"{what} is a {'symbolic link' if stat.S_ISLNK(mode) else 'special file'}; "
+                                  "an .argosmodel holds plain files only")
+        check_member_name(info.filename[:-1] if info.is_dir() else info.filename, what)
+        if not info.is_dir():
+            names.append(info.filename)
+    return names
+
+
+def extract_argosmodel(path: Path, folder: Path) -> Path:
+    """Unpack a checked .argosmodel into `folder`, each member through safe_join; its root folder."""
+    from llamantino.fileio import safe_join
+
+    with zipfile.ZipFile(path) as zf:
+        names = archive_members(path, zf)
+        for name in names:
+            target = safe_join(folder, name, f"{path}: member")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as source, open(target, "wb") as handle:
+                shutil.copyfileobj(source, handle)
+    return folder / names[0].split("/")[0]
 
 
 def _check_package(path, metadata: dict, names: list[str], cfg: Config) -> None:
@@ -483,9 +553,35 @@ def _installed_package(cfg: Config) -> Model:
                  metadata)
 
 
+def check_device(cfg: Config) -> None:
+    """The device and compute type asked for exist here; one line naming what does otherwise."""
+    import ctranslate2
+
+    if cfg.device == "cuda":
+        count = ctranslate2.get_cuda_device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        if count == 0:
+            raise LlamantinoError(f"--device cuda --device-index {' '.join(map(str, cfg.device_index))}: "
+                                  f"CTranslate2 finds no CUDA device on this machine{seen}; available: cpu "
+                                  "(--device cpu)")
+        missing = [i for i in cfg.device_index if i >= count]
+        if missing:
+            raise LlamantinoError(f"--device-index {' '.join(map(str, cfg.device_index))}: no GPU {missing[0]}; "
+                                  f"CTranslate2 finds {count} CUDA device(s){seen}: "
+                                  f"{' '.join(map(str, range(count)))}")
+    if cfg.compute_type not in ("auto", "default"):
+        for index in cfg.device_index if cfg.device == "cuda" else [0]:
+            supported = ctranslate2.get_supported_compute_types(cfg.device, index)
+            if cfg.compute_type not in supported:
+                where = f"GPU {index}" if cfg.device == "cuda" else "this CPU"
+                raise LlamantinoError(f"--compute-type {cfg.compute_type}: not supported on {where}; supported: "
+                                      f"{', '.join(sorted(supported))}, auto")
+
+
 def import_argos(cfg: Config, *, translating: bool = False):
     """Import argostranslate with our settings: it reads them from the environment once, at import."""
-    wanted = {"ARGOS_DEVICE_TYPE": "cpu", "ARGOS_INTRA_THREADS": str(cfg.threads),
+    wanted = {"ARGOS_DEVICE_TYPE": cfg.device, "ARGOS_INTRA_THREADS": str(cfg.threads),
               "ARGOS_INTER_THREADS": str(cfg.workers), "ARGOS_BEAM_SIZE": str(cfg.beam_size),
               "ARGOS_COMPUTE_TYPE": cfg.compute_type}
     if cfg.argos_packages_dir:
@@ -553,8 +649,11 @@ class BatchedEngine:
         else:
             # A converted opus-mt folder: tokenise as MarianTokenizer does, source ending in </s>.
             ct2_dir, source_spm, target_spm, self.source_eos = root, root / "source.spm", root / "target.spm", ["</s>"]
-        self.translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=cfg.compute_type,
-                                                 inter_threads=cfg.workers, intra_threads=cfg.threads)
+        # On several GPUs CTranslate2 keeps one model copy per GPU and runs the sub-batches of one
+        # translate_batch call (cut by max_batch_size) on all of them at once.
+        self.translator = ctranslate2.Translator(str(ct2_dir), device=cfg.device, device_index=cfg.device_index,
+                                                 compute_type=cfg.compute_type, inter_threads=cfg.workers,
+                                                 intra_threads=cfg.threads)
         self.sp_source = spm.SentencePieceProcessor(model_file=str(source_spm))
         self.sp_target = (spm.SentencePieceProcessor(model_file=str(target_spm)) if target_spm
                           else self.sp_source)
@@ -568,7 +667,7 @@ class BatchedEngine:
             # A path (not a language code) makes MiniSBD load the file instead of downloading.
             self.split = SBDetect(str(onnx.resolve()), use_gpu=False, max_threads=1).sentences
         self.target_prefix = target_prefix
-        self.beam_size, self.batch_size = cfg.beam_size, cfg.batch_size
+        self.beam_size, self.max_batch_size, self.batch_type = cfg.beam_size, cfg.max_batch_size, cfg.batch_type
         self.segments = self.sentences = self.long_inputs = self.length_limited = 0
 
     def translate(self, texts: list[str]) -> list[str]:
@@ -595,7 +694,7 @@ class BatchedEngine:
         self.sentences += len(tokens)
         self.long_inputs += sum(len(t) > 1024 for t in tokens)  # CTranslate2's max_input_length cuts them
         results = self.translator.translate_batch(
-            tokens, max_batch_size=self.batch_size, batch_type="examples", beam_size=self.beam_size,
+            tokens, max_batch_size=self.max_batch_size, batch_type=self.batch_type, beam_size=self.beam_size,
             num_hypotheses=1, length_penalty=LENGTH_PENALTY, replace_unknowns=True,
             target_prefix=[[self.target_prefix]] * len(tokens) if self.target_prefix else None)
         out = []
@@ -616,7 +715,10 @@ class ArgosEngine:
         from argostranslate import package, translate
 
         if model.kind == "argosmodel":
-            package.install_from_path(model.path)  # offline: unzips into the packages folder
+            # What package.install_from_path does (unzip into the packages folder, offline), with
+            # every member name checked first.
+            extract_argosmodel(model.path, Path(settings.package_data_dir))
+            translate.get_installed_languages.cache_clear()
         elif model.kind == "argos-package" and model.path.resolve().parent != Path(settings.package_data_dir).resolve():
             raise LlamantinoError(f"{model.path}: the argos engine translates only with installed packages; give "
                                   "the .argosmodel file, or set --argos-packages-dir to the folder holding this one")
@@ -646,9 +748,7 @@ def open_engine(cfg: Config, model: Model, stack: contextlib.ExitStack):
     root = model.path
     if model.kind == "argosmodel":
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llamantino-argosmodel-")))
-        with zipfile.ZipFile(model.path) as zf:
-            zf.extractall(tmp)
-        root = next(tmp.iterdir())
+        root = extract_argosmodel(model.path, tmp)
     return BatchedEngine(root, "argos", cfg, target_prefix=model.metadata.get("target_prefix", ""))
 
 
@@ -676,15 +776,34 @@ def _remove_work_files(out: Path) -> None:
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Translate `cfg.inputs` into `cfg.output`. An interrupted run with the same settings is
     always continued (committed chunks are final), whether or not `resume` is set."""
-    from llamantino.fileio import atomic_open, expand_inputs
-    from llamantino.manifest import describe_inputs, read_manifest, start_run, write_manifest
+    from llamantino.fileio import expand_inputs
 
     files = expand_inputs(cfg.inputs)
     cfg, shard = sharding.resolve(cfg)  # an array task: part shard_index of num_shards, in its own folder
     ranges = sharding.line_ranges(files, shard)
     formats = file_formats(files, cfg.format)
+    total = _count_records(files)  # reads every input through: a truncated or empty one stops us here
     model = inspect_model(cfg)
+    check_device(cfg)
     out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
+    try:
+        return _run(cfg, files, formats, total, model, out, state, shard, ranges)
+    except OSError as exc:
+        from llamantino.errors import DISK_ERRORS
+
+        if exc.errno not in DISK_ERRORS:
+            raise
+        # A full, read-only or forbidden disk: committed chunks stay, the same command resumes.
+        progress = _read_json(out / PROGRESS_FILE) if (out / PROGRESS_FILE).is_file() else {"parts": 0, "read": 0}
+        raise LlamantinoError(f"{exc.filename or out}: cannot write ({exc.strerror or exc}); {progress['parts']} "
+                              f"finished chunk(s) ({progress['read']} records) kept in {out}: free space or fix "
+                              "the permissions, then run the same command again to resume") from None
+
+
+def _run(cfg: Config, files, formats, total: int, model: Model, out: Path, state: str, shard, ranges) -> dict:
+    from llamantino.fileio import atomic_open
+    from llamantino.manifest import describe_inputs, read_manifest, start_run, write_manifest
+
     if state == "complete":
         _remove_work_files(out)  # left behind by a run killed right after its manifest
         return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
@@ -701,7 +820,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         progress = {**_new_progress(files), "lines": ranges}  # ranges: this part's lines of each file
     with contextlib.ExitStack() as stack:
         engine = open_engine(cfg, model, stack)
-        _translate_all(cfg, files, formats, engine, progress, out, ranges)
+        _translate_all(cfg, files, formats, engine, progress, out, total, ranges)
     with atomic_open(out / OUTPUT_FILE) as handle:
         for number in range(progress["parts"]):
             with open(out / PARTS_DIR / f"part-{number:06d}.jsonl", encoding="utf-8") as part:
@@ -716,14 +835,14 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     return {"status": "done", **_summary(metrics)}
 
 
-def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Path, ranges=None) -> None:
+def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Path, total: int, ranges=None) -> None:
     from tqdm import tqdm
 
     from llamantino.fileio import atomic_write_json, atomic_write_text
 
     parts = out / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=_count_records(files), initial=progress["read"], unit="rec", desc="translate",
+    bar = tqdm(total=total, initial=progress["read"], unit="rec", desc="translate",
                dynamic_ncols=True, mininterval=1.0)
     chunk: list = []  # (record, format, fields)
     position = list(progress["position"])
@@ -807,6 +926,9 @@ def _metrics(progress: dict, cfg: Config) -> dict:
         "outputs_at_256_tokens": progress["length_limited"] if batched else None,
         "engine": cfg.engine, "splitter": cfg.splitter if batched else "package (argostranslate)",
         "threads": cfg.threads, "workers": cfg.workers, "beam_size": cfg.beam_size,
+        "device": cfg.device, "device_index": cfg.device_index if cfg.device == "cuda" else None,
+        "compute_type": cfg.compute_type,
+        "max_batch_size": cfg.max_batch_size if batched else None, "batch_type": cfg.batch_type if batched else None,
     }
 
 

@@ -93,6 +93,9 @@ def metrics_of(manifest: dict, where: str) -> dict[str, Metric]:
     kind, m = manifest.get("stage"), manifest.get("metrics") or {}
     try:
         if kind == "bpb":
+            if m.get("by_data"):  # one figure per data file (per language)
+                return {f"bits per byte ({name})": Metric(float(r["bits_per_byte"]), False, where)
+                        for name, r in m["by_data"].items()}
             data = ", ".join(Path(d).name for d in (manifest.get("settings") or {}).get("data", []))
             return {f"bits per byte ({data})": Metric(float(m["bits_per_byte"]), False, where)}
         if kind == "lm_eval":
