@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     started = time.time()
     work = Path(args.workdir) / mode
     output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     sections = [f"llamantino speed on {torch.cuda.get_device_name(0) if mode == 'gpu' else 'CPU (check mode)'}, "
                 f"torch {torch.__version__}"]
     if not args.skip_tests:

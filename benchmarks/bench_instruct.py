@@ -197,7 +197,7 @@ def device_peak_flops(device) -> float:
 def child_variant(args) -> dict:
     """One variant's training step, timed after 3 warm-up steps."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from llamantino import instruct, speed, training
     from llamantino.modeling import resolve_attention
@@ -211,10 +211,10 @@ def child_variant(args) -> dict:
     config = LlamaConfig(vocab_size=args.vocab_size, hidden_size=hidden, intermediate_size=inter,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=max(4096, seq), tie_word_embeddings=False)
-    config._attn_implementation = resolve_attention(options["attention"], config, str(device), compute)
+    attention = resolve_attention(options["attention"], config, str(device), compute)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)  # float32 master weights, as instruct trains
+    with torch.device(device):  # float32 master weights, as instruct trains
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attention)
     n_params = sum(p.numel() for p in model.parameters())
     n_flop_params = n_params - model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
     settings = TrainSettings(activation_checkpointing="auto" if options["checkpointing"] == "auto"
@@ -265,7 +265,7 @@ def child_variant(args) -> dict:
               else training.peak_memory_bytes(device))
     return {"tokens_per_s": tokens_per_s, "step_s": seconds / steps, "mfu": flops_per_token * tokens_per_s / peak
             if peak else None, "peak_memory_mb": memory / 2**20, "parameters": n_params,
-            "attention": config._attn_implementation, "checkpointing": paths.checkpointing, "compile": paths.compile,
+            "attention": model.config._attn_implementation, "checkpointing": paths.checkpointing, "compile": paths.compile,
             "kernels": paths.kernels, "loss": "own" if not chunk else "liger" if fused else "chunked",
             "fused_adamw": bool(fused_adamw), "final_loss": float(loss) / (batch * (seq - 1)),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -361,6 +361,24 @@ def test_fused_adamw_takes_adamws_steps():
 # The GPU benchmark's CPU mode: every code path of the script, tiny
 
 
+def test_the_gpu_benchmarks_arguments_parse():
+    """The GPU run's own argument lists (sizes, variant names) are valid for the scripts they go to."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_adapt
+    import bench_gpu
+    import bench_instruct
+
+    adapt = bench_adapt.parse_args([*bench_gpu.SIZES["gpu"]["adapt"], "--variants", *bench_gpu.ADAPT_GPU])
+    assert (adapt.hidden_size, adapt.layers, adapt.seq_length, adapt.compute_dtype) == (4096, 32, 1024, "bfloat16")
+    instruct = bench_instruct.parse_args([*bench_gpu.SIZES["gpu"]["instruct"], "--variants", *bench_gpu.INSTRUCT_GPU])
+    assert (instruct.hidden_size, instruct.layers, instruct.device) == (2048, 24, "cuda")
+    config = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "vocab_size": 32000}
+    # 7B: 6.5G frozen weights in the blocks and the output layer, 160M LoRA weights at r=64
+    assert bench_adapt.flops_per_token(config, 64, 1024) == pytest.approx(
+        4 * 6.607e9 + 6 * 159.9e6 + 12 * 32 * 4096 * 1024, rel=2e-3)
+
+
 @pytest.mark.slow
 def test_the_gpu_benchmark_runs_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "table.txt"

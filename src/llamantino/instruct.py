@@ -260,8 +260,7 @@ def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str
 
 def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.device, compute_dtype: str,
                paths=None):
-    """The model in float32 (the master weights), ready to train: (model, autocast, loss), where
-    `loss(batch)` is the micro-batch's summed cross-entropy (see `loss_paths`).
+    """The model in float32 (the master weights), ready to train: (model, autocast).
 
     With several ranks only rank 0 reads the checkpoint; the others build the model on the
     meta device (no memory), shard it, and receive their shards from rank 0, so a node's
@@ -271,15 +270,12 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
 
     from llamantino.modeling import auto_class, freeze_outside_language_model, load_causal_lm, resolve_attention
 
-    fused_loss = paths.fused_loss if paths else "chunked"
     # Resolved for the training device (the weights are read on the CPU first).
     attention = resolve_attention(cfg.attn_implementation, config, str(device), compute_dtype)
     if world == 1:
         model = load_causal_lm(cfg.model, dtype="float32", device="cpu", attn_implementation=attention)
         _report_frozen(freeze_outside_language_model(model))
-        chunk, fused = loss_paths(model, cfg, world, fused_loss)  # checked before anything is compiled
-        model, autocast = prepare_model(model, world=1, device=device, compute_dtype=compute_dtype, paths=paths)
-        return model, autocast, functools.partial(summed_loss, model, autocast=autocast, chunk=chunk, fused=fused)
+        return prepare_model(model, world=1, device=device, compute_dtype=compute_dtype, paths=paths)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     source = load_causal_lm(cfg.model, dtype="float32", device="cpu", attn_implementation=attention) \
@@ -299,7 +295,7 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
         torch.distributed.broadcast(buffer, src=0)
     if rank == 0:
         model.generation_config = source.generation_config  # saved with the result
-    return model, autocast, functools.partial(summed_loss, model, autocast=autocast)
+    return model, autocast
 
 
 def _loss_name(loss: functools.partial) -> str:
@@ -331,24 +327,31 @@ def summed_loss(model, batch: dict, autocast=contextlib.nullcontext, chunk: int 
                                              ignore_index=IGNORE, reduction="sum")
 
 
-def loss_paths(model, cfg: Config, world: int, fused_loss: str) -> tuple[int, object]:
-    """(chunk, fused loss) of the run: the chunked or fused loss on one process for a model whose
-    output layer gives its own logits; the model's own loss under FSDP (whose root unshards the
-    embeddings and output layer in the model's own forward only) or for an unknown output head."""
+def training_loss(model, autocast, cfg: Config, world: int, fused_loss: str) -> functools.partial:
+    """`loss(batch)`, the micro-batch's summed cross-entropy: chunked (or Liger's fused one) on one
+    process for a model whose output layer gives its own logits; the model's own loss under FSDP
+    (whose root unshards the embeddings and output layer in the model's own forward only) or for
+    an output head that does something unknown."""
+    import torch
+
     from llamantino.modeling import head_matches_model, output_head
 
     if not cfg.loss_chunk_tokens or world > 1:
-        return 0, None
-    matches, error = head_matches_model(model, output_head(model))
+        return functools.partial(summed_loss, model, autocast=autocast)
+    # A 16-token check, not worth compiling blocks for; in the training precision (FlashAttention
+    # takes no float32), where the model's own forward and ours run the same kernels.
+    with torch.compiler.set_stance("force_eager"), autocast():
+        matches, error = head_matches_model(model, output_head(model))
     if not matches:
         log.warning("%s: the logits of its forward differ from those of its output layer (by %.2g of the largest); "
                     "the model's own loss is used", type(model).__name__, error)
-        return 0, None
+        return functools.partial(summed_loss, model, autocast=autocast)
+    fused = None
     if fused_loss == "liger":
         from llamantino.speed import liger_loss
 
-        return cfg.loss_chunk_tokens, liger_loss(model)
-    return cfg.loss_chunk_tokens, None
+        fused = liger_loss(model)
+    return functools.partial(summed_loss, model, autocast=autocast, chunk=cfg.loss_chunk_tokens, fused=fused)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -557,8 +560,9 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
         training.on_rank0(lambda: start_run(cfg.output, KIND, cfg))
     training.seed_all(cfg.seed)
     paths = speed.resolve(cfg, device, config.model_type)
-    model, autocast, loss = load_model(cfg, config, rank=rank, world=world, device=device,
-                                       compute_dtype=compute_dtype, paths=paths)
+    model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, compute_dtype=compute_dtype,
+                                 paths=paths)
+    loss = training_loss(model, autocast, cfg, world, paths.fused_loss)
     model.train()
     optimizer, _ = training.make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate,
                                            cfg.weight_decay, device)
