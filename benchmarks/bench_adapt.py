@@ -197,7 +197,8 @@ def trl_train(args, model, tokenizer, *, packing: bool, peft_config) -> dict:
     config = SFTConfig(
         output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1, max_length=args.seq_length, packing=packing, learning_rate=2e-4,
-        weight_decay=0.001, max_grad_norm=0.3, warmup_steps=0.03, optim="paged_adamw_32bit" if on_gpu else "adamw_torch",
+        weight_decay=0.001, max_grad_norm=0.3, warmup_steps=0.03,
+        optim="paged_adamw_32bit" if on_gpu else "adamw_torch",
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=not on_gpu,
         bf16=on_gpu and args.compute_dtype == "bfloat16", fp16=on_gpu and args.compute_dtype == "float16",
         dataloader_num_workers=0)
@@ -295,7 +296,8 @@ def run_variant(name: str, args, model_dir: Path, corpus: Path, out: Path) -> di
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     if name in VARIANTS:
         cmd += ["--settings", json.dumps(VARIANTS[name])]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}),
+           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "UNSLOTH_DISABLE_STATISTICS": "1"}
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -331,7 +333,8 @@ def table(results: dict, args) -> list[str]:
                f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_mb']:,.0f}", mfu]
         for b in baselines:
             base = results[b]
-            row.append(f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x, {r['peak_memory_mb'] / base['peak_memory_mb']:.2f}x")
+            speed, memory = r["tokens_per_s"] / base["tokens_per_s"], r["peak_memory_mb"] / base["peak_memory_mb"]
+            row.append(f"{speed:.2f}x, {memory:.2f}x")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) if i < 7 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

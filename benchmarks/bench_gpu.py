@@ -114,7 +114,8 @@ def dequantisation(sizes: dict, device: str) -> list[str]:
         total_dq += dq * per_layer[name]
         total_mm += mm * per_layer[name]
         lines.append(f"{f'{name} ({out} x {inp})':28s}{dq:14.3f}{mm:11.3f}{100 * dq / (dq + mm):14.1f}%")
-    lines.append(f"{'one decoder block':28s}{total_dq:14.3f}{total_mm:11.3f}{100 * total_dq / (total_dq + total_mm):14.1f}%"
+    share = 100 * total_dq / (total_dq + total_mm)
+    lines.append(f"{'one decoder block':28s}{total_dq:14.3f}{total_mm:11.3f}{share:14.1f}%"
                  "   (x3 per step with full checkpointing: forward, recompute, input gradient)")
     return lines
 
@@ -133,7 +134,8 @@ def combined_table(adapt: dict, instruct: dict, *, adapt_flops: float, peak: flo
 
     for name, r in adapt.items():
         if "tokens_per_s" not in r:
-            notes.append(f"adapt {name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else f"FAILED: {r['failed']}"))
+            notes.append(f"adapt {name}: " + (f"skipped ({r['skipped']})" if "skipped" in r
+                                              else f"FAILED: {r['failed']}"))
             continue
         mfu = f"{100 * adapt_flops * r['tokens_per_s'] / peak:.1f}%" if peak else "-"
         rows.append(["adapt", name, r["attention"], r["checkpointing"], r["compile"], r["kernels"], r["loss"],
@@ -169,9 +171,9 @@ def goals(adapt: dict, instruct: dict) -> list[str]:
         best = max(fitting or ours, key=lambda k: ours[k]["tokens_per_s"])
         r = ours[best]
         met = r["tokens_per_s"] >= 2 * b["tokens_per_s"] and r["peak_memory_mb"] <= 0.6 * b["peak_memory_mb"]
+        speed, memory = r["tokens_per_s"] / b["tokens_per_s"], r["peak_memory_mb"] / b["peak_memory_mb"]
         out.append(f"  vs {base}: best {'within 0.6x memory' if fitting else '(none within 0.6x memory)'}: {best}, "
-                   f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s at {r['peak_memory_mb'] / b['peak_memory_mb']:.2f}x "
-                   f"memory: {'met' if met else 'NOT met'}")
+                   f"{speed:.2f}x tokens/s at {memory:.2f}x memory: {'met' if met else 'NOT met'}")
     u = adapt.get("unsloth", {})
     if "tokens_per_s" in u and ours:
         best = max(ours, key=lambda k: ours[k]["tokens_per_s"])

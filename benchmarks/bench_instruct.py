@@ -221,7 +221,7 @@ def child_variant(args) -> dict:
                              else options["checkpointing"],
                              compile=options["compile"], kernels=options["kernels"],
                              fused_loss="chunked" if options["loss"] in ("own", "chunked") else options["loss"])
-    paths = speed.resolve(settings, device, config.model_type)
+    paths = speed.resolve(settings, device, config.model_type, compute)
     chunk = 0 if options["loss"] == "own" else 1024
     fused = speed.liger_loss(model) if chunk and paths.fused_loss == "liger" else None
     model, autocast = instruct.prepare_model(model, world=1, device=device, compute_dtype=compute, paths=paths)
@@ -265,7 +265,8 @@ def child_variant(args) -> dict:
               else training.peak_memory_bytes(device))
     return {"tokens_per_s": tokens_per_s, "step_s": seconds / steps, "mfu": flops_per_token * tokens_per_s / peak
             if peak else None, "peak_memory_mb": memory / 2**20, "parameters": n_params,
-            "attention": model.config._attn_implementation, "checkpointing": paths.checkpointing, "compile": paths.compile,
+            "attention": model.config._attn_implementation, "checkpointing": paths.checkpointing,
+            "compile": paths.compile,
             "kernels": paths.kernels, "loss": "own" if not chunk else "liger" if fused else "chunked",
             "fused_adamw": bool(fused_adamw), "final_loss": float(loss) / (batch * (seq - 1)),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -307,7 +308,7 @@ def bench_variants(args):
     print("\n" + text)
     if args.table_file:
         Path(args.table_file).write_text(text + "\n")
-    if "plain" in results and "defaults" in results and all("tokens_per_s" in results[k] for k in ("plain", "defaults")):
+    if all("tokens_per_s" in results.get(k, {}) for k in ("plain", "defaults")):
         print("RESULT " + json.dumps({"benchmark": "instruct", "figure": f"training tokens/s ({args.device})",
                                       "ours": results["defaults"]["tokens_per_s"],
                                       "baseline": results["plain"]["tokens_per_s"],

@@ -152,7 +152,8 @@ def test_activation_checkpointing_settings_and_their_old_switch():
     cfg = config_for("adapt", model="m", data=["d"], output="o")
     assert (cfg.activation_checkpointing, cfg.compile, cfg.kernels, cfg.fused_loss) == ("auto",) * 4
     assert cfg.checkpointing() == "full"
-    assert config_for("adapt", model="m", data=["d"], output="o", gradient_checkpointing=False).checkpointing() == "none"
+    off = config_for("adapt", model="m", data=["d"], output="o", gradient_checkpointing=False)
+    assert off.checkpointing() == "none"
     assert config_for("instruct", model="m", data=["d"], output="o",
                       activation_checkpointing="selective").checkpointing() == "selective"
     with pytest.raises(LlamantinoError, match="gradient_checkpointing is false but activation_checkpointing is "
@@ -263,6 +264,7 @@ def test_auto_picks_the_plain_paths_on_cpu_and_the_gpu_paths_where_they_run(monk
     cuda = torch.device("cuda", 0)
     assert speed.resolve(cfg, cuda, "llama") == speed.Speed("full", "blocks", "liger", "liger")
     assert speed.resolve(cfg, cuda, "cohere") == speed.Speed("full", "blocks", "torch", "chunked")
+    assert speed.resolve(cfg, cuda, "llama", "float16") == speed.Speed("full", "blocks", "torch", "chunked")
     explicit = config_for("adapt", model="m", data=["d"], output="o", compile="none", kernels="torch",
                           fused_loss="chunked", activation_checkpointing="selective")
     assert speed.resolve(explicit, cuda, "llama") == speed.Speed("selective", "none", "torch", "chunked")
@@ -311,6 +313,30 @@ def test_instruct_without_checkpointing_with_fused_adamw_gives_the_pinned_losses
     assert logged(tmp_path / "run", "loss") == pytest.approx(INSTRUCT_LOSSES, rel=1e-4)
     metrics = result["metrics"]
     assert (metrics["checkpointing"], metrics["fused_loss"], metrics["fused_optimizer"]) == ("none", "chunked", True)
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_fsdp_without_resharding_and_with_selective_checkpointing_gives_the_pinned_losses(tmp_path, tiny_model_dir):
+    """2 ranks (gloo), decoder blocks and root kept gathered after the forward pass, selective
+    checkpointing: the losses of the plain single-process run."""
+    import os
+
+    from test_instruct import write_dolly
+
+    data, out = write_dolly(tmp_path / "dolly.jsonl", 16), tmp_path / "run"
+    args = ["--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--max-length", "256",
+            "--batch-size", "2", "--effective-batch-size", "4", "--max-steps", "4", "--learning-rate", "1e-3",
+            "--save-steps", "0", "--logging-steps", "1", "--reshard-after-forward", "never",
+            "--activation-checkpointing", "selective"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "llamantino", "instruct", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert metrics["fsdp"] and metrics["checkpointing"] == "selective" and metrics["fused_loss"] == "own"
+    assert logged(out, "loss") == pytest.approx(INSTRUCT_LOSSES, rel=1e-5)
 
 
 def test_the_chunked_loss_of_full_fine_tuning_is_the_models_own(tiny_model_dir):

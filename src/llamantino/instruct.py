@@ -99,9 +99,9 @@ class Config(TrainSettings):
                                                  "the backward pass, more memory); auto: the blocks do, the root "
                                                  "(embeddings, output layer) does not",
                                          choices=("auto", "always", "never"), fingerprint=False)
-    reduce_dtype: str = setting("float32", "FSDP2: dtype in which gradients are reduced across ranks (bfloat16 "
-                                           "halves the traffic, rounds the sum)", choices=("float32", "bfloat16"),
-                                fingerprint=False)
+    reduce_dtype: str = setting("float32", "FSDP2 with bfloat16 compute: dtype in which gradients are reduced "
+                                           "across ranks (bfloat16 halves the traffic, rounds the sum)",
+                                choices=("float32", "bfloat16"), fingerprint=False)
 
     def validate(self, source):
         self.check_common(source)
@@ -299,7 +299,7 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
 
 
 def _loss_name(loss: functools.partial) -> str:
-    """How `load_model`'s loss computes: liger (fused), chunked, or own (the model's full logits)."""
+    """How `training_loss`'s loss computes: liger (fused), chunked, or own (the model's full logits)."""
     return "liger" if loss.keywords.get("fused") else "chunked" if loss.keywords.get("chunk") else "own"
 
 
@@ -473,7 +473,7 @@ class Trainer:
     accumulation: int
     compute_dtype: str
     counters: dict          # step, epoch, index, tokens, world size, data digest: in every checkpoint
-    loss: object = None     # batch -> summed cross-entropy (load_model)
+    loss: object = None     # batch -> summed cross-entropy (training_loss)
     speed: dict = dataclasses.field(default_factory=dict)  # the speed paths taken, for the manifest
     metrics_log: object = None
     progress: object = None
@@ -559,7 +559,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
     if not resume_from:  # the folder is claimed once the input is known good
         training.on_rank0(lambda: start_run(cfg.output, KIND, cfg))
     training.seed_all(cfg.seed)
-    paths = speed.resolve(cfg, device, config.model_type)
+    paths = speed.resolve(cfg, device, config.model_type, compute_dtype)
     model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, compute_dtype=compute_dtype,
                                  paths=paths)
     loss = training_loss(model, autocast, cfg, world, paths.fused_loss)

@@ -343,7 +343,7 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                                                         cfg.weight_decay, device)
     scheduler = training.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
     counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
-    paths = speed.resolve(cfg, device, model.get_base_model().config.model_type)
+    paths = speed.resolve(cfg, device, model.get_base_model().config.model_type, compute_dtype)
     loss = CausalLMLoss(model, cfg.loss_chunk_tokens, fused=paths.fused_loss)  # checks the head: before compiling
     apply_speed(model, paths, cfg.lora_r)
     checkpoints = Checkpoints(cfg.output, rank=rank, world=world, keep=cfg.save_total_limit)

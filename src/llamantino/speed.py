@@ -55,9 +55,10 @@ def liger_supports(model_type: str) -> bool:
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
 
 
-def resolve(cfg, device: torch.device, model_type: str) -> Speed:
+def resolve(cfg, device: torch.device, model_type: str, compute_dtype: str = "bfloat16") -> Speed:
     """The paths `cfg` asks for, `auto` resolved for `device`; an explicit path that cannot run
-    here is an error naming the setting."""
+    here is an error naming the setting. `auto` takes Liger's kernels with bfloat16 compute only
+    (the precision they are tested in here; float16 runs keep their norms in float32)."""
     gpu = torch.device(device).type == "cuda"
     liger = has_liger()
 
@@ -79,7 +80,7 @@ def resolve(cfg, device: torch.device, model_type: str) -> Speed:
         need_liger("kernels")
     if cfg.fused_loss == "liger":
         need_liger("fused_loss")
-    auto_liger = gpu and liger and liger_supports(model_type)
+    auto_liger = gpu and compute_dtype == "bfloat16" and liger and liger_supports(model_type)
     speed.kernels = "liger" if cfg.kernels == "liger" or (cfg.kernels == "auto" and auto_liger) else "torch"
     speed.fused_loss = "liger" if cfg.fused_loss == "liger" or (cfg.fused_loss == "auto" and auto_liger) else "chunked"
     return speed

@@ -62,8 +62,8 @@ class TrainSettings:
                                                  "about a third more compute)", fingerprint=False)
     activation_checkpointing: str = setting(
         "auto", "what the decoder blocks keep for the backward pass: full (recompute every block: least memory), "
-        "selective (keep matmul and attention outputs, recompute norms, activations, RoPE, dropout, LoRA's rank-"
-        "wide products and 4-bit dequantisation), none (keep everything: fastest, most memory); auto: full, or "
+        "selective (keep matmul and attention outputs, recompute norms, activations, RoPE, dropout, LoRA's B "
+        "products and 4-bit dequantisation), none (keep everything: fastest, most memory); auto: full, or "
         "none when gradient_checkpointing is false", choices=CHECKPOINTING, fingerprint=False)
     checkpoint_every: int = setting(1, "with full or selective checkpointing, checkpoint every N-th decoder block "
                                        "only; the others keep their activations (memory back for speed)",
@@ -72,11 +72,12 @@ class TrainSettings:
                                    "auto: blocks on a GPU with Triton, none on CPU (compiling takes longer than a "
                                    "short CPU run saves)", choices=COMPILE, fingerprint=False)
     kernels: str = setting("auto", "RMSNorm, SwiGLU and RoPE kernels: torch, or liger (Liger's Triton kernels, GPU "
-                                   "only, the `speed` extra); auto: liger when installed, on a GPU, for a family it "
-                                   "supports, else torch", choices=KERNELS, fingerprint=False)
+                                   "only, the `speed` extra); auto: liger when installed, on a GPU with bfloat16 "
+                                   "compute, for a family it supports, else torch", choices=KERNELS, fingerprint=False)
     fused_loss: str = setting("auto", "output layer + cross-entropy: chunked (ours, any device) or liger (Liger's "
-                                      "fused linear cross-entropy, GPU only); auto: liger when installed, on a GPU, "
-                                      "for a plain output layer, else chunked", choices=FUSED_LOSS, fingerprint=False)
+                                      "fused linear cross-entropy, GPU only); auto: liger when installed, on a GPU "
+                                      "with bfloat16 compute, for a plain output layer, else chunked",
+                              choices=FUSED_LOSS, fingerprint=False)
     seed: int = setting(42, "random seed", minimum=0)
     save_steps: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False,
                               minimum=0)
