@@ -20,6 +20,8 @@ Variants (llamantino settings; `auto` resolves to what this machine has, the tab
                     and attention outputs kept, cheap ops recomputed)
   no-checkpointing  compile + kernels and loss auto, no activation checkpointing
   ckpt-every-2      compile + kernels and loss auto, every second decoder block checkpointed
+  offload           compile + kernels and loss auto, full checkpointing with the blocks' inputs in
+                    pinned host memory (GPU only)
   defaults-batch16  defaults with 16 sequences a micro-batch (what the memory saved buys)
   no-ckpt-4x2       no-checkpointing with 4-sequence micro-batches x 2 (same step, less memory)
 Baselines:
@@ -70,6 +72,7 @@ VARIANTS = {
     "selective": {**AUTO_KERNELS, "activation_checkpointing": "selective"},
     "no-checkpointing": {**AUTO_KERNELS, "activation_checkpointing": "none"},
     "ckpt-every-2": {**AUTO_KERNELS, "activation_checkpointing": "full", "checkpoint_every": 2},
+    "offload": {**AUTO_KERNELS, "activation_checkpointing": "offload"},
     "defaults-batch16": {"batch_size": 16},
     "no-ckpt-4x2": {**AUTO_KERNELS, "activation_checkpointing": "none", "batch_size": 4, "gradient_accumulation": 2},
 }
@@ -281,6 +284,8 @@ def unavailable(name: str, settings: dict, device: str) -> str:
             return "liger-kernel not installed, or no GPU"
     if settings.get("attn_implementation", settings.get("attention")) == "flex_attention" and device == "cpu":
         return "flex attention has no backward pass on CPU (torch 2.13)"
+    if settings.get("activation_checkpointing", settings.get("checkpointing")) == "offload" and device == "cpu":
+        return "activation offloading moves GPU memory to the host"
     return ""
 
 

@@ -25,6 +25,7 @@ for an H100/H200 SXM, 312e12 for an A100; --peak-flops to give another):
   fused-adamw       compile + kernels and loss auto + AdamW's fused kernel
   selective         fused-adamw + selective activation checkpointing
   no-checkpointing  fused-adamw without activation checkpointing
+  offload           fused-adamw with the checkpointed blocks' inputs in pinned host memory
   defaults          what `llamantino instruct` does by default on this machine
 
     python benchmarks/bench_instruct.py --device cuda --hidden-size 2048 --layers 24 \\
@@ -174,6 +175,7 @@ VARIANTS = {
     "fused-adamw": FUSED,
     "selective": {**FUSED, "checkpointing": "selective"},
     "no-checkpointing": {**FUSED, "checkpointing": "none"},
+    "offload": {**FUSED, "checkpointing": "offload"},
     "defaults": {"attention": "auto", "checkpointing": "auto", "compile": "auto", "kernels": "auto", "loss": "auto",
                  "fused_adamw": "auto"},
 }
@@ -217,9 +219,7 @@ def child_variant(args) -> dict:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attention)
     n_params = sum(p.numel() for p in model.parameters())
     n_flop_params = n_params - model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
-    settings = TrainSettings(activation_checkpointing="auto" if options["checkpointing"] == "auto"
-                             else options["checkpointing"],
-                             compile=options["compile"], kernels=options["kernels"],
+    settings = TrainSettings(activation_checkpointing=options["checkpointing"], compile=options["compile"], kernels=options["kernels"],
                              fused_loss="chunked" if options["loss"] in ("own", "chunked") else options["loss"])
     paths = speed.resolve(settings, device, config.model_type, compute)
     chunk = 0 if options["loss"] == "own" else 1024

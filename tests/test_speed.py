@@ -162,6 +162,10 @@ def test_activation_checkpointing_settings_and_their_old_switch():
                    activation_checkpointing="selective")
     with pytest.raises(LlamantinoError, match="setting 'compile' is 'graph'; valid: auto, none, blocks"):
         config_for("adapt", model="m", data=["d"], output="o", compile="graph")
+    offload = config_for("adapt", model="m", data=["d"], output="o", activation_checkpointing="offload")
+    with pytest.raises(LlamantinoError, match="offload: it moves activations from a GPU to host memory, and on CPU "
+                                              "they are there already; use full"):
+        speed.resolve(offload, torch.device("cpu"), "llama")
 
 
 def test_the_paper_recipes_gain_speed_settings_and_keep_their_values(capsys):
@@ -464,6 +468,8 @@ def test_gpu_compiled_4bit_blocks_and_selective_checkpointing(cuda_model):
         reference = loss_and_grads(model, batch)
         speed.set_checkpointing(causal_lm, "selective", lora_rank=4)
         assert_same(reference, loss_and_grads(model, batch), **BF16, name="selective (GPU)")
+        speed.set_checkpointing(causal_lm, "offload")
+        assert_same(reference, loss_and_grads(model, batch), **BF16, name="offload (GPU)")
         speed.compile_blocks(causal_lm)
         for mode in ("full", "none"):
             speed.set_checkpointing(causal_lm, mode)

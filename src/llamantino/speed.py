@@ -5,7 +5,7 @@ path's losses and gradients within float tolerance (tests/test_speed.py):
 
 * activation checkpointing: `full` (every decoder block recomputed in the backward pass),
   `selective` (a block keeps its matmul and attention outputs and recomputes only cheap ops),
-  `none`;
+  `offload` (full, with the blocks' inputs in pinned host memory), `none`;
 * `compile: blocks`: every decoder block goes through torch.compile (regional compilation: the
   blocks share one graph, so a 32-layer model compiles once);
 * `kernels: liger`: Liger's Triton RMSNorm, SwiGLU and RoPE kernels (GPU only);
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Speed:
     """The resolved speed paths of a run (what the manifest reports)."""
 
-    checkpointing: str = "full"   # full, selective, none
+    checkpointing: str = "full"   # full, selective, offload, none
     compile: str = "none"         # none, blocks
     kernels: str = "torch"        # torch, liger
     fused_loss: str = "chunked"   # chunked, liger
@@ -72,6 +72,9 @@ def resolve(cfg, device: torch.device, model_type: str, compute_dtype: str = "bf
             raise LlamantinoError(f"setting '{setting}' is liger: Liger has no kernels for model type '{model_type}'")
 
     speed = Speed(checkpointing=cfg.checkpointing(), checkpoint_every=cfg.checkpoint_every)
+    if speed.checkpointing == "offload" and not gpu:
+        raise LlamantinoError("setting 'activation_checkpointing' is offload: it moves activations from a GPU to "
+                              "host memory, and on CPU they are there already; use full")
     if cfg.compile == "auto":
         speed.compile = "blocks" if gpu and has_triton() else "none"
     else:
@@ -116,8 +119,9 @@ def selective_policy(lora_rank: int = 0):
 
 
 def set_checkpointing(causal_lm, mode: str, lora_rank: int = 0, every: int = 1) -> None:
-    """Apply `mode` (full, selective, none) to every `every`-th decoder block through transformers'
-    own switch; non-reentrant checkpointing (composes with FSDP2, DDP and compiled blocks)."""
+    """Apply `mode` (full, selective, offload, none) to every `every`-th decoder block through
+    transformers' own switch; non-reentrant checkpointing (composes with FSDP2, DDP and compiled
+    blocks). `offload` is transformers' own: the saved block inputs go to pinned host memory."""
     if mode == "none":
         disable = getattr(causal_lm, "activation_checkpointing_disable", None) or \
             causal_lm.gradient_checkpointing_disable
@@ -131,11 +135,12 @@ def set_checkpointing(causal_lm, mode: str, lora_rank: int = 0, every: int = 1) 
         kwargs["context_fn"] = lambda: create_selective_checkpoint_contexts(policy)
     enable = getattr(causal_lm, "activation_checkpointing_enable", None)
     if enable is not None:  # the name since transformers 5.2x
-        enable(kwargs, every_n_layers=every)
-    elif every == 1:
+        enable(kwargs, every_n_layers=every, offload=mode == "offload")
+    elif every == 1 and mode != "offload":
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     else:
-        raise LlamantinoError("checkpoint_every > 1 needs a transformers version with activation_checkpointing_enable")
+        raise LlamantinoError("checkpoint_every > 1 and activation_checkpointing offload need a transformers "
+                              "version with activation_checkpointing_enable")
 
 
 # ---------------------------------------------------------------------------------------

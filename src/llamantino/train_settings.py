@@ -29,7 +29,7 @@ SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("paged_adamw_32bit", "adamw_torch", "adamw_8bit")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 # Speed paths (see llamantino.speed): each `auto` resolves on the machine at hand.
-CHECKPOINTING = ("auto", "full", "selective", "none")
+CHECKPOINTING = ("auto", "full", "selective", "offload", "none")
 COMPILE = ("auto", "none", "blocks")
 KERNELS = ("auto", "torch", "liger")
 FUSED_LOSS = ("auto", "chunked", "liger")
@@ -61,10 +61,11 @@ class TrainSettings:
     gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass (less memory, "
                                                  "about a third more compute)", fingerprint=False)
     activation_checkpointing: str = setting(
-        "auto", "what the decoder blocks keep for the backward pass: full (recompute every block: least memory), "
+        "auto", "what the decoder blocks keep for the backward pass: full (recompute every block: little memory), "
         "selective (keep matmul and attention outputs, recompute norms, activations, RoPE, dropout, LoRA's B "
-        "products and 4-bit dequantisation), none (keep everything: fastest, most memory); auto: full, or "
-        "none when gradient_checkpointing is false", choices=CHECKPOINTING, fingerprint=False)
+        "products and 4-bit dequantisation), offload (full, each block's input kept in pinned host memory: least "
+        "GPU memory, GPU only), none (keep everything: fastest, most memory); auto: full, or none when "
+        "gradient_checkpointing is false", choices=CHECKPOINTING, fingerprint=False)
     checkpoint_every: int = setting(1, "with full or selective checkpointing, checkpoint every N-th decoder block "
                                        "only; the others keep their activations (memory back for speed)",
                                     minimum=1, maximum=1000, fingerprint=False)
@@ -96,7 +97,7 @@ class TrainSettings:
                                   f"of batch_size {self.batch_size}")
         if not self.effective_batch_size and not self.gradient_accumulation:
             raise LlamantinoError(f"{source}: give gradient_accumulation or effective_batch_size")
-        if not self.gradient_checkpointing and self.activation_checkpointing in ("full", "selective"):
+        if not self.gradient_checkpointing and self.activation_checkpointing not in ("auto", "none"):
             raise LlamantinoError(f"{source}: gradient_checkpointing is false but activation_checkpointing is "
                                   f"{self.activation_checkpointing}; give only activation_checkpointing")
 
