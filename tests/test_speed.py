@@ -47,8 +47,8 @@ def qlora_model(folder, *, dropout=0.1, device="cpu", compute="float32", attenti
                           attn_implementation=attention)
     for p in base.parameters():
         p.requires_grad_(False)
+    torch.manual_seed(1)  # the same adapters (A drawn by PEFT, B here) in every model built
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=dropout))
-    torch.manual_seed(1)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
@@ -450,10 +450,15 @@ def test_gpu_attention_paths_give_the_loss_and_gradients_of_sdpa(cuda_model, att
     if attention == "flash_attention_3" and not is_flash_attn_3_available():
         pytest.skip("flash-attn 3 is not installed")
     batch = packed_batch(device="cuda")
+    ids, positions, labels = batch
     with torch.autocast("cuda", dtype=torch.bfloat16):
         reference = loss_and_grads(cuda_model("sdpa"), batch)
-        fast = loss_and_grads(cuda_model(attention), batch)
+        model = cuda_model(attention)
+        fast = loss_and_grads(model, batch)
+        leaky = loss_and_grads(model, (ids, torch.arange(ids.shape[1], device="cuda").expand_as(ids), labels))
     assert_same(reference, fast, **BF16, name=attention)
+    with pytest.raises(AssertionError):  # the check can fail: documents that see each other show
+        assert_same(reference, leaky, **BF16, name=f"{attention}, documents not separated")
 
 
 @pytest.mark.gpu
