@@ -28,6 +28,8 @@ HERE = Path(__file__).parent
 QUICK = {
     "adapt": [],
     "clean": ["--mb", "5"],
+    "gpu": ["--cpu-check", "--output", ".bench/gpu-speed-cpu-check.txt", "--adapt", "defaults", "trl-packing",
+            "--instruct", "defaults"],  # the GPU script's CPU mode: its code paths, no figures
     "instruct": [],
     "stream_resume": [],
     "translate": [],

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -37,7 +38,7 @@ from llamantino.errors import LlamantinoError
 from llamantino.prompts import SYSTEM_PROMPT_HELP
 from llamantino.records import INSTRUCTION_FORMATS
 from llamantino.supervised import IGNORE, Example
-from llamantino.train_settings import DTYPES, SCHEDULES, TrainSettings
+from llamantino.train_settings import ATTENTION, DTYPES, SCHEDULES, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,24 @@ class Config(TrainSettings):
                                          "offered: it needs loss scaling); auto: bfloat16 on a GPU that has it, "
                                          "else float32", choices=("auto", "float32", "bfloat16"))
     save_dtype: str = setting("float32", "dtype of the saved weights", choices=DTYPES)
+    attn_implementation: str = setting("auto", "attention kernel; auto: the fastest the model supports on the "
+                                               "training device (GPU: flash_attention_3 on Hopper or "
+                                               "flash_attention_2 when installed, with bfloat16 compute, else sdpa; "
+                                               "CPU: sdpa, else eager)", choices=ATTENTION, fingerprint=False)
+    loss_chunk_tokens: int = setting(1024, "one process: compute the output layer and loss on response positions "
+                                           "only, this many at a time, never holding all logits (0: the model's "
+                                           "own loss; under FSDP the model's own loss is used)", minimum=0,
+                                     fingerprint=False)
+    fused_optimizer: str = setting("auto", "AdamW's fused kernel (one kernel for all parameters); auto: on a GPU",
+                                   choices=("auto", "on", "off"), fingerprint=False)
+    reshard_after_forward: str = setting("auto", "FSDP2: free each decoder block's gathered weights after its "
+                                                 "forward (always: least memory; never: no second all-gather in "
+                                                 "the backward pass, more memory); auto: the blocks do, the root "
+                                                 "(embeddings, output layer) does not",
+                                         choices=("auto", "always", "never"), fingerprint=False)
+    reduce_dtype: str = setting("float32", "FSDP2 with bfloat16 compute: dtype in which gradients are reduced "
+                                           "across ranks (bfloat16 halves the traffic, rounds the sum)",
+                                choices=("float32", "bfloat16"), fingerprint=False)
 
     def validate(self, source):
         self.check_common(source)
@@ -208,18 +227,17 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str,
-                  gradient_checkpointing: bool):
-    """Shard with FSDP2 on several processes (per decoder layer, then the root); move to
-    `device` on one. Returns the model and the autocast context of the forward pass."""
+                  gradient_checkpointing: bool = True, paths=None, reshard_after_forward: str = "auto",
+                  reduce_dtype: str = "float32"):
+    """Apply the speed paths (`speed.Speed`; without them: checkpointing as `gradient_checkpointing`
+    says, nothing else), then shard with FSDP2 on several processes (per decoder layer, then the
+    root), or move to `device` on one. Returns the model and the autocast context of the forward."""
     import torch
 
+    from llamantino import speed
+
     model.config.use_cache = False
-    if gradient_checkpointing:
-        kwargs = {"use_reentrant": False}  # the non-reentrant form composes with FSDP2
-        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
-            model.activation_checkpointing_enable(kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    speed.apply(model, paths or speed.Speed(checkpointing="full" if gradient_checkpointing else "none"))
     bf16 = compute_dtype == "bfloat16"
     if world == 1:
         # No FSDP to cast the weights: autocast gives bf16 compute on float32 weights (as torchtitan).
@@ -230,17 +248,18 @@ def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
-    # Weights are gathered in bf16 for compute; gradients are reduced and kept in float32.
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+    # Weights are gathered in bf16 for compute; gradients are reduced in `reduce_dtype`, kept in float32.
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=getattr(torch, reduce_dtype)) if bf16
           else MixedPrecisionPolicy())
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward != "never")
     # The root (embeddings, final norm, LM head) is needed again at once by the backward.
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward == "always")
     return model, contextlib.nullcontext
 
 
-def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.device, compute_dtype: str):
+def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.device, compute_dtype: str,
+               paths=None):
     """The model in float32 (the master weights), ready to train: (model, autocast).
 
     With several ranks only rank 0 reads the checkpoint; the others build the model on the
@@ -249,21 +268,23 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     """
     import torch
 
-    from llamantino.modeling import auto_class, freeze_outside_language_model, load_causal_lm
+    from llamantino.modeling import auto_class, freeze_outside_language_model, load_causal_lm, resolve_attention
 
+    # Resolved for the training device (the weights are read on the CPU first).
+    attention = resolve_attention(cfg.attn_implementation, config, str(device), compute_dtype)
     if world == 1:
-        model = load_causal_lm(cfg.model, dtype="float32", device="cpu")
+        model = load_causal_lm(cfg.model, dtype="float32", device="cpu", attn_implementation=attention)
         _report_frozen(freeze_outside_language_model(model))
-        return prepare_model(model, world=1, device=device, compute_dtype=compute_dtype,
-                             gradient_checkpointing=cfg.gradient_checkpointing)
+        return prepare_model(model, world=1, device=device, compute_dtype=compute_dtype, paths=paths)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    source = load_causal_lm(cfg.model, dtype="float32", device="cpu") if rank == 0 else None
+    source = load_causal_lm(cfg.model, dtype="float32", device="cpu", attn_implementation=attention) \
+        if rank == 0 else None
     with torch.device("meta"):
-        model = auto_class(config).from_config(config, dtype=torch.float32)
+        model = auto_class(config).from_config(config, dtype=torch.float32, attn_implementation=attention)
     _report_frozen(freeze_outside_language_model(model))
-    model, autocast = prepare_model(model, world=world, device=device, compute_dtype=compute_dtype,
-                                    gradient_checkpointing=cfg.gradient_checkpointing)
+    model, autocast = prepare_model(model, world=world, device=device, compute_dtype=compute_dtype, paths=paths,
+                                    reshard_after_forward=cfg.reshard_after_forward, reduce_dtype=cfg.reduce_dtype)
     model.to_empty(device=device)
     set_model_state_dict(model, source.state_dict() if rank == 0 else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
@@ -277,19 +298,60 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     return model, autocast
 
 
+def _loss_name(loss: functools.partial) -> str:
+    """How `training_loss`'s loss computes: liger (fused), chunked, or own (the model's full logits)."""
+    return "liger" if loss.keywords.get("fused") else "chunked" if loss.keywords.get("chunk") else "own"
+
+
 def _report_frozen(frozen: int) -> None:
     if frozen:
         log.info("vision-language model: %.1fM parameters outside the language model stay frozen", frozen / 1e6)
 
 
-def summed_loss(model, batch: dict, autocast) -> torch.Tensor:
-    """Cross-entropy summed over the response tokens of a micro-batch (float32)."""
+def summed_loss(model, batch: dict, autocast=contextlib.nullcontext, chunk: int = 0, fused=None) -> torch.Tensor:
+    """Cross-entropy summed over the response tokens of a micro-batch (float32). With `chunk` > 0
+    (one process) the output layer runs on response positions only, `chunk` at a time, or in
+    `fused` (Liger's fused linear cross-entropy): the full logits never exist."""
     import torch
 
+    from llamantino.modeling import output_head
+    from llamantino.qlora import summed_target_loss
+
     with autocast():
+        if chunk:
+            hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 use_cache=False).last_hidden_state
+            return summed_target_loss(hidden, batch["labels"], output_head(model), chunk, fused)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
                                              ignore_index=IGNORE, reduction="sum")
+
+
+def training_loss(model, autocast, cfg: Config, world: int, fused_loss: str) -> functools.partial:
+    """`loss(batch)`, the micro-batch's summed cross-entropy: chunked (or Liger's fused one) on one
+    process for a model whose output layer gives its own logits; the model's own loss under FSDP
+    (whose root unshards the embeddings and output layer in the model's own forward only) or for
+    an output head that does something unknown."""
+    import torch
+
+    from llamantino.modeling import head_matches_model, output_head
+
+    if not cfg.loss_chunk_tokens or world > 1:
+        return functools.partial(summed_loss, model, autocast=autocast)
+    # A 16-token check, not worth compiling blocks for; in the training precision (FlashAttention
+    # takes no float32), where the model's own forward and ours run the same kernels.
+    with torch.compiler.set_stance("force_eager"), autocast():
+        matches, error = head_matches_model(model, output_head(model))
+    if not matches:
+        log.warning("%s: the logits of its forward differ from those of its output layer (by %.2g of the largest); "
+                    "the model's own loss is used", type(model).__name__, error)
+        return functools.partial(summed_loss, model, autocast=autocast)
+    fused = None
+    if fused_loss == "liger":
+        from llamantino.speed import liger_loss
+
+        fused = liger_loss(model)
+    return functools.partial(summed_loss, model, autocast=autocast, chunk=cfg.loss_chunk_tokens, fused=fused)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -411,6 +473,8 @@ class Trainer:
     accumulation: int
     compute_dtype: str
     counters: dict          # step, epoch, index, tokens, world size, data digest: in every checkpoint
+    loss: object = None     # batch -> summed cross-entropy (training_loss)
+    speed: dict = dataclasses.field(default_factory=dict)  # the speed paths taken, for the manifest
     metrics_log: object = None
     progress: object = None
     start: int = 0
@@ -473,7 +537,7 @@ def _accumulation(cfg: Config, world: int) -> int:
 def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world: int, device) -> Trainer:
     """Examples, model, optimizer, schedule; everything that can fail on bad input fails
     here, on every rank alike, before the folder is claimed or anything trained."""
-    from llamantino import training
+    from llamantino import speed, training
     from llamantino.checkpoint import Checkpoints
     from llamantino.manifest import start_run
     from llamantino.modeling import check_max_length, load_config, load_tokenizer
@@ -495,10 +559,16 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
     if not resume_from:  # the folder is claimed once the input is known good
         training.on_rank0(lambda: start_run(cfg.output, KIND, cfg))
     training.seed_all(cfg.seed)
-    model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, compute_dtype=compute_dtype)
+    paths = speed.resolve(cfg, device, config.model_type, compute_dtype)
+    model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, compute_dtype=compute_dtype,
+                                 paths=paths)
+    loss = training_loss(model, autocast, cfg, world, paths.fused_loss)
     model.train()
     optimizer, _ = training.make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate,
                                            cfg.weight_decay, device)
+    fused_adamw = cfg.fused_optimizer == "on" or (cfg.fused_optimizer == "auto" and device.type == "cuda")
+    if fused_adamw:
+        optimizer = training.fuse_adamw(optimizer)
     scheduler = training.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, total)
     digest = data_digest(examples)
     t = Trainer(cfg=cfg, rank=rank, world=world, device=device, output=Path(cfg.output), tokenizer=tokenizer,
@@ -507,7 +577,9 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
                                                              keep=cfg.save_total_limit),
                 total=total, accumulation=accumulation, compute_dtype=compute_dtype,
                 counters={"step": 0, "epoch": 0, "index": 0, "tokens_seen": 0, "trained_tokens_seen": 0,
-                          "world_size": world, "examples": len(examples), "data_digest": digest})
+                          "world_size": world, "examples": len(examples), "data_digest": digest},
+                loss=loss, speed={"attention": model.config._attn_implementation, **dataclasses.asdict(paths),
+                                  "fused_loss": _loss_name(loss), "fused_optimizer": fused_adamw})
     found = t.checkpoints.latest() if resume_from else None
     if found:
         shared, own = t.parts()
@@ -516,6 +588,9 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
             raise LlamantinoError(f"{found[1]}: the data differ from those this checkpoint was trained on "
                                   f"({t.counters['examples']} examples then, {len(examples)} now)")
         t.counters["world_size"] = world
+        if isinstance(optimizer, torch.optim.AdamW):  # the checkpoint's groups say how it ran; this run decides
+            for group in optimizer.param_groups:
+                group.update(fused=fused_adamw or None, foreach=None)
         log.info("resuming from %s (step %d of %d)", found[1], t.counters["step"], total)
     t.start = t.counters["step"]
     local, n_params = local_numel(model)
@@ -523,6 +598,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
              "%d steps of %d examples (batch %d x %d ranks x %d accumulation), %s, compute %s",
              len(examples), counts["truncated"], counts["dropped_no_response"], n_params / 1e6, local / 1e6, world,
              total, cfg.effective_batch_size, cfg.batch_size, world, accumulation, device, compute_dtype)
+    log.info("speed paths: %s", ", ".join(f"{k} {v}" for k, v in t.speed.items()))
     t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.start, enabled=rank == 0)
     t.progress = training.Progress(total, initial=t.start, enabled=rank == 0, desc=KIND)
     return t
@@ -541,8 +617,7 @@ def train_step(t: Trainer, step: int) -> None:
     n_tokens = sum(len(t.examples[i].input_ids) for i in ids)
     loss_sum = torch.zeros((), device=t.device)
     for chunk in micro_batches(ids, t.examples, cfg.batch_size, t.world, t.rank):
-        ce = summed_loss(t.model, collate([t.examples[i] for i in chunk], t.tokenizer.pad_token_id, t.device),
-                         t.autocast)
+        ce = t.loss(collate([t.examples[i] for i in chunk], t.tokenizer.pad_token_id, t.device))
         # FSDP averages gradients over ranks: x world makes it the sum over the global batch.
         (ce * t.world / n_trained).backward()
         loss_sum += ce.detach()
@@ -593,7 +668,7 @@ def finish(t: Trainer) -> dict | None:
         "world_size": t.world, "batch_size": cfg.batch_size, "gradient_accumulation": t.accumulation,
         "effective_batch_size": cfg.effective_batch_size,
         "warmup_steps": training.warmup_steps(cfg.warmup_ratio, t.total),
-        "compute_dtype": t.compute_dtype, "device": t.device.type, "fsdp": t.world > 1,
+        "compute_dtype": t.compute_dtype, "device": t.device.type, "fsdp": t.world > 1, **t.speed,
         "parameters": n_params, "ranks": ranks,
     }
     write_manifest(t.output, KIND, cfg, inputs=describe_inputs([cfg.model, *cfg.data]), metrics=metrics)

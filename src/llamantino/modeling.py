@@ -202,24 +202,34 @@ def model_class(config):
 def resolve_attention(name: str, config, device: str, compute_dtype: str) -> str:
     """`auto`: the fastest attention the model supports that keeps packed documents apart.
 
-    On a GPU: FlashAttention 2 when installed and the compute dtype is 16-bit (packed rows are
-    then flattened into one varlen sequence, see qlora.CausalLMLoss), else SDPA, else flex
+    On a GPU: FlashAttention 3 on Hopper when installed, else FlashAttention 2 when installed,
+    with 16-bit compute (packed rows are then flattened into one varlen sequence whose document
+    boundaries are computed once per batch, see qlora.CausalLMLoss); else SDPA, else flex
     attention (Gemma 2: SDPA cannot soft-cap attention scores). On CPU: SDPA, else eager.
-    SDPA, eager and flex attention take the block-diagonal mask transformers builds from the
-    restarting position ids."""
+    SDPA and eager take the dense block-diagonal mask transformers builds from the restarting
+    position ids; flex attention a block-sparse one (cross-document blocks skipped)."""
     if name != "auto":
         return name
-    from transformers.utils import is_flash_attn_2_available
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
     cls = model_class(config)
     gpu = str(device).startswith("cuda")
-    if gpu and cls._supports_flash_attn and compute_dtype in ("bfloat16", "float16") and is_flash_attn_2_available():
-        return "flash_attention_2"
+    if gpu and cls._supports_flash_attn and compute_dtype in ("bfloat16", "float16"):
+        if is_flash_attn_3_available() and _is_hopper(device):
+            return "flash_attention_3"
+        if is_flash_attn_2_available():
+            return "flash_attention_2"
     if cls._supports_sdpa:
         return "sdpa"
     if gpu and cls._supports_flex_attn:
         return "flex_attention"
     return "eager"
+
+
+def _is_hopper(device) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
 
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,

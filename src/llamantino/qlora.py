@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.utils.checkpoint
 
-from llamantino import training
+from llamantino import speed, training
 from llamantino.checkpoint import RNG, Checkpoints
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_write_json
@@ -142,18 +142,22 @@ class CausalLMLoss(torch.nn.Module):
     (batch x length x vocabulary) logits never exist, which saves about 2 GB per 8x1024
     batch at a 32k vocabulary and skips the prompt positions of chat data. The logits are the
     model's own (`output_head`); a model whose logits differ from them (checked once, at
-    construction) falls back to its own loss, and the log says so.
+    construction) falls back to its own loss, and the log says so. With `fused` = "liger",
+    Liger's fused linear cross-entropy replaces the chunks (GPU; plain output layers only).
 
-    With FlashAttention 2, packed rows are flattened into one sequence: its varlen kernel keeps
-    the documents of a single row apart from their restarting position ids, not of a batch.
+    With FlashAttention, packed rows are flattened into one sequence: its varlen kernel keeps
+    the documents of a single row apart from their restarting position ids, not of a batch. The
+    document boundaries (`cu_seqlens`) are computed here once per batch and handed to every
+    layer, which would otherwise derive them from the position ids each time.
     """
 
-    def __init__(self, model, chunk: int):
+    def __init__(self, model, chunk: int, fused: str = "chunked"):
         super().__init__()
         self.model, self.chunk = model, chunk
         causal_lm = model.get_base_model()
         self.flatten = str(getattr(causal_lm.config, "_attn_implementation", "")).startswith("flash")
         self.head = output_head(causal_lm)
+        self.fused = None
         if chunk:
             matches, error = head_matches_model(causal_lm, self.head)
             if not matches:
@@ -161,26 +165,53 @@ class CausalLMLoss(torch.nn.Module):
                             "largest): it does something after that layer that the chunked loss does not know, so "
                             "the model's own loss is used (all logits held at once)", type(causal_lm).__name__, error)
                 self.chunk = 0
+        if self.chunk and fused == "liger":
+            self.fused = speed.liger_loss(causal_lm)
+            if self.fused is None:
+                log.info("%s: its output layer is not a plain linear one; the chunked loss is used instead of "
+                         "Liger's fused one", type(causal_lm).__name__)
 
     def forward(self, input_ids, position_ids, labels, num_items):
+        varlen = {}
         if self.flatten:
             labels = labels.clone()
             labels[:, 0] = -100  # a row's first token has nothing before it in its row
             input_ids, position_ids, labels = (t.reshape(1, -1) for t in (input_ids, position_ids, labels))
+            varlen = varlen_kwargs(position_ids)
         if not self.chunk:
             return self.model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False,
-                              num_items_in_batch=num_items).loss
+                              num_items_in_batch=num_items, **varlen).loss
         causal_lm = self.model.get_base_model()
-        hidden = causal_lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != -100
-        hidden, targets = hidden[:, :-1][keep], targets[keep]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, targets.numel(), self.chunk):
-            end = start + self.chunk
-            total = total + torch.utils.checkpoint.checkpoint(
-                _cross_entropy_sum, self.head, hidden[start:end], targets[start:end], use_reentrant=False)
-        return total / num_items
+        hidden = causal_lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                 **varlen).last_hidden_state
+        return summed_target_loss(hidden, labels, self.head, self.chunk, self.fused) / num_items
+
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """FlashAttention's varlen arguments for one flattened row of packed documents: every document
+    (and every row, and padding) starts at position 0."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int(bounds.diff().max())
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+
+
+def summed_target_loss(hidden, labels, head, chunk: int, fused=None):
+    """Cross-entropy summed over the positions with a target (float32): the output layer runs on
+    those positions only, `chunk` at a time and recomputed in the backward pass, or in `fused`
+    (Liger's fused linear cross-entropy) when given."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    if fused is not None:
+        return fused(hidden, targets).float()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        end = start + chunk
+        total = total + torch.utils.checkpoint.checkpoint(
+            _cross_entropy_sum, head, hidden[start:end], targets[start:end], use_reentrant=False)
+    return total
 
 
 def _cross_entropy_sum(head, hidden, targets):
@@ -312,13 +343,17 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                                                         cfg.weight_decay, device)
     scheduler = training.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
     counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
+    paths = speed.resolve(cfg, device, model.get_base_model().config.model_type, compute_dtype)
+    loss = CausalLMLoss(model, cfg.loss_chunk_tokens, fused=paths.fused_loss)  # checks the head: before compiling
+    apply_speed(model, paths, cfg.lora_r)
     checkpoints = Checkpoints(cfg.output, rank=rank, world=world, keep=cfg.save_total_limit)
     t = Trainer(kind=kind, cfg=cfg, rank=rank, world=world, device=device, run_dir=Path(cfg.output),
-                tokenizer=tokenizer, source=source, model=model, loss=CausalLMLoss(model, cfg.loss_chunk_tokens),
+                tokenizer=tokenizer, source=source, model=model, loss=loss,
                 optimizer=optimizer, scheduler=scheduler, compute_dtype=compute_dtype, accumulation=accum,
                 scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and compute_dtype == "float16"),
                 checkpoints=checkpoints, metrics_log=None, progress=None, counters=counters,
-                info={"lora_targets": targets, "optimizer": optimizer_used, "train_embeddings": cfg.train_embeddings,
+                info={"lora_targets": targets, "optimizer": optimizer_used, **speed_info(model, loss, paths),
+                      "train_embeddings": cfg.train_embeddings,
                       "embedding_parameters": sum(p.numel() for p in groups[1]["params"]) if len(groups) > 1 else 0,
                       "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                       "parameters": sum(p.numel() for p in model.parameters())},
@@ -341,6 +376,22 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     return t
 
 
+def apply_speed(model, paths: speed.Speed, lora_rank: int) -> None:
+    """The run's speed paths (kernels, checkpointing, compiled blocks) on the PEFT model's base, in place."""
+    causal_lm = model.get_base_model()
+    speed.apply(causal_lm, paths, lora_rank=lora_rank)
+    log.info("speed paths: attention %s, checkpointing %s, compile %s, kernels %s, loss %s",
+             causal_lm.config._attn_implementation, paths.checkpointing, paths.compile, paths.kernels,
+             paths.fused_loss)
+
+
+def speed_info(model, loss: CausalLMLoss, paths: speed.Speed) -> dict:
+    """What the manifest reports about the speed paths taken (the loss as it runs: liger, chunked or own)."""
+    used = "liger" if loss.fused is not None else "chunked" if loss.chunk else "own"
+    return {"attention": model.get_base_model().config._attn_implementation,
+            **dataclasses.asdict(paths), "fused_loss": used}
+
+
 def train_step(t: Trainer) -> bool:
     """One optimizer step over `accumulation` micro-batches of `batch_size` rows; False when
     the data are exhausted. The loss is normalised by the target tokens of the whole step."""
@@ -359,15 +410,17 @@ def train_step(t: Trainer) -> bool:
     n_targets = torch.tensor(max(1, sum(b.target_tokens for b in micro)), device=t.device)
     autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
                               enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)  # read once a step, not per micro-batch
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         sync = t.loss.no_sync() if (t.world > 1 and not last) else contextlib.nullcontext()
         with sync, autocast:
-            loss = t.loss(batch.input_ids.to(t.device), batch.position_ids.to(t.device),
-                          batch.labels.to(t.device), n_targets)
+            loss = t.loss(batch.input_ids.to(t.device, non_blocking=True),
+                          batch.position_ids.to(t.device, non_blocking=True),
+                          batch.labels.to(t.device, non_blocking=True), n_targets)
         t.scaler.scale(loss).backward()
-        loss_sum += float(loss.detach())
+        loss_sum += loss.detach().double()
+    loss_sum = float(loss_sum)
     t.scaler.unscale_(t.optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf")))
     t.scaler.step(t.optimizer)

@@ -27,7 +27,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 COMPUTE_DTYPES = ("auto",) + DTYPES
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("paged_adamw_32bit", "adamw_torch", "adamw_8bit")
-ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+# Speed paths (see llamantino.speed): each `auto` resolves on the machine at hand.
+CHECKPOINTING = ("auto", "full", "selective", "offload", "none")
+COMPILE = ("auto", "none", "blocks")
+KERNELS = ("auto", "torch", "liger")
+FUSED_LOSS = ("auto", "chunked", "liger")
 
 
 @dataclasses.dataclass
@@ -55,6 +60,25 @@ class TrainSettings:
                                  choices=COMPUTE_DTYPES)
     gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass (less memory, "
                                                  "about a third more compute)", fingerprint=False)
+    activation_checkpointing: str = setting(
+        "auto", "what the decoder blocks keep for the backward pass: full (recompute every block: little memory), "
+        "selective (keep matmul and attention outputs, recompute norms, activations, RoPE, dropout, LoRA's B "
+        "products and 4-bit dequantisation), offload (full, each block's input kept in pinned host memory: least "
+        "GPU memory, GPU only), none (keep everything: fastest, most memory); auto: full, or none when "
+        "gradient_checkpointing is false", choices=CHECKPOINTING, fingerprint=False)
+    checkpoint_every: int = setting(1, "with full or selective checkpointing, checkpoint every N-th decoder block "
+                                       "only; the others keep their activations (memory back for speed)",
+                                    minimum=1, maximum=1000, fingerprint=False)
+    compile: str = setting("auto", "torch.compile: blocks (each decoder block compiled, one graph for all) or none; "
+                                   "auto: blocks on a GPU with Triton, none on CPU (compiling takes longer than a "
+                                   "short CPU run saves)", choices=COMPILE, fingerprint=False)
+    kernels: str = setting("auto", "RMSNorm, SwiGLU and RoPE kernels: torch, or liger (Liger's Triton kernels, GPU "
+                                   "only, the `speed` extra); auto: liger when installed, on a GPU with bfloat16 "
+                                   "compute, for a family it supports, else torch", choices=KERNELS, fingerprint=False)
+    fused_loss: str = setting("auto", "output layer + cross-entropy: chunked (ours, any device) or liger (Liger's "
+                                      "fused linear cross-entropy, GPU only); auto: liger when installed, on a GPU "
+                                      "with bfloat16 compute, for a plain output layer, else chunked",
+                              choices=FUSED_LOSS, fingerprint=False)
     seed: int = setting(42, "random seed", minimum=0)
     save_steps: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False,
                               minimum=0)
@@ -73,6 +97,15 @@ class TrainSettings:
                                   f"of batch_size {self.batch_size}")
         if not self.effective_batch_size and not self.gradient_accumulation:
             raise LlamantinoError(f"{source}: give gradient_accumulation or effective_batch_size")
+        if not self.gradient_checkpointing and self.activation_checkpointing not in ("auto", "none"):
+            raise LlamantinoError(f"{source}: gradient_checkpointing is false but activation_checkpointing is "
+                                  f"{self.activation_checkpointing}; give only activation_checkpointing")
+
+    def checkpointing(self) -> str:
+        """full, selective or none: `activation_checkpointing`, with `gradient_checkpointing` as its old switch."""
+        if self.activation_checkpointing != "auto":
+            return self.activation_checkpointing
+        return "full" if self.gradient_checkpointing else "none"
 
 
 def accumulation(cfg: TrainSettings, world: int) -> int:
@@ -115,8 +148,9 @@ class QLoraSettings(TrainSettings):
                                            "many at a time, never holding all logits (0: the model's own loss)",
                                      minimum=0)
     attn_implementation: str = setting("auto", "attention kernel; auto: the fastest the model supports that keeps "
-                                               "packed documents apart (GPU: flash_attention_2 when installed, else "
-                                               "sdpa, else flex_attention; CPU: sdpa, else eager)", choices=ATTENTION)
+                                               "packed documents apart (GPU: flash_attention_3 on Hopper or "
+                                               "flash_attention_2 when installed, else sdpa, else flex_attention; "
+                                               "CPU: sdpa, else eager)", choices=ATTENTION)
     train_embeddings: str = setting("none", "also train the embeddings: none (the paper), all (input and output "
                                             "matrices, whole), new (only the rows `llamantino vocab extend` added)",
                                     choices=("none", "all", "new"))

@@ -193,6 +193,16 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, device: to
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), "adamw_torch"
 
 
+def fuse_adamw(optimizer):
+    """torch's AdamW again over the same parameter groups, with its fused kernel (all parameters
+    in one kernel launch, not a few per tensor); any other optimizer is returned as it is. Call it
+    before the first step (the moments are not carried over)."""
+    if type(optimizer) is not torch.optim.AdamW:
+        return optimizer
+    groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")} for group in optimizer.param_groups]
+    return torch.optim.AdamW(groups, fused=True)
+
+
 # ---------------------------------------------------------------------------------------
 # Metrics: CSV + TensorBoard, loss curve PNG, progress bar
 
