@@ -278,7 +278,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_model_dir, task
     other = tmp_path / "other-base"
     _adapter_for_another_base(other)
     text = error("--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--adapter", str(other / "adapter"))
-    assert f"{other / 'adapter'}: the adapter does not fit the model {tiny_model_dir}" in text
+    assert f"{other / 'adapter'}: this adapter does not fit the model {tiny_model_dir}" in text
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     assert "pip install 'llamantino[eval]'" in error("--tasks", "tiny_mc")
 

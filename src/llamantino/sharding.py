@@ -515,6 +515,8 @@ def _read_json(path: Path) -> dict:
 # Figures of one task that are not summed over the parts (rates, per-process counts): kept
 # as one value when every part has the same, else as the list of the parts' values.
 NOT_SUMMED = {"workers", "threads", "beam_size", "seconds", "seconds_translating"}
+# Timings stay a list, one value per part, even when two parts happen to take as long.
+PER_PART = {"seconds", "seconds_translating"}
 STANDARD_KEYS = {"llamantino", "stage", "fingerprint", "settings", "created", "inputs", "libraries", "metrics",
                  "input_state", "outputs", "shard"}
 
@@ -635,6 +637,8 @@ def merge_metrics(parts: list, key: str = "") -> object:
         return sum(parts)
     if all(isinstance(p, list) for p in parts):
         return [item for p in parts for item in p]
+    if key in PER_PART:
+        return list(parts)
     return parts[0] if all(p == parts[0] for p in parts) else list(parts)
 
 

@@ -597,7 +597,7 @@ def load_model(cfg: Config):
         if not cfg.adapter:
             raise
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), _first_line(exc))
-        raise LlamantinoError(f"{cfg.adapter}: the adapter does not fit the model {cfg.model} ({detail[:300]})") from None
+        raise LlamantinoError(f"{cfg.adapter}: this adapter does not fit the model {cfg.model} ({detail[:300]})") from None
 
 
 def model_record(cfg: Config) -> dict:
