@@ -198,6 +198,15 @@ def test_old_setting_names_still_work(caplog):
         config_for("instruct", model="m", data=["d"], output="o", mixed_precision="fp8")
 
 
+def test_translate_batch_size_of_sentences_still_means_sentences(caplog):
+    # Before batches were counted in tokens, translate's `batch_size` counted sentences.
+    cfg = config_for("translate", inputs=["d"], output="o", batch_size="64")
+    assert (cfg.max_batch_size, cfg.batch_type) == (64, "examples")
+    assert "'batch_size' is now 'max_batch_size' (max_batch_size: 64, batch_type: examples)" in caplog.text
+    with pytest.raises(LlamantinoError, match="'batch_size' .* means batch_type: examples, but batch_type is 'tokens'"):
+        config_for("translate", inputs=["d"], output="o", batch_size="64", batch_type="tokens")
+
+
 def test_the_training_stages_share_one_vocabulary():
     from llamantino import adapt, instruct, sft
 

@@ -152,12 +152,18 @@ def build_config(cls, values: dict, source: str = "settings"):
 
 def renamed_settings(cls, values: dict, source: str) -> dict:
     """Old setting names still accepted: a class may declare RENAMED = {old: (new, {old value: new
-    value} or None)}; each use logs one deprecation line."""
+    value} or None[, {other setting: value the old name implied}])}; each use logs one
+    deprecation line."""
     renamed = getattr(cls, "RENAMED", {})
     out = dict(values)
-    for old, (new, mapping) in renamed.items():
+    for old, (new, mapping, *implied) in renamed.items():
         if old not in out:
             continue
+        for key, meant in (implied[0] if implied else {}).items():
+            if key in out and str(out[key]) != str(meant):
+                raise LlamantinoError(f"{source}: setting '{old}' (old name) means {key}: {meant}, "
+                                      f"but {key} is {out[key]!r}; give '{new}' instead")
+            out[key] = meant
         value = out.pop(old)
         if mapping is not None:
             if str(value) not in mapping:
@@ -168,7 +174,7 @@ def renamed_settings(cls, values: dict, source: str) -> dict:
         out[new] = value
         logging.getLogger("llamantino.config").warning(
             "%s: setting '%s' is now '%s' (%s); the old name still works", source, old, new,
-            f"{new}: {value}")
+            ", ".join(f"{k}: {v}" for k, v in {new: value, **(implied[0] if implied else {})}.items()))
     return out
 
 

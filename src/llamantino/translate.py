@@ -50,6 +50,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 from llamantino import sharding
 from llamantino.config import setting
@@ -80,6 +81,9 @@ AUTO_BATCH_TOKENS = {"cpu": 1024, "cuda": 8192}  # max_batch_size 0, per device
 
 @dataclasses.dataclass
 class Config:
+    # Before batches were counted in tokens, `batch_size` was sentences per batch.
+    RENAMED: ClassVar[dict] = {"batch_size": ("max_batch_size", None, {"batch_type": "examples"})}
+
     inputs: list[str] = setting([], "JSON-lines files (or folders of them) to translate", path_input=True)
     output: str = setting("", "output folder")
     model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
