@@ -190,9 +190,17 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where to write the temporary checkpoints")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each method; the fastest is shown")
     parser.add_argument("--baseline-src", default=None,
-                        help="also time `diff apply` of the llamantino package under this folder (its src/)")
+                        help="also time `diff apply` of another llamantino source tree: its checkout "
+                             "(e.g. a `git worktree` of an earlier commit) or its src/ folder")
     parser.add_argument("--no-naive", action="store_true", help="skip the load-add-save method (slow, ~6 GB)")
     args = parser.parse_args()
+    if args.baseline_src:
+        # A folder without the package would silently time the installed one instead.
+        src = Path(args.baseline_src)
+        src = src / "src" if (src / "src" / "llamantino").is_dir() else src
+        if not (src / "llamantino" / "weightdiff.py").is_file():
+            raise SystemExit(f"--baseline-src {args.baseline_src}: no llamantino package there (nor under src/)")
+        args.baseline_src = str(src)
     methods = ["copy", "diff apply"] + ([BASELINE] if args.baseline_src else []) + ([] if args.no_naive else ["naive"])
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     root = Path(tempfile.mkdtemp(prefix="bench-weightdiff-", dir=args.dir))

@@ -39,6 +39,7 @@ def test_heldout_bpb_is_logged_and_equals_eval_bpb_of_the_adapter(tmp_path, tiny
     assert [step for step, _, _ in evaluated] == [4, 6]  # every 4 steps and at the end
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
     assert metrics["eval_it_bpb"] == pytest.approx(float(evaluated[-1][1]), rel=1e-9)
+    assert metrics["eval_seconds"] > 0  # evaluation time is reported, and kept out of tokens_per_s
     capsys.readouterr()
     assert main(["eval", "bpb", str(it), "--model", str(tiny_model_dir), "--adapter", str(out),
                  "--max-length", "64"]) == 0

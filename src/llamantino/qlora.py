@@ -277,6 +277,7 @@ class Trainer:
     batch_digest: object = None  # sha256 of every batch, with debug_rank_records
     heldout: list = dataclasses.field(default_factory=list)  # heldout.HeldOutSet scored while training
     last_eval: dict = dataclasses.field(default_factory=dict)
+    eval_seconds: float = 0.0  # spent on held-out evaluation, not counted as training time
 
     @property
     def step(self) -> int:
@@ -450,9 +451,11 @@ def evaluate_heldout(t: Trainer) -> None:
 
     autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
                               enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
+    started = time.time()
     with autocast:
         t.last_eval = evaluate(t.model, t.tokenizer, t.heldout, max_length=t.cfg.max_length,
                                batch_size=t.cfg.eval_batch_size, rank=t.rank, world=t.world)
+    t.eval_seconds += time.time() - started
     t.metrics_log.log(t.step, **t.last_eval)
     if t.rank == 0:
         log.info("step %d: %s", t.step, ", ".join(f"{k} {v:.4f}" for k, v in t.last_eval.items()))
@@ -483,7 +486,7 @@ def finish(t: Trainer, inputs) -> dict:
         "tokens_seen": t.counters["tokens"],
         "real_token_share": t.counters["real_tokens"] / max(1, t.counters["tokens"]),
         "final_loss": sum(t.recent) / len(t.recent) if t.recent else float("nan"),
-        "tokens_per_s": t.real_this_run / max(1e-9, elapsed),
+        "tokens_per_s": t.real_this_run / max(1e-9, elapsed - t.eval_seconds),
         "train_seconds": round(elapsed, 1),
         "world_size": t.world,
         "gradient_accumulation": t.accumulation,
@@ -494,6 +497,7 @@ def finish(t: Trainer, inputs) -> dict:
         "peak_memory_mb": round(training.peak_memory_bytes(t.device) / 2**20, 1),
         **t.source.metrics(),
         **t.last_eval,
+        **({"eval_seconds": round(t.eval_seconds, 1)} if t.heldout else {}),
     }
     if t.batch_digest is not None:
         _write_rank_record(t)
