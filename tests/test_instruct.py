@@ -270,7 +270,7 @@ def test_bad_input_is_refused_before_the_output_is_claimed(tmp_path, tiny_model_
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine", encoding="utf-8")
-    with pytest.raises(LlamantinoError, match="holds no llamantino run; llamantino replaces only its own outputs"):
+    with pytest.raises(LlamantinoError, match=r"holds no llamantino run \(notes.txt\); llamantino replaces only its own outputs"):
         instruct.run(settings(tiny_model_dir, dolly, foreign))
 
 

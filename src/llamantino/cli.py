@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(rest)
         return int(run(args) or 0)
     except LlamantinoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One write: under torchrun every rank reports the same refusal on a shared stderr.
+        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.flush()
         return 2
     except OSError as exc:
         if exc.errno not in DISK_ERRORS:

@@ -205,7 +205,9 @@ def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: b
     if other is None and info_path.is_file():
         other = _read_run_info(info_path)
     if other is None:
-        raise LlamantinoError(f"{folder}: output folder is not empty and holds no llamantino run; "
+        entries = sorted(p.name for p in folder.iterdir())
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise LlamantinoError(f"{folder}: output folder is not empty and holds no llamantino run ({shown}); "
                               "llamantino replaces only its own outputs: choose an empty or new folder")
     same = other.get("stage") == kind and other.get("fingerprint") == ident["fingerprint"]
     if same and finished is not None:
