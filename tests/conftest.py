@@ -80,3 +80,36 @@ def tiny_gemma3_vision(tmp_path_factory):
     from families import save_gemma3_vision
 
     return save_gemma3_vision(tmp_path_factory.mktemp("gemma3-vision"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is several times faster than two on a busy 2-core machine
+    (modules that run many take it with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+@pytest.fixture(scope="session")
+def make_random_adapter(tiny_model_dir):
+    """make(folder, seed): a LoRA adapter of the tiny LLaMA with random (non-zero) weights on
+    q_proj and v_proj, saved in `folder`; the adapted model differs from the base."""
+
+    def make(folder, seed: int):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        model.save_pretrained(folder)
+        return folder
+
+    return make

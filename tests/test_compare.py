@@ -16,19 +16,9 @@ EN = ["The quick brown fox jumps over the lazy dog.", "Language models predict t
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, tiny_model_dir):
+def adapter_dir(tmp_path_factory, make_random_adapter):
     """A LoRA adapter with random (non-zero) weights: the adapted model differs from the base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("adapter")
-    torch.manual_seed(3)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
-    model.save_pretrained(folder)
-    return folder
+    return make_random_adapter(tmp_path_factory.mktemp("adapter"), seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from llamantino.evalita.tasks.politicit import chunks, vote
 from llamantino.evalita.samples import sample_files
 from llamantino.prompts import EVALITA_INSTRUCTIONS
 
+from test_evalita_a import ref_prf  # noqa: E402
+
 
 COUNTS = {  # items in (train, test)
     "haspeede3": (20, 10),             # the 2 religious test tweets belong to subtask B
@@ -609,17 +611,6 @@ def test_wic_bad_inputs(tmp_path):
 # submission reader, score) and through a re-implementation of the official code's logic
 # written here (or a hand computation where no official code was published); the edge
 # cases pin where llamantino deliberately differs (see each task module's notes).
-
-
-def ref_prf(gold, pred, label):
-    """Precision, recall and F1 of one class as sklearn gives them (undefined -> 0)."""
-    tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
-    fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
-    fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
 
 
 def tsv_rows(path):

@@ -382,17 +382,22 @@ def test_chain_steps_are_checked():
     assert "LLaMAntino-2-7b-hf-ITA" in list_text()
 
 
-def test_verify_names_the_differing_tensor(tmp_path, merged_dir):
+def nudged_copy(model_dir, copy, amount: float):
+    """A copy of a model folder whose model.norm.weight[0] is off by `amount`."""
     from safetensors.torch import load_file, save_file
 
-    from llamantino.verify import run as verify_run
-
-    shutil.copytree(merged_dir, tmp_path / "copy")
-    for path in (tmp_path / "copy").glob("*.safetensors"):
+    shutil.copytree(model_dir, copy)
+    for path in copy.glob("*.safetensors"):
         tensors = load_file(path)
         if "model.norm.weight" in tensors:
-            tensors["model.norm.weight"][0] += 1e-6
+            tensors["model.norm.weight"][0] += amount
             save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_verify_names_the_differing_tensor(tmp_path, merged_dir):
+    from llamantino.verify import run as verify_run
+
+    nudged_copy(merged_dir, tmp_path / "copy", 1e-6)
     with pytest.raises(LlamantinoError, match="not bit-identical.*tensors differing: model.norm.weight$"):
         verify_run(config_for("verify", model=str(tmp_path / "copy"), reference=str(merged_dir),
                               output=str(tmp_path / "check")))
@@ -400,14 +405,7 @@ def test_verify_names_the_differing_tensor(tmp_path, merged_dir):
 
 
 def test_build_with_a_wrong_base_names_the_users_base(tmp_path, tiny_model_dir, releases):
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(tiny_model_dir, tmp_path / "other")
-    for path in (tmp_path / "other").glob("*.safetensors"):
-        tensors = load_file(path)
-        if "model.norm.weight" in tensors:
-            tensors["model.norm.weight"][0] += 1e-3
-            save_file(tensors, path, metadata={"format": "pt"})
+    nudged_copy(tiny_model_dir, tmp_path / "other", 1e-3)
     with pytest.raises(LlamantinoError) as info:
         build_chain(tmp_path / "other", [f"adapter:{releases / 'adapter'}", "merge", f"diff:{releases / 'diff'}"],
                     tmp_path / "out")

@@ -149,23 +149,34 @@ def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = 
                                         stats=stats):
         if number <= skip_lines or not line.strip():
             continue
-        stats.read += 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if skip_bad_lines:
-                stats.bad += 1
-                continue
-            # Some messages end in "at" ("Unterminated string starting at").
-            place = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
-            hint = "fix the line or pass --skip-bad-lines" if skip_option else "fix the line"
-            raise LlamantinoError(f"{path}:{number}: malformed JSON ({exc.msg} {place}); {hint}") from None
-        if not isinstance(record, dict):
-            if skip_bad_lines:
-                stats.bad += 1
-                continue
-            raise LlamantinoError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        yield number, record
+        record = parse_json_object(line, f"{path}:{number}", stats, skip_bad_lines=skip_bad_lines,
+                                   skip_option=skip_option)
+        if record is not None:
+            yield number, record
+
+
+def parse_json_object(line: str, where: str, stats: LineStats, *, skip_bad_lines: bool = False,
+                      skip_option: bool = True) -> dict | None:
+    """The JSON object on one non-blank line (counted in `stats.read`). A malformed line or
+    another JSON value is one error naming `where`, or with `skip_bad_lines` None and
+    counted in `stats.bad`."""
+    stats.read += 1
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        if skip_bad_lines:
+            stats.bad += 1
+            return None
+        # Some messages end in "at" ("Unterminated string starting at").
+        place = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
+        hint = "fix the line or pass --skip-bad-lines" if skip_option else "fix the line"
+        raise LlamantinoError(f"{where}: malformed JSON ({exc.msg} {place}); {hint}") from None
+    if not isinstance(record, dict):
+        if skip_bad_lines:
+            stats.bad += 1
+            return None
+        raise LlamantinoError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0,

@@ -429,10 +429,11 @@ def train_step(t: Trainer) -> bool:
     t.optimizer.zero_grad(set_to_none=True)
     lr = t.scheduler.get_last_lr()[0]
     t.scheduler.step()
-    # loss_sum is the token-mean loss of this rank's batch; average over ranks.
-    loss = training.all_reduce_sum(loss_sum, t.device) / t.world
-    tokens = int(training.all_reduce_sum(sum(b.positions for b in micro), t.device))
-    real = int(training.all_reduce_sum(sum(b.real_tokens for b in micro), t.device))
+    # loss_sum is the token-mean loss of this rank's batch; average over ranks. One
+    # collective for the step's three figures.
+    loss_sum, tokens, real = training.all_reduce_sums(
+        [loss_sum, sum(b.positions for b in micro), sum(b.real_tokens for b in micro)], t.device)
+    loss, tokens, real = loss_sum / t.world, int(tokens), int(real)
     t.counters.update(step=t.step + 1, tokens=t.counters["tokens"] + tokens,
                       real_tokens=t.counters["real_tokens"] + real)
     t.steps_this_run += 1

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from llamantino.config import differing_settings, setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import LineStats, atomic_write_json, safe_join
+from llamantino.fileio import LineStats, atomic_write_json, parse_json_object, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -313,21 +313,9 @@ def iter_jsonl_piece(path, piece: Piece, after: int = 0, *, skip_bad_lines: bool
             raise LlamantinoError(f"{where}: not UTF-8 text ({exc.reason} at byte {offset + exc.start})") from None
         if not line.strip():
             continue
-        stats.read += 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if skip_bad_lines:
-                stats.bad += 1
-                continue
-            raise LlamantinoError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                                  "fix the line or pass --skip-bad-lines") from None
-        if not isinstance(record, dict):
-            if skip_bad_lines:
-                stats.bad += 1
-                continue
-            raise LlamantinoError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield resume, where, record
+        record = parse_json_object(line, where, stats, skip_bad_lines=skip_bad_lines)
+        if record is not None:
+            yield resume, where, record
 
 
 def line_ranges(files, shard: Shard | None) -> list[list[int | None]] | None:

@@ -53,11 +53,16 @@ def barrier() -> None:
 
 
 def all_reduce_sum(value: float, device) -> float:
+    return all_reduce_sums([value], device)[0]
+
+
+def all_reduce_sums(values: list[float], device) -> list[float]:
+    """Each value summed over the ranks, in one collective (float64: token counts stay exact)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([value], dtype=torch.float64, device=device)
+        t = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
-        return float(t.item())
-    return value
+        return t.tolist()
+    return list(values)
 
 
 def on_rank0(fn):

@@ -34,8 +34,8 @@ HODI-EVALITA/HODI_2023, version of June 2023, run with its pinned pandas 2.0) co
 
 Differences from the official scorer, on purpose:
 * An empty prediction cell makes the official scorer refuse the whole file (int('') in
-  A, eval('') in B). Here it is an answer that could not be decoded and scores 0 (A: a
-  miss of the gold class, never a class of its own). Decoding never leaves a post of
+  A, Python evaluation of the empty text in B). Here it is an answer that could not be
+  decoded and scores 0 (A: a miss of the gold class, never a class of its own). Decoding never leaves a post of
   subtask B without an answer, so `eval evalita` writes `[]`, not an empty cell, there.
 * Repeated ids are refused. The official scorer only compares row counts and the size of
   the join, so one id given twice in place of a missing one passes there.
