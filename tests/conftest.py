@@ -25,6 +25,26 @@ TOKENIZER_TEXT = [
 ] * 4
 
 
+@pytest.fixture(scope="session", autouse=True)
+def avx512bf16_cpu():
+    """Every 4-bit layer behaves as on a CPU with AVX512-BF16 (Sapphire Rapids, Zen 4 and later),
+    whatever CPU runs the tests: bitsandbytes then repacks a `Linear4bit` for its bfloat16 CPU
+    kernel at the layer's first eval-mode forward without gradients. `Linear4bit.__init__` reads
+    the CPU's support through the `has_avx512bf16` name its module imported, the one seam there
+    is (tests/test_cpu_kernels.py compares with a CPU without it)."""
+    from bitsandbytes.nn import Linear4bit, modules
+
+    if not hasattr(modules, "has_avx512bf16"):  # a release before the packed CPU path: nothing to force
+        assert not hasattr(Linear4bit(64, 32, bias=False), "support_avx512bf16_for_cpu")
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modules, "has_avx512bf16", lambda: True)
+        # Fails loudly if a bitsandbytes release reads the flag elsewhere (the patch would do nothing).
+        assert Linear4bit(64, 32, bias=False).support_avx512bf16_for_cpu is True
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from llamantino.demo_base import build_tokenizer

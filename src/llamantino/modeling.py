@@ -253,7 +253,26 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
         model = auto_class(config).from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    plain_4bit_on_every_cpu(model)
     return model
+
+
+def plain_4bit_on_every_cpu(model) -> None:
+    """Turn off bitsandbytes' AVX512-BF16 CPU path on every 4-bit layer of `model`.
+
+    On a CPU with AVX512-BF16, `Linear4bit` repacks its weight in place the first time it runs
+    in eval mode without gradients (the head check at set-up, held-out evaluation, `eval bpb`,
+    generation), and every later call, training included, goes through that packed kernel: no
+    gradient reaches the layer's input, so the LoRA adapters below it train wrong without an
+    error; a layer whose output size is not a multiple of 32, or whose input size is not one of
+    the 64-wide quantization blocks, raises; and the kernel rounds the scales to bfloat16, so
+    even pure inference gives other numbers than other CPUs. The packing cannot be undone
+    exactly (its inverse re-quantizes the rounded scales), so the flag goes off here, at load,
+    before any forward. Off for inference too: one model serves training and held-out
+    evaluation alike, and every CPU then computes the same figures."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def language_model(model):
