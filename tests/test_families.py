@@ -148,8 +148,27 @@ def test_chunked_loss_applies_logit_scaling_and_output_bias(tmp_path, family_dir
     tokenizer = tokenizer_of(family_dirs("llama3"))
     base = load_causal_lm(str(other_family(tmp_path, model_type, tokenizer, **extra)), dtype="float32", device="cpu")
     if model_type == "phi":
-        assert base.get_output_embeddings().bias is not None
-    assert_same_loss(lora_model(base), len(tokenizer), model_type)
+        head = base.get_output_embeddings()
+        assert head.bias is not None
+        # transformers starts the bias at zero, where a loss that drops it still agrees
+        torch.manual_seed(2)
+        with torch.no_grad():
+            head.bias.normal_(std=3.0)
+    model = lora_model(base)
+    from llamantino.qlora import CausalLMLoss
+
+    # the chunked path itself, not its fallback to the model's own loss
+    assert CausalLMLoss(model, 7).chunk == 7
+    own = assert_same_loss(model, len(tokenizer), model_type)
+    # The negative control: the output layer's weight alone (no bias, no scaling) gives a loss
+    # far outside the tolerance the chunked loss is held to.
+    ids, positions, labels = packed_batch(len(tokenizer))
+    causal = model.get_base_model()
+    with torch.no_grad():
+        hidden = causal.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        logits = torch.nn.functional.linear(hidden, causal.get_output_embeddings().weight)[:, :-1]
+        plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+    assert abs(float(plain) - float(own)) > 0.1, (float(plain), float(own))
 
 
 @pytest.mark.parametrize("chunk", [0, 7])
