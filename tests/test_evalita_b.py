@@ -18,7 +18,8 @@ from llamantino.evalita.tasks.hodi import Rationales, post_f1
 from llamantino.evalita.tasks.nermud import official_label
 from llamantino.evalita.tasks.politicit import chunks, vote
 from llamantino.evalita.samples import sample_files
-from llamantino.prompts import EVALITA_INSTRUCTIONS
+
+from test_evalita_a import TABLE_1  # noqa: E402
 
 
 COUNTS = {  # items in (train, test)
@@ -79,7 +80,7 @@ def test_samples_read_with_counts_round_trip_and_perfect_score(name, tmp_path):
 @pytest.mark.parametrize("name", ["haspeede3", "hodi-a", "hodi-b", "langlearn", "nermud", "politicit"])
 def test_instruction_is_table_1_verbatim(name):
     for item in read_items(name, "train"):
-        assert item.instruction == EVALITA_INSTRUCTIONS[name]
+        assert item.instruction == TABLE_1[name]
 
 
 def test_both_answers_occur_in_binary_training_samples():
@@ -125,9 +126,11 @@ def test_haspeede_contextual_fills_the_account_statistics():
     items = read_items("haspeede3-contextual", "test")
     first = item_by_id(items, "91001")
     # test_contextual.csv row of tweet 91001
-    assert first.instruction == EVALITA_INSTRUCTIONS["haspeede3-contextual"].format(
-        date="2020-11-14 14:30:30", retweets="3", likes="0", created="2010-04-10 09:30:00",
-        posts="120", followers="210", friends="80")
+    assert first.instruction == (
+        "Stabilisci se il tweet in input contiene discorsi che incitano all'odio considerando anche il contesto "
+        "relativo alle statistiche dell'account. Rispondi con si o no. Contesto: Data: 2020-11-14 14:30:30 "
+        "Numero di retweet: 3 Numero di mi piace: 0 Data creazione account: 2010-04-10 09:30:00 Numero di post: "
+        "120 Follower: 210 Amici: 80")
     assert "{" not in first.instruction
     assert first.input == "Ladri e corrotti, dovete andarvene tutti a casa subito"
     assert (first.gold, first.output) == (1, "si")
@@ -556,7 +559,7 @@ def test_politicit_bad_inputs(tmp_path):
 def test_wic_items_mark_the_targets_and_name_the_lemma():
     items = read_items("wic-ita", "train")
     bomba = item_by_id(items, "bomba.noun.2")
-    assert bomba.instruction == EVALITA_INSTRUCTIONS["wic-ita"].format(word="bomba")
+    assert bomba.instruction == TABLE_1["wic-ita"].replace("'affare'", "'bomba'")
     assert bomba.input == ("Durante la guerra una **bomba** colpì la stazione . [SEP] "
                            "Presentava ferite da schegge di **bombe** .")
     assert (bomba.gold, bomba.output) == (1, "si")
