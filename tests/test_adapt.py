@@ -88,7 +88,7 @@ def adapt_args(model_dir, data, out, *extra):
             "--warmup-ratio", "0.2", "--learning-rate", "1e-3", *extra]
 
 
-def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir):
+def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -109,8 +109,13 @@ def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, out)
     assert model.peft_config["default"].r == 64
-    # A finished run is skipped when asked again with the same settings.
+    # A finished run is skipped when asked again with the same settings: it says so, and not
+    # a byte nor a modification time in its folder changes (no step ran, nothing was rewritten).
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+    capsys.readouterr()
     assert main(adapt_args(tiny_model_dir, corpus(tmp_path), out)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped (done)"
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()} == files
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_model_dir):
