@@ -88,7 +88,7 @@ def adapt_args(model_dir, data, out, *extra):
             "--warmup-ratio", "0.2", "--learning-rate", "1e-3", *extra]
 
 
-def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir):
+def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -109,8 +109,13 @@ def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, out)
     assert model.peft_config["default"].r == 64
-    # A finished run is skipped when asked again with the same settings.
+    # A finished run is skipped when asked again with the same settings: it says so, and not
+    # a byte nor a modification time in its folder changes (no step ran, nothing was rewritten).
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+    capsys.readouterr()
     assert main(adapt_args(tiny_model_dir, corpus(tmp_path), out)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped (done)"
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()} == files
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_model_dir):
@@ -214,3 +219,30 @@ def training_step(run_dir):
     from llamantino.checkpoint import latest
 
     return latest(run_dir)[0]
+
+
+def test_varlen_boundaries_of_collated_rows_by_hand():
+    """Rows as the packer collates them (documents restarting at position 0, a continuation
+    starting a row, padding as a document of its own), flattened as the FlashAttention path
+    flattens them: every document, padding run and row starts a segment of its own."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    from llamantino.packing import Row, collate
+    from llamantino.qlora import varlen_kwargs
+
+    rows = [Row(), Row(), Row()]
+    rows[0].add([5] * 3, [5] * 3)
+    rows[0].add([6] * 5, [6] * 5)                       # 8 tokens, then 2 of padding
+    rows[1].add([7] * 4, [7] * 4, first_is_target=True)  # the rest of a document cut at a row's end
+    rows[1].add([8] * 6, [8] * 6)
+    rows[2].add([9], [9])                               # a one-token document
+    rows[2].add([4] * 9, [4] * 9)
+    batch = collate(rows, 10, 0)
+    flat = batch.position_ids.reshape(1, -1)
+    # segments: [0, 3) [3, 8) padding [8, 10) | [10, 14) [14, 20) | [20, 21) [21, 30)
+    expected = torch.tensor([0, 3, 8, 10, 14, 20, 21, 30], dtype=torch.int32)
+    mine = varlen_kwargs(flat)
+    assert torch.equal(mine["cu_seq_lens_q"], expected) and torch.equal(mine["cu_seq_lens_k"], expected)
+    assert mine["max_length_q"] == mine["max_length_k"] == 9
+    (cu_q, _), (max_q, _) = prepare_fa_kwargs_from_position_ids(flat)
+    assert torch.equal(cu_q, expected) and int(max_q) == 9

@@ -9,11 +9,63 @@ import pytest
 from llamantino.errors import LlamantinoError
 from llamantino.evalita import get_task
 from llamantino.evalita.samples import sample_files
-from llamantino.prompts import EVALITA_INSTRUCTIONS
 
 MY_TASKS = ("acti-a", "acti-b", "clinkart", "discotex-1", "discotex-2", "emit", "geolingit")
 SAMPLE_COUNTS = {"acti-a": (24, 10), "acti-b": (20, 8), "clinkart": (20, 8), "discotex-1": (20, 10),
                  "discotex-2": (20, 10), "emit": (24, 10), "geolingit": (20, 10)}
+
+
+# Table 1 of the paper, written out from the paper's text (lines joined, "con-tribuisce" and
+# "cen-trosinistra" unhyphenated; its typos "Documeto" and "resituisci" kept). WiC-ITA's word
+# and HaSpeeDe3's account figures are the paper's examples there.
+TABLE_1 = {
+    "acti-a": "Stabilisci se il seguente testo contiene una teoria del complotto o cospirazione. Rispondi con si o no.",
+    "acti-b": "Classifica il seguente testo in una di queste quattro categorie di teorie del complotto: Covid, "
+              "Qanon, Terra Piatta, Russia.",
+    "clinkart": "Trova nel testo in input le menzioni testuali dei test di laboratorio o misurazioni (EVENT) e "
+                "collegali ai loro risultati (RML). Le relazioni sono rappresentate da coppie ordinate di menzioni "
+                "di entità (RML, EVENT), ciascuna identificata da inizi e fine degli offset carattere. Per ogni "
+                "relazione, scrivi '[BREL]', seguito dal risultato seguito da '[SEP]', seguito dal test, seguito "
+                "da '[EREL]'. Se non ci sono relazioni, restituisci [NOREL]",
+    "discotex-1": "Classifica la frase in input come 'Coerente' se si integra logicamente e contribuisce a formare "
+                  "un testo coerente con il paragrafo di contesto. Se la frase target risulta incoerente con il "
+                  "paragrafo, classificala come 'Incoerente'.",
+    "discotex-2": "Predici il punteggio medio di coerenza assegnato dai valutatori umani per il testo in input. "
+                  "Utilizza una scala ordinale a 5 punti (da 1 a 5) per riflettere la percezione graduale della "
+                  "coerenza.",
+    "emit": "Categorizza le emozioni espresse nel testo fornito in input o determina l'assenza di emozioni. Puoi "
+            "classificare il testo come neutrale o identificare una o più delle seguenti emozioni: rabbia, "
+            "anticipazione, disgusto, paura, gioia, tristezza, sorpresa, fiducia, amore.",
+    "geolingit": "Determina la regione di appartenenza, la latitudine e la longitudine dell'autore del tweet in "
+                 "input.",
+    "haspeede3": "Stabilisci se il tweet in input contiene discorsi che incitano all'odio. Rispondi con si o no.",
+    "haspeede3-contextual": "Stabilisci se il tweet in input contiene discorsi che incitano all'odio considerando "
+                            "anche il contesto relativo alle statistiche dell'account. Rispondi con si o no. "
+                            "Contesto: Data: 2018-08-11 Numero di retweet: 0.0 Numero di mi piace: 6.0 Data "
+                            "creazione account: 2018-04-01 Numero di post: 554.0 Follower: 748.0 Amici:",
+    "hodi-a": "Stabilisci se il testo in input ha contenuti omotransfobici o meno. Rispondi con si o no.",
+    "hodi-b": "Estrai dal testo in input le parole che denotano concetti omotransfobici. Separa le parole estratte "
+              "con [SEP]. Se non ci sono parole estratte, restituisci 'Non omotransfobico'.",
+    "langlearn": "Data in input un coppia di documenti (Documento 1 [SEP] Documeto 2) scritti dallo stesso "
+                 "studente, stabilisci se il documento 1 è stato scritto prima del documento 2. Rispondi con si o "
+                 "no.",
+    "nermud": "Elenca le menzioni di entità presenti nel testo in input, indicandone il tipo: [PER] (persona), "
+              "[LOC] (luogo), [ORG] (organizzazione). Se non ci sono entità, resituisci: 'Nessuna menzione'",
+    "politicit": "Indica se l'autore del testo in input è un 'uomo' o una 'donna', seguito dalla sua appartenenza "
+                 "politica scegliendo tra 'destra', 'sinistra', 'centrodestra', 'centrosinistra'.",
+    "wic-ita": "Stabilisci nelle due frasi in input la parola 'affare' è usata con lo stesso significato. Rispondi "
+               "con si o no.",
+}
+
+
+def test_table_1_with_the_papers_examples_filled_in():
+    from llamantino.prompts import evalita_instruction
+
+    assert evalita_instruction("wic-ita", word="affare") == TABLE_1["wic-ita"]
+    # the paper's example stops at "Amici:" (its figure is cut off in the table)
+    contextual = evalita_instruction("haspeede3-contextual", date="2018-08-11", retweets="0.0", likes="6.0",
+                                     created="2018-04-01", posts="554.0", followers="748.0", friends="301.0")
+    assert contextual == TABLE_1["haspeede3-contextual"] + " 301.0"
 
 
 def write(tmp_path, name, text):
@@ -35,7 +87,7 @@ def test_samples_read_with_the_papers_instruction(name):
         assert len({it.id for it in items}) == expected
         for it in items:
             assert it.task == name
-            assert it.instruction == EVALITA_INSTRUCTIONS[name]
+            assert it.instruction == TABLE_1[name]
             assert it.input.strip() and it.output.strip()
             assert it.gold is not None
             assert set(it.record()) == {"id", "task", "instruction", "input", "output"}
@@ -589,37 +641,15 @@ def test_geolingit_bad_input(tmp_path):
 
 # ---------------------------------------------------------------------------------------
 # Agreement with the organisers' scorers. Small files go through llamantino (reader,
-# submission reader, score) and through a re-implementation of the official code's logic
-# written here (or a hand computation where no official code was published); the edge
-# cases pin where llamantino deliberately differs (see each task module's notes).
-
-
-def ref_prf(gold, pred, label):
-    """Precision, recall and F1 of one class as sklearn gives them (undefined -> 0)."""
-    tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
-    fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
-    fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
-def official_geolingit(subtask, gold_path, pred_path, regions=None):
-    """GeoLingIt eval.py: the two files zipped line by line, the header line skipped, ids
-    ignored; A: the third column, macro-F1 of classification_report over the split's fixed
-    region list; B: mean haversine distance (radius 6371.0088 km) from prediction to gold."""
-    with open(gold_path, encoding="utf-8") as fg, open(pred_path, encoding="utf-8") as fp:
-        pairs = [(g.rstrip("\n").split("\t"), p.rstrip("\n").split("\t")) for g, p in zip(fg, fp)][1:]
-    if subtask == "a":
-        golds, preds = [g[2] for g, _ in pairs], [p[2] for _, p in pairs]
-        return sum(ref_prf(golds, preds, region)[2] for region in regions) / len(regions)
-    distances = []
-    for g, p in pairs:
-        lat1, lon1, lat2, lon2 = map(math.radians, (float(p[2]), float(p[3]), float(g[2]), float(g[3])))
-        a = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-        distances.append(2 * 6371.0088 * math.asin(math.sqrt(a)))
-    return sum(distances) / len(distances)
+# submission reader, score); the figures the organisers' own scripts print on the very same
+# files are pinned beside the hand derivation, with the repository and commit of the script
+# that printed them (run outside this project, with the library versions it names); the
+# edge cases pin where llamantino deliberately differs (see each task module's notes).
+#
+# GeoLingIt: dhfbk/geolingit-evalita2023 eval.py at 30655245a39937be334492752b7d602855feeb85,
+# run with scikit-learn 1.2.2 and haversine 2.8.0 (`python eval.py -S a|b -G GOLD -P PRED -D dev|test`).
+# EMit: oaraque/emit evaluate.py at ace9b430805c135b2585fc00cdda9a7d996569d6, with pandas 2.0.3 and
+# scikit-learn 1.2.2 (`python evaluate.py PRED A`, the gold as data/emit_test.csv).
 
 
 GEO_GOLD = ("id\ttext\tregion\n1\tuno\tLazio\n2\tdue\tLazio\n3\ttre\tSicilia\n4\tquattro\tVeneto\n"
@@ -627,44 +657,45 @@ GEO_GOLD = ("id\ttext\tregion\n1\tuno\tLazio\n2\tdue\tLazio\n3\ttre\tSicilia\n4\
 # a region outside the list ("Atlantide") and an empty cell are wrong answers
 GEO_PRED = ("id\ttext\tregion\n1\t\tLazio\n2\t\tSicilia\n3\t\tSicilia\n4\t\tVeneto\n5\t\tToscana\n"
             "6\t\tAtlantide\n7\t\t\n")
+FOUR_DIGITS = 5e-5  # eval.py prints classification_report with digits=4
 
 
 def test_geolingit_a_agrees_with_eval_py_over_the_fixed_region_list(tmp_path):
-    from llamantino.evalita.tasks.geolingit import DEV_REGIONS, TEST_REGIONS
-
     task = get_task("geolingit")
     gold_path, pred_path = write(tmp_path, "dev_a.tsv", GEO_GOLD), write(tmp_path, "team.standard.a.1", GEO_PRED)
     scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
     # Lazio tp 1 fn 1: F1 2/3; Sicilia tp 1 fp 1: 2/3; Veneto tp 1 fn 2 ("Atlantide" costs its
     # recall only): 1/2; Toscana (predicted, never gold), Campania (empty prediction) and the
     # 8 other dev regions: 0. Every gold region is a dev region, so the 13 dev regions count:
-    # (2/3 + 2/3 + 1/2) / 13 = 11/78 (eval.py -D dev prints 0.1410; averaging over the 4
-    # regions of the gold would give 11/24)
+    # (2/3 + 2/3 + 1/2) / 13 = 11/78 (averaging over the 4 regions of the gold would give 11/24).
+    # eval.py -D dev prints "macro avg 0.1923 0.1410 0.1410 7".
     assert scores["a_macro_f1"] == pytest.approx(11 / 78)
+    assert scores["a_macro_f1"] == pytest.approx(0.1410, abs=FOUR_DIGITS)
     assert scores["a_regions"] == 13
     assert scores["a_accuracy"] == pytest.approx(3 / 7)
-    assert official_geolingit("a", gold_path, pred_path, DEV_REGIONS) == pytest.approx(11 / 78)
-    # the same rows over the test split's 17 regions: 11/102 (eval.py -D test prints 0.1078)
-    assert official_geolingit("a", gold_path, pred_path, TEST_REGIONS) == pytest.approx(11 / 102)
-    assert task.score(task.read_gold([gold_path]), task.read_predictions(pred_path),
-                      split="test")["a_macro_f1"] == pytest.approx(11 / 102)
-    # a test-only region in the gold makes it a test gold: Abruzzo right -> (11/6 + 1) / 17 = 1/6
+    # the same rows over the test split's 17 regions: 11/102; eval.py -D test prints
+    # "macro avg 0.1471 0.1078 0.1078 7"
+    test_split = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path), split="test")
+    assert test_split["a_macro_f1"] == pytest.approx(11 / 102)
+    assert test_split["a_macro_f1"] == pytest.approx(0.1078, abs=FOUR_DIGITS)
+    # a test-only region in the gold makes it a test gold: Abruzzo right -> (11/6 + 1) / 17 = 1/6;
+    # eval.py -D test prints "macro avg 0.2059 0.1667 0.1667 8"
     gold_test = write(tmp_path, "test_a.tsv", GEO_GOLD + "8\totto\tAbruzzo\n")
     pred_test = write(tmp_path, "team.standard.a.2", GEO_PRED + "8\t\tAbruzzo\n")
     scores = task.score(task.read_gold([gold_test]), task.read_predictions(pred_test))
     assert scores["a_regions"] == 17 and scores["a_macro_f1"] == pytest.approx(1 / 6)
-    assert official_geolingit("a", gold_test, pred_test, TEST_REGIONS) == pytest.approx(1 / 6)
+    assert scores["a_macro_f1"] == pytest.approx(0.1667, abs=FOUR_DIGITS)
 
 
 def test_geolingit_a_perfect_run_on_the_sample_scores_10_of_13():
-    from llamantino.evalita.tasks.geolingit import DEV_REGIONS
-
     task = get_task("geolingit")
     dev_a = sample_files("geolingit", "test")[0]
     gold = task.read_gold([dev_a])
     assert len({g.region for g in gold.values()}) == 10
-    assert official_geolingit("a", dev_a, dev_a, DEV_REGIONS) == pytest.approx(10 / 13)
-    assert task.score(gold, dict(gold))["a_macro_f1"] == pytest.approx(10 / 13)   # 0.769, not 1.0
+    # 10 regions right, the other 3 dev regions 0: 0.769, not 1.0. eval.py -D dev, the sample
+    # file as gold and as prediction, prints "macro avg 0.7692 0.7692 0.7692 10".
+    assert task.score(gold, dict(gold))["a_macro_f1"] == pytest.approx(10 / 13)
+    assert task.score(gold, dict(gold))["a_macro_f1"] == pytest.approx(0.7692, abs=FOUR_DIGITS)
 
 
 def test_geolingit_b_agrees_with_eval_py(tmp_path):
@@ -674,13 +705,12 @@ def test_geolingit_b_agrees_with_eval_py(tmp_path):
     pred_path = write(tmp_path, "team.standard.b.1", "id\ttext\tlatitude\tlongitude\n1\t\t0.0\t1.0\n"
                                                      "2\t\t45.46\t9.19\n3\t\t41.9\t12.5\n")
     scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
-    expected = official_geolingit("b", gold_path, pred_path)
-    assert scores["b_mean_km"] == pytest.approx(expected)
-    # row 1 alone: one degree along the equator, 2 pi 6371.0088 / 360 = 111.195 km
-    assert official_geolingit("b", gold_path, write(tmp_path, "p1", "h\n1\t\t0.0\t1.0\n")) == \
-        pytest.approx(2 * math.pi * 6371.0088 / 360)
-    # haversine 2.8.0 on these rows: (111.195 + 0 + 426.644) / 3 = 179.280 km
-    assert expected == pytest.approx(179.2798, abs=1e-4) and scores["b_unparsed"] == 0
+    # row 1: one degree along the equator, 2 pi 6371.0088 / 360 = 111.195 km (eval.py on row 1
+    # alone prints "Avg distance: 111.1950802335329 km"); row 2: 0; row 3: Rome to Palermo,
+    # 426.644 km -> mean 179.280 km. eval.py -S b prints "Avg distance: 179.2797932386293 km".
+    assert 2 * math.pi * 6371.0088 / 360 == pytest.approx(111.1950802335329, rel=1e-12)
+    assert scores["b_mean_km"] == pytest.approx(179.2797932386293, rel=1e-12)
+    assert scores["b_unparsed"] == 0
 
 
 def test_geolingit_pairs_by_id_and_refuses_what_eval_py_would_mis_pair(tmp_path):
@@ -723,21 +753,6 @@ def emit_row(item_id, active, text=None):
     return ",".join([item_id] + ([text] if text is not None else []) + cells)
 
 
-def official_emit(gold_path, pred_path):
-    """EMit evaluate.py: the prediction ids must equal the gold ids, row by row (assert), the
-    header must be id and the ten columns in order; f1_score(average="macro") over the
-    indicator matrix = mean over the ten columns of the binary F1 of class 1."""
-    import csv
-
-    with open(gold_path, encoding="utf-8") as fg, open(pred_path, encoding="utf-8") as fp:
-        gold, pred = list(csv.reader(fg)), list(csv.reader(fp))
-    assert pred[0] == ["id", *EMIT_COLUMNS]
-    assert [r[0] for r in pred[1:]] == [r[0] for r in gold[1:]]
-    gold_cols = {c: [r[gold[0].index(c)] for r in gold[1:]] for c in EMIT_COLUMNS}
-    pred_cols = {c: [r[pred[0].index(c)] for r in pred[1:]] for c in EMIT_COLUMNS}
-    return sum(ref_prf(gold_cols[c], pred_cols[c], "1")[2] for c in EMIT_COLUMNS) / len(EMIT_COLUMNS)
-
-
 def test_emit_agrees_with_evaluate_py(tmp_path):
     task = get_task("emit")
     gold_path = write(tmp_path, "emit_test.csv", "\n".join([
@@ -749,10 +764,11 @@ def test_emit_agrees_with_evaluate_py(tmp_path):
     pred_path = write(tmp_path, "Team_SubtaskA_in-domain_run1.csv", "\n".join([header, *pred_rows]) + "\n")
     # Anger 1; Joy tp 1 fp 1 fn 1: 1/2; Neutral 1; Fear (false positive), Sadness, Trust (misses): 0;
     # Anticipation, Disgust, Love, Surprise set nowhere: undefined, 0, and still counted
-    # -> (1 + 1/2 + 1) / 10 = 1/4 (evaluate.py prints 0.25)
+    # -> (1 + 1/2 + 1) / 10 = 1/4. evaluate.py (gold as data/emit_test.csv) prints "F1-macro: 0.25"
+    # and the per-column F1s "1.0 0.0 0.0 0.0 0.5 0.0 1.0 0.0 0.0 0.0".
     scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
-    assert scores["macro_f1"] == pytest.approx(0.25)
-    assert official_emit(gold_path, pred_path) == pytest.approx(0.25)
+    assert scores["macro_f1"] == 0.25
+    assert [scores[f"f1_{c.lower()}"] for c in EMIT_COLUMNS] == [1.0, 0.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0]
     # what evaluate.py refuses is refused: rows out of the gold's order, an empty or non-0/1 cell
     reordered = write(tmp_path, "r.csv", "\n".join([header, *pred_rows[::-1]]) + "\n")
     with pytest.raises(LlamantinoError, match="not in the gold's order"):

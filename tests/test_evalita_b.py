@@ -18,9 +18,8 @@ from llamantino.evalita.tasks.hodi import Rationales, post_f1
 from llamantino.evalita.tasks.nermud import official_label
 from llamantino.evalita.tasks.politicit import chunks, vote
 from llamantino.evalita.samples import sample_files
-from llamantino.prompts import EVALITA_INSTRUCTIONS
 
-from test_evalita_a import ref_prf  # noqa: E402
+from test_evalita_a import TABLE_1  # noqa: E402
 
 
 COUNTS = {  # items in (train, test)
@@ -81,7 +80,7 @@ def test_samples_read_with_counts_round_trip_and_perfect_score(name, tmp_path):
 @pytest.mark.parametrize("name", ["haspeede3", "hodi-a", "hodi-b", "langlearn", "nermud", "politicit"])
 def test_instruction_is_table_1_verbatim(name):
     for item in read_items(name, "train"):
-        assert item.instruction == EVALITA_INSTRUCTIONS[name]
+        assert item.instruction == TABLE_1[name]
 
 
 def test_both_answers_occur_in_binary_training_samples():
@@ -127,9 +126,11 @@ def test_haspeede_contextual_fills_the_account_statistics():
     items = read_items("haspeede3-contextual", "test")
     first = item_by_id(items, "91001")
     # test_contextual.csv row of tweet 91001
-    assert first.instruction == EVALITA_INSTRUCTIONS["haspeede3-contextual"].format(
-        date="2020-11-14 14:30:30", retweets="3", likes="0", created="2010-04-10 09:30:00",
-        posts="120", followers="210", friends="80")
+    assert first.instruction == (
+        "Stabilisci se il tweet in input contiene discorsi che incitano all'odio considerando anche il contesto "
+        "relativo alle statistiche dell'account. Rispondi con si o no. Contesto: Data: 2020-11-14 14:30:30 "
+        "Numero di retweet: 3 Numero di mi piace: 0 Data creazione account: 2010-04-10 09:30:00 Numero di post: "
+        "120 Follower: 210 Amici: 80")
     assert "{" not in first.instruction
     assert first.input == "Ladri e corrotti, dovete andarvene tutti a casa subito"
     assert (first.gold, first.output) == (1, "si")
@@ -558,7 +559,7 @@ def test_politicit_bad_inputs(tmp_path):
 def test_wic_items_mark_the_targets_and_name_the_lemma():
     items = read_items("wic-ita", "train")
     bomba = item_by_id(items, "bomba.noun.2")
-    assert bomba.instruction == EVALITA_INSTRUCTIONS["wic-ita"].format(word="bomba")
+    assert bomba.instruction == TABLE_1["wic-ita"].replace("'affare'", "'bomba'")
     assert bomba.input == ("Durante la guerra una **bomba** colpì la stazione . [SEP] "
                            "Presentava ferite da schegge di **bombe** .")
     assert (bomba.gold, bomba.output) == (1, "si")
@@ -608,50 +609,20 @@ def test_wic_bad_inputs(tmp_path):
 
 # ---------------------------------------------------------------------------------------
 # Agreement with the organisers' scorers. Small files go through llamantino (reader,
-# submission reader, score) and through a re-implementation of the official code's logic
-# written here (or a hand computation where no official code was published); the edge
+# submission reader, score); the figures the organisers' own scripts print on the very same
+# files are pinned beside the hand derivation, with the repository and commit of the script
+# that printed them (run outside this project, with the library versions named); the edge
 # cases pin where llamantino deliberately differs (see each task module's notes).
-
-
-def tsv_rows(path):
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
-
-
-def official_hodi_a(gold_path, pred_path):
-    """HODI evaluation_utils: same row count, every predicted value among the gold's values,
-    inner join on id (every gold id must join), then sklearn macro-F1 over the labels present
-    in gold or predictions."""
-    gold, pred = tsv_rows(gold_path), tsv_rows(pred_path)
-    assert len(gold) == len(pred)
-    assert {int(r["homotransphobic"]) for r in pred} <= {int(r["homotransphobic"]) for r in gold}
-    by_id = {r["id"]: int(r["homotransphobic"]) for r in pred}
-    joined = [(int(r["homotransphobic"]), by_id[r["id"]]) for r in gold if r["id"] in by_id]
-    assert len(joined) == len(gold)
-    g, p = [a for a, _ in joined], [b for _, b in joined]
-    labels = sorted(set(g) | set(p))
-    return sum(ref_prf(g, p, label)[2] for label in labels) / len(labels)
-
-
-def official_hodi_b(gold_path, pred_path):
-    """HODI evaluation_utils.f1 on the join: the gold cell is text; when it is empty the
-    post scores 1 for an empty prediction and 0 otherwise; else it is parsed, an empty
-    prediction scores 0, and the rest is 2|P & G| / (|P| + |G|) on sets."""
-    import ast
-
-    gold, pred = tsv_rows(gold_path), {r["id"]: ast.literal_eval(r["rationales"]) for r in tsv_rows(pred_path)}
-    scores = []
-    for row in gold:
-        cell, predicted = row["rationales"], pred[row["id"]]
-        if len(cell) == 0:
-            scores.append(1.0 if len(predicted) == 0 else 0.0)
-        elif len(predicted) == 0:
-            scores.append(0.0)
-        else:
-            p, g = set(predicted), set(ast.literal_eval(cell))
-            scores.append(2 * len(p & g) / (len(p) + len(g)))
-    return sum(scores) / len(scores)
+#
+# HODI: HODI-EVALITA/HODI_2023 compute_metrics.py + evaluation_utils.py at
+#   e087e2ed28c31b094ccf03efde2a23b54a05cc7d, with its requirements.txt pins (pandas 2.0.3,
+#   scikit-learn 1.2.2, numpy 1.24.4, scipy 1.10.1): `python compute_metrics.py --submission_path
+#   team.zip --gold_path_raw gold.tsv --task a|b`, the run files zipped.
+# NERMuD: dhfbk/KIND evalita-2023/scripts/get-results.py at a2ad139171ef7fde0dff0f8ea94d18356340ada9,
+#   with scikit-learn 1.2.2: `python get-results.py GOLD PRED` (a table with 2 digits).
+# WiC-ITA: wic-ita/data evaluation.py at 3a9ba283a905ca878c41f4349ebc15541946dc60, with
+#   scikit-learn 1.2.2: `python evaluation.py --gt_bin_path binary --gt_rank_path ranking
+#   --submission sub.zip` (the gold as binary/test.jsonl; the zip holds binary.jsonl).
 
 
 HODI_GOLD = ("id\ttext\thomotransphobic\trationales\n1\tciao a tutti\t1\t[0, 1, 6]\n2\tciao\t0\t\n"
@@ -664,23 +635,25 @@ def test_hodi_a_agrees_with_the_official_scorer(tmp_path):
     # rows in another order: the official scorer joins on id, so does this one
     pred_path = write(tmp_path / "team.A.run1", "id\thomotransphobic\n5\t0\n4\t1\n3\t1\n2\t0\n1\t0\n")
     # class 1: gold {1, 4}, predicted {4, 3}: F1 1/2; class 0: gold {2, 3, 5}, predicted
-    # {5, 2, 1}: F1 2/3 -> 7/12 (the official scorer prints 0.58333)
+    # {5, 2, 1}: F1 2/3 -> 7/12. The official scorer prints "run1 0.5833333333333333".
     result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
     assert result["macro_f1"] == pytest.approx(7 / 12)
-    assert official_hodi_a(gold_path, pred_path) == pytest.approx(7 / 12)
-    # a gold with one class: the macro average runs over the classes present, as sklearn's
+    assert result["macro_f1"] == pytest.approx(0.5833333333333333, rel=1e-12)
+    # a gold with one class: the macro average runs over the classes present, as sklearn's;
+    # the official scorer prints "run2 1.0"
     one_class = write(tmp_path / "one.tsv", "id\ttext\thomotransphobic\n1\tuno\t0\n2\tdue\t0\n")
     all_zero = write(tmp_path / "team.A.run2", "id\thomotransphobic\n1\t0\n2\t0\n")
-    assert official_hodi_a(one_class, all_zero) == 1.0
     assert task.score(task.read_gold([one_class]), task.read_predictions(all_zero))["macro_f1"] == 1.0
     # a predicted value the gold never has is refused, as by the official scorer
     with pytest.raises(LlamantinoError, match=r"predicted value\(s\) \[1\] do not occur in the gold"):
         task.score(task.read_gold([one_class]), {"1": 1, "2": 0})
     # differences on purpose: an id given twice in place of a missing one passes the
-    # official checks (same row count, same join size); here it is refused
+    # official checks (same row count, same join size: the official scorer prints
+    # 0.7619047619047619 for this file); here it is refused
     with pytest.raises(LlamantinoError, match=r"team.A.run3:6: id '2' appears twice"):
         task.read_predictions(write(tmp_path / "team.A.run3", "id\thomotransphobic\n5\t0\n4\t1\n3\t1\n2\t0\n2\t0\n"))
-    # ... and an empty cell, which makes the official scorer refuse the file, is a wrong answer
+    # ... and an empty cell, which makes the official scorer refuse the file ("Exception: error
+    # in raw prediction file format."), is a wrong answer
     empty = task.read_predictions(write(tmp_path / "team.A.run4", "id\thomotransphobic\n5\t0\n4\t\n3\t1\n2\t0\n1\t0\n"))
     # class 1: gold {1, 4}, predicted {3}: 0; class 0: gold {2, 3, 5}, predicted {5, 2, 1}: 2/3 -> 1/3
     assert task.score(task.read_gold([gold_path]), empty)["macro_f1"] == pytest.approx(1 / 3)
@@ -693,10 +666,11 @@ def test_hodi_b_agrees_with_the_official_scorer(tmp_path):
                                                 "5\t[2]\n")
     # 1: 2*2/(4+3) = 4/7; 2: empty gold cell, nothing predicted: 1; 3: gold cell "[]" (not
     # empty text): 0 whatever is predicted; 4: 2*2/(4+2) = 2/3; 5: empty gold cell, something
-    # predicted: 0 -> (4/7 + 1 + 0 + 2/3 + 0) / 5 = 47/105
+    # predicted: 0 -> (4/7 + 1 + 0 + 2/3 + 0) / 5 = 47/105. The official scorer prints
+    # "run1 0.44761904761904764".
     result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
     assert result["f1"] == pytest.approx(47 / 105)
-    assert official_hodi_b(gold_path, pred_path) == pytest.approx(47 / 105)
+    assert result["f1"] == pytest.approx(0.44761904761904764, rel=1e-12)
 
 
 LANGLEARN_ESSAYS = ('<dataset><doc id="11">Primo tema.</doc><doc id="12">Secondo tema.</doc>'
@@ -732,34 +706,6 @@ def test_langlearn_blind_test_layout_is_read_unlabelled_and_refused_as_gold(tmp_
     assert task.read_gold([train, essays]) == {"CItA:11-12": 1, "CItA:12-11": 0}
 
 
-def official_nermud(gold_path, pred_path):
-    """KIND get-results.py: the labels of every line with exactly two tab-separated fields,
-    sentence breaks ignored, paired by position; stripped, upper-cased, `X-` prefixes and
-    `|...` removed; classification_report over PER, LOC, ORG with zero_division=0."""
-    import re
-
-    def labels(path):
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            parts = line.strip().split("\t")
-            if line.strip() and len(parts) == 2:
-                out.append(re.sub(r"\|.*", "", re.sub(r"[A-Z]-", "", parts[1].upper().strip())))
-        return out
-
-    gold, pred = labels(gold_path), labels(pred_path)
-    assert len(gold) == len(pred)
-    table = {t: ref_prf(gold, pred, t) for t in ("PER", "LOC", "ORG")}
-    support = {t: gold.count(t) for t in table}
-    tp = sum(1 for g, p in zip(gold, pred) if g == p and g in table)
-    fp = sum(1 for g, p in zip(gold, pred) if p in table and g != p)
-    fn = sum(1 for g, p in zip(gold, pred) if g in table and g != p)
-    micro_p, micro_r = tp / (tp + fp), tp / (tp + fn)
-    return {"micro_f1": 2 * micro_p * micro_r / (micro_p + micro_r),
-            "macro_f1": sum(v[2] for v in table.values()) / 3,
-            "weighted_precision": sum(table[t][0] * support[t] for t in table) / sum(support.values()),
-            **{f"{t}_f1": table[t][2] for t in table}, **{f"{t}_support": support[t] for t in table}}
-
-
 def test_nermud_agrees_with_get_results(tmp_path):
     task = get_task("nermud")
     gold_path = write(tmp_path / "WN_test.tsv", "Mario\tB-PER\nRossi\tI-PER\nvisitò\tO\nTrento\tB-LOC\n\n"
@@ -768,32 +714,33 @@ def test_nermud_agrees_with_get_results(tmp_path):
     pred_path = write(tmp_path / "DAC_WN_run1.tsv", "Mario\tB-PER\nRossi\tO\nvisitò\tO\nTrento\tB-ORG\n\n"
                                                     "La\tO\nFIAT\tb-org\ndi\tO\nTorino\tB-LOC|x\n")
     # tokens: gold PER PER O LOC | O ORG O LOC; pred PER O O ORG | O ORG O LOC
-    # PER P 1 R 1/2, LOC P 1 R 1/2, ORG P 1/2 R 1: each F1 2/3; micro tp 3 fp 1 fn 2: F1 2/3;
-    # weighted precision (1*2 + 1*2 + 1/2*1) / 5 = 0.9 (get-results.py prints the same table)
+    # PER P 1 R 1/2, LOC P 1 R 1/2, ORG P 1/2 R 1: each F1 2/3; micro tp 3 fp 1 fn 2: P 3/4,
+    # R 3/5, F1 2/3; macro P (1 + 1 + 1/2) / 3, R 2/3; weighted P (1*2 + 1*2 + 1/2*1) / 5 = 0.9.
+    # get-results.py prints (2 digits):
+    #           precision recall f1-score support
+    #   PER          1.00   0.50     0.67       2
+    #   LOC          1.00   0.50     0.67       2
+    #   ORG          0.50   1.00     0.67       1
+    #   micro avg    0.75   0.60     0.67       5
+    #   macro avg    0.83   0.67     0.67       5
+    #   weighted avg 0.90   0.60     0.67       5
     result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
-    official = official_nermud(gold_path, pred_path)
-    for key, value in official.items():
-        assert result[key] == pytest.approx(value), key
-    assert (result["micro_f1"], result["weighted_precision"], result["LOC_support"]) == \
-        pytest.approx((2 / 3, 0.9, 2))
+    printed = {"PER": (1.00, 0.50, 0.67, 2), "LOC": (1.00, 0.50, 0.67, 2), "ORG": (0.50, 1.00, 0.67, 1),
+               "micro": (0.75, 0.60, 0.67), "macro": (0.83, 0.67, 0.67), "weighted": (0.90, 0.60, 0.67)}
+    for row, figures in printed.items():
+        for key, value in zip(("precision", "recall", "f1", "support"), figures):
+            assert result[f"{row}_{key}"] == pytest.approx(value, abs=0.005), (row, key)
+    assert (result["micro_f1"], result["macro_precision"], result["weighted_precision"]) == \
+        pytest.approx((2 / 3, 5 / 6, 0.9))
     # differences on purpose: sentences are paired one by one. The same labels split into
-    # other sentences score the same in get-results.py; here the file is refused.
+    # other sentences score the same in get-results.py (it prints the very same table for
+    # this file); here the file is refused.
     merged = write(tmp_path / "merged.tsv", pred_path.read_text().replace("\n\n", "\n"))
-    assert official_nermud(gold_path, merged) == official
     with pytest.raises(LlamantinoError, match="1 gold id.*no prediction"):
         task.score(task.read_gold([gold_path]), task.read_predictions(merged))
     # a line without two fields: the script skips it (shifting the pairing); here it is an error
     with pytest.raises(LlamantinoError, match=r"short.tsv:2: expected token<TAB>label, found 1"):
         task.read_predictions(write(tmp_path / "short.tsv", "Mario\tB-PER\nRossi\t\n"))
-
-
-def official_wic(gold_path, pred_path):
-    """WiC-ITA evaluation.py: predictions looked up by id for every gold id (extra ids
-    ignored), int() labels, precision_recall_fscore_support(labels=[0, 1]), mean of the two F1s."""
-    gold = [json.loads(line) for line in gold_path.read_text().splitlines()]
-    pred = {r["id"]: int(r["label"]) for r in map(json.loads, pred_path.read_text().splitlines())}
-    g, p = [int(r["label"]) for r in gold], [pred[r["id"]] for r in gold]
-    return (ref_prf(g, p, 0)[2] + ref_prf(g, p, 1)[2]) / 2
 
 
 def test_wic_agrees_with_evaluation_py(tmp_path):
@@ -809,18 +756,24 @@ def test_wic_agrees_with_evaluation_py(tmp_path):
     # in another order than the gold (looked up by id); g2 answered 2, outside the labels
     outside = preds("outside.jsonl", [("g6", 0), ("g1", 1), ("g2", 2), ("g3", 1), ("g4", 1), ("g5", 0)])
     # class 1: tp 2 (g1, g3), fp 1 (g4), fn 1 (g2): 2/3; class 0: tp 2 (g5, g6), fn 1 (g4):
-    # P 1 R 2/3 F1 4/5 -> (2/3 + 4/5) / 2 = 11/15 (evaluation.py gives 0.7333)
-    assert official_wic(gold_path, outside) == pytest.approx(11 / 15)
+    # P 1 R 2/3 F1 4/5 -> (2/3 + 4/5) / 2 = 11/15. evaluation.py writes class 0 f1 0.8, class 1
+    # f1 0.6666666666666666 and "weighted" f1 0.7333333333333334 for this file.
     # a label outside 0/1 is refused here, naming the line ...
     with pytest.raises(LlamantinoError, match=r"outside.jsonl:3: field 'label' has 2"):
         task.read_predictions(outside)
     # ... while an answer that could not be decoded (null) scores as evaluation.py scores the 2
     null = preds("binary.jsonl", [("g6", 0), ("g1", 1), ("g2", None), ("g3", 1), ("g4", 1), ("g5", 0)])
     gold = task.read_gold([gold_path])
-    assert task.score(gold, task.read_predictions(null))["macro_f1"] == pytest.approx(11 / 15)
-    # an id the gold lacks is ignored by evaluation.py; here it is refused
+    result = task.score(gold, task.read_predictions(null))
+    assert (result["f1_0"], result["f1_1"], result["macro_f1"]) == \
+        pytest.approx((0.8, 0.6666666666666666, 0.7333333333333334), rel=1e-12)
+    assert result["macro_f1"] == pytest.approx(11 / 15)
+    # an id the gold lacks is ignored by evaluation.py (it writes f1 0.6666666666666666 for
+    # this file: each class tp 2 fp 1 fn 1, as the same file without "zz" scores here); here
+    # it is refused
     extra = preds("extra.jsonl", [("g6", 0), ("g1", 1), ("g2", 0), ("g3", 1), ("g4", 1), ("g5", 0), ("zz", 1)])
-    assert official_wic(gold_path, extra) == pytest.approx(2 / 3)
+    without = {k: v for k, v in task.read_predictions(extra).items() if k != "zz"}
+    assert task.score(gold, without)["macro_f1"] == pytest.approx(0.6666666666666666, rel=1e-12)
     with pytest.raises(LlamantinoError, match=r"1 prediction id\(s\) are not in the gold \(e.g. zz\)"):
         task.score(gold, task.read_predictions(extra))
 

@@ -7,7 +7,10 @@ import pytest
 from llamantino.cli import main
 from llamantino.evalita import get_task
 from llamantino.evalita.samples import sample_files
-from llamantino.prompts import EVALITA_INSTRUCTIONS
+
+
+# Table 1 of the paper, ACTI subtask A
+ACTI_A = "Stabilisci se il seguente testo contiene una teoria del complotto o cospirazione. Rispondi con si o no."
 
 
 def records(folder):
@@ -34,7 +37,7 @@ def test_prepare_one_task(tmp_path, capsys):
     assert json.loads(stdout)["headline"] == {"records": 24, "tasks": 1}
     rows = records(out)
     assert len(rows) == 24
-    assert rows[0] == {"id": "0", "task": "acti-a", "instruction": EVALITA_INSTRUCTIONS["acti-a"],
+    assert rows[0] == {"id": "0", "task": "acti-a", "instruction": ACTI_A,
                        "input": "Il 5G serve a controllarci tutti, aprite gli occhi", "output": "si"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "evalita_prepare"

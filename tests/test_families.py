@@ -148,8 +148,27 @@ def test_chunked_loss_applies_logit_scaling_and_output_bias(tmp_path, family_dir
     tokenizer = tokenizer_of(family_dirs("llama3"))
     base = load_causal_lm(str(other_family(tmp_path, model_type, tokenizer, **extra)), dtype="float32", device="cpu")
     if model_type == "phi":
-        assert base.get_output_embeddings().bias is not None
-    assert_same_loss(lora_model(base), len(tokenizer), model_type)
+        head = base.get_output_embeddings()
+        assert head.bias is not None
+        # transformers starts the bias at zero, where a loss that drops it still agrees
+        torch.manual_seed(2)
+        with torch.no_grad():
+            head.bias.normal_(std=3.0)
+    model = lora_model(base)
+    from llamantino.qlora import CausalLMLoss
+
+    # the chunked path itself, not its fallback to the model's own loss
+    assert CausalLMLoss(model, 7).chunk == 7
+    own = assert_same_loss(model, len(tokenizer), model_type)
+    # The negative control: the output layer's weight alone (no bias, no scaling) gives a loss
+    # far outside the tolerance the chunked loss is held to.
+    ids, positions, labels = packed_batch(len(tokenizer))
+    causal = model.get_base_model()
+    with torch.no_grad():
+        hidden = causal.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        logits = torch.nn.functional.linear(hidden, causal.get_output_embeddings().weight)[:, :-1]
+        plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+    assert abs(float(plain) - float(own)) > 0.1, (float(plain), float(own))
 
 
 @pytest.mark.parametrize("chunk", [0, 7])
@@ -399,25 +418,48 @@ def test_instruction_prompts_in_another_language(family_dirs, tmp_path):
     assert trained == "Parola 0.<|eot_id|>"
 
 
+# The paper's Italian system prompt (section 3.2), verbatim: "piu'" and "e'" as printed.
+PAPER_SYSTEM_PROMPT = (
+    "Sei un assistente disponibile, rispettoso e onesto. Rispondi sempre nel modo piu' utile possibile, pur "
+    "essendo sicuro. Le risposte non devono includere contenuti dannosi, non etici, razzisti, sessisti, tossici, "
+    "pericolosi o illegali. Assicurati che le tue risposte siano socialmente imparziali e positive. Se una domanda "
+    "non ha senso o non e' coerente con i fatti, spiegane il motivo invece di rispondere in modo non corretto. Se "
+    "non conosci la risposta a una domanda, non condividere informazioni false.")
+# The paper's Italian Alpaca prompt (section 3.3), its first line
+PAPER_ALPACA_HEADER = ("Di seguito è riportata un'istruzione che descrive un'attività, abbinata ad un input che "
+                       "fornisce ulteriore informazione. Scrivi una risposta che soddisfi adeguatamente la richiesta.")
+
+
 def test_system_prompt_and_instruction_prompt_settings(tmp_path):
-    assert prompts.system_prompt("auto", "llama2-chat") == prompts.ITALIAN_SYSTEM_PROMPT
+    assert prompts.system_prompt("auto", "llama2-chat") == PAPER_SYSTEM_PROMPT
     assert prompts.system_prompt("auto", "chatml") is None
     assert prompts.system_prompt("none", "llama2-chat") is None
-    assert prompts.system_prompt("paper-it", "chatml") == prompts.ITALIAN_SYSTEM_PROMPT
+    assert prompts.system_prompt("paper-it", "chatml") == PAPER_SYSTEM_PROMPT
     assert prompts.system_prompt("Sé breve.", "chatml") == "Sé breve."
     with pytest.raises(LlamantinoError, match="system_prompt: file missing.txt not found"):
         prompts.system_prompt("missing.txt", "chatml")
-    # llama2-chat without a system prompt: no <<SYS>> block; the template agrees.
+    # llama2-chat without a system prompt: no <<SYS>> block; with the paper's, SPEC section 4's bytes
     chat = prompts.prompt_format("llama2-chat", None, "none")
     assert chat.render_conversation(CHAT[:2]).text == "<s>[INST] Ciao! Come stai? [/INST] Bene, grazie. E tu? </s>"
-    # Alpaca: the paper's Italian prompt byte for byte, Stanford's English one, a template file.
+    assert prompts.prompt_format("llama2-chat").render_conversation(CHAT[:2]).text == (
+        "<s>[INST] <<SYS>>\n" + PAPER_SYSTEM_PROMPT + "\n<</SYS>>\n\nCiao! Come stai? [/INST] Bene, grazie. E tu? </s>")
+    # Alpaca: the paper's Italian prompt byte for byte; without an input, no ### Input: block
     it = prompts.prompt_format("alpaca-it")
     assert it.render_instruction("Traduci.", "Il gatto.", "The cat.").text == (
-        prompts.ALPACA_IT_HEADER + "\n\n### Istruzione:\nTraduci.\n\n### Input:\nIl gatto.\n\n### Risposta:\nThe cat.</s>")
+        PAPER_ALPACA_HEADER + "\n\n### Istruzione:\nTraduci.\n\n### Input:\nIl gatto.\n\n### Risposta:\nThe cat.</s>")
     assert it.render_instruction("Nomina.", " ").text == (
-        prompts.ALPACA_IT_HEADER + "\n\n### Istruzione:\nNomina.\n\n### Risposta:\n")
-    en = prompts.prompt_format("alpaca").render_instruction("Name a city.", "", "Rome")
-    assert en.text == (prompts.ALPACA_EN_NO_INPUT.replace("{instruction}", "Name a city.") + "Rome</s>")
+        PAPER_ALPACA_HEADER + "\n\n### Istruzione:\nNomina.\n\n### Risposta:\n")
+    # Stanford Alpaca's English prompt (tatsu-lab/stanford_alpaca train.py, PROMPT_DICT), as
+    # alpaca-lora's template writes it: "### Response:" followed by a newline, then the answer
+    # (Stanford's own train.py puts the answer right after "### Response:").
+    en = prompts.prompt_format("alpaca")
+    assert en.render_instruction("Name a city.", "", "Rome").text == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\nName a city.\n\n### Response:\nRome</s>")
+    assert en.render_instruction("Translate.", "Il gatto.", "The cat.").text == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\nTranslate.\n\n"
+        "### Input:\nIl gatto.\n\n### Response:\nThe cat.</s>")
     template = tmp_path / "alpaca_es.json"
     template.write_text(json.dumps({"prompt_input": "### Instrucción:\n{instruction}\n### Entrada:\n{input}\n"
                                                     "### Respuesta:\n",

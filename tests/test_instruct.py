@@ -97,19 +97,43 @@ def test_loss_mask_covers_exactly_the_response(tmp_path, tiny_model_dir, tiny_to
         instruct.load_examples(none_left, tiny_tokenizer)
 
 
+def left_padded(batch: dict) -> dict:
+    """The same rows with their padding moved in front (the layout of generation batches)."""
+    out = {key: value.clone() for key, value in batch.items()}
+    for row, n in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        for key in out:
+            out[key][row] = batch[key][row].roll(batch[key].shape[1] - n)
+    return out
+
+
 def test_padded_batch_loss_equals_the_examples_alone(tmp_path, tiny_model_dir, tiny_tokenizer, dolly):
-    """Right padding and the attention mask leave the summed response loss unchanged."""
+    """Padding leaves the summed response loss unchanged: right padding (what `collate` does)
+    by construction, since causal attention never looks ahead; padding in front of the tokens
+    only because the attention mask hides it, which the negative control shows."""
     from transformers import AutoModelForCausalLM
 
     examples, _ = instruct.load_examples(settings(tiny_model_dir, dolly, tmp_path), tiny_tokenizer)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     batch = examples[:4]
     assert len({len(e.input_ids) for e in batch}) > 1  # really padded
-    with torch.no_grad():
-        together = instruct.summed_loss(model, instruct.collate(batch, 0, "cpu"), instruct.contextlib.nullcontext)
-        alone = sum(instruct.summed_loss(model, instruct.collate([e], 0, "cpu"), instruct.contextlib.nullcontext)
-                    for e in batch)
-    assert torch.allclose(together, alone, rtol=1e-5)
+    right = instruct.collate(batch, 0, "cpu")
+    assert right["attention_mask"][:, 0].all() and not right["attention_mask"][:, -1].all()  # pads at the end
+    left = left_padded(right)
+    assert not left["attention_mask"][:, 0].all() and left["attention_mask"][:, -1].all()    # pads in front
+
+    def loss(b):
+        with torch.no_grad():
+            return instruct.summed_loss(model, b, instruct.contextlib.nullcontext)
+
+    alone = sum(loss(instruct.collate([e], 0, "cpu")) for e in batch)
+    assert torch.allclose(loss(right), alone, rtol=1e-5)
+    # the rotary positions of a left-padded row are shifted, and attention depends only on their
+    # differences; the mask keeps the padding out
+    assert torch.allclose(loss(left), alone, rtol=1e-5)
+    # the negative control: without the mask the padding is attended to, and the loss moves by
+    # far more than the tolerance above (about 0.4 of 528 on this model, 80 times it)
+    unmasked = dict(left, attention_mask=torch.ones_like(left["attention_mask"]))
+    assert abs(float(loss(unmasked) - alone)) > 10 * 1e-5 * float(alone)
     # The sum runs over exactly the trained (response) tokens.
     n = sum(instruct.trained_tokens(e) for e in batch)
     assert n == sum(sum(1 for lab in e.labels[1:] if lab != IGNORE) for e in batch) and n > 0

@@ -1,5 +1,6 @@
 """Chat fine-tuning: the Italian LLaMA 2 format byte for byte, the loss mask, the run, preview, chat."""
 
+import csv
 import io
 import json
 import sys
@@ -95,18 +96,30 @@ def sft_args(model, data, out, *extra):
             "--batch-size", "2", "--max-steps", "3", "--logging-steps", "1", *extra]
 
 
-def test_sft_merges_the_language_adapter_and_saves_the_chat_template(tmp_path, tiny_model_dir):
+def first_loss(run):
+    with open(run / "metrics.csv", newline="") as handle:
+        return float(next(row["loss"] for row in csv.DictReader(handle) if row["loss"]))
+
+
+def test_sft_merges_the_language_adapter_and_saves_the_chat_template(tmp_path, tiny_model_dir, make_random_adapter):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    texts = tmp_path / "it.jsonl"
-    write(texts, [{"text": f"Il gatto numero {i} dorme sul divano."} for i in range(30)])
-    adapter = tmp_path / "ita"
-    assert main(["adapt", "--model", str(tiny_model_dir), "--data", str(texts), "--output", str(adapter),
-                 "--max-length", "64", "--batch-size", "2", "--max-steps", "2"]) == 0
+    adapter = make_random_adapter(tmp_path / "ita", seed=3)  # non-zero: the adapted model is another model
     data = write(tmp_path / "chat.jsonl", dialogues())
     out = tmp_path / "chat"
     assert main(sft_args(tiny_model_dir, data, out, "--adapter", str(adapter))) == 0
+    # The first step's loss is that of the model trained from (the new adapter starts at zero):
+    # base + language adapter, merged here with peft itself, and not the base alone.
+    merged = tmp_path / "merged"
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter) \
+        .merge_and_unload().save_pretrained(merged)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(merged)
+    assert main(sft_args(merged, data, tmp_path / "from-merged", "--max-steps", "1")) == 0
+    assert main(sft_args(tiny_model_dir, data, tmp_path / "from-base", "--max-steps", "1")) == 0
+    adapted, by_hand, base_only = (first_loss(run) for run in (out, tmp_path / "from-merged", tmp_path / "from-base"))
+    assert adapted == pytest.approx(by_hand, rel=1e-5)
+    assert abs(adapted - base_only) > 0.01, (adapted, base_only)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "sft" and manifest["settings"]["adapter"] == str(adapter)
     assert manifest["metrics"]["formats"] == ["ultrachat_200k"] and manifest["metrics"]["examples"] >= 6

@@ -350,13 +350,22 @@ def test_new_ids_follow_reserved_tokens_and_use_spare_rows(reserved_model, tmp_p
     assert report["eval"]["it"]["new_tokens_used"] > 20
     assert report["embedding_rows_before"] == report["embedding_rows_after"] == 576
     before, after = state_dict(reserved_model), state_dict(out)
+    # Each new token starts as the mean of the rows of the pieces the old tokenizer cuts its
+    # text into: derived here from the old tokenizer itself, not from what the report says.
+    old = AutoTokenizer.from_pretrained(reserved_model)
+    pieces = {}
+    for token_id in range(516, 566):
+        text = new.decode([token_id])
+        pieces[token_id] = old(text, add_special_tokens=False)["input_ids"]
+        assert len(pieces[token_id]) > 1 and new(text, add_special_tokens=False)["input_ids"] == [token_id], text
+    assert {e["id"]: e["init_from"] for e in report["new_tokens"]} == pieces
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert after[name].dtype == torch.bfloat16 and after[name].shape[0] == 576
         assert torch.equal(after[name][:516], before[name][:516])
         assert torch.equal(after[name][566:], before[name][566:])  # spare rows not needed stay as they were
-        for entry in report["new_tokens"]:
-            expected = before[name][entry["init_from"]].float().mean(dim=0).to(torch.bfloat16)
-            assert torch.equal(after[name][entry["id"]], expected)
+        for token_id, ids in pieces.items():
+            expected = before[name][ids].float().mean(dim=0).to(torch.bfloat16)
+            assert torch.equal(after[name][token_id], expected), (name, token_id)
 
 
 def test_pad_to_multiple_of_rounds_the_matrix_up(reserved_model, tmp_path):
