@@ -44,8 +44,8 @@ def refused(capsys, args, match, root) -> str:
     before = snapshot(root)
     code, err = clean(capsys, *args)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert snapshot(root) == before, err
     assert match in err, err
-    assert snapshot(root) == before
     return err
 
 
@@ -74,8 +74,8 @@ def interrupted_clean(capsys, monkeypatch, shards, out):
 
 @pytest.mark.parametrize("name, text", [
     ("run.json", "{}"),
-    ("manifest.json", json.dumps({"name": "My app", "start_url": "/", "display": "standalone", "outputs": []})),
-    ("manifest.json", json.dumps({"stage": "clean", "outputs": []})),  # a stage, but no llamantino version
+    ("manifest.json", json.dumps({"name": "My app", "start_url": "/", "display": "standalone"})),  # a web app's
+    ("manifest.json", json.dumps({"stage": "clean", "outputs": ["thesis.tex"]})),  # a stage, but no version
     ("run.json", json.dumps({"stage": "nonsense", "fingerprint": "0" * 16, "settings": {}})),
 ])
 def test_a_folder_with_a_run_file_llamantino_did_not_write_is_never_replaced(tmp_path, shards, capsys, name, text):
@@ -84,7 +84,7 @@ def test_a_folder_with_a_run_file_llamantino_did_not_write_is_never_replaced(tmp
     mine.mkdir()
     (mine / "thesis.tex").write_text("thesis")
     (mine / name).write_text(text)
-    for extra in ([], ["--overwrite"]):
+    for extra in (["--overwrite"], []):
         refused(capsys, [shards, "--output", mine, *extra], f"its {name} is not one llamantino writes", tmp_path)
     # The same through diff make / diff apply, which check their output folders on their own.
     from test_weightdiff import random_tensors, write_checkpoint
@@ -100,12 +100,12 @@ def test_a_folder_with_a_run_file_llamantino_did_not_write_is_never_replaced(tmp
 def test_an_unfinished_run_owns_only_the_files_it_recorded(tmp_path, shards, capsys, monkeypatch):
     out = tmp_path / "out"
     interrupted_clean(capsys, monkeypatch, shards, out)
-    info = json.loads((out / "run.json").read_text())
-    assert info["llamantino"] and info["outputs"] == ["progress.json", "part-00000.jsonl.gz", "part-00001.jsonl.gz"]
     # before: a folder with a run.json was all the run's own, and --overwrite deleted thesis.tex
     (out / "thesis.tex").write_text("mine")
     refused(capsys, [shards, "--output", out, "--min-chars", "400", "--overwrite"],
             "no llamantino run wrote (e.g. thesis.tex)", tmp_path)
+    info = json.loads((out / "run.json").read_text())
+    assert info["llamantino"] and info["outputs"] == ["progress.json", "part-00000.jsonl.gz", "part-00001.jsonl.gz"]
     # Resumed to the end, the run's manifest lists its own files, not the one added meanwhile.
     assert clean(capsys, shards, "--output", out, "--shard-docs", "2")[0] == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -144,13 +144,13 @@ def test_an_interrupted_training_run_records_what_it_writes(tmp_path, tiny_model
             "--max-length", "64", "--batch-size", "2", "--max-steps", "4", "--save-steps", "2"]
     assert cli(args + ["--stop-after-steps", "2"]) == 0
     capsys.readouterr()
-    info = json.loads((out / "run.json").read_text())
-    assert {"metrics.csv", "tb/"} <= set(info["outputs"]) and list(info["checkpoints"]) == ["step-0000002"]
     (out / "tb" / "notes.txt").write_text("mine, in the run's own folder")  # a recorded folder is the run's
     (out / "checkpoints" / "mine.txt").write_text("mine")
-    assert cli(args + ["--overwrite"]) == 2
+    assert cli(args + ["--overwrite"]) == 2  # before: exit 0, mine.txt deleted with the run
     assert "no llamantino run wrote (e.g. checkpoints/mine.txt)" in capsys.readouterr().err
     assert (out / "checkpoints" / "mine.txt").is_file()
+    info = json.loads((out / "run.json").read_text())
+    assert {"metrics.csv", "tb/"} <= set(info["outputs"]) and list(info["checkpoints"]) == ["step-0000002"]
     (out / "checkpoints" / "mine.txt").unlink()
     assert cli(args + ["--overwrite"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -255,7 +255,7 @@ def test_reports_rewritten_every_time_replace_only_their_own_folders(tmp_path, c
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("someone's file")
-    for extra in ([], ["--overwrite"]):  # before: --overwrite replaced the folder, keep.txt with it
+    for extra in (["--overwrite"], []):  # before: --overwrite replaced the folder, keep.txt with it
         assert cli(["report", "compare", *runs, "--output", str(mine), *extra]) == 2
         assert "holds no finished llamantino run" in capsys.readouterr().err
     # The `report` stage rewrote any folder, without --overwrite.
@@ -268,3 +268,12 @@ def test_reports_rewritten_every_time_replace_only_their_own_folders(tmp_path, c
     (tmp_path / "cmp" / "notes.txt").write_text("mine")
     assert cli(["report", "compare", *runs, "--output", str(tmp_path / "cmp")]) == 2
     assert "no llamantino run wrote (e.g. notes.txt)" in capsys.readouterr().err
+
+
+def test_overwrite_never_deletes_local_files_of_a_hub_input(tmp_path, shards, capsys, monkeypatch):
+    a = tmp_path / "A"
+    assert clean(capsys, shards, "--output", a)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    # before: A deleted; datasets' json builder reads A/part-00000.jsonl.gz
+    refused(capsys, ["hub:json?data_files=A/part-*.jsonl.gz", "--output", a, "--overwrite"],
+            "the output holds the input A/part-00000.jsonl.gz", tmp_path)

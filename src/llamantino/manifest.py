@@ -158,7 +158,7 @@ def check_output_location(output, cfg=None, inputs=()) -> Path:
         raise LlamantinoError(f"{output}: the output is a symbolic link (to {os.readlink(output)}); "
                               "give the folder itself or another output")
     target = output.resolve()
-    for raw in [*(input_paths(cfg) if cfg is not None else []), *inputs]:
+    for raw in [*(input_paths(cfg) + _hub_local_paths(cfg) if cfg is not None else []), *inputs]:
         if not raw:
             continue
         source = Path(raw)
@@ -180,6 +180,25 @@ def check_output_location(output, cfg=None, inputs=()) -> Path:
                     raise LlamantinoError(f"{output}: the output lies inside {reached}, which the input {raw} "
                                           f"reaches through the symbolic link {link}; choose another output")
     return output
+
+
+def _hub_local_paths(cfg) -> list[str]:
+    """Local files and folders that `hub:` inputs read through datasets' packaged builders
+    (`hub:json?data_files=shards/*.json.gz`, `data_dir=`)."""
+    import dataclasses
+    import glob
+
+    from llamantino.streaming import HUB_PREFIX, parse_hub_spec
+
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name) if f.metadata.get("path_input") else []
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item.startswith(HUB_PREFIX):
+                args = parse_hub_spec(item)
+                for pattern in [*args.get("data_files", []), *([args["data_dir"]] if args.get("data_dir") else [])]:
+                    out += glob.glob(pattern, recursive=True)
+    return out
 
 
 def _links_followed(root: Path):
