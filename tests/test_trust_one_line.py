@@ -135,7 +135,7 @@ def test_a_bad_ctranslate2_model(tmp_path, stand_in):
     shutil.copytree(stand_in["ct2"], model)
     (model / "model.bin").write_bytes(b"\x00" * 100)
     # before: RuntimeError from ctranslate2, and an unfinished run folder left behind
-    translate_refuses(tmp_path, model, "model.bin: not a model CTranslate2 can load")
+    translate_refuses(tmp_path, model, "model.bin: CTranslate2 cannot load the model")
     shutil.copy(stand_in["ct2"] / "model.bin", model / "model.bin")
     (model / "sentencepiece.model").write_bytes(b"garbage")
     translate_refuses(tmp_path, model, "a SentencePiece model that does not load")

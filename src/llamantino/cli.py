@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno == errno.ENAMETOOLONG:
             from llamantino.fileio import shown
 
-            print(f"error: {shown(exc.filename, 120)}: a file name longer than the file system allows; "
-                  "choose a shorter one", file=sys.stderr)
+            where = f"{shown(exc.filename, 120)}: " if exc.filename else ""
+            print(f"error: {where}a file name longer than the file system allows; choose a shorter one",
+                  file=sys.stderr)
             return 2
         if exc.errno not in DISK_ERRORS:
             raise

@@ -245,6 +245,7 @@ class OwnFiles:
     @classmethod
     def of_run(cls, info: dict) -> "OwnFiles":
         entries = [e for e in info.get("outputs", []) if isinstance(e, str)]
+        # checkpoint.py records each checkpoint's files (checkpoints/step-N/...) with their hashes.
         checkpoints = info.get("checkpoints") if isinstance(info.get("checkpoints"), dict) else {}
         files = [f"checkpoints/{step}/{rel}" for step, hashes in checkpoints.items() if isinstance(hashes, dict)
                  for rel in hashes]

@@ -671,14 +671,16 @@ class BatchedEngine:
             self.translator = ctranslate2.Translator(str(ct2_dir), device=cfg.device, device_index=cfg.device_index,
                                                      compute_type=cfg.compute_type, inter_threads=cfg.workers,
                                                      intra_threads=cfg.threads)
-        except (RuntimeError, ValueError, IndexError, KeyError) as exc:  # a damaged or foreign model.bin
-            raise LlamantinoError(f"{ct2_dir / 'model.bin'}: not a model CTranslate2 can load ({exc})") from None
+        except (RuntimeError, ValueError, IndexError, KeyError) as exc:  # a damaged or foreign model.bin, say
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlamantinoError(f"{ct2_dir / 'model.bin'}: CTranslate2 cannot load the model ({why})") from None
         try:
             self.sp_source = spm.SentencePieceProcessor(model_file=str(source_spm))
             self.sp_target = (spm.SentencePieceProcessor(model_file=str(target_spm)) if target_spm
                               else self.sp_source)
         except (RuntimeError, OSError) as exc:
-            raise LlamantinoError(f"{ct2_dir}: a SentencePiece model that does not load ({exc})") from None
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlamantinoError(f"{ct2_dir}: a SentencePiece model that does not load ({why})") from None
         if cfg.splitter == "rules":
             self.split = rule_sentences
         else:
