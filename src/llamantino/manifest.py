@@ -124,8 +124,10 @@ def load_record(path: Path) -> dict | str:
         return f"unreadable JSON ({type(exc).__name__}: {str(exc)[:200]})"
     if not isinstance(record, dict):
         return f"a JSON {type(record).__name__}, not an object"
-    if not isinstance(record.get("stage"), str) or record["stage"] not in _known_stages():
-        return f"its stage {shown(record.get('stage'))} is none of llamantino's"
+    if "stage" not in record:
+        return "no llamantino stage in it"
+    if not isinstance(record["stage"], str) or record["stage"] not in _known_stages():
+        return f"its stage {shown(record['stage'])} is none of llamantino's"
     if isinstance(record.get("llamantino"), str):
         return record
     if path.name == RUN_INFO and isinstance(record.get("fingerprint"), str) and isinstance(record.get("settings"), dict):
