@@ -161,6 +161,7 @@ def test_bad_runs_are_one_line_errors(tmp_path, bpb_runs, capsys):
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("someone's file")
-    assert "holds something else than a comparison" in error(f"a={it}", f"b={bpb_runs['adapted', 'it']}",
-                                                             "--output", str(other))
+    for extra in (["--overwrite"], []):  # before: --overwrite deleted the folder and keep.txt with it
+        assert "holds no finished llamantino run" in error(f"a={it}", f"b={bpb_runs['adapted', 'it']}",
+                                                           "--output", str(other), *extra)
     assert (other / "keep.txt").read_text() == "someone's file"

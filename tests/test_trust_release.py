@@ -351,7 +351,8 @@ def test_release_refuses_to_publish_a_file_a_link_points_to(tmp_path):
     run.mkdir()
     (run / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
     (run / "adapter_model.safetensors").write_bytes(b"weights")
-    (run / "manifest.json").write_text(json.dumps({"stage": "adapt", "settings": {}, "metrics": {}}))
+    (run / "manifest.json").write_text(json.dumps({"llamantino": "0.1.0", "stage": "adapt", "settings": {},
+                                                   "metrics": {}}))
     (tmp_path / "secret.txt").write_text("private key")
     (run / "tokenizer.json").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(LlamantinoError, match="'tokenizer.json' resolves outside"):

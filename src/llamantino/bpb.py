@@ -180,8 +180,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
     elif to_file:
         check_output_location(cfg.output, cfg)
-    if to_file and Path(cfg.output).is_file():
-        old = json.loads(Path(cfg.output).read_text(encoding="utf-8"))
+    if to_file and Path(cfg.output).exists():
+        old = _own_result(Path(cfg.output))
         if old.get("fingerprint") == run_identity(KIND, cfg)["fingerprint"]:
             return {"status": "skipped (done)", "headline": _headline(old), "metrics": old}
         if not overwrite:
@@ -218,6 +218,20 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     elif cfg.output:
         write_manifest(cfg.output, KIND, cfg, inputs=describe_inputs(cfg.data), metrics=result)
     return {"status": "done", "headline": _headline(result), "metrics": result}
+
+
+def _own_result(path: Path) -> dict:
+    """A result file this stage wrote (a JSON object naming this stage, its fingerprint and
+    settings); anything else is the user's file, never replaced."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        old = exc
+    if not (isinstance(old, dict) and old.get("stage") == KIND and isinstance(old.get("fingerprint"), str)
+            and isinstance(old.get("settings"), dict)):
+        raise LlamantinoError(f"{path}: exists and is not a result of llamantino eval bpb; it is never replaced: "
+                              "choose another output")
+    return old
 
 
 def combined(results: list[dict]) -> dict:

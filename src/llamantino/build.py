@@ -42,7 +42,7 @@ from pathlib import Path
 
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import check_member_name, safe_join
+from llamantino.fileio import TMP_PREFIX, check_member_name, safe_join
 from llamantino.merge import DTYPES
 
 KIND = "build"
@@ -226,7 +226,12 @@ def read_checksums(folder) -> dict[str, str]:
     """file name -> sha256 of a release's SHA256SUMS; every name a plain one inside `folder`."""
     path = safe_join(folder, CHECKSUMS, f"release {folder}")
     listed: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise LlamantinoError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         match = CHECKSUM_LINE.fullmatch(line)
@@ -320,7 +325,7 @@ def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shar
     dtype = chain_dtype(base, steps, dtype)
     log = []
     current, pending = Path(base), None
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.chain-", dir=folder.parent))
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}chain-{folder.name}-", dir=folder.parent))
     try:
         for i, step in enumerate(steps):
             dest = folder if i == len(steps) - 1 else work / f"step-{i + 1}"

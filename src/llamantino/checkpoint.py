@@ -31,7 +31,7 @@ import torch
 
 from llamantino import training
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import atomic_write_json, sha256_file
+from llamantino.fileio import TMP_PREFIX, atomic_write_json, sha256_file
 from llamantino.manifest import RUN_INFO
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class Checkpoints:
 
     def save(self, step: int, parts: dict, per_rank: dict | None = None) -> Path:
         final = checkpoint_path(self.run_dir, step)
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

@@ -46,7 +46,8 @@ from typing import Iterator
 from llamantino import sharding
 from llamantino.config import closest, setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import JSONL_SUFFIXES, LineStats, atomic_open, atomic_write_json, expand_inputs, iter_jsonl
+from llamantino.fileio import (JSONL_SUFFIXES, LineStats, atomic_open, atomic_write_json, expand_inputs, is_temporary,
+                               iter_jsonl)
 from llamantino.langid import DETECTORS
 from llamantino.streaming import HUB_PREFIX, hub_records, parquet_records, parse_hub_spec
 
@@ -586,7 +587,11 @@ class ShardWriter:
     def write(self, line: str) -> bool:
         """Write one document; True when it completed a shard."""
         if self._handle is None:
-            self._context = atomic_open(self.folder / SHARD_PATTERN.format(self.index))
+            from llamantino.manifest import record_outputs
+
+            name = SHARD_PATTERN.format(self.index)
+            record_outputs(self.folder, name)  # the run's own before it exists (--overwrite removes it)
+            self._context = atomic_open(self.folder / name)
             self._handle = self._context.__enter__()
         self._handle.write(line)
         self.count += 1
@@ -632,7 +637,7 @@ def _remove_run_files(folder: Path) -> None:
 
     for path in folder.iterdir():
         if (path.name in (PROGRESS, RUN_INFO) or re.fullmatch(r"part-\d{5}\.jsonl\.gz", path.name)
-                or (path.name.startswith(".") and ".tmp-" in path.name)):
+                or is_temporary(path.name)):
             path.unlink()
     if not any(folder.iterdir()):
         folder.rmdir()
@@ -642,7 +647,7 @@ def _remove_stale(folder: Path, shards_done: int) -> None:
     """On resume: drop temporary files and shards written after the last saved progress."""
     for path in folder.iterdir():
         match = re.fullmatch(r"part-(\d{5})\.jsonl\.gz", path.name)
-        if (match and int(match.group(1)) >= shards_done) or (path.name.startswith(".") and ".tmp-" in path.name):
+        if (match and int(match.group(1)) >= shards_done) or is_temporary(path.name):
             path.unlink()
 
 
@@ -691,7 +696,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
                 raise LlamantinoError(f"{out}: the interrupted run cleaned another part of the inputs; "
                                       "pass --overwrite to start again")
         else:
-            start_run(out, KIND, cfg)
+            start_run(out, KIND, cfg, outputs=[PROGRESS])
         try:
             metrics = _clean_all(cfg, reader, workers, out, progress, shard)
             write_manifest(out, KIND, cfg, inputs=describe_inputs(cfg.inputs), metrics=metrics,

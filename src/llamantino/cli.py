@@ -7,6 +7,7 @@ command that needs no torch never imports it.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -116,7 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         sys.stderr.flush()
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: a reader that had enough
+        # Whatever is still buffered would fail again at exit; it goes nowhere instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            from llamantino.fileio import shown
+
+            where = f"{shown(exc.filename, 120)}: " if exc.filename else ""
+            print(f"error: {where}a file name longer than the file system allows; choose a shorter one",
+                  file=sys.stderr)
+            return 2
         if exc.errno not in DISK_ERRORS:
             raise
         # A full, read-only or forbidden disk: one line; what was finished stays for a resume.
@@ -127,9 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr = open(os.devnull, "w")
-        return 0
 
 
 def _quiet_libraries() -> None:

@@ -227,15 +227,30 @@ def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[P
 # Names that come from data (manifests, indexes, archives, releases)
 
 
+NAME_MAX = 255  # bytes in one file or folder name on the usual file systems (ext4, XFS, Btrfs, APFS)
+
+
+def shown(value, limit: int = 200) -> str:
+    """`repr(value)`, cut to `limit` characters: an error line never carries a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def check_member_name(name, what: str) -> str:
     """A file name read from a file someone else wrote must be a plain relative name: no
-    absolute path, no `..`, no drive or backslash tricks, nothing empty. Returns it."""
+    absolute path, no `..`, no drive or backslash tricks, nothing empty, no part longer than
+    a file system allows. Returns it."""
     text = str(name) if isinstance(name, str) else None
     if not text or "\x00" in text or "\\" in text:
-        raise LlamantinoError(f"{what}: {name!r} is not a plain relative file name")
+        raise LlamantinoError(f"{what}: {shown(name)} is not a plain relative file name")
     parts = text.split("/")
     if text.startswith("/") or (len(text) > 1 and text[1] == ":") or any(p in ("", ".", "..") for p in parts):
-        raise LlamantinoError(f"{what}: {name!r} is not a plain relative file name (it could point outside its folder)")
+        raise LlamantinoError(f"{what}: {shown(name)} is not a plain relative file name (it could point outside "
+                              "its folder)")
+    longest = max(len(p.encode("utf-8")) for p in parts)
+    if longest > NAME_MAX:
+        raise LlamantinoError(f"{what}: {shown(name)} has a name of {longest} bytes; file systems allow "
+                              f"{NAME_MAX}")
     return text
 
 
@@ -266,15 +281,26 @@ def safe_join(folder, name, what: str) -> Path:
 # ---------------------------------------------------------------------------------------
 # Atomic writes
 
+# Every work file or folder llamantino makes starts with this prefix, and only such names
+# count as its temporaries (a user's `.tmp/` or `.notes.tmp` is never taken for one).
+TMP_PREFIX = ".llamantino-tmp-"
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+def is_temporary(rel) -> bool:
+    """A path (relative to an output folder) inside or at a work file llamantino makes."""
+    return any(part.startswith(TMP_PREFIX) for part in Path(rel).parts)
+
+
+def temporary_name(path, tag: str = "") -> Path:
+    """A work name next to `path`, unique to this process: `.llamantino-tmp-[TAG-]PID-NAME`."""
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{tag + '-' if tag else ''}{os.getpid()}-{path.name}")
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -299,7 +325,7 @@ def atomic_open(path, mode: str = "wt", gz: bool | None = None):
     """Write a file under a temporary name, renamed into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temporary_name(path)
     gz = is_gzip(path) if gz is None else gz
     try:
         if gz:
@@ -331,12 +357,12 @@ def atomic_dir(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); outputs get the usual mode
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = temporary_name(path, "old")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

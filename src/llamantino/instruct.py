@@ -25,8 +25,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
-import shutil
 import time
 import warnings
 from array import array
@@ -431,21 +429,22 @@ def save_model(output, model, tokenizer, cfg: Config, *, rank: int) -> None:
     import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from llamantino import training
+
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return
     dtype = getattr(torch, cfg.save_dtype)
     full = {k: v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
     model.config.use_cache = True
-    tmp = Path(output) / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=full, max_shard_size="5GB")
-    model.config.dtype = cfg.save_dtype
-    model.config.save_pretrained(tmp)  # the dtype the weights are saved in, not the training one
-    tokenizer.save_pretrained(tmp)
-    for item in tmp.iterdir():
-        os.replace(item, Path(output) / item.name)
-    tmp.rmdir()
+
+    def write(folder):
+        model.save_pretrained(folder, state_dict=full, max_shard_size="5GB")
+        model.config.dtype = cfg.save_dtype
+        model.config.save_pretrained(folder)  # the dtype the weights are saved in, not the training one
+        tokenizer.save_pretrained(folder)
+
+    training.save_files(output, write)
 
 
 # ---------------------------------------------------------------------------------------

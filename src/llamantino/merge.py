@@ -54,7 +54,7 @@ def check_not_quantized(base) -> None:
 
 
 def _adapter_config(adapter) -> dict:
-    from llamantino.weightdiff import read_json, refuse_links_outside
+    from llamantino.weightdiff import WeightFile, read_json, refuse_links_outside
 
     if not Path(adapter).is_dir():
         raise LlamantinoError(f"{adapter}: no such adapter folder")
@@ -67,6 +67,9 @@ def _adapter_config(adapter) -> dict:
         raise LlamantinoError(f"{path}: not a JSON object")
     if config.get("peft_type") != "LORA":
         raise LlamantinoError(f"{path}: peft_type {config.get('peft_type')!r}; only LoRA adapters merge")
+    weights = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
+    if weights.is_file():
+        WeightFile(weights)  # a truncated or damaged file: one line naming it, before peft reads it
     return config
 
 

@@ -371,15 +371,33 @@ def head_matches_model(causal_lm, head) -> tuple[bool, float]:
     return error <= tolerance, error
 
 
+def check_adapter(adapter) -> dict:
+    """A PEFT adapter folder from anyone, checked before peft reads it: adapter_config.json a
+    JSON object, and adapter_model.safetensors (when there) a file whose header reads and whose
+    size is the one the header announces. One line otherwise; returns the config."""
+    from llamantino.weightdiff import WeightFile, read_json
+
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
+        raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
+    config = read_json(path, "adapter config")
+    if not isinstance(config, dict):
+        raise LlamantinoError(f"{path}: a JSON {type(config).__name__}, not an object")
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if weights.is_file():
+        WeightFile(weights)  # a truncated or damaged file: one line naming it
+    return config
+
+
 def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float32", device: str | None = None,
                       merge: bool = False):
     """Model (+ optional PEFT adapter) for evaluation and generation."""
+    if adapter:
+        check_adapter(adapter)  # before the model: a bad adapter costs no loading time
     model = load_causal_lm(model_path, dtype=dtype, device=device)
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, missing modules: another base

@@ -29,7 +29,8 @@ from llamantino import speed, training
 from llamantino.checkpoint import RNG, Checkpoints
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_write_json
-from llamantino.manifest import describe_inputs, prepare_output, read_manifest, start_run, write_manifest
+from llamantino.manifest import (describe_inputs, prepare_output, read_manifest, record_outputs, start_run,
+                                 write_manifest)
 from llamantino.modeling import head_matches_model, output_head
 from llamantino.train_settings import QLoraSettings, accumulation
 
@@ -504,8 +505,8 @@ def finish(t: Trainer, inputs) -> dict:
         _write_rank_record(t)
     training.barrier()
     if t.rank == 0:
-        t.model.save_pretrained(t.run_dir)
-        t.tokenizer.save_pretrained(t.run_dir)
+        training.save_files(t.run_dir, lambda folder: (t.model.save_pretrained(folder),
+                                                       t.tokenizer.save_pretrained(folder)))
         training.plot_loss(t.run_dir, title=f"{t.kind}: {Path(t.cfg.model).name}")
         write_manifest(t.run_dir, t.kind, t.cfg, inputs=describe_inputs(inputs), metrics=metrics)
     training.barrier()
@@ -521,6 +522,8 @@ def _write_rank_record(t: Trainer) -> None:
     for name, tensor in sorted(get_peft_model_state_dict(t.model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    if t.rank == 0:
+        record_outputs(t.run_dir, "ranks/")
     (t.run_dir / "ranks").mkdir(exist_ok=True)
     atomic_write_json(t.run_dir / "ranks" / f"rank{t.rank}.json", {
         "rank": t.rank, "world_size": t.world, "steps": t.step, "data_sha256": t.batch_digest.hexdigest(),

@@ -29,6 +29,7 @@ import yaml
 
 from llamantino.config import build_config, closest, setting, to_dict
 from llamantino.errors import LlamantinoError
+from llamantino.fileio import shown
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DATA_DIR = Path(__file__).parent / "data"  # bundled data, ${data_dir} in recipes
@@ -210,6 +211,10 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
     if run_dir:
         raw["run_dir"] = run_dir
     name = str(raw.get("name") or path.stem)
+    if not name or name.startswith(".") or any(c in name for c in "/\\\x00") or len(name.encode("utf-8")) > 255:
+        # The name is a folder under runs/: `../x` or `/x` would put the run elsewhere.
+        raise LlamantinoError(f"{path}: name {shown(name)}: a recipe's name is a plain name (no '/' or '\\', "
+                              "not starting with '.'); it names the run folder runs/NAME")
     stages_raw = raw.get("stages") or {}
     if not isinstance(stages_raw, dict) or not stages_raw:
         raise LlamantinoError(f"{path}: 'stages' must be a non-empty mapping of stage name to settings")

@@ -73,11 +73,12 @@ def build_table(cfg: Config) -> tuple[str, dict]:
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
-    from llamantino.manifest import write_manifest
+    from llamantino.manifest import check_rewritable, write_manifest
 
     text, values = build_table(cfg)
     print(text)
     if cfg.output:
+        check_rewritable(cfg.output, KIND, cfg, overwrite=overwrite)
         # Always rewritten: a report is cheap and must reflect the folders as they are now.
         with atomic_dir(cfg.output) as tmp:
             write_manifest(tmp, KIND, cfg, metrics={"table": values, "text": text})

@@ -113,12 +113,14 @@ class ExampleRows(RowSource):
 
 def merged_base(cfg: Config) -> str:
     """The base with the language adapter merged in, cached inside the run folder."""
+    from llamantino.manifest import record_outputs
     from llamantino.merge import merge_adapter
 
     folder = Path(cfg.output) / "merged-base"
     if (folder / "config.json").is_file():
         return str(folder)
     log.info("merging %s into %s -> %s", cfg.adapter, cfg.model, folder)
+    record_outputs(cfg.output, f"{folder.name}/")
     merge_adapter(cfg.model, cfg.adapter, folder, dtype=_merge_dtype(cfg))
     return str(folder)
 
@@ -153,8 +155,10 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     tokenizer = check_inputs(cfg)
     chat = chat_format(cfg, tokenizer)
     sources = expand_sources(cfg.data)
-    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
-        raise LlamantinoError(f"{cfg.adapter}: no adapter_config.json, not a PEFT adapter folder")
+    if cfg.adapter:
+        from llamantino.modeling import check_adapter
+
+        check_adapter(cfg.adapter)
 
     def make_source(rank, world):
         stream = DocumentStream(sources, text_field=None, rank=rank, world=world)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from llamantino.config import differing_settings, setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import LineStats, atomic_write_json, parse_json_object, safe_join
+from llamantino.fileio import LineStats, atomic_write_json, is_temporary, parse_json_object, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def check_root(root: Path, shard: Shard) -> None:
                                       "or another output")
         elif entry.name == MANIFEST and MERGED in _read_json(entry):
             continue
-        elif entry.name.startswith(".") and ".tmp" in entry.name:
+        elif is_temporary(entry.name):
             continue  # left by a process killed while writing the merged manifest
         elif entry.name in (MANIFEST, RUN_INFO):
             raise LlamantinoError(f"{root}: holds an unsharded run ({entry.name}); the parts of a sharded run "

@@ -214,7 +214,9 @@ def fuse_adamw(optimizer):
 
 class MetricsLog:
     """Scalars per step to `metrics.csv` and TensorBoard (`tb/`). On resume, rows past the
-    checkpoint's step are dropped so the CSV has each step once."""
+    checkpoint's step are dropped so the CSV has each step once. The CSV is never rewritten in
+    place: a new file is renamed over it, and rows are appended only while no other name links
+    to it (a hard link made by `cp -al` keeps the rows it had)."""
 
     FIELDS = ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
 
@@ -223,24 +225,64 @@ class MetricsLog:
         self.fields = self.FIELDS + tuple(extra_fields)  # e.g. eval_it_bpb, logged on rows of their own
         if not enabled:
             return
+        from llamantino.manifest import record_outputs
+
         self.path = Path(run_dir) / "metrics.csv"
-        rows = []
-        if resume_step and self.path.is_file():
-            with open(self.path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        self.handle = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=self.fields)
+        record_outputs(run_dir, self.path.name, "tb/")
+        rows = self._rows_until(resume_step) if resume_step and self.path.is_file() else []
+        self.handle = None
+        self._replace(rows)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
+    def _rows_until(self, step: int) -> list[dict]:
+        from llamantino.fileio import shown
+
+        rows = []
+        try:
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                for row in reader:
+                    try:
+                        number = int(row.get("step"))
+                    except (TypeError, ValueError):
+                        raise LlamantinoError(f"{self.path}:{reader.line_num}: field 'step' is {shown(row.get('step'))}, "
+                                              "not a step number; fix the line or remove the file (the checkpoints "
+                                              "do not need it)") from None
+                    if number <= step:
+                        rows.append(row)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise LlamantinoError(f"{self.path}: unreadable metrics log ({exc}); fix or remove the file (the "
+                                  "checkpoints do not need it)") from None
+        return rows
+
+    def _replace(self, rows: list[dict] | None = None) -> None:
+        """Rename a new file over metrics.csv (these rows, or, with None, what it holds now) and
+        append to that one."""
+        import shutil
+
+        from llamantino.fileio import temporary_name
+
+        if self.handle is not None:
+            self.handle.close()
+        tmp = temporary_name(self.path)
+        if rows is None:
+            shutil.copyfile(self.path, tmp)
+        else:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self.handle = open(self.path, "a", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.fields)
+
     def log(self, step: int, **values) -> None:
         if not self.enabled:
             return
+        if os.fstat(self.handle.fileno()).st_nlink > 1:  # linked from elsewhere since: leave that file be
+            self._replace()
         self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.fields if k != "step"}})
         self.handle.flush()
         for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
@@ -254,6 +296,28 @@ class MetricsLog:
         if self.enabled:
             self.handle.close()
             self.tb.close()
+
+
+def save_files(run_dir, write) -> None:
+    """`write(folder)` (save_pretrained and the like) into a temporary folder inside the run
+    folder; then each file is recorded as the run's own and renamed into place. A file already
+    there is replaced, never written through (a hard link to it elsewhere keeps its content)."""
+    import shutil
+
+    from llamantino.fileio import temporary_name
+    from llamantino.manifest import record_outputs
+
+    run_dir = Path(run_dir)
+    tmp = temporary_name(run_dir / "save")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir())
+    record_outputs(run_dir, *names)
+    for name in names:
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / name, run_dir / name)
+    shutil.rmtree(tmp)
 
 
 def plot_loss(run_dir, title: str = "") -> Path | None:
@@ -295,9 +359,15 @@ def plot_loss(run_dir, title: str = "") -> Path | None:
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels)
     fig.tight_layout()
+    from llamantino.fileio import temporary_name
+    from llamantino.manifest import record_outputs
+
     out = Path(run_dir) / "loss.png"
-    fig.savefig(out, dpi=100)
+    record_outputs(run_dir, out.name)
+    tmp = temporary_name(out)
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    os.replace(tmp, out)  # a new file: a hard link to the old one keeps its picture
     return out
 
 

@@ -55,6 +55,7 @@ from typing import ClassVar
 from llamantino import sharding
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.fileio import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -467,9 +468,12 @@ def inspect_model(cfg: Config) -> Model:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise LlamantinoError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise LlamantinoError(f"{path}: a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
@@ -483,8 +487,10 @@ def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
         root = min(roots)
         try:
             metadata = json.loads(zf.read(f"{root}/metadata.json").decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise LlamantinoError(f"{path}: {root}/metadata.json is not valid JSON ({exc})") from None
+        if not isinstance(metadata, dict):
+            raise LlamantinoError(f"{path}: {root}/metadata.json is a JSON {type(metadata).__name__}, not an object")
     _check_package(path, metadata, [n[len(root) + 1:] for n in names], cfg)
     return Model("argosmodel", path, metadata.get("from_code"), metadata.get("to_code"),
                  bool(metadata.get("stand_in")), metadata)
@@ -507,6 +513,12 @@ def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
         check_member_name(info.filename[:-1] if info.is_dir() else info.filename, what)
         if not info.is_dir():
             names.append(info.filename)
+    # A name that is both a file and a folder of other members cannot be extracted.
+    folders = {name.rsplit("/", 1)[0] for name in names if "/" in name}
+    folders |= {folder.rsplit("/", i)[0] for folder in folders for i in range(1, folder.count("/") + 1)}
+    clash = sorted(set(names) & folders)
+    if clash:
+        raise LlamantinoError(f"{path}: member {clash[0]!r} is both a file and a folder of other members")
     return names
 
 
@@ -655,12 +667,20 @@ class BatchedEngine:
             ct2_dir, source_spm, target_spm, self.source_eos = root, root / "source.spm", root / "target.spm", ["</s>"]
         # On several GPUs CTranslate2 keeps one model copy per GPU and runs the sub-batches of one
         # translate_batch call (cut by max_batch_size) on all of them at once.
-        self.translator = ctranslate2.Translator(str(ct2_dir), device=cfg.device, device_index=cfg.device_index,
-                                                 compute_type=cfg.compute_type, inter_threads=cfg.workers,
-                                                 intra_threads=cfg.threads)
-        self.sp_source = spm.SentencePieceProcessor(model_file=str(source_spm))
-        self.sp_target = (spm.SentencePieceProcessor(model_file=str(target_spm)) if target_spm
-                          else self.sp_source)
+        try:
+            self.translator = ctranslate2.Translator(str(ct2_dir), device=cfg.device, device_index=cfg.device_index,
+                                                     compute_type=cfg.compute_type, inter_threads=cfg.workers,
+                                                     intra_threads=cfg.threads)
+        except (RuntimeError, ValueError, IndexError, KeyError) as exc:  # a damaged or foreign model.bin, say
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlamantinoError(f"{ct2_dir / 'model.bin'}: CTranslate2 cannot load the model ({why})") from None
+        try:
+            self.sp_source = spm.SentencePieceProcessor(model_file=str(source_spm))
+            self.sp_target = (spm.SentencePieceProcessor(model_file=str(target_spm)) if target_spm
+                              else self.sp_source)
+        except (RuntimeError, OSError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlamantinoError(f"{ct2_dir}: a SentencePiece model that does not load ({why})") from None
         if cfg.splitter == "rules":
             self.split = rule_sentences
         else:
@@ -773,7 +793,7 @@ def _new_progress(files) -> dict:
 def _remove_work_files(out: Path) -> None:
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
-    for stale in (*out.glob(f".{OUTPUT_FILE}.tmp-*"), *out.glob(f".{PROGRESS_FILE}.tmp-*")):
+    for stale in out.glob(f"{TMP_PREFIX}*"):
         stale.unlink()  # temporary files of a process killed while writing
 
 
@@ -818,12 +838,12 @@ def _run(cfg: Config, files, formats, total: int, model: Model, out: Path, state
             raise LlamantinoError(f"{out}: the input files changed since the interrupted run; pass --overwrite "
                                   "to start again")
         log.info("translate: resuming after %d records (%d parts)", progress["read"], progress["parts"])
-    if progress is None:
-        start_run(out, KIND, cfg)
-        _remove_work_files(out)
-        progress = {**_new_progress(files), "lines": ranges}  # ranges: this part's lines of each file
     with contextlib.ExitStack() as stack:
-        engine = open_engine(cfg, model, stack)
+        engine = open_engine(cfg, model, stack)  # a model that does not load fails before the folder is claimed
+        if progress is None:
+            start_run(out, KIND, cfg, outputs=[f"{PARTS_DIR}/", PROGRESS_FILE, OUTPUT_FILE])
+            _remove_work_files(out)
+            progress = {**_new_progress(files), "lines": ranges}  # ranges: this part's lines of each file
         _translate_all(cfg, files, formats, engine, progress, out, total, ranges)
     with atomic_open(out / OUTPUT_FILE) as handle:
         for number in range(progress["parts"]):

@@ -131,8 +131,8 @@ def parse_header(header_text: str, where) -> tuple[dict | None, list[tuple[str, 
     refused unless the tensors follow one another and each range fits its shape."""
     try:
         header = json.loads(header_text)
-    except json.JSONDecodeError as exc:
-        raise LlamantinoError(f"{where}: unreadable safetensors header ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:  # nesting beyond the parser is a RecursionError
+        raise LlamantinoError(f"{where}: unreadable safetensors header ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise LlamantinoError(f"{where}: safetensors header is not a mapping")
     metadata = header.pop("__metadata__", None)
@@ -183,8 +183,8 @@ def read_json(path, what: str):
     """A JSON file of a folder someone else may have written: one line if it is unreadable."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LlamantinoError(f"{path}: unreadable {what} ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise LlamantinoError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
 
 
 def weight_file_name(name, what: str) -> str:
@@ -212,7 +212,10 @@ class ModelFolder:
         self.index_text = None
         index_path = safe_join(self.folder, INDEX_FILE, f"{what} folder {self.folder}")
         if index_path.is_file():
-            self.index_text = index_path.read_text(encoding="utf-8")
+            try:
+                self.index_text = index_path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise LlamantinoError(f"{index_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             weight_map = read_weight_map(self.index_text, index_path)
             names = sorted(set(weight_map.values()))
         elif safe_join(self.folder, SINGLE_FILE, f"{what} folder {self.folder}").is_file():
@@ -248,7 +251,7 @@ def read_weight_map(index_text: str, where) -> dict[str, str]:
     """The `weight_map` of a safetensors index (tensor -> file), checked to be a mapping of names."""
     try:
         weight_map = json.loads(index_text)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
         raise LlamantinoError(f"{where}: unreadable index ({type(exc).__name__}: {exc})") from None
     if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in weight_map.items()):

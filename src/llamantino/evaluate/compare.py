@@ -238,7 +238,7 @@ def _wrap(text: str, width: int = 40) -> str:
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
-    from llamantino.manifest import describe_inputs, read_manifest, write_manifest
+    from llamantino.manifest import check_rewritable, describe_inputs, write_manifest
 
     runs = gather(cfg)
     labels = list(runs)
@@ -248,11 +248,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
                               f"each has: {'; '.join(f'{k}: {len(v)}' for k, v in runs.items())}")
     text = markdown(cfg.title, labels, rows, unshared)
     if cfg.output:
-        out = Path(cfg.output)
-        previous = read_manifest(out) if out.is_dir() else None
-        if out.exists() and any(out.iterdir()) and (previous or {}).get("stage") != KIND and not overwrite:
-            raise LlamantinoError(f"{out}: output folder holds something else than a comparison; "
-                                  "pass --overwrite to replace it")
+        out = check_rewritable(cfg.output, KIND, cfg, overwrite=overwrite)
         # Always rewritten: a report is cheap and must reflect the folders as they are now.
         with atomic_dir(out) as tmp:
             (tmp / "compare.md").write_text(text + "\n", encoding="utf-8")

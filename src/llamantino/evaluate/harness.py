@@ -588,8 +588,9 @@ def load_model(cfg: Config):
         if cfg.adapter:
             from peft import PeftModel
 
-            if not (Path(cfg.adapter) / "adapter_config.json").is_file():
-                raise LlamantinoError(f"{cfg.adapter}: no adapter_config.json, not a PEFT adapter folder")
+            from llamantino.modeling import check_adapter
+
+            check_adapter(cfg.adapter)
             model = PeftModel.from_pretrained(model, cfg.adapter)
         model.eval()
         return model, tokenizer
