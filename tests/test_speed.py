@@ -769,21 +769,26 @@ def test_fused_adamw_takes_adamws_steps():
 
 
 def test_the_gpu_benchmarks_arguments_parse():
-    """The GPU run's own argument lists (sizes, variant names) are valid for the scripts they go to."""
+    """The GPU run's own argument lists (sizes, variant names) are valid for the scripts they go to,
+    and part 1 times 20 steps after its warm-up."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_adapt
     import bench_gpu
     import bench_instruct
 
-    adapt = bench_adapt.parse_args([*bench_gpu.SIZES["gpu"]["adapt"], "--variants", *bench_gpu.ADAPT_GPU])
+    adapt = bench_adapt.parse_args([*bench_gpu.SIZES["gpu"]["adapt"], "--variants", *bench_gpu.PART1])
     assert (adapt.hidden_size, adapt.layers, adapt.seq_length, adapt.compute_dtype) == (4096, 32, 1024, "bfloat16")
-    instruct = bench_instruct.parse_args([*bench_gpu.SIZES["gpu"]["instruct"], "--variants", *bench_gpu.INSTRUCT_GPU])
+    assert adapt.steps - adapt.warmup_steps >= 20 and bench_gpu.PART1[0] == "defaults"
+    instruct = bench_instruct.parse_args([*bench_gpu.SIZES["gpu"]["instruct"], "--variants", *bench_gpu.PART2])
     assert (instruct.hidden_size, instruct.layers, instruct.device) == (2048, 24, "cuda")
     config = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
               "vocab_size": 32000}
     # 7B: 6.5G frozen weights in the blocks and the output layer, 160M LoRA weights at r=64
     assert bench_adapt.flops_per_token(config, 64, 1024) == pytest.approx(
         4 * 6.607e9 + 6 * 159.9e6 + 12 * 32 * 4096 * 1024, rel=2e-3)
+    rows = bench_gpu.packed_positions(8, 1024, 500)
+    assert len(rows) == 8 and all(len(r) == 1024 for r in rows)
+    assert sum(r.count(0) for r in rows) > 8  # documents packed back to back, positions restarting
 
 
 @pytest.mark.slow
@@ -791,14 +796,20 @@ def test_the_gpu_benchmark_runs_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "table.txt"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--cpu-check",
                            "--workdir", str(tmp_path / "work"), "--output", str(out),
-                           "--adapt", "defaults", "liger", "unsloth", "trl-packing", "--instruct", "defaults"],
+                           "--adapt", "defaults", "liger", "trl-tuned", "unsloth", "trl-packing",
+                           "--instruct", "defaults"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    table = out.read_text()
-    for line in ("adapt", "defaults", "trl-packing", "instruct", "dequantisation", "vs TRL packing"):
-        assert line in table, table
-    assert "FAILED" not in table, table
-    assert "skipped (liger-kernel not installed, or no GPU)" in table  # the guarded paths say why
+    text = out.read_text()
+    for line in ("== part 1", "defaults (headline)", "trl-packing", "vs trl-packing", "sdpa (dense block-diagonal "
+                 "mask)", "== part 2", "instruct step", "== part 3", "smoke test:", "CTranslate2", "dequantisation"):
+        assert line in text, (line, text)
+    assert "FAILED" not in text, text
+    assert "liger: skipped (liger-kernel not installed, or no GPU)" in text  # the guarded paths say why
+    assert "trl-tuned: skipped (liger-kernel not installed, or no GPU)" in text
+    assert text.index("defaults (headline)") < text.index("trl-packing  ")  # the headline row first
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert set(raw) >= {"adapt", "attention", "instruct", "doctor"} and raw["doctor"]["exit"] == 0
 
 
 # ---------------------------------------------------------------------------------------
