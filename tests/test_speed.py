@@ -880,3 +880,49 @@ def test_gpu_liger_kernels_and_fused_loss(cuda_model):
         assert_same(reference, loss_and_grads(model, batch, fused="liger"), **BF16, name="liger fused loss")
         speed.apply_liger_kernels(model.get_base_model())
         assert_same(reference, loss_and_grads(model, batch, fused="liger"), **BF16, name="liger kernels + loss")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("attention", ["flash_attention_2", "flash_attention_3"])
+def test_gpu_the_flash_attention_probe_passes_where_the_kernel_works(attention):
+    """Where flash-attn is installed and built for this torch, the probe `auto` relies on passes;
+    what it reports otherwise is the reason the log gives."""
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    from llamantino import modeling
+
+    installed = is_flash_attn_2_available() if attention == "flash_attention_2" else is_flash_attn_3_available()
+    if not installed:
+        pytest.skip(f"{attention} is not installed")
+    works, problem = modeling.probe_flash_attention(attention, "cuda:0", "bfloat16")
+    print(f"\n{attention} probe: {works} {problem}")
+    assert works, problem
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_instruct_padding_free_with_flash_attention_gives_the_padded_loss(tiny_model_dir):
+    """FlashAttention 2 on flattened micro-batches (boundaries from the host, the row length as the
+    bound) against SDPA on the padded batch with its mask: loss and gradients, bf16 tolerances."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import is_flash_attn_2_available
+
+    from llamantino.instruct import collate, summed_loss
+
+    if not is_flash_attn_2_available():
+        pytest.skip("flash-attn is not installed")
+    examples = instruct_examples()
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+
+    def run(attention, batch):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                     attn_implementation=attention).to("cuda")
+        model.train()
+        loss = summed_loss(model, batch, autocast, chunk=5)
+        loss.backward()
+        return float(loss), {k: p.grad.float().clone() for k, p in model.named_parameters()}
+
+    assert_same(run("sdpa", collate(examples, 0, "cuda")),
+                run("flash_attention_2", collate(examples, 0, "cuda", flat_length=64)), **BF16,
+                name="instruct padding-free, flash_attention_2 vs padded sdpa")

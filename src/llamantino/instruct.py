@@ -668,7 +668,8 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
              "%d steps of %d examples (batch %d x %d ranks x %d accumulation), %s, compute %s",
              len(examples), counts["truncated"], counts["dropped_no_response"], n_params / 1e6, local / 1e6, world,
              total, cfg.effective_batch_size, cfg.batch_size, world, accumulation, device, compute_dtype)
-    log.info("speed paths: %s; %s", ", ".join(f"{k} {v}" for k, v in t.speed.items()), speed.describe(paths))
+    log.info("speed paths: attention %s, loss %s, fused AdamW %s, %s", t.speed["attention"], t.speed["fused_loss"],
+             "on" if fused_adamw else "off", speed.describe(paths))
     t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.start, enabled=rank == 0)
     t.progress = training.Progress(total, initial=t.start, enabled=rank == 0, desc=KIND)
     return t
