@@ -114,12 +114,17 @@ def report() -> list[str]:
                  + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"))
     for label, distribution, module in PACKAGES:
         value = version(distribution, module)
-        if label == "bitsandbytes" and value != "not installed":
-            value += f"; its AVX512-BF16 4-bit CPU path: {'yes' if bnb_avx512bf16() else 'no'}"
-        if label == "ctranslate2" and value != "not installed":
-            import ctranslate2
+        try:  # a package that is installed but does not import is reported, not raised
+            if label == "bitsandbytes" and value != "not installed":
+                value += f"; its AVX512-BF16 4-bit CPU path: {'yes' if bnb_avx512bf16() else 'no'}"
+            if label == "ctranslate2" and value != "not installed":
+                import ctranslate2
 
-            value += f"; CUDA devices it sees: {ctranslate2.get_cuda_device_count()}"
+                value += f"; CUDA devices it sees: {ctranslate2.get_cuda_device_count()}"
+        except Exception as exc:  # noqa: BLE001
+            from llamantino.speed import first_line
+
+            value += f"; does not import: {first_line(exc)}"
         rows.append((label, value))
     from llamantino.speed import c_compiler
 
@@ -178,8 +183,8 @@ def auto_choices() -> list[tuple[str, str, str, str]]:
         types = sorted(ctranslate2.get_supported_compute_types("cuda" if count else "cpu"))
         rows.append(("compute_type", "translate", "auto", f"CTranslate2 picks the fastest of {', '.join(types)}; "
                      f"device cpu by default, {count} CUDA device(s) for --device cuda"))
-    except ImportError:
-        rows.append(("compute_type", "translate", "-", "ctranslate2 not installed"))
+    except Exception as exc:  # noqa: BLE001  (not installed, or does not import)
+        rows.append(("compute_type", "translate", "-", f"ctranslate2 unusable here ({type(exc).__name__})"))
     return rows
 
 
