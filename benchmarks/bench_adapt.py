@@ -26,12 +26,16 @@ Variants (llamantino settings; `auto` resolves to what this machine has, the tab
   no-ckpt-4x2       no-checkpointing with 4-sequence micro-batches x 2 (same step, less memory)
 Baselines:
   trl-packing       TRL SFTTrainer, packing=True (TRL 1.x: best-fit-decreasing, padding-free)
+  trl-tuned         trl-packing with Liger's kernels (use_liger_kernel) and the same activation
+                    checkpointing as ours (full, non-reentrant); GPU with liger-kernel only
   trl-defaults      TRL SFTTrainer defaults (no packing: batches padded to their longest document)
   unsloth           unsloth's FastLanguageModel + TRL SFTTrainer with packing (when importable)
 
-Reported: real (non-padding) tokens/s after --warmup-steps, peak memory (GPU:
-torch.cuda.max_memory_allocated; CPU: peak RSS), model FLOPs utilisation (GPU; see
-`flops_per_token`) and each run's ratio to every baseline that ran.
+Reported: real (non-padding) tokens/s over the steps after --warmup-steps, peak memory over those
+steps (GPU: torch.cuda.max_memory_allocated, reset after the warm-up; CPU: peak RSS), model FLOPs
+utilisation (GPU; see `flops_per_token`) and each run's ratio to every baseline that ran.
+`--deadline` (seconds since the epoch) bounds the whole benchmark: a run that would start after it
+is listed as not run, one still running then is stopped.
 
     python benchmarks/bench_adapt.py                  # CPU, tiny model: defaults and both TRL baselines
     python benchmarks/bench_adapt.py --variants defaults paper no-checkpointing trl-packing trl-defaults
@@ -76,8 +80,8 @@ VARIANTS = {
     "defaults-batch16": {"batch_size": 16},
     "no-ckpt-4x2": {**AUTO_KERNELS, "activation_checkpointing": "none", "batch_size": 4, "gradient_accumulation": 2},
 }
-BASELINES = {"trl-packing": "TRL SFTTrainer, packing", "trl-defaults": "TRL SFTTrainer defaults",
-             "unsloth": "unsloth + TRL, packing"}
+BASELINES = {"trl-packing": "TRL SFTTrainer, packing", "trl-tuned": "TRL SFTTrainer, packing, Liger, full ckpt",
+             "trl-defaults": "TRL SFTTrainer defaults", "unsloth": "unsloth + TRL, packing"}
 CPU_RUN = ["defaults", "trl-packing", "trl-defaults"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -101,8 +105,13 @@ def build_model(folder: Path, args, *, in_4bit: bool = False) -> None:
     torch.manual_seed(0)
     with torch.device(args.device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    # Built beside its final name, renamed when complete: an interrupted build is never reused.
+    # Built beside its final name, renamed when complete: an interrupted build is never reused. The
+    # full-precision copy that is quantised goes to memory (/dev/shm) when it fits there: a 7B
+    # model's 13 GB are written and read back in seconds instead of a minute.
     full, partial = folder.with_name(folder.name + ".full"), folder.with_name(folder.name + ".partial")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if in_4bit and Path("/dev/shm").is_dir() and shutil.disk_usage("/dev/shm").free > 1.5 * size:
+        full = Path(tempfile.mkdtemp(prefix="bench-adapt-full-", dir="/dev/shm")) / "full"
     for stale in (full, partial):
         shutil.rmtree(stale, ignore_errors=True)
     model.save_pretrained(full if in_4bit else partial)
@@ -117,7 +126,7 @@ def build_model(folder: Path, args, *, in_4bit: bool = False) -> None:
         quantized.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         del quantized
-        shutil.rmtree(full)
+        shutil.rmtree(full.parent if full.parent.name.startswith("bench-adapt-full-") else full)
     partial.rename(folder)
 
 
@@ -163,8 +172,23 @@ def flops_per_token(config: dict, lora_r: int, seq_length: int) -> float:
 
 
 def child_ours(args) -> dict:
+    from llamantino import qlora
     from llamantino.adapt import Config, run
     from llamantino.config import build_config
+
+    step = qlora.train_step
+
+    def step_then_reset_peak(t):
+        # The benchmark's hook on our own loop: the peak memory of the timed steps only.
+        done = step(t)
+        if t.step == args.warmup_steps and t.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(t.device)
+            torch.cuda.reset_peak_memory_stats(t.device)
+        return done
+
+    qlora.train_step = step_then_reset_peak
 
     settings = json.loads(args.settings)
     batch = settings.pop("batch_size", args.batch_size)
@@ -188,8 +212,9 @@ def child_ours(args) -> dict:
             "kernels": manifest["kernels"], "loss": manifest["fused_loss"], "batch": f"{batch}x{accumulation}"}
 
 
-def trl_train(args, model, tokenizer, *, packing: bool, peft_config) -> dict:
-    """TRL's SFTTrainer on the corpus, timed after the warm-up steps."""
+def trl_train(args, model, tokenizer, *, packing: bool, peft_config, tuned: bool = False) -> dict:
+    """TRL's SFTTrainer on the corpus, timed (and its peak memory taken) after the warm-up steps;
+    `tuned`: Liger's kernels and our activation checkpointing (full, non-reentrant)."""
     import torch
     from datasets import load_dataset
     from transformers import TrainerCallback
@@ -204,7 +229,8 @@ def trl_train(args, model, tokenizer, *, packing: bool, peft_config) -> dict:
         optim="paged_adamw_32bit" if on_gpu else "adamw_torch",
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=not on_gpu,
         bf16=on_gpu and args.compute_dtype == "bfloat16", fp16=on_gpu and args.compute_dtype == "float16",
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if tuned else None, use_liger_kernel=tuned)
     state = {"tokens": 0, "t0": None, "tok0": 0}
 
     class Counting(SFTTrainer):
@@ -218,6 +244,7 @@ def trl_train(args, model, tokenizer, *, packing: bool, peft_config) -> dict:
             if s.global_step == args.warmup_steps:
                 if on_gpu:
                     torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
                 state["t0"], state["tok0"] = time.time(), state["tokens"]
 
     trainer = Counting(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -231,8 +258,8 @@ def trl_train(args, model, tokenizer, *, packing: bool, peft_config) -> dict:
     return {"tokens_per_s": (state["tokens"] - state["tok0"]) / elapsed, "peak_memory_mb": peak_memory_mb(args.device),
             "real_tokens_per_step": (state["tokens"] - state["tok0"]) / (args.steps - args.warmup_steps),
             "final_loss": losses[-1] if losses else None, "checkpointing": checkpointing,
-            "attention": model.config._attn_implementation, "compile": "none", "kernels": "-", "loss": "-",
-            "batch": f"{args.batch_size}x1"}
+            "attention": model.config._attn_implementation, "compile": "none",
+            "kernels": "liger" if tuned else "-", "loss": "liger" if tuned else "-", "batch": f"{args.batch_size}x1"}
 
 
 def child_trl(args) -> dict:
@@ -250,7 +277,8 @@ def child_trl(args) -> dict:
         quantization_config=quantization_config(args.compute_dtype))
     lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=args.lora_dropout, bias="none", task_type="CAUSAL_LM",
                       target_modules=LORA_TARGETS)
-    return trl_train(args, model, tokenizer, packing=args.child == "trl-packing", peft_config=lora)
+    return trl_train(args, model, tokenizer, packing=args.child in ("trl-packing", "trl-tuned"), peft_config=lora,
+                     tuned=args.child == "trl-tuned")
 
 
 def child_unsloth(args) -> dict:
@@ -279,6 +307,8 @@ def unavailable(name: str, settings: dict, device: str) -> str:
         return "unsloth not installed"
     if name.startswith("trl") and importlib.util.find_spec("trl") is None:
         return "trl not installed"
+    if name == "trl-tuned" and (importlib.util.find_spec("liger_kernel") is None or device != "cuda"):
+        return "liger-kernel not installed, or no GPU"
     if "liger" in (settings.get("kernels"), settings.get("fused_loss"), settings.get("loss")):
         if importlib.util.find_spec("liger_kernel") is None or device != "cuda":
             return "liger-kernel not installed, or no GPU"
@@ -294,10 +324,13 @@ def run_variant(name: str, args, model_dir: Path, corpus: Path, out: Path) -> di
     reason = unavailable(name, VARIANTS.get(name, {}), args.device)
     if reason:
         return {"skipped": reason}
+    left = args.deadline - time.time() if args.deadline else None
+    if left is not None and left < 30:
+        return {"skipped": "not run: the time budget was spent"}
     cmd = [sys.executable, __file__, "--child", name, "--model-dir", str(model_dir), "--corpus", str(corpus),
            "--out", str(out)]
     for key in ("device", "seq_length", "batch_size", "steps", "warmup_steps", "compute_dtype", "lora_dropout",
-                "trl_attention"):
+                "trl_attention"):  # --deadline stays with the parent
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     if name in VARIANTS:
         cmd += ["--settings", json.dumps(VARIANTS[name])]
@@ -305,7 +338,10 @@ def run_variant(name: str, args, model_dir: Path, corpus: Path, out: Path) -> di
            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "UNSLOTH_DISABLE_STATISTICS": "1"}
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=left)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"stopped after {time.time() - t0:.0f} s: the time budget was spent"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         tail = (proc.stdout + proc.stderr).strip().splitlines()
@@ -373,6 +409,8 @@ def parse_args(argv=None):
                         help="CPU threads of every run (0: torch's default; 1 is fairer on a busy machine)")
     parser.add_argument("--workdir", help="keep the model and corpus here (reused when present); default: a temp dir")
     parser.add_argument("--table-file", help="also write the table to this file")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="stop starting runs after this time (seconds since the epoch; 0: none)")
     parser.add_argument("--child", choices=[*VARIANTS, *BASELINES], help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -392,8 +430,8 @@ def auto_attention(model_dir: Path, device: str, compute_dtype: str) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.child:
-        runner = {"trl-packing": child_trl, "trl-defaults": child_trl, "unsloth": child_unsloth}.get(args.child,
-                                                                                                    child_ours)
+        runner = {"trl-packing": child_trl, "trl-tuned": child_trl, "trl-defaults": child_trl,
+                  "unsloth": child_unsloth}.get(args.child, child_ours)
         print("RESULT " + json.dumps(runner(args)))
         return {}
     variants = args.variants or CPU_RUN

@@ -1,37 +1,47 @@
-"""Every speed path of llamantino on one GPU, against TRL (with packing and with its defaults) and
-unsloth, in one table: the GPU measurements of the project in one command.
+"""The GPU measurements of the project in three parts, each under 7 minutes on one H200 with its
+model building, so each fits the time a GPU is lent for:
 
-    python benchmarks/bench_gpu.py                  # the GPU run (about 12 minutes on one H200, estimated)
-    python benchmarks/bench_gpu.py --cpu-check      # the same script at tiny sizes on CPU: every code path runs
+    python benchmarks/bench_gpu.py --part 1   # the headline: adapt with its defaults against TRL
+    python benchmarks/bench_gpu.py --part 2   # instruct: the training step's speed paths and MFU
+    python benchmarks/bench_gpu.py --part 3   # the `gpu` tests, llamantino doctor (--smoke), 4-bit costs
+    python benchmarks/bench_gpu.py --cpu-check [--part N]   # every part at tiny sizes on CPU: plumbing only
 
-In order:
-  1. the GPU tests of the fast paths (`pytest -m gpu tests/test_speed.py`): FlashAttention 2/3 and
-     flex attention on packed documents, compiled 4-bit blocks, selective checkpointing, Liger's
-     kernels and fused loss, each against the plain path's loss and gradients;
-  2. the cost of bitsandbytes' 4-bit dequantisation for each LoRA-wrapped linear layer of a 7B
-     LLaMA, against the bf16 matmul it feeds (8 x 1024 tokens);
-  3. adapt: a 7B-shaped LLaMA (random weights, saved once in 4-bit NF4 with double quantisation),
-     LoRA r=64 on every linear layer, 8 x 1024 tokens a step, bf16 compute: the variants of
-     bench_adapt.py, TRL SFTTrainer with packing (as the paper) and with its defaults, unsloth;
-  4. instruct: a 1.36B LLaMA (hidden 2048, 24 layers), 8 x 1024 tokens, bf16 autocast on float32
-     weights, one GPU: the variants of bench_instruct.py, with MFU against the GPU's peak;
-then prints one table, also written to --output (default gpu-speed.txt) with the raw figures
-next to it (gpu-speed.json). A variant that cannot run (a package missing) is listed as skipped.
+Part 1: a 7B-shaped LLaMA (random weights, saved once in 4-bit NF4 with double quantisation),
+LoRA r=64 on every linear layer, 8 x 1024 tokens a step, bf16 compute, 4 warm-up steps then 20
+timed ones, peak memory reset after the warm-up. Rows: `defaults` (the headline: `llamantino
+adapt` with every setting at its default, whatever `auto` picks there), TRL SFTTrainer with packing
+(the paper's setting), TRL tuned (packing, Liger's kernels, the same full non-reentrant
+checkpointing), unsloth where installed. Then the measurement `auto` waits for before it takes flex
+attention for packed rows: two decoder layers of the 7B shape on packed rows (document lengths
+as in the corpus), forward + backward, SDPA with transformers' dense block-diagonal mask against
+flex attention with its document block mask (compiled on its own), and what that makes of a
+32-layer step.
+Part 2: the instruct training step on one GPU (1.36B LLaMA, 8 x 1024, bf16 autocast on float32
+weights): `defaults`, `plain` and the speed paths, with MFU against the GPU's peak.
+Part 3: `pytest -m gpu` (FlashAttention 2/3 and flex attention on packed documents, compiled
+blocks, selective checkpointing, Liger, each against the plain path), `llamantino doctor` and
+`doctor --smoke`, and the cost of 4-bit dequantisation per LoRA-wrapped layer.
+
+Each part prints its table and writes it to --output (default gpu-speed-partN.txt, with the raw
+figures in a .json beside it). A part stops starting runs when --budget-s is spent; what did not
+run is listed with the reason, as is every run that could not happen (a package missing).
 
 What to install is the runner's choice; each piece is skipped with a note when absent:
     pip install -e ".[bench,speed]"                 # TRL (the baselines) and liger-kernel
-    pip install flash-attn --no-build-isolation     # FlashAttention 2 (on Hopper, FlashAttention 3:
-                                                    #   pip install "flash-attn-3" or build hopper/ of flash-attention)
+    pip install flash-attn --no-build-isolation     # FlashAttention 2: a source build (tens of minutes;
+                                                    #   the package index has no wheel for recent torch)
     pip install unsloth unsloth_zoo                 # unsloth; it pins its own torch/transformers versions:
                                                     #   if it would move yours, use a second environment
-                                                    #   and run this script there with --adapt unsloth
+                                                    #   and run part 1 there with --adapt unsloth
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -45,39 +55,234 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.e
 import bench_adapt  # noqa: E402
 import bench_instruct  # noqa: E402
 
-# `defaults` takes Liger where it is installed; `liger`, `flex`, `selective`, `ckpt-every-2` and the
-# others run when asked for (--adapt ... / --instruct ...).
-ADAPT_GPU = ["paper", "flash", "compile", "no-checkpointing", "offload", "defaults", "defaults-batch16",
-             "trl-packing", "trl-defaults", "unsloth"]
-INSTRUCT_GPU = ["plain", "compile", "no-checkpointing", "defaults"]
+PART1 = ["defaults", "trl-packing", "trl-tuned", "unsloth"]  # the headline row first
+PART2 = ["defaults", "plain", "compile", "liger", "no-checkpointing"]
+BUDGET_S = 400  # per part, model building included: under 7 minutes with the report
 SIZES = {
     "gpu": {"adapt": ["--device", "cuda", "--hidden-size", "4096", "--layers", "32", "--intermediate-size", "11008",
                       "--heads", "32", "--vocab-size", "32000", "--seq-length", "1024", "--batch-size", "8",
-                      "--steps", "10", "--warmup-steps", "3", "--docs", "1500"],
+                      "--steps", "24", "--warmup-steps", "4", "--docs", "600"],
+            "attention": {"hidden": 4096, "heads": 32, "intermediate": 11008, "layers": 2, "rows": 8, "length": 1024,
+                          "median_tokens": 500, "steps": 10},
             "instruct": ["--device", "cuda", "--hidden-size", "2048", "--layers", "24", "--intermediate-size", "5632",
                          "--heads", "16", "--vocab-size", "32000", "--seq-length", "1024", "--batch-size", "8",
-                         "--steps", "10"],
+                         "--steps", "20", "--warmup-steps", "3"],
             "dequant": {"hidden": 4096, "intermediate": 11008, "tokens": 8 * 1024}},
     "cpu": {"adapt": ["--device", "cpu", "--hidden-size", "64", "--layers", "2", "--intermediate-size", "128",
                       "--heads", "4", "--vocab-size", "512", "--seq-length", "64", "--batch-size", "4",
                       "--steps", "3", "--warmup-steps", "1", "--docs", "40"],
+            "attention": {"hidden": 64, "heads": 4, "intermediate": 128, "layers": 2, "rows": 2, "length": 64,
+                          "median_tokens": 20, "steps": 2},
             "instruct": ["--device", "cpu", "--hidden-size", "64", "--layers", "2", "--intermediate-size", "128",
                          "--heads", "4", "--vocab-size", "512", "--seq-length", "64", "--batch-size", "2",
-                         "--steps", "2"],
+                         "--steps", "2", "--warmup-steps", "1"],
             "dequant": {"hidden": 64, "intermediate": 128, "tokens": 256}},
 }
 GOALS = "goals: adapt >= 2.0x TRL's tokens/s at <= 0.6x its peak memory, >= 1.0x unsloth's; instruct >= 40% MFU"
 
 
-def gpu_tests(cpu_check: bool) -> str:
-    if cpu_check:
-        return "GPU tests: not run (no GPU in --cpu-check; they are skipped without CUDA)"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-s",
-                           str(ROOT / "tests" / "test_speed.py")], capture_output=True, text=True, cwd=ROOT)
-    figures = [line.strip() for line in proc.stdout.splitlines() if " vs " in line and "largest" in line]
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
-    failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return "\n".join([f"GPU tests (pytest -m gpu tests/test_speed.py): {summary}", *failures, *figures])
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+# ---------------------------------------------------------------------------------------
+# Part 1: adapt with its defaults against TRL and unsloth; flex against SDPA on packed rows
+
+
+def part1(mode: str, args, deadline: float) -> tuple[list[str], dict]:
+    sizes = SIZES[mode]["adapt"]
+    work = Path(args.workdir) / mode / "adapt"
+    peak = 0.0 if mode == "cpu" else bench_instruct.device_peak_flops("cuda")
+    variants = PART1 if args.adapt is None else args.adapt
+    # unsloth (rarely installable next to our torch) after the flex-vs-sdpa measurement, which matters more
+    first, last = [v for v in variants if v != "unsloth"], [v for v in variants if v == "unsloth"]
+
+    def adapt_runs(names):
+        return bench_adapt.main([*sizes, "--workdir", str(work), "--variants", *names, "--peak-flops", str(peak),
+                                 "--deadline", str(deadline)]) if names else {}
+
+    adapt = adapt_runs(first)
+    attention = run_child("packed-attention", mode, deadline) if not args.skip_attention else {}
+    adapt.update(adapt_runs(last))
+    flops = 0.0
+    if (work / "model" / "config.json").is_file():
+        config = json.loads((work / "model" / "config.json").read_text())
+        flops = bench_adapt.flops_per_token(config, 64, int(option(sizes, "--seq-length")))
+    steps = int(option(sizes, "--steps")) - int(option(sizes, "--warmup-steps"))
+    lines = [f"adapt, LLaMA hidden {option(sizes, '--hidden-size')} x {option(sizes, '--layers')} layers in 4-bit NF4 "
+             f"+ LoRA r=64, {option(sizes, '--batch-size')} x {option(sizes, '--seq-length')} tokens a step, "
+             f"{steps} timed steps after {option(sizes, '--warmup-steps')} warm-up steps (peak memory from then)",
+             *adapt_table(adapt, flops, peak), "", *attention_lines(attention, adapt)]
+    return lines, {"adapt": adapt, "attention": attention}
+
+
+def adapt_table(adapt: dict, flops: float, peak: float) -> list[str]:
+    """The defaults row first (the headline), then the baselines, with ratios to each baseline."""
+    baselines = [b for b in ("trl-packing", "trl-tuned", "unsloth") if "tokens_per_s" in adapt.get(b, {})]
+    head = ["variant", "attention", "ckpt", "compile", "kernels", "loss", "tokens/s", "peak GiB", "MFU"]
+    head += [f"vs {b} (tok/s, mem)" for b in baselines]
+    rows, notes = [head], []
+    order = ["defaults"] + [k for k in adapt if k != "defaults"]
+    for name in order:
+        r = adapt.get(name)
+        if r is None:
+            continue
+        if "tokens_per_s" not in r:
+            notes.append(f"{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else f"FAILED: {r['failed']}"))
+            continue
+        mfu = f"{100 * flops * r['tokens_per_s'] / peak:.1f}%" if peak and flops else "-"
+        row = [name + (" (headline)" if name == "defaults" else ""), r["attention"], r["checkpointing"], r["compile"],
+               r["kernels"], r["loss"], f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_mb'] / 1024:.2f}", mfu]
+        for b in baselines:
+            base = adapt[b]
+            row.append(f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x, "
+                       f"{r['peak_memory_mb'] / base['peak_memory_mb']:.2f}x")
+        rows.append(row)
+    return table(rows, left=6) + notes
+
+
+def table(rows: list[list[str]], left: int) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def packed_positions(rows: int, length: int, median: int, seed: int = 0) -> list[list[int]]:
+    """Position ids of rows packed as DocumentPacker packs a web corpus: log-normal document
+    lengths (in tokens), a document that does not fit continuing at the start of the next row."""
+    rng = random.Random(seed)
+    out, row, left = [], [], 0
+    while len(out) < rows:
+        if left == 0:
+            left = max(2, min(8 * median, int(rng.lognormvariate(math.log(median), 0.9))))
+        take = min(left, length - len(row))
+        row += list(range(take))
+        left -= take
+        if len(row) == length:
+            out.append(row)
+            row = []
+    return out
+
+
+def child_packed_attention(mode: str) -> dict:
+    """Forward + backward of a few decoder layers of the measured shape on packed rows, the weights
+    frozen (gradients flow to the input, as with a 4-bit base): SDPA with transformers' dense
+    block-diagonal mask against flex attention with its document block mask, timed after warm-up."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    s = SIZES[mode]["attention"]
+    device = torch.device("cuda" if mode == "gpu" else "cpu")
+    dtype = torch.bfloat16 if mode == "gpu" else torch.float32
+    positions = torch.tensor(packed_positions(s["rows"], s["length"], s["median_tokens"]), device=device)
+    config = LlamaConfig(vocab_size=32000, hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+                         num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["heads"],
+                         max_position_embeddings=4096)
+    out = {"layers": s["layers"], "rows": s["rows"], "length": s["length"],
+           "documents_per_row": float((positions == 0).sum()) / s["rows"]}
+    for attention in ("sdpa", "flex_attention"):
+        if attention == "flex_attention" and device.type == "cpu":
+            out["flex_attention"] = {"skipped": "flex attention has no backward pass on CPU (torch 2.13)"}
+            continue
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+        model.requires_grad_(False)
+        model.train()
+        embeds = torch.randn(s["rows"], s["length"], s["hidden"], device=device, dtype=dtype) * 0.02
+
+        def step():
+            x = embeds.clone().requires_grad_()
+            hidden = model.model(inputs_embeds=x, position_ids=positions, use_cache=False).last_hidden_state
+            hidden.float().square().mean().backward()
+
+        for _ in range(3):  # warm-up: flex attention compiles here
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(s["steps"]):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[attention] = {"ms": 1e3 * (time.perf_counter() - t0) / s["steps"],
+                          "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0}
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def attention_lines(result: dict, adapt: dict) -> list[str]:
+    if not result:
+        return ["packed rows, flex vs SDPA: not run"]
+    if "failed" in result or "skipped" in result:
+        return [f"packed rows, flex vs SDPA: {result.get('failed') or result.get('skipped')}"]
+    head = (f"packed rows, {result['layers']} decoder layers of that shape, {result['rows']} x {result['length']} "
+            f"tokens ({result['documents_per_row']:.1f} document starts a row), forward + backward, weights frozen:")
+    sdpa, flex = result["sdpa"], result["flex_attention"]
+    lines = [head, f"  sdpa (dense block-diagonal mask): {sdpa['ms']:.1f} ms, peak {sdpa['peak_memory_mb']:,.0f} MiB"]
+    if "ms" not in flex:
+        return lines + [f"  flex_attention: skipped ({flex.get('skipped') or flex.get('failed')})"]
+    lines.append(f"  flex_attention (document block mask, compiled alone): {flex['ms']:.1f} ms, "
+                 f"peak {flex['peak_memory_mb']:,.0f} MiB")
+    defaults = adapt.get("defaults", {})
+    layers = 32
+    saved = (sdpa["ms"] - flex["ms"]) * layers / result["layers"]
+    if "tokens_per_s" in defaults:
+        step_ms = 1e3 * defaults["real_tokens_per_step"] / defaults["tokens_per_s"]
+        lines.append(f"  over {layers} layers flex would save {saved:.0f} ms of the defaults' {step_ms:.0f} ms step "
+                     f"({100 * saved / step_ms:+.1f}%; the backward pass under full checkpointing runs the forward "
+                     "again, so the real gain is larger by about half)")
+    verdict = "take flex_attention for packed rows" if flex["ms"] < 0.95 * sdpa["ms"] else "keep sdpa"
+    lines.append(f"  measured choice for `attn_implementation: auto` without FlashAttention: {verdict} "
+                 "(auto stays sdpa until this is read and the default changed)")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# Part 2: instruct MFU
+
+
+def part2(mode: str, args, deadline: float) -> tuple[list[str], dict]:
+    sizes = SIZES[mode]["instruct"]
+    variants = PART2 if args.instruct is None else args.instruct
+    peak = 0.0 if mode == "cpu" else bench_instruct.device_peak_flops("cuda")
+    instruct = bench_instruct.main([*sizes, "--variants", *variants, "--peak-flops", str(peak),
+                                    "--deadline", str(deadline)]) if variants else {}
+    lines = bench_instruct.variants_table(instruct, bench_instruct.parse_args([*sizes, "--variants", *variants]))
+    return lines, {"instruct": instruct}
+
+
+# ---------------------------------------------------------------------------------------
+# Part 3: the gpu tests, doctor, dequantisation
+
+
+def part3(mode: str, args, deadline: float) -> tuple[list[str], dict]:
+    lines, raw = [], {}
+    if mode == "cpu":
+        lines.append("GPU tests: not run (no GPU in --cpu-check; they are skipped without CUDA)")
+    else:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-s",
+                               str(ROOT / "tests" / "test_speed.py")], capture_output=True, text=True, cwd=ROOT,
+                              timeout=max(30, deadline - time.time() - 90))
+        figures = [line.strip() for line in proc.stdout.splitlines() if " vs " in line and "largest" in line]
+        summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+        failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        lines += [f"GPU tests (pytest -m gpu tests/test_speed.py): {summary}", *failures, *figures]
+        raw["gpu_tests"] = {"summary": summary, "failures": failures, "figures": figures}
+    # The report and, after it, one line per path auto picks here.
+    proc = subprocess.run([sys.executable, "-m", "llamantino", "doctor", "--smoke"], capture_output=True, text=True,
+                          timeout=max(30, deadline - time.time()), env={**os.environ, "LLAMANTINO_LOG": "WARNING"})
+    lines += ["", f"llamantino doctor --smoke (exit {proc.returncode}):", *proc.stdout.rstrip().splitlines()]
+    raw["doctor"] = {"exit": proc.returncode, "output": proc.stdout}
+    if proc.returncode and proc.stderr:
+        lines += proc.stderr.rstrip().splitlines()[-5:]
+    lines += ["", *dequantisation(SIZES[mode]["dequant"], "cuda" if mode == "gpu" else "cpu")]
+    return lines, raw
 
 
 def dequantisation(sizes: dict, device: str) -> list[str]:
@@ -122,90 +327,74 @@ def dequantisation(sizes: dict, device: str) -> list[str]:
     return lines
 
 
-def combined_table(adapt: dict, instruct: dict, *, adapt_flops: float, peak: float, instruct_batch: str) -> list[str]:
-    """Both stages in one table: variant, paths, tokens/s, peak memory, MFU (`adapt_flops` per
-    token against `peak`), ratios to each baseline."""
-    baselines = {name: adapt[name] for name in ("trl-packing", "trl-defaults", "unsloth")
-                 if "tokens_per_s" in adapt.get(name, {})}
-    head = ["stage", "variant", "attention", "ckpt", "compile", "kernels", "loss", "batch", "tokens/s", "peak GiB",
-            "MFU", "vs TRL packing", "vs TRL defaults", "vs unsloth", "vs plain"]
-    rows, notes = [head], []
-
-    def ratio(r, base):
-        return f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x/{r['peak_memory_mb'] / base['peak_memory_mb']:.2f}x"
-
-    for name, r in adapt.items():
-        if "tokens_per_s" not in r:
-            notes.append(f"adapt {name}: " + (f"skipped ({r['skipped']})" if "skipped" in r
-                                              else f"FAILED: {r['failed']}"))
-            continue
-        mfu = f"{100 * adapt_flops * r['tokens_per_s'] / peak:.1f}%" if peak else "-"
-        rows.append(["adapt", name, r["attention"], r["checkpointing"], r["compile"], r["kernels"], r["loss"],
-                     r["batch"], f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_mb'] / 1024:.1f}", mfu,
-                     *(ratio(r, baselines[b]) if b in baselines else "-"
-                       for b in ("trl-packing", "trl-defaults", "unsloth")), "-"])
-    plain = instruct.get("plain", {})
-    for name, r in instruct.items():
-        if "tokens_per_s" not in r:
-            notes.append(f"instruct {name}: " + (f"skipped ({r['skipped']})" if "skipped" in r
-                                                 else f"FAILED: {r['failed']}"))
-            continue
-        rows.append(["instruct", name, r["attention"], r["checkpointing"], r["compile"], r["kernels"], r["loss"],
-                     instruct_batch, f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_mb'] / 1024:.1f}",
-                     f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-", "-", "-", "-",
-                     ratio(r, plain) if "tokens_per_s" in plain else "-"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 8 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines + ["ratios: tokens/s / peak memory, each against the baseline in the same run", *notes]
+# ---------------------------------------------------------------------------------------
 
 
-def goals(adapt: dict, instruct: dict) -> list[str]:
-    """Which variants meet the goals (the fastest one of each stage that does)."""
+def run_child(name: str, mode: str, deadline: float) -> dict:
+    """A measurement in a process of its own (a clean GPU, compilation caches of its own)."""
+    left = deadline - time.time()
+    if left < 30:
+        return {"skipped": "not run: the time budget was spent"}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--mode", mode], capture_output=True,
+                              text=True, timeout=left, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return {"failed": "stopped: the time budget was spent"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()
+        print(f"{name} failed:\n" + "\n".join(tail[-30:]), file=sys.stderr, flush=True)
+        return {"failed": next((x for x in reversed(tail) if "Error" in x), tail[-1] if tail else "")[:200]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+PARTS = {1: part1, 2: part2, 3: part3}
+
+
+def goals(raw: dict) -> list[str]:
     out = [GOALS]
-    ours = {k: v for k, v in adapt.items() if "tokens_per_s" in v and k not in bench_adapt.BASELINES}
-    for base in ("trl-packing", "trl-defaults"):
-        b = adapt.get(base, {})
-        if "tokens_per_s" not in b or not ours:
-            continue
-        fitting = {k: v for k, v in ours.items() if v["peak_memory_mb"] <= 0.6 * b["peak_memory_mb"]}
-        best = max(fitting or ours, key=lambda k: ours[k]["tokens_per_s"])
-        r = ours[best]
-        met = r["tokens_per_s"] >= 2 * b["tokens_per_s"] and r["peak_memory_mb"] <= 0.6 * b["peak_memory_mb"]
-        speed, memory = r["tokens_per_s"] / b["tokens_per_s"], r["peak_memory_mb"] / b["peak_memory_mb"]
-        out.append(f"  vs {base}: best {'within 0.6x memory' if fitting else '(none within 0.6x memory)'}: {best}, "
-                   f"{speed:.2f}x tokens/s at {memory:.2f}x memory: {'met' if met else 'NOT met'}")
-    u = adapt.get("unsloth", {})
-    if "tokens_per_s" in u and ours:
-        best = max(ours, key=lambda k: ours[k]["tokens_per_s"])
-        speedup = ours[best]["tokens_per_s"] / u["tokens_per_s"]
-        out.append(f"  vs unsloth: {best} at {speedup:.2f}x: {'met' if speedup >= 1 else 'NOT met'}")
-    done = {k: v for k, v in instruct.items() if v.get("mfu")}
+    adapt, ours = raw.get("adapt", {}), raw.get("adapt", {}).get("defaults", {})
+    if "tokens_per_s" in ours:
+        for base in ("trl-packing", "trl-tuned", "unsloth"):
+            b = adapt.get(base, {})
+            if "tokens_per_s" in b:
+                speed, memory = ours["tokens_per_s"] / b["tokens_per_s"], ours["peak_memory_mb"] / b["peak_memory_mb"]
+                met = speed >= (1.0 if base == "unsloth" else 2.0) and (base == "unsloth" or memory <= 0.6)
+                out.append(f"  defaults vs {base}: {speed:.2f}x tokens/s at {memory:.2f}x memory: "
+                           f"{'met' if met else 'NOT met'}")
+    done = {k: v for k, v in raw.get("instruct", {}).items() if v.get("mfu")}
     if done:
         best = max(done, key=lambda k: done[k]["mfu"])
-        out.append(f"  instruct MFU: best {best}, {100 * done[best]['mfu']:.1f}%: "
-                   f"{'met' if done[best]['mfu'] >= 0.40 else 'NOT met'}")
-    return out
-
-
-def option(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
+        mfu = done.get("defaults", {}).get("mfu")
+        out.append(f"  instruct MFU: defaults {100 * mfu:.1f}%, best {best} {100 * done[best]['mfu']:.1f}%: "
+                   f"{'met' if (mfu or 0) >= 0.40 else 'NOT met'}" if mfu else
+                   f"  instruct MFU: best {best} {100 * done[best]['mfu']:.1f}% (defaults did not run)")
+    return out if len(out) > 1 else []
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", type=int, choices=sorted(PARTS), help="the part to run (default: 1; "
+                                                                         "--cpu-check: all three)")
     parser.add_argument("--cpu-check", action="store_true", help="tiny sizes on CPU: check that every path runs")
     parser.add_argument("--adapt", nargs="*", choices=[*bench_adapt.VARIANTS, *bench_adapt.BASELINES],
-                        help=f"adapt variants (default: {' '.join(ADAPT_GPU)}; none: skip the stage)")
+                        help=f"part 1's adapt runs (default: {' '.join(PART1)}; none: skip them)")
     parser.add_argument("--instruct", nargs="*", choices=list(bench_instruct.VARIANTS),
-                        help=f"instruct variants (default: {' '.join(INSTRUCT_GPU)}; none: skip the stage)")
+                        help=f"part 2's instruct variants (default: {' '.join(PART2)})")
+    parser.add_argument("--skip-attention", action="store_true", help="part 1 without the flex-vs-sdpa measurement")
+    parser.add_argument("--budget-s", type=float, default=BUDGET_S,
+                        help=f"seconds a part may take, model building included (default {BUDGET_S})")
     parser.add_argument("--workdir", default=str(ROOT / ".bench" / "gpu"),
                         help="the 7B model and corpus are built here once and reused")
-    parser.add_argument("--output", default="gpu-speed.txt", help="the table goes here too (and .json beside it)")
-    parser.add_argument("--skip-tests", action="store_true", help="do not run the GPU tests first")
+    parser.add_argument("--output", default="", help="the table goes here too, the raw figures in a .json beside it "
+                                                     "(default gpu-speed-partN.txt)")
+    parser.add_argument("--child", choices=["packed-attention"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["gpu", "cpu"], default="gpu", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child_packed_attention(args.mode)))
+        return 0
     import torch
 
     if not args.cpu_check and not torch.cuda.is_available():
@@ -213,41 +402,23 @@ def main(argv=None) -> int:
     mode = "cpu" if args.cpu_check else "gpu"
     if mode == "cpu":
         os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: one thread each, no spinning on a busy machine
-    started = time.time()
-    work = Path(args.workdir) / mode
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    sections = [f"llamantino speed on {torch.cuda.get_device_name(0) if mode == 'gpu' else 'CPU (check mode)'}, "
-                f"torch {torch.__version__}"]
-    if not args.skip_tests:
-        sections.append(gpu_tests(args.cpu_check))
-        print(sections[-1], flush=True)
-    sections.append("\n".join(dequantisation(SIZES[mode]["dequant"], "cuda" if mode == "gpu" else "cpu")))
-    print(sections[-1], flush=True)
-
-    peak = 0.0 if mode == "cpu" else bench_instruct.device_peak_flops("cuda")
-    adapt_variants = ADAPT_GPU if args.adapt is None else args.adapt
-    adapt, adapt_flops = {}, 0.0
-    if adapt_variants:
-        sizes = SIZES[mode]["adapt"]
-        adapt = bench_adapt.main([*sizes, "--workdir", str(work / "adapt"), "--variants", *adapt_variants,
-                                  "--peak-flops", str(peak), "--table-file", str(output.with_suffix(".adapt.txt"))])
-        config = json.loads((work / "adapt" / "model" / "config.json").read_text())
-        adapt_flops = bench_adapt.flops_per_token(config, 64, int(option(sizes, "--seq-length")))
-    instruct_variants = INSTRUCT_GPU if args.instruct is None else args.instruct
-    instruct = {}
-    if instruct_variants:
-        sizes = SIZES[mode]["instruct"]
-        instruct = bench_instruct.main([*sizes, "--variants", *instruct_variants, "--peak-flops", str(peak)])
-    sections.append("\n".join(combined_table(adapt, instruct, adapt_flops=adapt_flops, peak=peak,
-                                             instruct_batch=f"{option(SIZES[mode]['instruct'], '--batch-size')}x1")))
-    sections.append("\n".join(goals(adapt, instruct)))
-    sections.append(f"total time {time.time() - started:.0f} s; command: python benchmarks/bench_gpu.py "
-                    f"{' '.join(argv if argv is not None else sys.argv[1:])}")
+    parts = [args.part] if args.part else ([1, 2, 3] if mode == "cpu" else [1])
+    device = torch.cuda.get_device_name(0) if mode == "gpu" else "CPU (check mode: plumbing, no figures)"
+    sections, raw = [f"llamantino speed on {device}, torch {torch.__version__}"], {}
+    for part in parts:
+        started = time.time()
+        lines, figures = PARTS[part](mode, args, started + args.budget_s)
+        raw.update(figures)
+        sections.append("\n".join([f"== part {part}", *lines, f"(part {part} took {time.time() - started:.0f} s)"]))
+        print("\n" + sections[-1], flush=True)
+    sections += ["\n".join(goals(raw))] if mode == "gpu" and goals(raw) else []
+    sections.append(f"command: python benchmarks/bench_gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     text = "\n\n".join(sections)
     print("\n" + text)
+    output = Path(args.output or f"gpu-speed-part{''.join(map(str, parts))}.txt")
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text + "\n")
-    output.with_suffix(".json").write_text(json.dumps({"adapt": adapt, "instruct": instruct}, indent=2, default=str))
+    output.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str))
     return 0
 
 

@@ -59,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="examples per micro-batch (CPU default 2, GPU default 8)")
     p.add_argument("--seq-length", type=int, default=1024, help="GPU only: tokens per example")
     p.add_argument("--steps", type=int, help="timed optimizer steps (CPU default 6, GPU default 10)")
+    p.add_argument("--warmup-steps", type=int, default=3, help="variants: steps before the timing (and the memory "
+                                                               "peak) starts")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                    help="CPU only: cores for each configuration (split between the 2 ranks)")
     p.add_argument("--peak-flops", type=float, default=0.0,
@@ -68,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                    help="training-step variants to run (default with --device cuda: all)")
     p.add_argument("--table-file", help="also write the variants table to this file")
+    p.add_argument("--deadline", type=float, default=0.0,
+                   help="variants: start none after this time, stop one still running then (seconds since the epoch)")
     p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -197,7 +201,7 @@ def device_peak_flops(device) -> float:
 
 
 def child_variant(args) -> dict:
-    """One variant's training step, timed after 3 warm-up steps."""
+    """One variant's training step, timed (and its memory peak taken) after the warm-up steps."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -246,7 +250,7 @@ def child_variant(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(3):  # warm-up: compilation, kernels chosen, AdamW state allocated
+    for _ in range(args.warmup_steps):  # warm-up: compilation, kernels chosen, AdamW state allocated
         step()
     sync()
     if device.type == "cuda":
@@ -280,17 +284,25 @@ def bench_variants(args):
 
     for name in names:
         reason = unavailable(name, VARIANTS[name], args.device)
+        left = args.deadline - time.time() if args.deadline else None
+        if not reason and left is not None and left < 30:
+            reason = "not run: the time budget was spent"
         if reason:
             results[name] = {"skipped": reason}
             continue
         cmd = [sys.executable, __file__, "--child", name, "--device", args.device, "--vocab-size",
-               str(args.vocab_size), "--seq-length", str(args.seq_length), "--peak-flops", str(args.peak_flops)]
+               str(args.vocab_size), "--seq-length", str(args.seq_length), "--peak-flops", str(args.peak_flops),
+               "--warmup-steps", str(args.warmup_steps)]
         for key in ("hidden_size", "layers", "intermediate_size", "heads", "batch_size", "steps"):
             if getattr(args, key):
                 cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+        except subprocess.TimeoutExpired:
+            results[name] = {"failed": f"stopped after {time.time() - t0:.0f} s: the time budget was spent"}
+            continue
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             tail = (proc.stdout + proc.stderr).strip().splitlines()

@@ -220,6 +220,7 @@ def test_unknown_post_processing_falls_back_to_the_models_own_loss(family_dirs, 
 def test_auto_attention_per_family_and_device(tiny_family, monkeypatch):
     import transformers.utils
 
+    from llamantino import modeling
     from llamantino.modeling import load_config
 
     family, folder = tiny_family
@@ -230,6 +231,9 @@ def test_auto_attention_per_family_and_device(tiny_family, monkeypatch):
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
     assert resolve_attention("auto", config, "cuda", "bfloat16") == ("flex_attention" if soft_capped else "sdpa")
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    # installed is not enough: the kernel must import and run here (it does not on this machine)
+    assert resolve_attention("auto", config, "cuda", "bfloat16") == ("flex_attention" if soft_capped else "sdpa")
+    monkeypatch.setattr(modeling, "probe_flash_attention", lambda impl, device, dtype: (True, ""))
     assert resolve_attention("auto", config, "cuda", "bfloat16") == "flash_attention_2"
     assert resolve_attention("auto", config, "cuda", "float32") == ("flex_attention" if soft_capped else "sdpa")
 

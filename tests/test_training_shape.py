@@ -245,7 +245,7 @@ def test_settings_of_every_stage_load_without_torch():
 # Commands that are no stage (they run nothing a recipe could chain), and stages that have
 # no command of their own.
 COMMANDS_WITHOUT_STAGE = {"run", "config show", "config list", "diff make", "diff apply", "evalita score", "preview",
-                          "manifest merge"}
+                          "manifest merge", "doctor"}
 STAGES_WITHOUT_COMMAND = {"verify", "report"}
 
 

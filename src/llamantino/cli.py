@@ -44,6 +44,8 @@ COMMANDS = {
     "release": ("llamantino.release", "package a trained run as it is published (adapter or weight difference)"),
     "vocab extend": ("llamantino.vocab", "add target-language tokens to a model's vocabulary, with initialised embeddings"),
     "report compare": ("llamantino.evaluate.compare", "compare runs side by side: markdown table and bar chart"),
+    "doctor": ("llamantino.doctor", "what a bug report needs, and what every auto setting picks here and why "
+                                    "(--smoke: check each path on a tiny model)"),
 }
 
 

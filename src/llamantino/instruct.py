@@ -180,10 +180,24 @@ def micro_batches(ids: list[int], examples: list[Example], batch_size: int, worl
     return chunks[rank::world]
 
 
-def collate(batch: list[Example], pad_id: int, device) -> dict:
-    """Right-padded to the longest example of the micro-batch, with an attention mask."""
+def collate(batch: list[Example], pad_id: int, device, *, flat_length: int = 0) -> dict:
+    """Right-padded to the longest example of the micro-batch, with an attention mask; or, with
+    `flat_length` (the run's max length, for FlashAttention), padding-free: the examples back to
+    back in one row, positions restarting at each, and the varlen boundaries computed once here,
+    on the host (`qlora.varlen_kwargs`). An example's first token is no target of the one before."""
     import torch
 
+    if flat_length:
+        from llamantino.qlora import varlen_kwargs
+
+        ids, labels, positions = [], [], []
+        for ex in batch:
+            ids += ex.input_ids
+            labels += [IGNORE] + list(ex.labels[1:])
+            positions += range(len(ex.input_ids))
+        position_ids = torch.tensor([positions])
+        return {"input_ids": torch.tensor([ids]).to(device), "position_ids": position_ids.to(device),
+                "labels": torch.tensor([labels]).to(device), **varlen_kwargs(position_ids, flat_length, device)}
     width = max(len(ex.input_ids) for ex in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -212,6 +226,57 @@ def resolve_compute_dtype(name: str, device: torch.device) -> str:
     if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LlamantinoError("compute_dtype bfloat16: this GPU has no bfloat16 support; use float32")
     return dtype
+
+
+def padding_free(model) -> bool:
+    """Whether micro-batches go flattened, padding-free: with FlashAttention, whose varlen kernel
+    takes the boundaries directly (SDPA and eager would need a dense mask over the whole row)."""
+    return str(model.config._attn_implementation).startswith("flash")
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on a GPU (None on CPU, where host memory is not checked)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def parameter_counts(config) -> tuple[int, int]:
+    """(trained, frozen) parameters of the model `config` describes, counted on the meta device
+    (nothing allocated): a vision-language model's tower and projector stay frozen."""
+    import torch
+
+    from llamantino.modeling import auto_class, freeze_outside_language_model
+
+    with torch.device("meta"):
+        model = auto_class(config).from_config(config)
+    frozen = freeze_outside_language_model(model)
+    return sum(p.numel() for p in model.parameters()) - frozen, frozen
+
+
+def check_memory(cfg: Config, config, device, world: int) -> None:
+    """One process on a GPU: float32 master weights, their gradients and AdamW's two moments take
+    16 bytes per trained parameter (4 per frozen one) before any activation. A model that cannot
+    fit is refused before anything is loaded, saying what to do, instead of running out of memory
+    at the first optimizer step."""
+    import math
+
+    free = free_memory(device)
+    if world > 1 or free is None:
+        return
+    trained, frozen = parameter_counts(config)
+    need = 16 * trained + 4 * frozen
+    if need <= free:
+        return
+    ranks = max(2, math.ceil(need / max(free, 1)))
+    raise LlamantinoError(
+        f"{cfg.model}: {trained / 1e9:.2f}B parameters to train need about {need / 2**30:.1f} GiB for float32 "
+        f"weights, gradients and AdamW state (16 bytes each) and this GPU has {free / 2**30:.1f} GiB free; shard "
+        f"them with FSDP over at least {ranks} GPUs (torchrun --nproc_per_node {ranks} -m llamantino instruct ...), "
+        "or fine-tune a smaller model, or adapt this one with QLoRA (llamantino sft); compute_dtype does not "
+        "change this (the master weights stay float32)")
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
@@ -307,20 +372,20 @@ def _report_frozen(frozen: int) -> None:
 
 
 def summed_loss(model, batch: dict, autocast=contextlib.nullcontext, chunk: int = 0, fused=None) -> torch.Tensor:
-    """Cross-entropy summed over the response tokens of a micro-batch (float32). With `chunk` > 0
-    (one process) the output layer runs on response positions only, `chunk` at a time, or in
-    `fused` (Liger's fused linear cross-entropy): the full logits never exist."""
+    """Cross-entropy summed over the response tokens of a micro-batch (float32), padded or flattened
+    (`collate`). With `chunk` > 0 (one process) the output layer runs on response positions only,
+    `chunk` at a time, or in `fused` (Liger's fused linear cross-entropy): the full logits never exist."""
     import torch
 
     from llamantino.modeling import output_head
     from llamantino.qlora import summed_target_loss
 
+    inputs = {k: v for k, v in batch.items() if k != "labels"}  # ids, and a mask or positions + boundaries
     with autocast():
         if chunk:
-            hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 use_cache=False).last_hidden_state
+            hidden = model.model(**inputs, use_cache=False).last_hidden_state
             return summed_target_loss(hidden, batch["labels"], output_head(model), chunk, fused)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = model(**inputs, use_cache=False).logits
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
                                              ignore_index=IGNORE, reduction="sum")
 
@@ -473,6 +538,8 @@ class Trainer:
     compute_dtype: str
     counters: dict          # step, epoch, index, tokens, world size, data digest: in every checkpoint
     loss: object = None     # batch -> summed cross-entropy (training_loss)
+    flat: bool = False      # micro-batches flattened padding-free (FlashAttention's varlen kernel)
+    guard: object = None    # speed.CompileGuard: compile errors in the first steps continue eagerly
     speed: dict = dataclasses.field(default_factory=dict)  # the speed paths taken, for the manifest
     metrics_log: object = None
     progress: object = None
@@ -555,6 +622,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
                               f"effective batch of {cfg.effective_batch_size}")
     total = cfg.max_steps or cfg.epochs * per_epoch
     compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    check_memory(cfg, config, device, world)
     if not resume_from:  # the folder is claimed once the input is known good
         training.on_rank0(lambda: start_run(cfg.output, KIND, cfg))
     training.seed_all(cfg.seed)
@@ -577,8 +645,10 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
                 total=total, accumulation=accumulation, compute_dtype=compute_dtype,
                 counters={"step": 0, "epoch": 0, "index": 0, "tokens_seen": 0, "trained_tokens_seen": 0,
                           "world_size": world, "examples": len(examples), "data_digest": digest},
-                loss=loss, speed={"attention": model.config._attn_implementation, **dataclasses.asdict(paths),
-                                  "fused_loss": _loss_name(loss), "fused_optimizer": fused_adamw})
+                loss=loss, speed={"attention": model.config._attn_implementation, **paths.settings(),
+                                  "fused_loss": _loss_name(loss), "fused_optimizer": fused_adamw},
+                flat=padding_free(model),
+                guard=speed.CompileGuard(paths.compile == "blocks"))
     found = t.checkpoints.latest() if resume_from else None
     if found:
         shared, own = t.parts()
@@ -597,7 +667,8 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
              "%d steps of %d examples (batch %d x %d ranks x %d accumulation), %s, compute %s",
              len(examples), counts["truncated"], counts["dropped_no_response"], n_params / 1e6, local / 1e6, world,
              total, cfg.effective_batch_size, cfg.batch_size, world, accumulation, device, compute_dtype)
-    log.info("speed paths: %s", ", ".join(f"{k} {v}" for k, v in t.speed.items()))
+    log.info("speed paths: attention %s, loss %s, fused AdamW %s, %s", t.speed["attention"], t.speed["fused_loss"],
+             "on" if fused_adamw else "off", speed.describe(paths))
     t.metrics_log = training.MetricsLog(cfg.output, resume_step=t.start, enabled=rank == 0)
     t.progress = training.Progress(total, initial=t.start, enabled=rank == 0, desc=KIND)
     return t
@@ -614,12 +685,26 @@ def train_step(t: Trainer, step: int) -> None:
     # Every rank holds all examples, so it knows the global batch's token counts without talking.
     n_trained = sum(trained_tokens(t.examples[i]) for i in ids)
     n_tokens = sum(len(t.examples[i].input_ids) for i in ids)
-    loss_sum = torch.zeros((), device=t.device)
-    for chunk in micro_batches(ids, t.examples, cfg.batch_size, t.world, t.rank):
-        ce = t.loss(collate([t.examples[i] for i in chunk], t.tokenizer.pad_token_id, t.device))
-        # FSDP averages gradients over ranks: x world makes it the sum over the global batch.
-        (ce * t.world / n_trained).backward()
-        loss_sum += ce.detach()
+    # With FlashAttention the micro-batches go padding-free, boundaries computed on the host.
+    flat_length = cfg.max_length if t.flat else 0
+    batches = [collate([t.examples[i] for i in chunk], t.tokenizer.pad_token_id, t.device, flat_length=flat_length)
+               for chunk in micro_batches(ids, t.examples, cfg.batch_size, t.world, t.rank)]
+    rng = training.rng_state() if t.guard is not None and t.guard.left else None
+
+    def forward_backward():
+        loss_sum = torch.zeros((), device=t.device)
+        for batch in batches:
+            ce = t.loss(batch)
+            # FSDP averages gradients over ranks: x world makes it the sum over the global batch.
+            (ce * t.world / n_trained).backward()
+            loss_sum += ce.detach()
+        return loss_sum
+
+    def undo() -> None:  # what a failed compiled step left behind
+        t.optimizer.zero_grad(set_to_none=True)
+        training.set_rng_state(rng)
+
+    loss_sum = t.guard.run(forward_backward, undo) if t.guard is not None else forward_backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf"))
     lr = t.optimizer.param_groups[0]["lr"]  # the rate this step uses
     t.optimizer.step()
@@ -670,6 +755,8 @@ def finish(t: Trainer) -> dict | None:
         "compute_dtype": t.compute_dtype, "device": t.device.type, "fsdp": t.world > 1, **t.speed,
         "parameters": n_params, "ranks": ranks,
     }
+    if t.guard is not None and t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly
+        metrics.update(compile="none", compile_error=t.guard.fell_back)
     write_manifest(t.output, KIND, cfg, inputs=describe_inputs([cfg.model, *cfg.data]), metrics=metrics)
     training.barrier()
     return {"status": "done", "headline": _headline(metrics), "metrics": metrics}

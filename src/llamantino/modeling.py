@@ -200,30 +200,118 @@ def model_class(config):
 
 
 def resolve_attention(name: str, config, device: str, compute_dtype: str) -> str:
-    """`auto`: the fastest attention the model supports that keeps packed documents apart.
-
-    On a GPU: FlashAttention 3 on Hopper when installed, else FlashAttention 2 when installed,
-    with 16-bit compute (packed rows are then flattened into one varlen sequence whose document
-    boundaries are computed once per batch, see qlora.CausalLMLoss); else SDPA, else flex
-    attention (Gemma 2: SDPA cannot soft-cap attention scores). On CPU: SDPA, else eager.
-    SDPA and eager take the dense block-diagonal mask transformers builds from the restarting
-    position ids; flex attention a block-sparse one (cross-document blocks skipped)."""
+    """`auto`: the fastest attention the model supports that keeps packed documents apart (see
+    `attention_choice`); the choice and its reason are logged in one line."""
     if name != "auto":
         return name
+    chosen, why = attention_choice(config, device, compute_dtype)
+    log.info("attention auto: %s (%s)", chosen, why)
+    return chosen
+
+
+def attention_choice(config, device: str, compute_dtype: str) -> tuple[str, str]:
+    """(implementation, why) that `attn_implementation: auto` takes for `config` on `device`.
+
+    On a GPU with 16-bit compute: FlashAttention 3 on Hopper, else FlashAttention 2, each only
+    once its kernel has imported and run a tiny forward and backward pass here
+    (`probe_flash_attention`: transformers' availability checks read package metadata only, and a
+    wheel built for another torch fails at the first step); packed rows are then flattened into
+    one varlen sequence whose document boundaries are computed once per batch (qlora.CausalLMLoss).
+    Else SDPA (flex attention, which skips cross-document blocks, stays selectable until a GPU
+    measurement says it is faster), else flex attention (Gemma 2: SDPA cannot soft-cap attention
+    scores; it needs a C compiler for Triton), else eager. On CPU: SDPA, else eager. SDPA and
+    eager take the dense block-diagonal mask transformers builds from the restarting position ids;
+    flex attention a block-sparse one."""
     from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
     cls = model_class(config)
     gpu = str(device).startswith("cuda")
-    if gpu and cls._supports_flash_attn and compute_dtype in ("bfloat16", "float16"):
-        if is_flash_attn_3_available() and _is_hopper(device):
-            return "flash_attention_3"
-        if is_flash_attn_2_available():
-            return "flash_attention_2"
+    notes = []
+    if not gpu:
+        notes.append("CPU")
+    elif not cls._supports_flash_attn:
+        notes.append(f"{cls.__name__} has no FlashAttention support")
+    elif compute_dtype not in ("bfloat16", "float16"):
+        notes.append(f"FlashAttention needs 16-bit compute, this run computes in {compute_dtype}")
+    else:
+        candidates = [("flash_attention_3", is_flash_attn_3_available() and _is_hopper(device)),
+                      ("flash_attention_2", is_flash_attn_2_available())]
+        for impl, installed in candidates:
+            if not installed:
+                continue
+            works, problem = probe_flash_attention(impl, device, compute_dtype)
+            if works:
+                return impl, "its kernel imported and ran a forward and backward pass here"
+            notes.append(f"{impl} is installed but does not run here ({problem})")
+        if not any(installed for _, installed in candidates):
+            notes.append("flash-attn not installed")
     if cls._supports_sdpa:
-        return "sdpa"
+        return "sdpa", "; ".join(notes)
     if gpu and cls._supports_flex_attn:
-        return "flex_attention"
-    return "eager"
+        from llamantino.speed import c_compiler
+
+        if c_compiler() is not None:
+            return "flex_attention", "; ".join(notes + [f"{cls.__name__} has no SDPA support"])
+        notes.append("flex attention needs a C compiler for Triton (gcc or clang, or set CC)")
+    return "eager", "; ".join(notes + [f"{cls.__name__} has no SDPA support"])
+
+
+_PROBED: dict = {}
+
+
+def probe_flash_attention(impl: str, device: str, compute_dtype: str) -> tuple[bool, str]:
+    """(works, problem): whether FlashAttention `impl` runs here, tried once per process through
+    transformers' own attention function on two packed documents (varlen boundaries, as training
+    passes them), forward and backward, against SDPA on each document alone. The kernel is
+    imported only here, only when `auto` considers it."""
+    key = (impl, str(device), compute_dtype)
+    if key not in _PROBED:
+        try:
+            _PROBED[key] = _run_flash_probe(impl, device, compute_dtype)
+        except Exception as exc:  # noqa: BLE001  (an undefined symbol, no kernel for this GPU, ...)
+            from llamantino.speed import first_line
+
+            _PROBED[key] = (False, first_line(exc))
+    return _PROBED[key]
+
+
+FLASH_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def _run_flash_probe(impl: str, device: str, compute_dtype: str) -> tuple[bool, str]:
+    import importlib
+    import types
+
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    importlib.import_module(FLASH_MODULES[impl])  # a wheel built for another torch fails here
+    dtype = torch_dtype(compute_dtype)
+    gen = torch.Generator().manual_seed(0)
+    lengths, heads, dim = (9, 15), 2, 64
+    q, k, v = (torch.randn(1, heads, sum(lengths), dim, generator=gen).to(device, dtype).requires_grad_()
+               for _ in range(3))
+    bounds = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32, device=device)
+    module = torch.nn.Module()
+    module.is_causal, module.config = True, types.SimpleNamespace(_attn_implementation=impl)
+    out, _ = ALL_ATTENTION_FUNCTIONS[impl](module, q, k, v, None, scaling=dim ** -0.5, cu_seq_lens_q=bounds,
+                                          cu_seq_lens_k=bounds, max_length_q=sum(lengths),
+                                          max_length_k=sum(lengths))
+    out.float().square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    reference = []  # each document alone, through SDPA, in float32
+    for a, b in ((0, lengths[0]), (lengths[0], sum(lengths))):
+        parts = [t.detach()[:, :, a:b].float().requires_grad_() for t in (q, k, v)]
+        ref = torch.nn.functional.scaled_dot_product_attention(*parts, is_causal=True)
+        ref.transpose(1, 2).square().sum().backward()
+        reference.append((ref.transpose(1, 2), [p.grad for p in parts]))
+    expected = torch.cat([r[0] for r in reference], dim=1)
+    error = float((out.float() - expected).abs().max())
+    grad_error = max(float((g.float() - torch.cat([r[1][i] for r in reference], dim=2)).abs().max())
+                     for i, g in enumerate(grads))
+    if error > 5e-2 or grad_error > 5e-1 or not all(torch.isfinite(g).all() for g in grads):
+        return False, f"its output differs from SDPA's by {error:.2g}, its gradients by {grad_error:.2g}"
+    return True, ""
 
 
 def _is_hopper(device) -> bool:

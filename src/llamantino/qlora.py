@@ -148,8 +148,9 @@ class CausalLMLoss(torch.nn.Module):
 
     With FlashAttention, packed rows are flattened into one sequence: its varlen kernel keeps
     the documents of a single row apart from their restarting position ids, not of a batch. The
-    document boundaries (`cu_seqlens`) are computed here once per batch and handed to every
-    layer, which would otherwise derive them from the position ids each time.
+    document boundaries (`cu_seqlens`, `varlen_kwargs`) are computed once per batch, by the
+    training step on the host (or here), and handed to every layer, which would otherwise derive
+    them from the position ids each time.
     """
 
     def __init__(self, model, chunk: int, fused: str = "chunked"):
@@ -172,13 +173,16 @@ class CausalLMLoss(torch.nn.Module):
                 log.info("%s: its output layer is not a plain linear one; the chunked loss is used instead of "
                          "Liger's fused one", type(causal_lm).__name__)
 
-    def forward(self, input_ids, position_ids, labels, num_items):
-        varlen = {}
+    def forward(self, input_ids, position_ids, labels, num_items, varlen=None):
+        """Summed loss / `num_items`; `varlen`: the batch's `varlen_kwargs` when flattening, made
+        from the host's copy of the position ids (computed here from `position_ids` if not given)."""
         if self.flatten:
             labels = labels.clone()
             labels[:, 0] = -100  # a row's first token has nothing before it in its row
+            if varlen is None:
+                varlen = varlen_kwargs(position_ids, input_ids.shape[-1])
             input_ids, position_ids, labels = (t.reshape(1, -1) for t in (input_ids, position_ids, labels))
-            varlen = varlen_kwargs(position_ids)
+        varlen = varlen if self.flatten else {}
         if not self.chunk:
             return self.model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False,
                               num_items_in_batch=num_items, **varlen).loss
@@ -188,14 +192,18 @@ class CausalLMLoss(torch.nn.Module):
         return summed_target_loss(hidden, labels, self.head, self.chunk, self.fused) / num_items
 
 
-def varlen_kwargs(position_ids: torch.Tensor) -> dict:
-    """FlashAttention's varlen arguments for one flattened row of packed documents: every document
-    (and every row, and padding) starts at position 0."""
+def varlen_kwargs(position_ids: torch.Tensor, row_length: int, device=None) -> dict:
+    """FlashAttention's varlen arguments for the packed rows of a batch flattened into one: every
+    document (and every row, and padding) starts at position 0. Made from the collated batch on
+    the host, they cost the GPU no sync; `max_length_q` is the row length, an upper bound of every
+    document's (the kernel needs no more), the same for every batch: no recompilation, no sync."""
     flat = position_ids.reshape(-1)
     starts = (flat == 0).nonzero().flatten()
     bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
-    longest = int(bounds.diff().max())
-    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+    if device is not None:
+        bounds = bounds.to(device, non_blocking=True)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": int(row_length),
+            "max_length_k": int(row_length)}
 
 
 def summed_target_loss(hidden, labels, head, chunk: int, fused=None):
@@ -279,6 +287,7 @@ class Trainer:
     heldout: list = dataclasses.field(default_factory=list)  # heldout.HeldOutSet scored while training
     last_eval: dict = dataclasses.field(default_factory=dict)
     eval_seconds: float = 0.0  # spent on held-out evaluation, not counted as training time
+    guard: speed.CompileGuard = dataclasses.field(default_factory=lambda: speed.CompileGuard(False))
 
     @property
     def step(self) -> int:
@@ -359,7 +368,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                       "embedding_parameters": sum(p.numel() for p in groups[1]["params"]) if len(groups) > 1 else 0,
                       "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                       "parameters": sum(p.numel() for p in model.parameters())},
-                batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout)
+                batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout,
+                guard=speed.CompileGuard(paths.compile == "blocks"))
     found = checkpoints.latest() if resume_from else None
     if found:
         shared, own = t.parts()
@@ -382,16 +392,14 @@ def apply_speed(model, paths: speed.Speed, lora_rank: int) -> None:
     """The run's speed paths (kernels, checkpointing, compiled blocks) on the PEFT model's base, in place."""
     causal_lm = model.get_base_model()
     speed.apply(causal_lm, paths, lora_rank=lora_rank)
-    log.info("speed paths: attention %s, checkpointing %s, compile %s, kernels %s, loss %s",
-             causal_lm.config._attn_implementation, paths.checkpointing, paths.compile, paths.kernels,
-             paths.fused_loss)
+    log.info("speed paths: attention %s, %s", causal_lm.config._attn_implementation, speed.describe(paths))
 
 
 def speed_info(model, loss: CausalLMLoss, paths: speed.Speed) -> dict:
     """What the manifest reports about the speed paths taken (the loss as it runs: liger, chunked or own)."""
     used = "liger" if loss.fused is not None else "chunked" if loss.chunk else "own"
     return {"attention": model.get_base_model().config._attn_implementation,
-            **dataclasses.asdict(paths), "fused_loss": used}
+            **paths.settings(), "fused_loss": used}
 
 
 def train_step(t: Trainer) -> bool:
@@ -412,17 +420,29 @@ def train_step(t: Trainer) -> bool:
     n_targets = torch.tensor(max(1, sum(b.target_tokens for b in micro)), device=t.device)
     autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
                               enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
-    loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)  # read once a step, not per micro-batch
-    for i, batch in enumerate(micro):
-        last = i == len(micro) - 1
-        sync = t.loss.no_sync() if (t.world > 1 and not last) else contextlib.nullcontext()
-        with sync, autocast:
-            loss = t.loss(batch.input_ids.to(t.device, non_blocking=True),
-                          batch.position_ids.to(t.device, non_blocking=True),
-                          batch.labels.to(t.device, non_blocking=True), n_targets)
-        t.scaler.scale(loss).backward()
-        loss_sum += loss.detach().double()
-    loss_sum = float(loss_sum)
+    # Flattened rows: their document boundaries from the host's copy of the batch (no GPU sync).
+    flat = getattr(t.loss, "module", t.loss).flatten
+    varlen = [{"varlen": varlen_kwargs(b.position_ids, cfg.max_length, t.device)} if flat else {} for b in micro]
+    rng = training.rng_state() if t.guard.left else None  # a step the compile guard may run again
+
+    def forward_backward() -> float:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)  # read once a step, not per micro-batch
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = t.loss.no_sync() if (t.world > 1 and not last) else contextlib.nullcontext()
+            with sync, autocast:
+                loss = t.loss(batch.input_ids.to(t.device, non_blocking=True),
+                              batch.position_ids.to(t.device, non_blocking=True),
+                              batch.labels.to(t.device, non_blocking=True), n_targets, **varlen[i])
+            t.scaler.scale(loss).backward()
+            loss_sum += loss.detach().double()
+        return float(loss_sum)
+
+    def undo() -> None:  # what a failed compiled step left behind
+        t.optimizer.zero_grad(set_to_none=True)
+        training.set_rng_state(rng)
+
+    loss_sum = t.guard.run(forward_backward, undo)
     t.scaler.unscale_(t.optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf")))
     t.scaler.step(t.optimizer)
@@ -454,7 +474,7 @@ def evaluate_heldout(t: Trainer) -> None:
     autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
                               enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
     started = time.time()
-    with autocast:
+    with autocast, speed.eager():  # never compiled: no graphs for evaluation's shapes and no-grad mode
         t.last_eval = evaluate(t.model, t.tokenizer, t.heldout, max_length=t.cfg.max_length,
                                batch_size=t.cfg.eval_batch_size, rank=t.rank, world=t.world)
     t.eval_seconds += time.time() - started
@@ -501,6 +521,8 @@ def finish(t: Trainer, inputs) -> dict:
         **t.last_eval,
         **({"eval_seconds": round(t.eval_seconds, 1)} if t.heldout else {}),
     }
+    if t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly
+        metrics.update(compile="none", compile_error=t.guard.fell_back)
     if t.batch_digest is not None:
         _write_rank_record(t)
     training.barrier()
