@@ -241,8 +241,10 @@ def test_varlen_boundaries_of_collated_rows_by_hand():
     flat = batch.position_ids.reshape(1, -1)
     # segments: [0, 3) [3, 8) padding [8, 10) | [10, 14) [14, 20) | [20, 21) [21, 30)
     expected = torch.tensor([0, 3, 8, 10, 14, 20, 21, 30], dtype=torch.int32)
-    mine = varlen_kwargs(flat)
+    mine = varlen_kwargs(flat, row_length=10)
     assert torch.equal(mine["cu_seq_lens_q"], expected) and torch.equal(mine["cu_seq_lens_k"], expected)
-    assert mine["max_length_q"] == mine["max_length_k"] == 9
+    # The row length bounds every segment (a constant: no recompilation, no host sync) ...
+    assert mine["max_length_q"] == mine["max_length_k"] == 10
+    # ... and transformers' own function finds the same segments, the longest of 9 tokens.
     (cu_q, _), (max_q, _) = prepare_fa_kwargs_from_position_ids(flat)
     assert torch.equal(cu_q, expected) and int(max_q) == 9
