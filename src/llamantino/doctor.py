@@ -116,7 +116,9 @@ def report() -> list[str]:
         value = version(distribution, module)
         try:  # a package that is installed but does not import is reported, not raised
             if label == "bitsandbytes" and value != "not installed":
-                value += f"; its AVX512-BF16 4-bit CPU path: {'yes' if bnb_avx512bf16() else 'no'}"
+                value += ("; its AVX512-BF16 4-bit CPU path: "
+                          + ("available, turned off at load (the same numbers on every CPU)" if bnb_avx512bf16()
+                             else "not on this CPU"))
             if label == "ctranslate2" and value != "not installed":
                 import ctranslate2
 
