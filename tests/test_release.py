@@ -370,6 +370,38 @@ def test_build_refuses_the_wrong_merge_dtype(tmp_path, tiny_model_dir, releases)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_difference_made_against_another_merge_method_is_refused(tmp_path, tiny_model_dir, releases, merged_dir,
+                                                                   capsys, monkeypatch):
+    """The merge method is recorded with the merged model and with every difference made against
+    it; `diff apply` and `build` refuse, in one line and before any work, a difference made
+    against another method's merge, or one made before methods were recorded."""
+    from llamantino import merge
+    from llamantino.merge import MERGE_METHOD, merge_method_of
+
+    assert merge_method_of(merged_dir) == MERGE_METHOD
+    assert read_diff_manifest(releases / "diff")["base"]["merge_method"] == MERGE_METHOD
+    monkeypatch.setattr(merge, "merge_into", lambda *a, **k: pytest.fail("merged before refusing"))
+    for recorded, said in (("peft-merge_and_unload", "was made against a merge by method peft-merge_and_unload"),
+                           (None, "records no merge method")):
+        diff = tmp_path / f"diff-{recorded}"
+        shutil.copytree(releases / "diff", diff)
+        manifest = json.loads((diff / "weight_diff.json").read_text())
+        if recorded is None:
+            del manifest["base"]["merge_method"]  # as differences made before methods were recorded
+        else:
+            manifest["base"]["merge_method"] = recorded
+        (diff / "weight_diff.json").write_text(json.dumps(manifest))
+        (diff / "SHA256SUMS").unlink()  # no longer matches the edited manifest; built with verify=False
+        assert cli.main(["diff", "apply", "--base", str(merged_dir), "--diff", str(diff),
+                         "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and f"is a merge by method {MERGE_METHOD}" in err and err.count("\n") == 1
+        with pytest.raises(LlamantinoError, match=said):
+            build_chain(tiny_model_dir, [f"adapter:{releases / 'adapter'}", "merge", f"diff:{diff}"],
+                        tmp_path / "built", verify=False)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "built").exists()
+
+
 def test_chain_steps_are_checked():
     assert parse_step("adapter:a/b") .path == "a/b" and parse_step("merge").kind == "merge"
     for bad in ("merge:x", "diff", "lora:x"):

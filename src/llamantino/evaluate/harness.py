@@ -588,8 +588,11 @@ def load_model(cfg: Config):
         if cfg.adapter:
             from peft import PeftModel
 
+            from llamantino.modeling import require_safetensors
+
             if not (Path(cfg.adapter) / "adapter_config.json").is_file():
                 raise LlamantinoError(f"{cfg.adapter}: no adapter_config.json, not a PEFT adapter folder")
+            require_safetensors(cfg.adapter, "adapter")
             model = PeftModel.from_pretrained(model, cfg.adapter)
         model.eval()
         return model, tokenizer
