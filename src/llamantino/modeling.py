@@ -390,13 +390,14 @@ def head_matches_model(causal_lm, head) -> tuple[bool, float]:
 def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float32", device: str | None = None,
                       merge: bool = False):
     """Model (+ optional PEFT adapter) for evaluation and generation."""
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
+        require_safetensors(adapter, "adapter")
     model = load_causal_lm(model_path, dtype=dtype, device=device)
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
-        require_safetensors(adapter, "adapter")
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, missing modules: another base

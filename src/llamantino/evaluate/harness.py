@@ -578,6 +578,10 @@ def load_model(cfg: Config):
     adapter's when it ships one."""
     from llamantino.modeling import load_causal_lm, load_tokenizer, load_with_adapter
 
+    if cfg.adapter and Path(cfg.adapter).is_dir():
+        from llamantino.modeling import require_safetensors
+
+        require_safetensors(cfg.adapter, "adapter")  # before the model loads
     adapter_has_tokenizer = cfg.adapter and any((Path(cfg.adapter) / f).is_file()
                                                 for f in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(cfg.adapter if adapter_has_tokenizer else cfg.model)
@@ -588,11 +592,8 @@ def load_model(cfg: Config):
         if cfg.adapter:
             from peft import PeftModel
 
-            from llamantino.modeling import require_safetensors
-
             if not (Path(cfg.adapter) / "adapter_config.json").is_file():
                 raise LlamantinoError(f"{cfg.adapter}: no adapter_config.json, not a PEFT adapter folder")
-            require_safetensors(cfg.adapter, "adapter")
             model = PeftModel.from_pretrained(model, cfg.adapter)
         model.eval()
         return model, tokenizer
