@@ -130,6 +130,21 @@ def test_a_changed_input_is_not_reported_as_done(tmp_path, shards, capsys):
     assert code == 2 and "files added or removed" in err
 
 
+def test_an_edit_that_keeps_size_and_time_is_a_change(tmp_path, shards, capsys):
+    """Same size, modification time put back (`touch -r`): the content still decides."""
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    shard = next(shards.iterdir())
+    before = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit inside the compressed text: same size
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert shard.stat().st_size == before.st_size and shard.stat().st_mtime_ns == before.st_mtime_ns
+    code, err = clean(capsys, shards, "--output", out)
+    assert code == 2 and "its input changed since" in err and str(shard) in err
+
+
 def test_a_changed_model_makes_a_later_stage_stale(tmp_path, tiny_model_dir, capsys):
     import shutil
 
