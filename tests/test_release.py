@@ -3,6 +3,7 @@ release folder holds what the paper published, and every chain rebuilds bit for 
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,47 @@ def test_adapter_release(releases, tiny_model_dir):
     assert "None: a language model" in body
     assert "llamantino build LLaMAntino-2-7b-hf-ITA" in body
     assert json.loads((folder / "manifest.json").read_text())["stage"] == "release"
+
+
+def test_a_release_publishes_names_not_local_paths(tmp_path, adapter_run, instruct_run, merged_dir):
+    """Every file a release writes names the base by its hub id and files without their
+    folders: no trace of where the runs, the data or the models lived."""
+    from llamantino.release import run as release_run
+
+    secret = tmp_path / "home" / "someone" / "secret_project"
+    shutil.copytree(adapter_run, secret / "adapt")
+    shutil.copytree(instruct_run, secret / "instruct")
+    shutil.copytree(merged_dir, secret / "merged")
+    config = json.loads((secret / "adapt/adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).is_absolute()  # as PEFT saved it: the local base folder
+    write_run_manifest(secret / "adapt", "adapt",
+                       {"model": str(secret / "merged"), "data": [str(secret / "corpus.jsonl")],
+                        "eval_data": [f"it={secret / 'held-out/it.jsonl'}", "en=./data/en.jsonl"],
+                        "output": str(secret / "adapt"), "lora_r": 4},
+                       {"final_loss": 2.3, "adapter_trained_on": str(secret / "merged"),
+                        "bpb": {"it": 1.2, "file": str(secret / "held-out/it.jsonl")}})
+    manifest = json.loads((secret / "instruct/manifest.json").read_text())
+    manifest["settings"]["model"] = str(secret / "merged")
+    (secret / "instruct/manifest.json").write_text(json.dumps(manifest))
+    release_run(config_for("release", run=str(secret / "adapt"), output=str(tmp_path / "rel-adapter"),
+                           release_recipe="LLaMAntino-2-7b-hf-ITA"))
+    release_run(config_for("release", run=str(secret / "instruct"), output=str(tmp_path / "rel-diff"),
+                           release_recipe="LLaMAntino-2-7b-hf-dolly-ITA"))
+    for folder in (tmp_path / "rel-adapter", tmp_path / "rel-diff"):
+        for name in check_sums(folder):  # every published file
+            text = (folder / name).read_bytes().decode("utf-8", errors="replace")
+            for trace in ("secret_project", "someone", str(tmp_path), "./data"):
+                assert trace not in text, (name, trace)
+    config = json.loads((tmp_path / "rel-adapter/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "meta-llama/Llama-2-7b-hf"
+    body = read_card(tmp_path / "rel-adapter")[1]
+    assert "| eval_data | it=it.jsonl, en=en.jsonl |" in body and "| data | corpus.jsonl |" in body
+    assert "| adapter_trained_on | merged |" in body
+    assert read_diff_manifest(tmp_path / "rel-diff")["base"]["name"] == "swap-uniba/LLaMAntino-2-7b-hf-ITA"
+    from llamantino.release import hub_id
+
+    assert hub_id("/home/u/.cache/huggingface/hub/models--meta-llama--Llama-2-7b-hf/snapshots/0a1b2c") == \
+        "meta-llama/Llama-2-7b-hf"  # a base loaded from the hub cache: named by its hub id
 
 
 def test_release_command_line_gives_the_same_files(tmp_path, releases, instruct_run, merged_dir):
