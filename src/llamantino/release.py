@@ -118,11 +118,10 @@ def _run_manifest(run: Path) -> dict:
 
 
 def _recipe_text(recipe: str) -> dict:
-    import yaml
+    from llamantino.recipes import _read_yaml, recipe_path
 
-    from llamantino.recipes import recipe_path
-
-    return yaml.safe_load(recipe_path(recipe).read_text(encoding="utf-8")) or {}
+    raw = _read_yaml(recipe_path(recipe))  # the recipe loader's checks: no aliases, no key twice
+    return raw if isinstance(raw, dict) else {}
 
 
 def _public(value):
