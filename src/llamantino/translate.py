@@ -55,6 +55,7 @@ from typing import ClassVar
 from llamantino import sharding
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
+from llamantino.fileio import MAX_LINE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class Config:
     output: str = setting("", "output folder")
     model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
                              "empty: the Argos package installed for src -> tgt", path_input=True)
+    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
+                                                  "the file, line and byte offset (a file without line ends is "
+                                                  "never read whole)", fingerprint=False, minimum=1024,
+                                  maximum=1 << 31)
     src: str = setting("en", "source language code")
     tgt: str = setting("it", "target language code")
     format: str = setting("", f"source format: {', '.join(FORMATS)}; empty: detected from each file's "
@@ -342,55 +347,54 @@ def _detect(record: dict, where: str) -> str:
     return fmt
 
 
-def file_formats(files, fmt: str) -> list[str | None]:
+def file_formats(files, fmt: str, max_line_bytes: int = MAX_LINE_BYTES) -> list[str | None]:
     """The format of each file: the one given, or detected from its first JSON object."""
     if fmt:
         return [fmt] * len(files)
     out = []
     for path in files:
-        first = next(((n, r) for n, r, error in _read_lines(path, 0) if error is None), None)
+        first = next(((n, r) for n, r, error in _read_lines(path, 0, max_line_bytes) if error is None), None)
         out.append(_detect(first[1], f"{path}:{first[0]}") if first else None)
     return out
 
 
-def _read_lines(path: Path, start_line: int):
-    """Yield (line number, record or None, JSON error or None) after `start_line`."""
-    import gzip
-    import zlib
+def _read_lines(path: Path, start_line: int, max_line_bytes: int = MAX_LINE_BYTES):
+    """Yield (line number, record or None, JSON error or None) after `start_line`; bad bytes,
+    damaged gzip data and over-long lines are errors naming file, line and byte (`fileio`)."""
+    from llamantino.fileio import iter_text_lines
 
-    from llamantino.fileio import open_text
-
-    try:
-        with open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if number <= start_line or not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, None, f"{exc.msg} at column {exc.colno}"
-                    continue
-                if not isinstance(record, dict):
-                    yield number, None, f"expected a JSON object, got {type(record).__name__}"
-                    continue
-                yield number, record, None
-    except UnicodeDecodeError as exc:
-        raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise LlamantinoError(f"{path}: unreadable gzip file ({exc})") from None
+    for number, line in iter_text_lines(path, max_line_bytes=max_line_bytes):
+        if number <= start_line or not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"{exc.msg} at column {exc.colno}"
+            continue
+        if not isinstance(record, dict):
+            yield number, None, f"expected a JSON object, got {type(record).__name__}"
+            continue
+        yield number, record, None
 
 
-def _count_records(files) -> int:
+def _count_records(files, max_line_bytes: int = MAX_LINE_BYTES) -> int:
     """Non-empty lines of all inputs (for the progress bar's ETA), in a fast pass over the bytes
-    that also finds, before anything is written, a truncated gzip file or an empty input."""
+    that also finds, before anything is written, a truncated gzip file, an over-long line or an
+    empty input."""
     import gzip
     import zlib
+
+    from llamantino.fileio import read_line
 
     total = 0
     for path in files:
+        count = number = offset = 0
+        where = "of the decompressed text" if str(path).endswith(".gz") else "of the file"
         try:
             with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as handle:
-                count = sum(1 for line in handle if line.strip())
+                while line := read_line(handle, path, number + 1, offset, max_line_bytes, where):
+                    number, offset = number + 1, offset + len(line)
+                    count += bool(line.strip())
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise LlamantinoError(f"{path}: unreadable gzip file ({exc}); nothing was translated") from None
         if count == 0:
@@ -785,8 +789,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     files = expand_inputs(cfg.inputs)
     cfg, shard = sharding.resolve(cfg)  # an array task: part shard_index of num_shards, in its own folder
     ranges = sharding.line_ranges(files, shard)
-    formats = file_formats(files, cfg.format)
-    total = _count_records(files)  # reads every input through: a truncated or empty one stops us here
+    formats = file_formats(files, cfg.format, cfg.max_line_bytes)
+    total = _count_records(files, cfg.max_line_bytes)  # reads every input: a truncated or empty one stops us here
     model = inspect_model(cfg)
     check_device(cfg)
     out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
@@ -885,7 +889,7 @@ def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Pat
         skip, last = ranges[file_index] if ranges else (0, None)  # this part's lines of the file
         start_line = max(position[1] if file_index == position[0] else 0, skip)
         fmt = formats[file_index]
-        for number, record, error in _read_lines(path, start_line):
+        for number, record, error in _read_lines(path, start_line, cfg.max_line_bytes):
             if last is not None and number > last:
                 break
             where = f"{path}:{number}"
