@@ -494,14 +494,21 @@ def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
                  bool(metadata.get("stand_in")), metadata)
 
 
+# An .argosmodel is a stranger's zip: what it may unpack to. Argos models compress about 1x to
+# 3x (int8 weights, SentencePiece models); a zip bomb compresses zeros a thousandfold.
+MAX_ARGOSMODEL_BYTES = 4 << 30
+MAX_ARGOSMODEL_RATIO = 100  # unpacked / packed size of any member over 1 MiB
+
+
 def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
     """Names of the files in an .argosmodel (a zip from anyone), each checked to be a plain relative
-    name that stays inside the folder it is extracted to; links and special files refused."""
+    name that stays inside the folder it is extracted to; links and special files refused; the
+    sizes the archive announces within MAX_ARGOSMODEL_BYTES and MAX_ARGOSMODEL_RATIO."""
     import stat
 
     from llamantino.fileio import check_member_name
 
-    names = []
+    names, total = [], 0
     for info in zf.infolist():
         mode = info.external_attr >> 16  # Unix permission and type bits, when a Unix tool wrote the zip
         what = f"{path}: member {info.filename!r}"
@@ -509,23 +516,74 @@ def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
             raise LlamantinoError(f"{what} is a {'symbolic link' if stat.S_ISLNK(mode) else 'special file'}; "
                                   "an .argosmodel holds plain files only")
         check_member_name(info.filename[:-1] if info.is_dir() else info.filename, what)
-        if not info.is_dir():
-            names.append(info.filename)
+        if info.is_dir():
+            continue
+        names.append(info.filename)
+        total += info.file_size
+        if info.file_size > 1 << 20 and info.file_size > MAX_ARGOSMODEL_RATIO * max(1, info.compress_size):
+            raise LlamantinoError(f"{what} unpacks to {info.file_size} bytes from {info.compress_size}, more than "
+                                  f"{MAX_ARGOSMODEL_RATIO} times its packed size: refused as a zip bomb")
+    if total > MAX_ARGOSMODEL_BYTES:
+        raise LlamantinoError(f"{path}: unpacks to {total} bytes; an .argosmodel may unpack to at most "
+                              f"{MAX_ARGOSMODEL_BYTES} bytes")
     return names
 
 
 def extract_argosmodel(path: Path, folder: Path) -> Path:
-    """Unpack a checked .argosmodel into `folder`, each member through safe_join; its root folder."""
+    """Unpack a checked .argosmodel into the new folder `folder`, each member through safe_join,
+    counting the bytes as they come (an archive may announce sizes it does not keep); its root
+    folder. A damaged archive is one line; the caller removes `folder`."""
+    import zlib
+
     from llamantino.fileio import safe_join
 
-    with zipfile.ZipFile(path) as zf:
-        names = archive_members(path, zf)
-        for name in names:
-            target = safe_join(folder, name, f"{path}: member")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(name) as source, open(target, "wb") as handle:
-                shutil.copyfileobj(source, handle)
+    written = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = archive_members(path, zf)
+            for name in names:
+                target = safe_join(folder, name, f"{path}: member")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as source, open(target, "xb") as handle:
+                    while block := source.read(1 << 20):
+                        written += len(block)
+                        if written > MAX_ARGOSMODEL_BYTES:
+                            raise LlamantinoError(f"{path}: unpacks to more than {MAX_ARGOSMODEL_BYTES} bytes")
+                        handle.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise LlamantinoError(f"{path}: damaged archive ({exc}); nothing installed") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise LlamantinoError(f"{path}: members whose names clash (a file and a folder, or a name twice)") from None
     return folder / names[0].split("/")[0]
+
+
+def install_argosmodel(path: Path, packages: Path) -> Path:
+    """Install an .argosmodel into the packages folder as argostranslate would, but unpacked
+    into a temporary folder there and moved into place only when complete: a failed extraction
+    installs nothing, and an installed package is never written over (the same package
+    installed again is used as it is; another one under the same name is refused)."""
+    import filecmp
+
+    packages.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".llamantino-install-", dir=packages))  # argos lists no hidden folder
+    try:
+        root = extract_argosmodel(path, tmp)
+        target = packages / root.name
+        if not target.exists():
+            try:
+                os.rename(root, target)  # fails if another process installed it meanwhile
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+        new = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        old = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+        if new != old or not all(filecmp.cmp(root / n, target / n, shallow=False) for n in new):
+            raise LlamantinoError(f"{target}: an installed package of that name differs from {path}; it is left as "
+                                  "it is: remove it, or set --argos-packages-dir to another folder")
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_package(path, metadata: dict, names: list[str], cfg: Config) -> None:
@@ -724,8 +782,8 @@ class ArgosEngine:
 
         if model.kind == "argosmodel":
             # What package.install_from_path does (unzip into the packages folder, offline), with
-            # every member name checked first.
-            extract_argosmodel(model.path, Path(settings.package_data_dir))
+            # every member name and size checked first, and moved into place once complete.
+            install_argosmodel(model.path, Path(settings.package_data_dir))
             translate.get_installed_languages.cache_clear()
         elif model.kind == "argos-package" and model.path.resolve().parent != Path(settings.package_data_dir).resolve():
             raise LlamantinoError(f"{model.path}: the argos engine translates only with installed packages; give "
