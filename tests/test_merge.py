@@ -173,3 +173,29 @@ def test_a_dora_adapter_is_refused_in_one_line(tmp_path, tiny_model_dir, numpy_a
         merge_adapter(tiny_model_dir, dora, tmp_path / "out")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_merges_the_same_way(tmp_path, tiny_model_dir, numpy_adapter):
+    """`load_with_adapter(merge=True)` (in-memory merge) gives the very tensors `merge` saves."""
+    from transformers import AutoModelForCausalLM
+
+    from llamantino.modeling import load_with_adapter
+
+    merge_adapter(tiny_model_dir, numpy_adapter, tmp_path / "merged", dtype="float32")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).state_dict()
+    in_memory = load_with_adapter(str(tiny_model_dir), str(numpy_adapter), device="cpu", merge=True).state_dict()
+    assert saved.keys() == in_memory.keys()
+    assert all(torch.equal(saved[k], in_memory[k]) for k in saved)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_merges_the_same_bits_as_the_cpu():
+    rng = np.random.default_rng(3)
+    left = torch.from_numpy(rng.standard_normal((1000, 16), dtype=np.float32))
+    right = torch.from_numpy(rng.standard_normal((16, 700), dtype=np.float32))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        weight = torch.from_numpy(rng.standard_normal((1000, 700), dtype=np.float32)).to(dtype)
+        cpu = merged_weight(weight, left, right, 2.0)
+        gpu = merged_weight(weight.cuda(), left.cuda(), right.cuda(), 2.0).cpu()
+        assert torch.equal(cpu.contiguous().view(torch.uint8), gpu.contiguous().view(torch.uint8)), dtype

@@ -405,7 +405,9 @@ def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float
             why = next((line for line in lines if "size mismatch" in line), lines[0])
             raise LlamantinoError(f"{adapter}: this adapter does not fit the model {model_path} ({why[:300]})") \
                 from None
-        if merge:
-            model = model.merge_and_unload()
+        if merge:  # the merge `llamantino merge` does: the same bits on every machine
+            from llamantino.merge import fold_lora
+
+            model = fold_lora(model, adapter)[0]
     model.eval()
     return model
