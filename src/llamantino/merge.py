@@ -43,7 +43,7 @@ MERGE_METHOD = "fp64-rank1-v1"
 # What a manifest of a merge made before methods were recorded stands for (PEFT's
 # merge_and_unload: bits that depend on the machine's matrix kernels).
 LEGACY_MERGE_METHOD = "peft-merge_and_unload"
-BLOCK_ELEMENTS = 1 << 20  # elements of a weight merged at a time: memory stays at a few blocks
+BLOCK_ELEMENTS = 1 << 18  # elements of a weight merged at a time (2 MiB in float64): cache-sized blocks
 
 
 @dataclasses.dataclass
