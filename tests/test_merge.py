@@ -199,3 +199,51 @@ def test_a_gpu_merges_the_same_bits_as_the_cpu():
         cpu = merged_weight(weight, left, right, 2.0)
         gpu = merged_weight(weight.cuda(), left.cuda(), right.cuda(), 2.0).cpu()
         assert torch.equal(cpu.contiguous().view(torch.uint8), gpu.contiguous().view(torch.uint8)), dtype
+
+
+EMBEDDING_ADAPTERS = {
+    "lora on the tied embeddings": {"target_modules": ["q_proj", "embed_tokens"]},
+    "new rows (trainable_token_indices)": {"target_modules": ["q_proj"], "ensure_weight_tying": True,
+                                           "trainable_token_indices": {"embed_tokens": [3, 5, 60]}},
+    "whole matrices (modules_to_save)": {"target_modules": ["q_proj", "v_proj"], "ensure_weight_tying": True,
+                                         "modules_to_save": ["embed_tokens", "lm_head"]},
+}
+
+
+@pytest.mark.parametrize("kind", list(EMBEDDING_ADAPTERS))
+def test_tied_and_trained_embeddings_merge_as_peft_does(tmp_path, kind):
+    """A model whose output layer is its input embeddings: LoRA on them, new rows trained, or
+    both matrices trained whole; the merged model is PEFT's, and stays tied."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from llamantino.merge import fold_lora
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    rng = np.random.default_rng(4)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            param.copy_(torch.from_numpy(rng.standard_normal(tuple(param.shape), dtype=np.float32)))
+    model.save_pretrained(tmp_path / "base")
+    adapter = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, **EMBEDDING_ADAPTERS[kind]))
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.from_numpy(rng.standard_normal(tuple(param.shape), dtype=np.float32) * 0.1))
+    adapter.save_pretrained(tmp_path / "adapter")
+
+    def loaded():
+        base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+        return PeftModel.from_pretrained(base, tmp_path / "adapter")
+
+    theirs = loaded().merge_and_unload()
+    ours, merged = fold_lora(loaded(), tmp_path / "adapter")
+    assert merged == (2 if kind.startswith("lora") else len(EMBEDDING_ADAPTERS[kind]["target_modules"]))
+    assert ours.get_input_embeddings().weight is ours.get_output_embeddings().weight  # still tied
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32).state_dict()
+    assert not torch.equal(a["model.embed_tokens.weight"], base["model.embed_tokens.weight"])  # they did change

@@ -148,8 +148,8 @@ def merged_weight(weight, left, right, scaling: float):
     if left.shape[0] != rows or right.shape != (rank, columns):
         raise ValueError(f"LoRA factors {tuple(left.shape)} x {tuple(right.shape)} do not make a "
                          f"{rows} x {columns} weight")
-    left = left.to(torch.float64)
-    right = right.to(torch.float64)
+    left = left.to(device=weight.device, dtype=torch.float64)
+    right = right.to(device=weight.device, dtype=torch.float64)
     out = torch.empty_like(weight)
     step = max(1, BLOCK_ELEMENTS // max(1, columns))
     for start in range(0, rows, step):
