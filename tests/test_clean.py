@@ -435,7 +435,7 @@ def test_every_number_has_its_range(tmp_path, capsys, option, value, bounds):
 
 def test_every_numeric_setting_declares_its_range():
     numeric = [f for f in dataclasses.fields(clean.Config) if f.type in ("int", "float", "int | None")]
-    assert len(numeric) == 9
+    assert len(numeric) == 10
     assert all(f.metadata["minimum"] is not None and f.metadata["maximum"] is not None for f in numeric)
 
 

@@ -317,3 +317,23 @@ def _adapter_for_another_base(folder):
     torch.manual_seed(0)
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     model.save_pretrained(folder / "adapter")
+
+
+def test_an_included_task_folder_with_python_is_announced_before_it_runs(tmp_path, tiny_model_dir, tasks_dir,
+                                                                         capsys):
+    """A task YAML with `!function utils.pick` makes lm-eval import utils.py (its design): one
+    line says so, naming the file, before the import happens; a folder without one prints none."""
+    folder = tmp_path / "code-tasks"
+    folder.mkdir()
+    (folder / "tiny_fn.yaml").write_text((tasks_dir / "tiny_mc.yaml").read_text().replace("tiny_mc", "tiny_fn")
+                                         + "process_docs: !function utils.pick\n", encoding="utf-8")
+    (folder / "utils.py").write_text("import sys\nprint('IMPORTED utils.py', file=sys.stderr)\n"
+                                     "def pick(dataset):\n    return dataset\n", encoding="utf-8")
+    base = ["eval", "lm-eval", "--model", str(tiny_model_dir), "--max-length", "1024"]  # stops after planning
+    assert main([*base, "--tasks", "tiny_fn", "--include-path", str(folder)]) == 2
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "`!function utils.pick`" in notes[0] and str(folder / "utils.py") in notes[0]
+    assert err.index("note: ") < err.index("IMPORTED utils.py")  # said before lm-eval imports it
+    assert main([*base, "--tasks", "tiny_mc", "--include-path", str(tasks_dir)]) == 2
+    assert "note: " not in capsys.readouterr().err

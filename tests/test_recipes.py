@@ -161,3 +161,75 @@ def test_run_skips_finished_stages_and_refuses_a_different_run(tmp_path, capsys)
                  str(tmp_path / "other")]) == 2
     assert "holds no llamantino run" in capsys.readouterr().err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------
+# Recipes from strangers: small files cannot take the memory, the stack or the screen
+
+
+def alias_bomb(levels: int) -> str:
+    """A few hundred bytes that YAML expands to 10**levels strings."""
+    lines = ["name: bomb", "stages:", "  bpb:", "    model: m", "    data:", "      - &x0 aaaaaaaaaa"]
+    lines += [f"      - &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_are_refused_in_one_line(tmp_path):
+    import time
+
+    path = write_recipe(tmp_path, alias_bomb(9))
+    assert path.stat().st_size < 800
+    t0 = time.time()
+    with pytest.raises(LlamantinoError) as caught:
+        load_recipe(str(path))
+    assert time.time() - t0 < 2
+    message = str(caught.value)
+    assert message.startswith(f"{path}:6: YAML anchor or alias (&x0): recipes reuse values with ${{stage.setting}}")
+    assert "\n" not in message
+    with pytest.raises(LlamantinoError, match="anchor or alias"):
+        read_release(str(path))  # `build` reads recipes too
+
+
+def test_deep_nesting_and_repeated_keys_are_one_line(tmp_path):
+    deep = write_recipe(tmp_path, "name: x\nstages:\n  bpb:\n    model: m\n    data: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(LlamantinoError, match=r"r.yaml:5: nested more than 32 levels deep"):
+        load_recipe(str(deep))
+    deep_map = write_recipe(tmp_path, "name: x\nstages: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n")
+    with pytest.raises(LlamantinoError, match="nested more than 32 levels deep"):
+        load_recipe(str(deep_map))
+    twice = write_recipe(tmp_path, "name: x\nstages:\n  adapt:\n    model: m\n    data: [d]\n    max_steps: 10\n"
+                                   "    max_steps: 20\n")
+    with pytest.raises(LlamantinoError, match=r"r.yaml:7: key 'max_steps' given twice in one mapping"):
+        load_recipe(str(twice))
+    from llamantino.config import coerce
+
+    with pytest.raises(LlamantinoError, match=r"'\[\[\[\[.*\(100002 characters\) is not valid \(nested too deeply\)"):
+        coerce("[" * 100000, dict, "--set x.y")
+    from llamantino.config import parse_set_options
+
+    with pytest.raises(LlamantinoError, match=r"a key has at most 3 parts"):
+        parse_set_options(["a" + ".a" * 5000 + "=1"])  # _merge would recurse once per part
+
+
+def test_error_lines_show_values_cut_short(tmp_path):
+    huge = "x" * 900_000
+    path = write_recipe(tmp_path, f"name: x\nstages:\n  adapt:\n    model: m\n    data: [d]\n    max_steps: {huge}\n")
+    with pytest.raises(LlamantinoError) as caught:
+        load_recipe(str(path))
+    message = str(caught.value)
+    assert len(message) < len(str(path)) + 500 and "(900002 characters)" in message and "\n" not in message
+    big = write_recipe(tmp_path, "name: x\n" + "a" * (2 << 20) + ": 1\n")
+    with pytest.raises(LlamantinoError, match=r"bytes; a recipe is at most 1048576 bytes"):
+        load_recipe(str(big))
+
+
+def test_references_cannot_double_a_value_without_end(tmp_path):
+    """Each stage may repeat an earlier stage's setting twice: 60 KB doubled 5 times is 2 MB."""
+    lines = ["name: x", "stages:", "  s0:", "    kind: bpb", f"    model: {'m' * 60_000}", "    data: [d]"]
+    for i in range(1, 7):
+        lines += [f"  s{i}:", "    kind: bpb", f"    model: ${{s{i - 1}.model}}${{s{i - 1}.model}}", "    data: [d]"]
+    path = write_recipe(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(LlamantinoError) as caught:
+        load_recipe(str(path))
+    message = str(caught.value)
+    assert "stage 's5'" in message and "expands to 1920000 characters" in message and len(message) < 400

@@ -3,6 +3,7 @@ release folder holds what the paper published, and every chain rebuilds bit for 
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,47 @@ def test_adapter_release(releases, tiny_model_dir):
     assert "None: a language model" in body
     assert "llamantino build LLaMAntino-2-7b-hf-ITA" in body
     assert json.loads((folder / "manifest.json").read_text())["stage"] == "release"
+
+
+def test_a_release_publishes_names_not_local_paths(tmp_path, adapter_run, instruct_run, merged_dir):
+    """Every file a release writes names the base by its hub id and files without their
+    folders: no trace of where the runs, the data or the models lived."""
+    from llamantino.release import run as release_run
+
+    secret = tmp_path / "home" / "someone" / "secret_project"
+    shutil.copytree(adapter_run, secret / "adapt")
+    shutil.copytree(instruct_run, secret / "instruct")
+    shutil.copytree(merged_dir, secret / "merged")
+    config = json.loads((secret / "adapt/adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).is_absolute()  # as PEFT saved it: the local base folder
+    write_run_manifest(secret / "adapt", "adapt",
+                       {"model": str(secret / "merged"), "data": [str(secret / "corpus.jsonl")],
+                        "eval_data": [f"it={secret / 'held-out/it.jsonl'}", "en=./data/en.jsonl"],
+                        "output": str(secret / "adapt"), "lora_r": 4},
+                       {"final_loss": 2.3, "adapter_trained_on": str(secret / "merged"),
+                        "bpb": {"it": 1.2, "file": str(secret / "held-out/it.jsonl")}})
+    manifest = json.loads((secret / "instruct/manifest.json").read_text())
+    manifest["settings"]["model"] = str(secret / "merged")
+    (secret / "instruct/manifest.json").write_text(json.dumps(manifest))
+    release_run(config_for("release", run=str(secret / "adapt"), output=str(tmp_path / "rel-adapter"),
+                           release_recipe="LLaMAntino-2-7b-hf-ITA"))
+    release_run(config_for("release", run=str(secret / "instruct"), output=str(tmp_path / "rel-diff"),
+                           release_recipe="LLaMAntino-2-7b-hf-dolly-ITA"))
+    for folder in (tmp_path / "rel-adapter", tmp_path / "rel-diff"):
+        for name in check_sums(folder):  # every published file
+            text = (folder / name).read_bytes().decode("utf-8", errors="replace")
+            for trace in ("secret_project", "someone", str(tmp_path), "./data"):
+                assert trace not in text, (name, trace)
+    config = json.loads((tmp_path / "rel-adapter/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "meta-llama/Llama-2-7b-hf"
+    body = read_card(tmp_path / "rel-adapter")[1]
+    assert "| eval_data | it=it.jsonl, en=en.jsonl |" in body and "| data | corpus.jsonl |" in body
+    assert "| adapter_trained_on | merged |" in body
+    assert read_diff_manifest(tmp_path / "rel-diff")["base"]["name"] == "swap-uniba/LLaMAntino-2-7b-hf-ITA"
+    from llamantino.release import hub_id
+
+    assert hub_id("/home/u/.cache/huggingface/hub/models--meta-llama--Llama-2-7b-hf/snapshots/0a1b2c") == \
+        "meta-llama/Llama-2-7b-hf"  # a base loaded from the hub cache: named by its hub id
 
 
 def test_release_command_line_gives_the_same_files(tmp_path, releases, instruct_run, merged_dir):
@@ -368,6 +410,38 @@ def test_build_refuses_the_wrong_merge_dtype(tmp_path, tiny_model_dir, releases)
         build_chain(tiny_model_dir, [f"adapter:{releases / 'adapter'}", "merge", f"diff:{releases / 'diff'}"],
                     tmp_path / "out", dtype="bfloat16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_difference_made_against_another_merge_method_is_refused(tmp_path, tiny_model_dir, releases, merged_dir,
+                                                                   capsys, monkeypatch):
+    """The merge method is recorded with the merged model and with every difference made against
+    it; `diff apply` and `build` refuse, in one line and before any work, a difference made
+    against another method's merge, or one made before methods were recorded."""
+    from llamantino import merge
+    from llamantino.merge import MERGE_METHOD, merge_method_of
+
+    assert merge_method_of(merged_dir) == MERGE_METHOD
+    assert read_diff_manifest(releases / "diff")["base"]["merge_method"] == MERGE_METHOD
+    monkeypatch.setattr(merge, "merge_into", lambda *a, **k: pytest.fail("merged before refusing"))
+    for recorded, said in (("peft-merge_and_unload", "was made against a merge by method peft-merge_and_unload"),
+                           (None, "records no merge method")):
+        diff = tmp_path / f"diff-{recorded}"
+        shutil.copytree(releases / "diff", diff)
+        manifest = json.loads((diff / "weight_diff.json").read_text())
+        if recorded is None:
+            del manifest["base"]["merge_method"]  # as differences made before methods were recorded
+        else:
+            manifest["base"]["merge_method"] = recorded
+        (diff / "weight_diff.json").write_text(json.dumps(manifest))
+        (diff / "SHA256SUMS").unlink()  # no longer matches the edited manifest; built with verify=False
+        assert cli.main(["diff", "apply", "--base", str(merged_dir), "--diff", str(diff),
+                         "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and f"is a merge by method {MERGE_METHOD}" in err and err.count("\n") == 1
+        with pytest.raises(LlamantinoError, match=said):
+            build_chain(tiny_model_dir, [f"adapter:{releases / 'adapter'}", "merge", f"diff:{diff}"],
+                        tmp_path / "built", verify=False)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "built").exists()
 
 
 def test_chain_steps_are_checked():

@@ -585,3 +585,74 @@ def test_argosmodel_is_extracted_member_by_member(tmp_path, stand_in):
         for name in zf.namelist():
             assert (tmp_path / name).read_bytes() == zf.read(name)
     assert root == tmp_path / "translate-en_it-stand_in"
+
+
+def _zeros_member(zf):
+    import zipfile
+
+    zf.writestr("translate-en_it-stand_in/padding.bin", bytes(20 << 20), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def _damaged_copy(good, path, member: str):
+    """The archive with one byte flipped in the middle of `member`'s packed data."""
+    import shutil
+    import struct
+    import zipfile
+
+    shutil.copyfile(good, path)
+    info = zipfile.ZipFile(path).getinfo(member)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("engine", ["batched", "argos"])
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, stand_in, argos_dir, engine, monkeypatch):
+    bomb = crafted_argosmodel(tmp_path, stand_in["argosmodel"], "bomb", _zeros_member)
+    assert bomb.stat().st_size < 1 << 20  # 20 MiB of zeros packed into a few KB
+    source = write_jsonl(tmp_path / "in.jsonl", FORMAT_RECORDS["ultrachat"])
+    packages = tmp_path / "packages"
+    settings = dict(inputs=[str(source)], output=str(tmp_path / "out"), engine=engine,
+                    argos_packages_dir=str(packages))
+    with pytest.raises(LlamantinoError, match=r"padding.bin' unpacks to 20971520 bytes from \d+, more than 100 times "
+                                              r"its packed size: refused as a zip bomb"):
+        translate.run(config_for("translate", model=str(bomb), **settings))
+    monkeypatch.setattr(translate, "MAX_ARGOSMODEL_BYTES", 500_000)  # the stand-in unpacks to 757 KB
+    with pytest.raises(LlamantinoError, match=r"unpacks to \d+ bytes; an .argosmodel may unpack to at most 500000"):
+        translate.run(config_for("translate", model=str(stand_in["argosmodel"]), **settings))
+    assert not (tmp_path / "out").exists() and not packages.exists()
+
+
+def test_a_failed_install_installs_nothing_and_an_installed_package_is_never_written_over(tmp_path, stand_in,
+                                                                                         argos_dir):
+    good = stand_in["argosmodel"]
+    damaged = _damaged_copy(good, tmp_path / "damaged.argosmodel", "translate-en_it-stand_in/minisbd/en.onnx")
+    source = write_jsonl(tmp_path / "in.jsonl", FORMAT_RECORDS["ultrachat"])
+    # argostranslate reads its packages folder once per process: the module's folder
+    cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(damaged),
+                     engine="argos", argos_packages_dir=str(argos_dir))
+    before = sorted(argos_dir.rglob("*")) if argos_dir.exists() else []
+    with pytest.raises(LlamantinoError, match=f"^{re.escape(str(damaged))}: damaged archive .*; nothing installed"):
+        translate.run(cfg)
+    assert sorted(argos_dir.rglob("*")) == before  # neither a half-installed package nor the temporary folder
+
+    packages = tmp_path / "packages"
+    installed = translate.install_argosmodel(good, packages)
+    model_bin = installed / "model" / "model.bin"
+    before = (model_bin.read_bytes(), model_bin.stat().st_ino)
+    assert translate.install_argosmodel(good, packages) == installed  # the same package again: used as it is
+    other = crafted_argosmodel(tmp_path, good, "other", lambda zf: None)
+    import zipfile
+
+    with zipfile.ZipFile(good) as source_zip, zipfile.ZipFile(other, "w") as zf:
+        for info in source_zip.infolist():
+            data = source_zip.read(info)
+            zf.writestr(info, data[:-1] + bytes([data[-1] ^ 1]) if info.filename.endswith("model.bin") else data)
+    with pytest.raises(LlamantinoError, match=f"{re.escape(str(installed))}: an installed package of that name "
+                                              f"differs from {re.escape(str(other))}; it is left as it is"):
+        translate.install_argosmodel(other, packages)
+    assert (model_bin.read_bytes(), model_bin.stat().st_ino) == before
+    assert sorted(p.name for p in packages.iterdir()) == [installed.name]

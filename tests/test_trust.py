@@ -130,6 +130,21 @@ def test_a_changed_input_is_not_reported_as_done(tmp_path, shards, capsys):
     assert code == 2 and "files added or removed" in err
 
 
+def test_an_edit_that_keeps_size_and_time_is_a_change(tmp_path, shards, capsys):
+    """Same size, modification time put back (`touch -r`): the content still decides."""
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    shard = next(shards.iterdir())
+    before = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit inside the compressed text: same size
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert shard.stat().st_size == before.st_size and shard.stat().st_mtime_ns == before.st_mtime_ns
+    code, err = clean(capsys, shards, "--output", out)
+    assert code == 2 and "its input changed since" in err and str(shard) in err
+
+
 def test_a_changed_model_makes_a_later_stage_stale(tmp_path, tiny_model_dir, capsys):
     import shutil
 
@@ -238,6 +253,82 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith(f"error: {tmp_path / 'out' / 'part'}: No space left on device; finished work is kept")
+
+
+# ---------------------------------------------------------------------------------------
+# A line without an end is refused at the cap, never read whole
+
+
+def test_a_2_gb_file_without_line_ends_is_one_line_in_little_memory(tmp_path):
+    """A sparse 2 GB file (no disk used) with no newline: `clean` stops at the first 8 MiB with
+    one line naming file, line and byte offset, under a 2 GiB address-space limit."""
+    import resource
+    import subprocess
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with open(folder / "huge.jsonl", "wb") as handle:
+        handle.truncate(2 << 30)
+    # The peak resident memory of this process image (VmHWM; ru_maxrss would count the forked
+    # pytest process before exec).
+    code = ("import re, sys\nfrom llamantino.cli import main\ncode = main(sys.argv[1:])\n"
+            "status = open('/proc/self/status').read()\n"
+            "print('peak', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\nsys.exit(code)")
+    env = dict(os.environ, PYTHONPATH=str(SRC.parent))
+    result = subprocess.run([sys.executable, "-c", code, "clean", str(folder), "--output", str(tmp_path / "out"),
+                             "--workers", "1"], env=env, capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.splitlines()[0]
+    assert error == (f"error: {folder / 'huge.jsonl'}:1: line starting at byte 0 of the file is longer than "
+                     "8388608 bytes; a longer line is refused, not read into memory: raise max_line_bytes if "
+                     "the file is right")
+    peak_kb = int(result.stderr.splitlines()[1].split()[1])
+    assert peak_kb < 400_000  # the Python process and its libraries (~140 MB): no line was held
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_every_line_reader_stops_at_the_cap(tmp_path, capsys):
+    """clean (whole files, gzip, and pieces of an array job), translate and the streamed readers
+    of the training stages name the file, the line and its first byte."""
+    import gzip
+
+    from llamantino import translate
+    from llamantino.records import iter_documents
+    from llamantino.streaming import DocumentStream
+
+    good = (json.dumps({"text": page("Una pagina breve.")}) + "\n").encode()
+    long = json.dumps({"text": "a" * 5000}).encode() + b"\n"
+    plain = tmp_path / "plain" / "part.jsonl"
+    plain.parent.mkdir()
+    plain.write_bytes(good + long + good)
+    packed = tmp_path / "packed" / "part.jsonl.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(good + long + good))
+    head = f"line starting at byte {len(good)}"
+    for folder, where in ((plain.parent, "of the file"), (packed.parent, "of the decompressed text")):
+        path = next(folder.iterdir())
+        message = f"{path}:2: {head} {where} is longer than 4096 bytes"
+        code, err = clean(capsys, folder, "--output", tmp_path / "out", "--max-line-bytes", "4096")
+        assert code == 2 and message in err and err.count("\n") == 0, err
+        with pytest.raises(LlamantinoError, match=message):
+            translate.run(config_for("translate", inputs=[str(path)], output=str(tmp_path / "t"), format="dolly",
+                                     model=str(tmp_path / "no-model"), max_line_bytes=4096))
+    # An array job cuts the file in two byte ranges: the long line starts in the first (which
+    # stops on it); the second skips the rest of it, a piece at a time, and reads the last line.
+    code, err = clean(capsys, plain.parent, "--output", tmp_path / "piece0", "--max-line-bytes", "4096",
+                      "--num-shards", "2", "--shard-index", "0")
+    assert code == 2 and f"{plain}:2: {head} of the file is longer than 4096 bytes" in err, err
+    code, err = clean(capsys, plain.parent, "--output", tmp_path / "piece1", "--max-line-bytes", "4096",
+                      "--num-shards", "2", "--shard-index", "1")
+    assert code == 0, err
+    huge = tmp_path / "huge.jsonl"
+    huge.write_bytes(good + b'{"text": "' + b"a" * (9 << 20) + b'"}\n')  # over the default 8 MiB
+    with pytest.raises(LlamantinoError, match=f"{huge}:2: {head} of the file is longer than 8388608 bytes"):
+        list(iter_documents([str(huge)]))
+    with pytest.raises(LlamantinoError, match=f"{huge}:2: {head} of the file is longer than 8388608 bytes"):
+        list(DocumentStream([str(huge)], text_field="text", cycle=False))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "t").exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -406,3 +406,44 @@ def test_a_hub_cache_snapshot_may_link_into_its_own_blobs_only(made, capsys):
     (snap / "config.json").symlink_to(made / "victim" / "notes.txt")
     with pytest.raises(LlamantinoError, match="leads outside the folder|resolves outside"):
         apply_diff(snap, made / "diff", made / "rebuilt2")
+
+
+# ---------------------------------------------------------------------------------------
+# Pickles: weights are read from safetensors only
+
+
+def test_pickled_adapters_and_models_are_refused_in_one_line(tmp_path, tiny_model_dir, make_random_adapter, capsys,
+                                                             monkeypatch):
+    """An adapter_model.bin or a pytorch_model.bin (pickles) is refused by merge, build and eval
+    bpb, naming the file and how to convert it; nothing parses it (torch.load is never called)."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = make_random_adapter(tmp_path / "adapter", seed=3)
+    pickled_adapter = tmp_path / "adapter-bin"
+    shutil.copytree(adapter, pickled_adapter)
+    torch.save(load_file(pickled_adapter / "adapter_model.safetensors"), pickled_adapter / "adapter_model.bin")
+    (pickled_adapter / "adapter_model.safetensors").unlink()
+    pickled_model = tmp_path / "model-bin"
+    shutil.copytree(tiny_model_dir, pickled_model)
+    torch.save(load_file(pickled_model / "model.safetensors"), pickled_model / "pytorch_model.bin")
+    (pickled_model / "model.safetensors").unlink()
+    (tmp_path / "text.txt").write_text("Il gatto dorme sul divano.\n\nLa pioggia cade sulla città.\n")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was parsed"))
+    capsys.readouterr()  # what making the adapter printed
+
+    adapter_line = f"{pickled_adapter / 'adapter_model.bin'}: a pickle; llamantino reads adapter weights from " \
+                   "safetensors files only"
+    model_line = f"{pickled_model / 'pytorch_model.bin'}: a pickle; llamantino reads model weights from safetensors"
+    out = tmp_path / "out"
+    for args, match in (
+            (["merge", "--base", tiny_model_dir, "--adapter", pickled_adapter, "--output", out], adapter_line),
+            (["merge", "--base", pickled_model, "--adapter", adapter, "--output", out], model_line),
+            (["build", "--base", tiny_model_dir, "--adapters", pickled_adapter, "--output", out, "--no-verify"],
+             adapter_line),
+            (["build", "--base", pickled_model, "--adapters", adapter, "--output", out, "--no-verify"], model_line),
+            (["eval", "bpb", "--model", pickled_model, tmp_path / "text.txt"], model_line),
+            (["eval", "bpb", "--model", tiny_model_dir, "--adapter", pickled_adapter, tmp_path / "text.txt"],
+             adapter_line)):
+        err = cli_refuses(capsys, args, match, tmp_path)
+        assert "save_pretrained()" in err

@@ -277,17 +277,21 @@ def verify_checksums(folder, *, required: bool = True) -> str:
 def check_inputs(base, steps: list[Step], *, verify: bool = True) -> list[str]:
     """Before any work: no input holds a link leading out of it, every released folder
     matches its SHA256SUMS. Returns what was checked."""
+    from llamantino.modeling import require_safetensors
     from llamantino.weightdiff import refuse_links_outside
 
     if not Path(base).is_dir():
         raise LlamantinoError(f"{base}: no such base model folder")
     refuse_links_outside(base, "base model")
+    require_safetensors(base, "model")
     checks = []
     for step in steps:
         if step.path:
             if not Path(step.path).is_dir():
                 raise LlamantinoError(f"{step.path}: no such {step.kind} folder")
             refuse_links_outside(step.path, step.kind)
+            if step.kind == "adapter":
+                require_safetensors(step.path, "adapter")
             checks.append(verify_checksums(step.path, required=verify))
     return checks
 
@@ -312,16 +316,33 @@ def chain_dtype(base, steps: list[Step], dtype: str) -> str:
     return own if own in DTYPES else "float32"
 
 
+def check_merge_methods(base, steps: list[Step]) -> None:
+    """Before any work: each weight difference was made against a merge by the method this
+    chain's merge uses (a merge step here merges with MERGE_METHOD)."""
+    from llamantino.merge import MERGE_METHOD, merge_method_of
+    from llamantino.weightdiff import check_merge_method, read_diff_manifest
+
+    method = merge_method_of(base)
+    for i, step in enumerate(steps):
+        if step.kind == "merge":
+            method = MERGE_METHOD
+        elif step.kind == "diff":
+            label = str(base) if i == 0 else format_chain(str(base), steps[:i])
+            check_merge_method(read_diff_manifest(step.path), method, label, step.path)
+            method = None  # the difference's target: no merge of ours
+
+
 def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shard_size: str = "5GB",
                verify: bool = True) -> dict:
     """Run the chain; the final model lands in the existing empty folder `folder`."""
-    from llamantino.merge import merge_into
+    from llamantino.merge import MERGE_METHOD, merge_into
     from llamantino.weightdiff import apply_into
 
     check_chain(steps)
     folder = Path(folder)
     t0 = time.time()
     checks = check_inputs(base, steps, verify=verify)
+    check_merge_methods(base, steps)
     dtype = chain_dtype(base, steps, dtype)
     log = []
     current, pending = Path(base), None
@@ -349,8 +370,11 @@ def build_into(folder, base, steps: list[Step], *, dtype: str = "auto", max_shar
             current = dest
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"chain": format_chain(str(base), steps), "dtype": dtype, "steps": log, "checks": checks,
-            "seconds": round(time.time() - t0, 1)}
+    report = {"chain": format_chain(str(base), steps), "dtype": dtype, "steps": log, "checks": checks,
+              "seconds": round(time.time() - t0, 1)}
+    if steps[-1].kind == "merge":  # the output is a merge: say by which method
+        report["merge_method"] = MERGE_METHOD
+    return report
 
 
 def build_chain(base, steps, output, *, dtype: str = "auto", max_shard_size: str = "5GB",
@@ -365,7 +389,8 @@ def build_chain(base, steps, output, *, dtype: str = "auto", max_shard_size: str
     output = check_output(output, [("base", base)] + [(s.kind, s.path) for s in steps if s.path], overwrite)
     with atomic_dir(output) as tmp:
         report = build_into(tmp, base, steps, dtype=dtype, max_shard_size=max_shard_size, verify=verify)
-        write_marker(tmp, KIND)
+        merged = {"merge_method": report["merge_method"]} if "merge_method" in report else None
+        write_marker(tmp, KIND, metrics=merged)
     return report
 
 

@@ -46,8 +46,8 @@ from typing import Iterator
 from llamantino import sharding
 from llamantino.config import closest, setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import (JSONL_SUFFIXES, LineStats, atomic_open, atomic_write_json, expand_inputs, is_temporary,
-                               iter_jsonl)
+from llamantino.fileio import (JSONL_SUFFIXES, MAX_LINE_BYTES, LineStats, atomic_open, atomic_write_json,
+                               expand_inputs, is_temporary, iter_jsonl)
 from llamantino.langid import DETECTORS
 from llamantino.streaming import HUB_PREFIX, hub_records, parquet_records, parse_hub_spec
 
@@ -133,6 +133,10 @@ class Config:
     text_field: str = setting("text", "field holding the text")
     shard_docs: int = setting(100000, "kept documents per output shard", minimum=1, maximum=100_000_000)
     skip_bad_lines: bool = setting(False, "count and skip malformed lines instead of stopping")
+    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
+                                                  "the file, line and byte offset (a file without line ends is "
+                                                  "never read whole)", fingerprint=False, minimum=1024,
+                                  maximum=1 << 31)
     num_shards: int | None = sharding.num_shards_setting()
     shard_index: int | None = sharding.shard_index_setting()
     workers: int = setting(0, "processes (0: all cores)", fingerprint=False, minimum=0, maximum=4096)
@@ -403,7 +407,7 @@ class Reader:
         stats = LineStats()
         counted = 0
         for number, record in iter_jsonl(path, skip_bad_lines=self.cfg.skip_bad_lines, stats=stats,
-                                         start_line=start, skip_option=True):
+                                         start_line=start, skip_option=True, max_line_bytes=self.cfg.max_line_bytes):
             self.bad += stats.bad - counted
             counted = stats.bad
             yield number, f"{path}:{number}", record
@@ -421,7 +425,8 @@ class Reader:
         stats = LineStats()
         counted = 0
         for resume, where, record in sharding.iter_jsonl_piece(src, piece, start, stats=stats,
-                                                               skip_bad_lines=self.cfg.skip_bad_lines):
+                                                               skip_bad_lines=self.cfg.skip_bad_lines,
+                                                               max_line_bytes=self.cfg.max_line_bytes):
             self.bad += stats.bad - counted
             counted = stats.bad
             yield resume, where, record

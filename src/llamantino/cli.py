@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
-            from llamantino.fileio import shown
+            from llamantino.errors import shown
 
             where = f"{shown(exc.filename, 120)}: " if exc.filename else ""
             print(f"error: {where}a file name longer than the file system allows; choose a shorter one",

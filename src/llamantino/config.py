@@ -23,7 +23,7 @@ import types
 import typing
 from typing import Any
 
-from llamantino.errors import LlamantinoError
+from llamantino.errors import LlamantinoError, cut, shown
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices=None,
@@ -47,6 +47,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices=None,
 
 def closest(name: str, candidates) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or '' when nothing is close."""
+    if len(name) > 100:  # no setting name is that long (and difflib's time grows with it)
+        return ""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
@@ -111,8 +113,9 @@ def coerce(value: Any, tp, where: str):
             if isinstance(value, (dict, list)):
                 raise ValueError("expected a string")
             return str(value)
-    except (TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise LlamantinoError(f"{where}: {value!r} is not valid ({exc})") from None
+    except (TypeError, ValueError, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else cut(str(exc), 120)
+        raise LlamantinoError(f"{where}: {shown(value)} is not valid ({why})") from None
     return value
 
 
@@ -131,12 +134,12 @@ def build_config(cls, values: dict, source: str = "settings"):
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise LlamantinoError(f"{source}: unknown setting '{key}'{closest(key, fields)}")
+            raise LlamantinoError(f"{source}: unknown setting {shown(key)}{closest(str(key), fields)}")
         value = coerce(value, types_[key], f"{source}: setting '{key}'")
         choices = fields[key].metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise LlamantinoError(
-                f"{source}: setting '{key}' is {value!r}; valid: {', '.join(map(str, choices))}")
+                f"{source}: setting '{key}' is {shown(value)}; valid: {', '.join(map(str, choices))}")
         check_range(fields[key], value, source)
         kwargs[key] = value
     missing = [n for n, f in fields.items() if n not in kwargs
@@ -162,12 +165,12 @@ def renamed_settings(cls, values: dict, source: str) -> dict:
         for key, meant in (implied[0] if implied else {}).items():
             if key in out and str(out[key]) != str(meant):
                 raise LlamantinoError(f"{source}: setting '{old}' (old name) means {key}: {meant}, "
-                                      f"but {key} is {out[key]!r}; give '{new}' instead")
+                                      f"but {key} is {shown(out[key])}; give '{new}' instead")
             out[key] = meant
         value = out.pop(old)
         if mapping is not None:
             if str(value) not in mapping:
-                raise LlamantinoError(f"{source}: setting '{old}' is {value!r}; valid: {', '.join(mapping)}")
+                raise LlamantinoError(f"{source}: setting '{old}' is {shown(value)}; valid: {', '.join(mapping)}")
             value = mapping[str(value)]
         if new in out and str(out[new]) != str(value):
             raise LlamantinoError(f"{source}: settings '{old}' (old name) and '{new}' disagree; give only '{new}'")
@@ -188,7 +191,7 @@ def check_range(field: dataclasses.Field, value, source: str) -> None:
             if (low is not None and item < low) or (high is not None and item > high):
                 bounds = (f"at least {low}" if high is None else f"at most {high}" if low is None
                           else f"between {low} and {high}")
-                raise LlamantinoError(f"{source}: setting '{field.name}' is {item!r}; it must be {bounds}")
+                raise LlamantinoError(f"{source}: setting '{field.name}' is {shown(item)}; it must be {bounds}")
 
 
 def check_ranges(cfg, source: str) -> None:
@@ -276,9 +279,11 @@ def parse_set_options(items: list[str] | None) -> dict:
     out: dict = {}
     for item in items or []:
         if "=" not in item:
-            raise LlamantinoError(f"--set {item!r}: expected KEY=VALUE, e.g. adapt.max_steps=100")
+            raise LlamantinoError(f"--set {shown(item)}: expected KEY=VALUE, e.g. adapt.max_steps=100")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if len(parts) > 3:  # stage.setting (a mapping setting: one level more)
+            raise LlamantinoError(f"--set {shown(key)}: a key has at most 3 parts (STAGE.SETTING)")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

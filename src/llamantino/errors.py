@@ -25,3 +25,28 @@ def where(path, line: int | None = None, field: str | None = None) -> str:
     if field is not None:
         out += f": field '{field}'"
     return out
+
+
+SHOWN_CHARS = 200  # the most of a value an error line prints
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """A message or value for an error line, cut to `limit` characters (a value read from a
+    file can be any size: the line stays one short line)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters (containers without building their whole text)."""
+    return cut(_short_repr(value, limit) if isinstance(value, (list, dict, tuple)) else repr(value), limit)
+
+
+def _short_repr(value, limit: int) -> str:
+    """repr of a container without building the whole text (a nested value can be huge)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    short.maxlist = short.maxdict = short.maxtuple = 20
+    short.maxlevel = 4
+    return short.repr(value)

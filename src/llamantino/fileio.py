@@ -19,9 +19,12 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from llamantino.errors import LlamantinoError
+from llamantino.errors import LlamantinoError, shown
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
+# The longest line a reader takes, in bytes (a stage's `max_line_bytes` setting where it has
+# one): a file without line endings is refused at this size, not read whole into memory.
+MAX_LINE_BYTES = 8 << 20
 
 
 def is_gzip(path: Path) -> bool:
@@ -60,12 +63,25 @@ def _split_line_endings(raw: bytes) -> list[bytes]:
     return pieces
 
 
-def iter_text_lines(path, *, start_byte: int = 0, start_line: int = 0,
-                    stats: LineStats | None = None) -> Iterator[tuple[int, str]]:
+def read_line(handle, path, number: int | None, offset: int, limit: int, where: str = "of the file") -> bytes:
+    """The next line of a binary file (b"" at the end), at most `limit` bytes before its `\n`:
+    a longer one is an error naming the file, the line (when its number is known) and the
+    byte offset where it starts, read no further than `limit` bytes."""
+    line = handle.readline(limit + 1)
+    if len(line) > limit and not line.endswith(b"\n"):  # limit + 1 bytes and still no line end
+        at = f"{path}:{number}: line" if number is not None else f"{path}: the line"
+        raise LlamantinoError(f"{at} starting at byte {offset} {where} is longer than {limit} bytes; a longer "
+                              "line is refused, not read into memory: raise max_line_bytes if the file is right")
+    return line
+
+
+def iter_text_lines(path, *, start_byte: int = 0, start_line: int = 0, stats: LineStats | None = None,
+                    max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
     """(line number, text) of each line of a UTF-8 text file (gunzipped if `.gz`), endings
     turned into `\n` as in text mode. Reading starts at `start_byte`, the start of line
-    `start_line + 1`; `stats.line` / `stats.byte` follow the lines read. Bad bytes and damaged
-    gzip data are errors naming the file, the line and the byte offset."""
+    `start_line + 1`; `stats.line` / `stats.byte` follow the lines read. Bad bytes, damaged
+    gzip data and a line over `max_line_bytes` are errors naming the file, the line and the
+    byte offset."""
     path = Path(path)
     stats = stats or LineStats()
     stats.line, stats.byte = start_line, start_byte
@@ -73,7 +89,7 @@ def iter_text_lines(path, *, start_byte: int = 0, start_line: int = 0,
     with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as raw_handle:
         handle = _GzipReader(raw_handle, path, stats, where) if is_gzip(path) else raw_handle
         _seek_to_line_start(handle, path, start_byte)
-        for chunk in handle:
+        while chunk := read_line(handle, path, stats.line + 1, stats.byte, max_line_bytes, where):
             for piece in _split_line_endings(chunk) if b"\r" in chunk else (chunk,):
                 try:
                     text = piece.decode("utf-8")
@@ -96,14 +112,8 @@ class _GzipReader:
     def __init__(self, handle, path: Path, stats: LineStats, where: str):
         self.handle, self.path, self.stats, self.where = handle, path, stats, where
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> bytes:
-        chunk = self._guard(self.handle.readline)
-        if not chunk:
-            raise StopIteration
-        return chunk
+    def readline(self, size: int = -1) -> bytes:
+        return self._guard(self.handle.readline, size)
 
     def seek(self, offset: int):
         return self._guard(self.handle.seek, offset)
@@ -133,7 +143,8 @@ def _seek_to_line_start(handle, path: Path, offset: int) -> None:
 
 
 def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = None,
-               start_line: int = 0, start_byte: int = 0, skip_option: bool = False) -> Iterator[tuple[int, dict]]:
+               start_line: int = 0, start_byte: int = 0, skip_option: bool = False,
+               max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record) for each non-empty line; 1-based line numbers.
 
     A malformed line is an error naming file and line, unless `skip_bad_lines`, in which
@@ -146,7 +157,7 @@ def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = 
     stats = stats or LineStats()
     skip_lines = 0 if start_byte else start_line
     for number, line in iter_text_lines(path, start_byte=start_byte, start_line=start_line if start_byte else 0,
-                                        stats=stats):
+                                        stats=stats, max_line_bytes=max_line_bytes):
         if number <= skip_lines or not line.strip():
             continue
         record = parse_json_object(line, f"{path}:{number}", stats, skip_bad_lines=skip_bad_lines,
@@ -179,8 +190,8 @@ def parse_json_object(line: str, where: str, stats: LineStats, *, skip_bad_lines
     return record
 
 
-def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0,
-                    stats: LineStats | None = None) -> Iterator[tuple[int, str]]:
+def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0, stats: LineStats | None = None,
+                    max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
     """(first line number, text) of each blank-line-separated paragraph of a text file.
 
     Resume: reading starts at `start_byte`, the start of line `start_line + 1`; after each
@@ -190,7 +201,8 @@ def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0,
     stats = stats or LineStats()
     block: list[str] = []
     start = 1
-    for number, line in iter_text_lines(path, start_byte=start_byte, start_line=start_line, stats=stats):
+    for number, line in iter_text_lines(path, start_byte=start_byte, start_line=start_line, stats=stats,
+                                        max_line_bytes=max_line_bytes):
         if line.strip():
             if not block:
                 start = number
@@ -228,12 +240,6 @@ def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[P
 
 
 NAME_MAX = 255  # bytes in one file or folder name on the usual file systems (ext4, XFS, Btrfs, APFS)
-
-
-def shown(value, limit: int = 200) -> str:
-    """`repr(value)`, cut to `limit` characters: an error line never carries a huge value."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_member_name(name, what: str) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from llamantino import __version__
 from llamantino.config import differing_settings, fingerprint, input_paths, to_dict
-from llamantino.errors import LlamantinoError
-from llamantino.fileio import atomic_write_json, is_temporary, sha256_file, shown
+from llamantino.errors import LlamantinoError, shown
+from llamantino.fileio import atomic_write_json, is_temporary, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,10 @@ def describe_inputs(paths) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 # The state of a stage's inputs: is a finished (or interrupted) run still about these inputs?
 
-HASH_LIMIT = 64 << 20  # files up to this size are hashed too, so a touched file is not taken as changed
+# Files up to this size are compared by sha256 at every check (a few hundredths of a second
+# each, nothing next to the stage): an edit that keeps size and modification time is still
+# seen. Larger files (model weights) are compared by size and modification time.
+HASH_LIMIT = 64 << 20
 
 
 def _file_state(path: Path, rel: str) -> list:
@@ -83,8 +86,10 @@ def input_state(cfg) -> list[dict]:
 
 
 def changed_inputs(recorded: list[dict] | None) -> list[str]:
-    """Inputs whose files differ from a recorded `input_state` (size, or content where a file
-    was touched): added, removed or modified files. Nothing recorded (older runs): none."""
+    """Inputs whose files differ from a recorded `input_state`: added, removed or modified
+    files; a file's content by its sha256 when one was recorded (files up to HASH_LIMIT),
+    whatever its modification time says, else by size and time. Nothing recorded (older
+    runs): none."""
     changed = []
     for entry in recorded or []:
         path = Path(entry["path"])
@@ -102,7 +107,7 @@ def changed_inputs(recorded: list[dict] | None) -> list[str]:
         for rel, file in now.items():
             size, mtime, digest = before[rel]
             stat = file.stat()
-            same = stat.st_size == size and (stat.st_mtime_ns == mtime or (digest and sha256_file(file) == digest))
+            same = stat.st_size == size and (sha256_file(file) == digest if digest else stat.st_mtime_ns == mtime)
             if not same:
                 changed.append(str(path / rel) if rel else str(path))
                 break

@@ -36,7 +36,8 @@ def is_local(name_or_path: str) -> bool:
 
 
 def check_model_source(name_or_path: str) -> str:
-    """A local model folder must hold config.json; anything else is taken as a hub name."""
+    """A local model folder must hold config.json, and its weights as safetensors; anything
+    else is taken as a hub name."""
     if not name_or_path:
         raise LlamantinoError("no model given (setting 'model')")
     if is_local(name_or_path):
@@ -45,8 +46,42 @@ def check_model_source(name_or_path: str) -> str:
             raise LlamantinoError(f"{path}: model folder not found")
         if not (path / "config.json").is_file():
             raise LlamantinoError(f"{path}: no config.json, not a model folder")
+        require_safetensors(path, "model")
         return str(path)
     return name_or_path
+
+
+# Weight files that are pickles (PyTorch's .bin and its kin): parsing one, even with
+# weights_only=True, runs a pickle reader over a stranger's bytes.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+CONVERT_HINT = {
+    "model": "load it where you trust it and save it with transformers' save_pretrained(), which writes "
+             "model.safetensors",
+    "adapter": "load it where you trust it with peft's PeftModel.from_pretrained() and save it with "
+               "save_pretrained(), which writes adapter_model.safetensors",
+}
+
+
+def require_safetensors(folder, what: str = "model") -> None:
+    """A local model (`what`: model) or adapter (`what`: adapter) folder whose weights are only
+    pickles is refused, naming the file and how to convert it: llamantino reads safetensors."""
+    folder = Path(folder)
+    if what == "adapter":
+        if (folder / "adapter_model.safetensors").is_file():
+            return
+        pickles = [p.name for p in sorted(folder.iterdir()) if p.name.startswith("adapter_model")
+                   and p.name.endswith(PICKLE_SUFFIXES)]
+        if not pickles:
+            raise LlamantinoError(f"{folder}: no adapter_model.safetensors: not a LoRA adapter folder")
+    else:
+        if any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+            return
+        pickles = [p.name for p in sorted(folder.iterdir())
+                   if p.is_file() and (p.name.endswith(PICKLE_SUFFIXES) or p.name.endswith(".bin.index.json"))]
+        if not pickles:
+            return  # no weights at all: from_pretrained says so
+    raise LlamantinoError(f"{folder / pickles[0]}: a pickle; llamantino reads {what} weights from safetensors "
+                          f"files only, never unpickling: {CONVERT_HINT[what]}")
 
 
 def load_config(name_or_path: str):
@@ -338,7 +373,7 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     else:
         kwargs["dtype"] = torch_dtype(dtype)
     try:
-        model = auto_class(config).from_pretrained(source, **kwargs)
+        model = auto_class(config).from_pretrained(source, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     plain_4bit_on_every_cpu(model)
@@ -481,6 +516,7 @@ def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float
                       merge: bool = False):
     """Model (+ optional PEFT adapter) for evaluation and generation."""
     if adapter:
+        require_safetensors(adapter, "adapter")  # a pickle is refused before anything parses it
         check_adapter(adapter)  # before the model: a bad adapter costs no loading time
     model = load_causal_lm(model_path, dtype=dtype, device=device)
     if adapter:
@@ -493,7 +529,9 @@ def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float
             why = next((line for line in lines if "size mismatch" in line), lines[0])
             raise LlamantinoError(f"{adapter}: this adapter does not fit the model {model_path} ({why[:300]})") \
                 from None
-        if merge:
-            model = model.merge_and_unload()
+        if merge:  # the merge `llamantino merge` does: the same bits on every machine
+            from llamantino.merge import fold_lora
+
+            model = fold_lora(model, adapter)[0]
     model.eval()
     return model

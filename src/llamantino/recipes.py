@@ -28,8 +28,7 @@ from typing import Any
 import yaml
 
 from llamantino.config import build_config, closest, setting, to_dict
-from llamantino.errors import LlamantinoError
-from llamantino.fileio import shown
+from llamantino.errors import LlamantinoError, cut, shown
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DATA_DIR = Path(__file__).parent / "data"  # bundled data, ${data_dir} in recipes
@@ -145,6 +144,9 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; the bundled ones are under 4 KB
+MAX_DEPTH = 32  # levels of nesting a recipe may use (the bundled ones use 4)
+MAX_VALUE_CHARS = 1 << 20  # a setting after its ${...} references are filled in
 _REF = re.compile(r"\$\{([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?\}")
 
 
@@ -163,7 +165,11 @@ def _interpolate(value, context: dict, where: str):
             if attr not in stage:
                 raise LlamantinoError(f"{where}: stage '{head}' has no setting '{attr}'{closest(attr, stage)}")
             return str(stage[attr])
-        return _REF.sub(repl, value)
+        out = _REF.sub(repl, value)
+        if len(out) > MAX_VALUE_CHARS:  # references of references can double a value at every stage
+            raise LlamantinoError(f"{where}: {shown(value)} expands to {len(out)} characters with its "
+                                  f"${{...}} references (at most {MAX_VALUE_CHARS})")
+        return out
     if isinstance(value, list):
         return [_interpolate(v, context, where) for v in value]
     if isinstance(value, dict):
@@ -193,7 +199,7 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
         raise LlamantinoError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise LlamantinoError(f"{path}: unknown key '{key}'{closest(key, TOP_LEVEL_KEYS)}")
+            raise LlamantinoError(f"{path}: unknown key {shown(key)}{closest(str(key), TOP_LEVEL_KEYS)}")
     overrides = dict(overrides or {})
     stage_over = overrides.pop("stages", {})
     for key in list(overrides):
@@ -202,7 +208,7 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
             raw[key] = value
         elif not isinstance(value, dict):
             example = "release.license=apache-2.0" if key == "release" else f"{key}.max_steps=10"
-            raise LlamantinoError(f"--set {key}={value}: '{key}' is a section, give one of its settings "
+            raise LlamantinoError(f"--set {key}={shown(value)}: '{key}' is a section, give one of its settings "
                                   f"(e.g. --set {example})")
         elif key == "release":
             raw["release"] = _merge(raw.get("release") or {}, value)
@@ -230,7 +236,7 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
     stages = []
     for stage_name, settings in stages_raw.items():
         if not isinstance(stage_name, str) or not _STAGE_NAME.match(stage_name):
-            raise LlamantinoError(f"{path}: stage name {stage_name!r}: use letters, digits and _ only "
+            raise LlamantinoError(f"{path}: stage name {shown(stage_name)}: use letters, digits and _ only "
                                   "(it names the stage's output folder and its ${NAME.setting} references)")
         if settings is not None and not isinstance(settings, dict):
             raise LlamantinoError(f"{path}: stage '{stage_name}': expected a mapping of settings, "
@@ -250,17 +256,69 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
                   release=release, stages=stages, source=str(path))
 
 
+class _RecipeYAMLError(Exception):
+    def __init__(self, mark, message: str):
+        super().__init__(message)
+        self.line = mark.line + 1 if mark is not None else None
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """`yaml.safe_load` for recipes, stricter: no anchors or aliases (a recipe reuses values
+    with ${...} references; nested aliases expand a few hundred bytes into gigabytes), no key
+    given twice in a mapping (YAML would keep the last one silently), nesting at most
+    MAX_DEPTH levels (the composer recurses once per level)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise _RecipeYAMLError(event.start_mark, f"YAML anchor or alias ({sign}{cut(str(event.anchor), 40)}): "
+                                   "recipes reuse values with ${stage.setting} references, not aliases")
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _RecipeYAMLError(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if duplicate:
+                raise _RecipeYAMLError(key_node.start_mark, f"key {shown(key)} given twice in one mapping")
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path):
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise LlamantinoError(f"{path}: {size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise LlamantinoError(f"{path}:{line}: not UTF-8 text (byte {exc.start} of the file)") from None
+    loader = RecipeLoader(text)  # a SafeLoader: plain data only
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    except _RecipeYAMLError as exc:
+        raise LlamantinoError(f"{path}:{exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise LlamantinoError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        raise LlamantinoError(f"{path}: not valid YAML ({cut(' '.join(str(exc).split()), 300)})") from None
+    finally:
+        loader.dispose()
 
 
 def read_release(name_or_path: str) -> ReleaseInfo:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -117,20 +118,43 @@ def _run_manifest(run: Path) -> dict:
 
 
 def _recipe_text(recipe: str) -> dict:
-    import yaml
+    from llamantino.recipes import _read_yaml, recipe_path
 
-    from llamantino.recipes import recipe_path
-
-    return yaml.safe_load(recipe_path(recipe).read_text(encoding="utf-8")) or {}
+    raw = _read_yaml(recipe_path(recipe))  # the recipe loader's checks: no aliases, no key twice
+    return raw if isinstance(raw, dict) else {}
 
 
 def _public(value):
-    """A setting as the card shows it: local paths by their last component only."""
+    """A setting or figure as a release shows it: a local path by its last component only
+    (`TASK=PATH` keeps its TASK), in lists and mappings too; hub names, `hub:` specs and
+    plain words as they are."""
     if isinstance(value, list):
         return [_public(v) for v in value]
-    if isinstance(value, str) and value and (value.startswith(("/", "./", "../", "~")) or Path(value).exists()):
-        return Path(value).name
-    return value
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if not isinstance(value, str) or not value:
+        return value
+    head, sep, tail = value.partition("=")
+    if sep and head and "/" not in head and _is_local_path(tail):
+        return f"{head}={Path(tail).name}"
+    return Path(value).name if _is_local_path(value) else value
+
+
+def hub_id(model: str) -> str:
+    """How a release names a model setting: a hub name as it is; a folder of the hub cache
+    (`models--ORG--NAME/snapshots/REV`) as ORG/NAME; any other folder by its name only."""
+    match = re.search(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$", model)
+    if match:
+        return f"{match.group(1)}/{match.group(2)}"
+    return str(_public(model))
+
+
+def _is_local_path(text: str) -> bool:
+    """A path on this machine: absolute, relative with a marker (./, ../, ~), deeper than a
+    hub id's one slash, or existing here. `owner/name` that exists nowhere here is a hub id."""
+    if text.startswith(HUB_PREFIX) or "://" in text:
+        return False
+    return text.startswith(("/", "./", "../", "~", "\\")) or text.count("/") > 1 or Path(text).exists()
 
 
 def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
@@ -149,7 +173,7 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
         parent = read_release(info.parent) if info.parent in list_recipes() else None
         base_model = (parent.hub_repo or info.parent) if parent else info.parent
     if not base_model:
-        base_model = str(_public(settings.get("model", "")))
+        base_model = hub_id(str(settings.get("model", "")))
     datasets = cfg.datasets or (info.datasets if info else []) or [
         d[len(HUB_PREFIX):].split("?")[0] for d in settings.get("data", []) if str(d).startswith(HUB_PREFIX)]
     metrics = manifest.get("metrics", {})
@@ -165,7 +189,7 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
                 prompt_format=prompt, example=prompt_example(prompt, Path(cfg.run)),
                 hub_repo=(info.hub_repo if info else "") or cfg.push, chain=chain,
                 stage=stage, settings={k: _public(v) for k, v in settings.items()},
-                metrics=manifest.get("metrics", {}), parent_adapter=str(_public(settings.get("adapter", ""))))
+                metrics=_public(manifest.get("metrics", {})), parent_adapter=str(_public(settings.get("adapter", ""))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,6 +418,7 @@ def release_into(folder: Path, cfg: Config) -> dict:
             source = safe_join(run, name, f"run {run}")  # a link leading out would publish that file
             if source.is_file():
                 shutil.copyfile(source, folder / name)
+        public_adapter_config(folder / "adapter_config.json", card.base_model)
         base = ""
     elif (run / "config.json").is_file():
         released_as = "weight-diff"
@@ -410,6 +435,18 @@ def release_into(folder: Path, cfg: Config) -> dict:
     return {"released_as": released_as, "name": card.name, "base_model": card.base_model, "base": str(base),
             "files": files, "bytes": sum((folder / f).stat().st_size for f in files),
             "prompt_format": card.prompt_format}
+
+
+def public_adapter_config(path: Path, base_model: str) -> None:
+    """The released adapter_config.json names its base by the card's hub id, not by the
+    local folder PEFT recorded when the adapter was trained."""
+    from llamantino.weightdiff import read_json
+
+    config = read_json(path, "adapter config")
+    if not isinstance(config, dict):
+        raise LlamantinoError(f"{path}: not a JSON object")
+    config["base_model_name_or_path"] = base_model
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT writes it
 
 
 def _hub_api():

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from llamantino.config import differing_settings, setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import LineStats, atomic_write_json, is_temporary, parse_json_object, safe_join
+from llamantino.fileio import (MAX_LINE_BYTES, LineStats, atomic_write_json, is_temporary, parse_json_object,
+                               read_line, safe_join)
 
 log = logging.getLogger(__name__)
 
@@ -254,30 +255,33 @@ def _check_line_ends(path, line: bytes, offset: int) -> None:
                               "sharding splits lines at line feeds only: convert the file's line ends")
 
 
-def piece_lines(path, piece: Piece, after: int = 0):
+def piece_lines(path, piece: Piece, after: int = 0, max_line_bytes: int = MAX_LINE_BYTES):
     """(offset after the line, line number or None, offset of the line, raw line) of every
     line that starts in the piece's byte range, after offset `after` (a resume point).
     Line numbers are known when counting them costs nothing (gzip, or a plain file read
-    from its start)."""
+    from its start). A line over `max_line_bytes` is an error (`fileio.read_line`)."""
     start, end = byte_range(path, piece)
     if str(path).endswith(".gz"):
-        yield from _gzip_piece_lines(path, max(start, after), end)
+        yield from _gzip_piece_lines(path, max(start, after), end, max_line_bytes)
     else:
-        yield from _plain_piece_lines(path, start, end, after)
+        yield from _plain_piece_lines(path, start, end, after, max_line_bytes)
 
 
-def _plain_piece_lines(path, start, end, after):
+def _plain_piece_lines(path, start, end, after, limit):
     with open(path, "rb") as handle:
         if after:
             handle.seek(after)  # a resume point is always a line start
         elif start:
             handle.seek(start - 1)
             if handle.read(1) != b"\n":
-                handle.readline()  # the rest of a line that started before the range
+                # the rest of a line that started before the range (its own piece reads it), in
+                # pieces of at most `limit` bytes
+                while (rest := handle.readline(limit + 1)) and not rest.endswith(b"\n"):
+                    pass
         offset = handle.tell()
         number = 0 if offset == 0 else None
         while offset < end:
-            line = handle.readline()
+            line = read_line(handle, path, number + 1 if number is not None else None, offset, limit)
             if not line:
                 return
             _check_line_ends(path, line, offset)
@@ -286,10 +290,10 @@ def _plain_piece_lines(path, start, end, after):
             offset += len(line)
 
 
-def _gzip_piece_lines(path, first, end):
+def _gzip_piece_lines(path, first, end, limit):
     offset = number = 0
     with _gzip_errors(path), gzip.open(path, "rb") as handle:
-        for line in handle:
+        while line := read_line(handle, path, number + 1, offset, limit, "of the decompressed text"):
             number += 1
             if offset >= end:
                 return
@@ -300,12 +304,12 @@ def _gzip_piece_lines(path, first, end):
 
 
 def iter_jsonl_piece(path, piece: Piece, after: int = 0, *, skip_bad_lines: bool = False,
-                     stats: LineStats | None = None):
+                     stats: LineStats | None = None, max_line_bytes: int = MAX_LINE_BYTES):
     """(resume point, where, record) of the JSON objects of a piece, with the errors of
     `fileio.iter_jsonl`: malformed lines name file and line (or byte, when the line number
     is not known), or are counted in `stats.bad` with `skip_bad_lines`."""
     stats = stats or LineStats()
-    for resume, number, offset, raw in piece_lines(path, piece, after):
+    for resume, number, offset, raw in piece_lines(path, piece, after, max_line_bytes):
         where = f"{path}:{number}" if number else f"{path}: line at byte {offset}"
         try:
             line = raw.decode("utf-8")

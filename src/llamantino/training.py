@@ -237,7 +237,7 @@ class MetricsLog:
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def _rows_until(self, step: int) -> list[dict]:
-        from llamantino.fileio import shown
+        from llamantino.errors import shown
 
         rows = []
         try:

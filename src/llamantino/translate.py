@@ -55,7 +55,7 @@ from typing import ClassVar
 from llamantino import sharding
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import TMP_PREFIX
+from llamantino.fileio import MAX_LINE_BYTES, TMP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class Config:
     output: str = setting("", "output folder")
     model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
                              "empty: the Argos package installed for src -> tgt", path_input=True)
+    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
+                                                  "the file, line and byte offset (a file without line ends is "
+                                                  "never read whole)", fingerprint=False, minimum=1024,
+                                  maximum=1 << 31)
     src: str = setting("en", "source language code")
     tgt: str = setting("it", "target language code")
     format: str = setting("", f"source format: {', '.join(FORMATS)}; empty: detected from each file's "
@@ -343,55 +347,54 @@ def _detect(record: dict, where: str) -> str:
     return fmt
 
 
-def file_formats(files, fmt: str) -> list[str | None]:
+def file_formats(files, fmt: str, max_line_bytes: int = MAX_LINE_BYTES) -> list[str | None]:
     """The format of each file: the one given, or detected from its first JSON object."""
     if fmt:
         return [fmt] * len(files)
     out = []
     for path in files:
-        first = next(((n, r) for n, r, error in _read_lines(path, 0) if error is None), None)
+        first = next(((n, r) for n, r, error in _read_lines(path, 0, max_line_bytes) if error is None), None)
         out.append(_detect(first[1], f"{path}:{first[0]}") if first else None)
     return out
 
 
-def _read_lines(path: Path, start_line: int):
-    """Yield (line number, record or None, JSON error or None) after `start_line`."""
-    import gzip
-    import zlib
+def _read_lines(path: Path, start_line: int, max_line_bytes: int = MAX_LINE_BYTES):
+    """Yield (line number, record or None, JSON error or None) after `start_line`; bad bytes,
+    damaged gzip data and over-long lines are errors naming file, line and byte (`fileio`)."""
+    from llamantino.fileio import iter_text_lines
 
-    from llamantino.fileio import open_text
-
-    try:
-        with open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if number <= start_line or not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, None, f"{exc.msg} at column {exc.colno}"
-                    continue
-                if not isinstance(record, dict):
-                    yield number, None, f"expected a JSON object, got {type(record).__name__}"
-                    continue
-                yield number, record, None
-    except UnicodeDecodeError as exc:
-        raise LlamantinoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise LlamantinoError(f"{path}: unreadable gzip file ({exc})") from None
+    for number, line in iter_text_lines(path, max_line_bytes=max_line_bytes):
+        if number <= start_line or not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"{exc.msg} at column {exc.colno}"
+            continue
+        if not isinstance(record, dict):
+            yield number, None, f"expected a JSON object, got {type(record).__name__}"
+            continue
+        yield number, record, None
 
 
-def _count_records(files) -> int:
+def _count_records(files, max_line_bytes: int = MAX_LINE_BYTES) -> int:
     """Non-empty lines of all inputs (for the progress bar's ETA), in a fast pass over the bytes
-    that also finds, before anything is written, a truncated gzip file or an empty input."""
+    that also finds, before anything is written, a truncated gzip file, an over-long line or an
+    empty input."""
     import gzip
     import zlib
+
+    from llamantino.fileio import read_line
 
     total = 0
     for path in files:
+        count = number = offset = 0
+        where = "of the decompressed text" if str(path).endswith(".gz") else "of the file"
         try:
             with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as handle:
-                count = sum(1 for line in handle if line.strip())
+                while line := read_line(handle, path, number + 1, offset, max_line_bytes, where):
+                    number, offset = number + 1, offset + len(line)
+                    count += bool(line.strip())
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise LlamantinoError(f"{path}: unreadable gzip file ({exc}); nothing was translated") from None
         if count == 0:
@@ -496,14 +499,21 @@ def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
                  bool(metadata.get("stand_in")), metadata)
 
 
+# An .argosmodel is a stranger's zip: what it may unpack to. Argos models compress about 1x to
+# 3x (int8 weights, SentencePiece models); a zip bomb compresses zeros a thousandfold.
+MAX_ARGOSMODEL_BYTES = 4 << 30
+MAX_ARGOSMODEL_RATIO = 100  # unpacked / packed size of any member over 1 MiB
+
+
 def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
     """Names of the files in an .argosmodel (a zip from anyone), each checked to be a plain relative
-    name that stays inside the folder it is extracted to; links and special files refused."""
+    name that stays inside the folder it is extracted to; links and special files refused; the
+    sizes the archive announces within MAX_ARGOSMODEL_BYTES and MAX_ARGOSMODEL_RATIO."""
     import stat
 
     from llamantino.fileio import check_member_name
 
-    names = []
+    names, total = [], 0
     for info in zf.infolist():
         mode = info.external_attr >> 16  # Unix permission and type bits, when a Unix tool wrote the zip
         what = f"{path}: member {info.filename!r}"
@@ -511,8 +521,16 @@ def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
             raise LlamantinoError(f"{what} is a {'symbolic link' if stat.S_ISLNK(mode) else 'special file'}; "
                                   "an .argosmodel holds plain files only")
         check_member_name(info.filename[:-1] if info.is_dir() else info.filename, what)
-        if not info.is_dir():
-            names.append(info.filename)
+        if info.is_dir():
+            continue
+        names.append(info.filename)
+        total += info.file_size
+        if info.file_size > 1 << 20 and info.file_size > MAX_ARGOSMODEL_RATIO * max(1, info.compress_size):
+            raise LlamantinoError(f"{what} unpacks to {info.file_size} bytes from {info.compress_size}, more than "
+                                  f"{MAX_ARGOSMODEL_RATIO} times its packed size: refused as a zip bomb")
+    if total > MAX_ARGOSMODEL_BYTES:
+        raise LlamantinoError(f"{path}: unpacks to {total} bytes; an .argosmodel may unpack to at most "
+                              f"{MAX_ARGOSMODEL_BYTES} bytes")
     # A name that is both a file and a folder of other members cannot be extracted.
     folders = {name.rsplit("/", 1)[0] for name in names if "/" in name}
     folders |= {folder.rsplit("/", i)[0] for folder in folders for i in range(1, folder.count("/") + 1)}
@@ -523,17 +541,60 @@ def archive_members(path: Path, zf: zipfile.ZipFile) -> list[str]:
 
 
 def extract_argosmodel(path: Path, folder: Path) -> Path:
-    """Unpack a checked .argosmodel into `folder`, each member through safe_join; its root folder."""
+    """Unpack a checked .argosmodel into the new folder `folder`, each member through safe_join,
+    counting the bytes as they come (an archive may announce sizes it does not keep); its root
+    folder. A damaged archive is one line; the caller removes `folder`."""
+    import zlib
+
     from llamantino.fileio import safe_join
 
-    with zipfile.ZipFile(path) as zf:
-        names = archive_members(path, zf)
-        for name in names:
-            target = safe_join(folder, name, f"{path}: member")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(name) as source, open(target, "wb") as handle:
-                shutil.copyfileobj(source, handle)
+    written = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = archive_members(path, zf)
+            for name in names:
+                target = safe_join(folder, name, f"{path}: member")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as source, open(target, "xb") as handle:
+                    while block := source.read(1 << 20):
+                        written += len(block)
+                        if written > MAX_ARGOSMODEL_BYTES:
+                            raise LlamantinoError(f"{path}: unpacks to more than {MAX_ARGOSMODEL_BYTES} bytes")
+                        handle.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise LlamantinoError(f"{path}: damaged archive ({exc}); nothing installed") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise LlamantinoError(f"{path}: members whose names clash (a file and a folder, or a name twice)") from None
     return folder / names[0].split("/")[0]
+
+
+def install_argosmodel(path: Path, packages: Path) -> Path:
+    """Install an .argosmodel into the packages folder as argostranslate would, but unpacked
+    into a temporary folder there and moved into place only when complete: a failed extraction
+    installs nothing, and an installed package is never written over (the same package
+    installed again is used as it is; another one under the same name is refused)."""
+    import filecmp
+
+    packages.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".llamantino-install-", dir=packages))  # argos lists no hidden folder
+    try:
+        root = extract_argosmodel(path, tmp)
+        target = packages / root.name
+        if not target.exists():
+            try:
+                os.rename(root, target)  # fails if another process installed it meanwhile
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+        new = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        old = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+        if new != old or not all(filecmp.cmp(root / n, target / n, shallow=False) for n in new):
+            raise LlamantinoError(f"{target}: an installed package of that name differs from {path}; it is left as "
+                                  "it is: remove it, or set --argos-packages-dir to another folder")
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_package(path, metadata: dict, names: list[str], cfg: Config) -> None:
@@ -740,8 +801,8 @@ class ArgosEngine:
 
         if model.kind == "argosmodel":
             # What package.install_from_path does (unzip into the packages folder, offline), with
-            # every member name checked first.
-            extract_argosmodel(model.path, Path(settings.package_data_dir))
+            # every member name and size checked first, and moved into place once complete.
+            install_argosmodel(model.path, Path(settings.package_data_dir))
             translate.get_installed_languages.cache_clear()
         elif model.kind == "argos-package" and model.path.resolve().parent != Path(settings.package_data_dir).resolve():
             raise LlamantinoError(f"{model.path}: the argos engine translates only with installed packages; give "
@@ -805,8 +866,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     files = expand_inputs(cfg.inputs)
     cfg, shard = sharding.resolve(cfg)  # an array task: part shard_index of num_shards, in its own folder
     ranges = sharding.line_ranges(files, shard)
-    formats = file_formats(files, cfg.format)
-    total = _count_records(files)  # reads every input through: a truncated or empty one stops us here
+    formats = file_formats(files, cfg.format, cfg.max_line_bytes)
+    total = _count_records(files, cfg.max_line_bytes)  # reads every input: a truncated or empty one stops us here
     model = inspect_model(cfg)
     check_device(cfg)
     out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
@@ -905,7 +966,7 @@ def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Pat
         skip, last = ranges[file_index] if ranges else (0, None)  # this part's lines of the file
         start_line = max(position[1] if file_index == position[0] else 0, skip)
         fmt = formats[file_index]
-        for number, record, error in _read_lines(path, start_line):
+        for number, record, error in _read_lines(path, start_line, cfg.max_line_bytes):
             if last is not None and number > last:
                 break
             where = f"{path}:{number}"

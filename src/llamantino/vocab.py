@@ -514,8 +514,11 @@ def save_model(folder: Path, source: str, pieces: list[list[int]], first_id: int
     """Load the model in its own dtype, give it the new embedding rows, save it into `folder`."""
     from transformers import AutoModelForCausalLM
 
+    from llamantino.modeling import check_model_source
+
+    source = check_model_source(source)  # a local folder's weights must be safetensors
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     figures = extend_embeddings(model, pieces, first_id, first_id, cfg.pad_to_multiple_of)

@@ -64,6 +64,7 @@ import numpy as np
 from llamantino import __version__
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import atomic_dir, atomic_write_json, check_member_name, link_root, safe_join, sha256_file
+from llamantino.merge import LEGACY_MERGE_METHOD, MERGE_METHOD, merge_method_of
 
 FORMAT = "llamantino-weight-diff"
 FORMAT_VERSION = 1
@@ -442,13 +443,16 @@ def check_output(output, inputs, overwrite: bool) -> Path:
     return output
 
 
-def write_marker(folder, stage: str) -> None:
+def write_marker(folder, stage: str, metrics: dict | None = None) -> None:
     """A manifest.json listing the folder's files: a later --overwrite can tell this output
-    (and only its files) from anything else. Deterministic: same inputs, same bytes."""
+    (and only its files) from anything else; `metrics` as a stage's manifest keeps them (a
+    merge's method). Deterministic: same inputs, same bytes."""
     from llamantino.manifest import list_outputs
 
-    atomic_write_json(Path(folder) / RUN_MANIFEST,
-                      {"llamantino": __version__, "stage": stage, "outputs": list_outputs(folder)})
+    record = {"llamantino": __version__, "stage": stage, "outputs": list_outputs(folder)}
+    if metrics:
+        record["metrics"] = metrics
+    atomic_write_json(Path(folder) / RUN_MANIFEST, record)
 
 
 def _copy_checked(source: Path, dest: Path) -> dict:
@@ -575,7 +579,8 @@ def run_make(plan: MakePlan, folder, *, base_name: str = "") -> dict:
     side = _copy_side_files(target_model.folder, folder)
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "encoding": ENCODING,
-        "base": {"name": base_name or plan.base.folder.name, "architecture": plan.base.architecture()},
+        "base": {"name": base_name or plan.base.folder.name, "architecture": plan.base.architecture(),
+                 "merge_method": merge_method_of(plan.base.folder)},
         "target": {"architecture": target_model.architecture(), "files": files_meta,
                    "index": target_model.index_text},
         "tensors": entries,
@@ -741,6 +746,8 @@ def check_diff_manifest(manifest, where) -> dict:
     base = _object(_field(manifest, "base", dict, where, "an object"), f"{where}: base")
     _field(base, "name", str, f"{where}: base", "a name")
     _field(base, "architecture", dict, f"{where}: base", "an object")
+    if "merge_method" in base:  # differences made before merge methods were recorded lack it
+        _field(base, "merge_method", (str, type(None)), f"{where}: base", "a merge method name or null")
     target = _field(manifest, "target", dict, where, "an object")
     _field(target, "architecture", dict, f"{where}: target", "an object")
     specs = _check_file_specs(_field(target, "files", list, f"{where}: target", "a list"), where)
@@ -798,8 +805,26 @@ def plan_apply(base, diff, *, base_label: str | None = None) -> ApplyPlan:
     side_files = _check_side_files_present(diff, manifest)
     base_model = ModelFolder(base, "base")
     label = base_label or str(base_model.folder)
+    check_merge_method(manifest, merge_method_of(base_model.folder), label, diff)
     _check_base(base_model, manifest, label)
     return ApplyPlan(diff, manifest, diff_files, side_files, base_model, label)
+
+
+def check_merge_method(manifest: dict, base_method: str | None, label: str, diff) -> None:
+    """A difference made against a merge applies only to a merge by the same method (another
+    method gives other bits); refused in one line saying which method made each. A base whose
+    method is not known (no llamantino manifest) is left to the tensors' checksums."""
+    made = manifest["base"].get("merge_method")
+    if base_method is None or made == base_method:
+        return
+    if made is None:
+        made_by = ("records no merge method: it was made against a model that is no merge, or against a merge "
+                   f"by an older llamantino ({LEGACY_MERGE_METHOD}, whose bits depend on the machine)")
+    else:
+        made_by = f"was made against a merge by method {made}"
+    raise LlamantinoError(f"{diff}: this difference {made_by}, but {label} is a merge by method {base_method} "
+                          f"(this llamantino merges with {MERGE_METHOD}): its tensors cannot match; use a "
+                          f"difference made against a {base_method} merge")
 
 
 def _check_side_files_present(diff: Path, manifest: dict) -> dict[str, Path]:

@@ -578,6 +578,10 @@ def load_model(cfg: Config):
     adapter's when it ships one."""
     from llamantino.modeling import load_causal_lm, load_tokenizer, load_with_adapter
 
+    if cfg.adapter and Path(cfg.adapter).is_dir():
+        from llamantino.modeling import require_safetensors
+
+        require_safetensors(cfg.adapter, "adapter")  # before the model loads
     adapter_has_tokenizer = cfg.adapter and any((Path(cfg.adapter) / f).is_file()
                                                 for f in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(cfg.adapter if adapter_has_tokenizer else cfg.model)
@@ -684,11 +688,38 @@ def table(passes: list[dict], metrics: dict) -> str:
     return "\n".join(parts)
 
 
+FUNCTION_TAG = re.compile(r"!function\s+([\w.]+)")
+
+
+def task_code_notice(cfg: Config) -> str | None:
+    """One line when a task folder given by the user (`--include-path`, or the folder of a task
+    YAML) holds a YAML with `!function module.name`: lm-eval imports that Python file when it
+    loads the task. That is lm-eval's design; the line says it before it happens."""
+    folders = [Path(f) for f in cfg.include_path]
+    folders += [Path(t).resolve().parent for t in cfg.tasks if _is_yaml_file(t)]
+    found = []
+    for folder in dict.fromkeys(folders):
+        for path in sorted(folder.rglob("*.y*ml")) if folder.is_dir() else []:
+            match = FUNCTION_TAG.search(path.read_text(encoding="utf-8", errors="replace"))
+            if match:
+                found.append((path, match.group(1)))
+    if not found:
+        return None
+    path, ref = found[0]
+    module = path.parent / (ref.rsplit(".", 1)[0].replace(".", "/") + ".py")
+    more = f" (and {len(found) - 1} more task file(s) with !function)" if len(found) > 1 else ""
+    return (f"note: {path}: `!function {ref}` makes lm-eval import and run {module} when it loads the "
+            f"task{more}: lm-eval's design, task folders are code; use only task folders you trust")
+
+
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.fileio import atomic_dir
     from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
     require_lm_eval()
+    notice = task_code_notice(cfg)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)  # before lm-eval loads (and imports) anything
     with offline(not cfg.allow_download), tempfile.TemporaryDirectory(prefix="llamantino-lm-eval-") as scratch:
         plan = plan_tasks(cfg, Path(scratch) / "task_overrides")
         if cfg.output and prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True) == "complete":
