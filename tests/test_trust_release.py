@@ -70,6 +70,7 @@ def rename_target_file(manifest: dict, i: int, name: str) -> None:
 def cli_refuses(capsys, args, match, root) -> str:
     """The command exits 2 with one `error:` line matching `match`; nothing under `root` changed."""
     before = snapshot(root)
+    capsys.readouterr()  # what the test printed while setting up is not the command's
     code = cli.main([str(a) for a in args])
     err = capsys.readouterr().err
     assert code == 2, err

@@ -519,7 +519,7 @@ def finish(t: Trainer, inputs) -> dict:
         "peak_memory_mb": round(training.peak_memory_bytes(t.device) / 2**20, 1),
         **t.source.metrics(),
         **t.last_eval,
-        **({"eval_seconds": round(t.eval_seconds, 1)} if t.heldout else {}),
+        **({"eval_seconds": round(t.eval_seconds, 3)} if t.heldout else {}),
     }
     if t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly
         metrics.update(compile="none", compile_error=t.guard.fell_back)
