@@ -49,7 +49,8 @@ from llamantino.errors import LlamantinoError
 from llamantino.fileio import (JSONL_SUFFIXES, MAX_LINE_BYTES, LineStats, atomic_open, atomic_write_json,
                                expand_inputs, is_temporary, iter_jsonl)
 from llamantino.langid import DETECTORS
-from llamantino.streaming import HUB_PREFIX, hub_records, parquet_records, parse_hub_spec
+from llamantino.fileio import HUB_PREFIX, parse_hub_spec
+from llamantino.streaming import hub_records, parquet_records
 
 log = logging.getLogger(__name__)
 

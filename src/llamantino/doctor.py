@@ -124,11 +124,11 @@ def report() -> list[str]:
 
                 value += f"; CUDA devices it sees: {ctranslate2.get_cuda_device_count()}"
         except Exception as exc:  # noqa: BLE001
-            from llamantino.speed import first_line
+            from llamantino.errors import first_line
 
             value += f"; does not import: {first_line(exc)}"
         rows.append((label, value))
-    from llamantino.speed import c_compiler
+    from llamantino.modeling import c_compiler
 
     rows.append(("C compiler", c_compiler() or "none on PATH (Triton needs one: gcc or clang, or set CC)"))
     width = max(len(k) for k, _ in rows)
@@ -265,7 +265,7 @@ def smoke(echo: bool = False) -> list[Line]:
 
 def guarded(path: str, choice: str, check) -> Line:
     """`check()` -> verdict; an exception is the verdict `fails: …`."""
-    from llamantino.speed import first_line
+    from llamantino.errors import first_line
 
     try:
         return Line(path, choice, check())

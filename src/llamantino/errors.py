@@ -50,3 +50,13 @@ def _short_repr(value, limit: int) -> str:
     short.maxlist = short.maxdict = short.maxtuple = 20
     short.maxlevel = 4
     return short.repr(value)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception in one line: its type and first line, and for a wrapper (torch.compile's
+    BackendCompilerFailed, a raise ... from) the exception it wraps."""
+    inner = getattr(exc, "inner_exception", None) or exc.__cause__
+    if inner is not None and inner is not exc:
+        return f"{type(exc).__name__}: {first_line(inner)}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

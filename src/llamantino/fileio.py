@@ -214,6 +214,37 @@ def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0, stats: Li
         yield start, "\n".join(block)
 
 
+# An input setting may name a hub data set instead of local files (streamed by `datasets`).
+HUB_PREFIX = "hub:"
+HUB_OPTIONS = ("config", "split", "revision", "data_dir", "data_files")
+
+
+def parse_hub_spec(spec: str) -> dict:
+    """`hub:NAME?config=C&split=S&revision=R&data_dir=D&data_files=F` -> load_dataset arguments."""
+    from urllib.parse import parse_qs
+
+    from llamantino.config import closest
+
+    body = spec[len(HUB_PREFIX):]
+    name, _, query = body.partition("?")
+    if not name:
+        raise LlamantinoError(f"{spec}: no dataset name; expected hub:NAME?config=C&split=S")
+    options = parse_qs(query, keep_blank_values=True, strict_parsing=False) if query else {}
+    for key in options:
+        if key not in HUB_OPTIONS:
+            raise LlamantinoError(f"{spec}: unknown option '{key}'{closest(key, HUB_OPTIONS)}; "
+                                  f"valid: {', '.join(HUB_OPTIONS)}")
+    args = {"path": name, "name": None, "split": "train", "streaming": True}
+    for key, values in options.items():
+        if key == "data_files":
+            args["data_files"] = [f for v in values for f in v.split(",") if f]
+        elif len(values) > 1:
+            raise LlamantinoError(f"{spec}: option '{key}' given {len(values)} times")
+        else:
+            args["name" if key == "config" else key] = values[0]
+    return args
+
+
 def expand_inputs(paths, suffixes=JSONL_SUFFIXES, what: str = "input") -> list[Path]:
     """Files and folders of shards -> sorted list of files. Missing or empty is an error."""
     files: list[Path] = []

@@ -195,7 +195,7 @@ def _hub_local_paths(cfg) -> list[str]:
     import dataclasses
     import glob
 
-    from llamantino.streaming import HUB_PREFIX, parse_hub_spec
+    from llamantino.fileio import HUB_PREFIX, parse_hub_spec
 
     out = []
     for f in dataclasses.fields(cfg):

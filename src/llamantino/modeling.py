@@ -8,6 +8,8 @@ an end-of-sequence token, a max length beyond the model's context) fail here, at
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from llamantino.errors import LlamantinoError
@@ -205,6 +207,16 @@ def quantization_config(compute_dtype: str, double_quant: bool = True, quant_typ
                               bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
 
 
+def c_compiler() -> str | None:
+    """The C compiler Triton builds its kernel launchers with, in Triton's own order: $CC, else
+    gcc, else clang. Without one every Triton kernel (compiled blocks on a GPU, Liger, flex
+    attention) fails at its first call."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("gcc") or shutil.which("clang")
+
+
 def default_device() -> str:
     import torch
 
@@ -283,8 +295,6 @@ def attention_choice(config, device: str, compute_dtype: str) -> tuple[str, str]
     if cls._supports_sdpa:
         return "sdpa", "; ".join(notes)
     if gpu and cls._supports_flex_attn:
-        from llamantino.speed import c_compiler
-
         if c_compiler() is not None:
             return "flex_attention", "; ".join(notes + [f"{cls.__name__} has no SDPA support"])
         notes.append("flex attention needs a C compiler for Triton (gcc or clang, or set CC)")
@@ -304,7 +314,7 @@ def probe_flash_attention(impl: str, device: str, compute_dtype: str) -> tuple[b
         try:
             _PROBED[key] = _run_flash_probe(impl, device, compute_dtype)
         except Exception as exc:  # noqa: BLE001  (an undefined symbol, no kernel for this GPU, ...)
-            from llamantino.speed import first_line
+            from llamantino.errors import first_line
 
             _PROBED[key] = (False, first_line(exc))
     return _PROBED[key]

@@ -25,7 +25,7 @@ from pathlib import Path
 from llamantino.config import setting
 from llamantino.errors import LlamantinoError
 from llamantino.fileio import safe_join
-from llamantino.streaming import HUB_PREFIX
+from llamantino.fileio import HUB_PREFIX
 
 log = logging.getLogger(__name__)
 

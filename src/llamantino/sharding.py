@@ -37,15 +37,14 @@ from pathlib import Path
 
 from llamantino.config import differing_settings, setting
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import (MAX_LINE_BYTES, LineStats, atomic_write_json, is_temporary, parse_json_object,
-                               read_line, safe_join)
+from llamantino.fileio import (HUB_PREFIX, MAX_LINE_BYTES, LineStats, atomic_write_json, is_temporary,
+                               parse_json_object, read_line, safe_join)
 
 log = logging.getLogger(__name__)
 
 MAX_SHARDS = 99999
 PART_NAME = "shard-{:05d}-of-{:05d}"
 PART_RE = re.compile(r"shard-(\d{5})-of-(\d{5})")
-HUB_PREFIX = "hub:"
 MERGED = "sharded"  # key of a merged manifest (parts carry "shard")
 BLOCK = 1 << 20
 

@@ -25,12 +25,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-import os
-import shutil
 
 import torch
 
-from llamantino.errors import LlamantinoError
+from llamantino.errors import LlamantinoError, first_line
+from llamantino.modeling import c_compiler  # tests replace it here
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +61,6 @@ def has_triton() -> bool:
     return triton_available()
 
 
-def c_compiler() -> str | None:
-    """The C compiler Triton builds its kernel launchers with, in Triton's own order: $CC, else
-    gcc, else clang. Without one every Triton kernel (compiled blocks on a GPU, Liger, flex
-    attention) fails at its first call."""
-    cc = os.environ.get("CC")
-    if cc:
-        return shutil.which(cc)
-    return shutil.which("gcc") or shutil.which("clang")
-
-
 def liger_supports(model_type: str) -> bool:
     """Whether Liger has kernels for this family; False (logged) when Liger does not even import
     here (a build for another torch or Triton): an optional kernel never stops a run by itself."""
@@ -81,16 +70,6 @@ def liger_supports(model_type: str) -> bool:
         log.warning("liger-kernel is installed but does not import (%s); using torch's kernels", first_line(exc))
         return False
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception in one line: its type and first line, and for a wrapper (torch.compile's
-    BackendCompilerFailed, a raise ... from) the exception it wraps."""
-    inner = getattr(exc, "inner_exception", None) or exc.__cause__
-    if inner is not None and inner is not exc:
-        return f"{type(exc).__name__}: {first_line(inner)}"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 SELECTIVE_LIGER = ("activation_checkpointing selective with kernels liger: Liger's RoPE rotates q and k in place, "

@@ -28,41 +28,13 @@ import random
 from typing import Callable, Iterator
 
 from llamantino.errors import LlamantinoError
-from llamantino.fileio import LineStats, expand_inputs, iter_jsonl, iter_paragraphs
+from llamantino.fileio import HUB_PREFIX, LineStats, expand_inputs, iter_jsonl, iter_paragraphs, parse_hub_spec
 
 log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz", ".parquet", ".txt", ".txt.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
-HUB_PREFIX = "hub:"
-HUB_OPTIONS = ("config", "split", "revision", "data_dir", "data_files")
 STATE_FORMAT = 2  # layout of the saved positions (1: records counted from the start of a source)
-
-
-def parse_hub_spec(spec: str) -> dict:
-    """`hub:NAME?config=C&split=S&revision=R&data_dir=D&data_files=F` -> load_dataset arguments."""
-    from urllib.parse import parse_qs
-
-    from llamantino.config import closest
-
-    body = spec[len(HUB_PREFIX):]
-    name, _, query = body.partition("?")
-    if not name:
-        raise LlamantinoError(f"{spec}: no dataset name; expected hub:NAME?config=C&split=S")
-    options = parse_qs(query, keep_blank_values=True, strict_parsing=False) if query else {}
-    for key in options:
-        if key not in HUB_OPTIONS:
-            raise LlamantinoError(f"{spec}: unknown option '{key}'{closest(key, HUB_OPTIONS)}; "
-                                  f"valid: {', '.join(HUB_OPTIONS)}")
-    args = {"path": name, "name": None, "split": "train", "streaming": True}
-    for key, values in options.items():
-        if key == "data_files":
-            args["data_files"] = [f for v in values for f in v.split(",") if f]
-        elif len(values) > 1:
-            raise LlamantinoError(f"{spec}: option '{key}' given {len(values)} times")
-        else:
-            args["name" if key == "config" else key] = values[0]
-    return args
 
 
 def open_hub(spec: str):
