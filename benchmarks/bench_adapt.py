@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "src" / "llamantino" / "data" / "demo"
+DATA = ROOT / "src" / "llamantino" / "assets" / "demo"
 
 PAPER = {"attn_implementation": "sdpa", "activation_checkpointing": "full", "compile": "none", "kernels": "torch",
          "fused_loss": "chunked"}
@@ -92,7 +92,7 @@ def build_model(folder: Path, args, *, in_4bit: bool = False) -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from llamantino.demo_base import build_tokenizer, read_paragraphs
+    from llamantino.demo.demo_base import build_tokenizer, read_paragraphs
 
     texts = read_paragraphs([DATA / "en_train.txt", DATA / "it_train.txt"])
     tokenizer = build_tokenizer(texts, vocab_size=min(args.vocab_size, 4096))
@@ -118,7 +118,7 @@ def build_model(folder: Path, args, *, in_4bit: bool = False) -> None:
     tokenizer.save_pretrained(full if in_4bit else partial)
     del model
     if in_4bit:
-        from llamantino.modeling import quantization_config
+        from llamantino.models.modeling import quantization_config
 
         quantized = AutoModelForCausalLM.from_pretrained(
             full, dtype=dtype, device_map={"": args.device} if args.device == "cuda" else "cpu",
@@ -132,7 +132,7 @@ def build_model(folder: Path, args, *, in_4bit: bool = False) -> None:
 
 def build_corpus(path: Path, n_docs: int, seed: int = 0) -> None:
     """Documents of log-normally distributed length (median ~2,000 characters), like web pages."""
-    from llamantino.demo_base import read_paragraphs
+    from llamantino.demo.demo_base import read_paragraphs
 
     paragraphs = read_paragraphs([DATA / "it_train.txt"])
     rng = random.Random(seed)
@@ -172,9 +172,9 @@ def flops_per_token(config: dict, lora_r: int, seq_length: int) -> float:
 
 
 def child_ours(args) -> dict:
-    from llamantino import qlora
-    from llamantino.adapt import Config, run
-    from llamantino.config import build_config
+    from llamantino.core.config import build_config
+    from llamantino.train import qlora
+    from llamantino.train.adapt import Config, run
 
     step = qlora.train_step
 
@@ -267,7 +267,7 @@ def child_trl(args) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llamantino.modeling import quantization_config
+    from llamantino.models.modeling import quantization_config
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokenizer.pad_token = tokenizer.eos_token
@@ -422,7 +422,7 @@ def parse_args(argv=None):
 
 
 def auto_attention(model_dir: Path, device: str, compute_dtype: str) -> str:
-    from llamantino.modeling import load_config, resolve_attention
+    from llamantino.models.modeling import load_config, resolve_attention
 
     return resolve_attention("auto", load_config(str(model_dir)), device, compute_dtype)
 

@@ -325,7 +325,7 @@ def baseline(path: Path, badword_files: list[Path]) -> dict[str, str]:
     """{url: cleaned text} of the documents a straightforward cleaner keeps."""
     import langdetect
 
-    from llamantino.clean import CITATION, count_sentences, read_list
+    from llamantino.data.clean import CITATION, count_sentences, read_list
 
     langdetect.DetectorFactory.seed = 0
     policy_phrases = read_list("it", "policy") + read_list("en", "policy")
@@ -369,8 +369,8 @@ def baseline(path: Path, badword_files: list[Path]) -> dict[str, str]:
 
 
 def ours(path: Path, out: Path, workers: int, langid: str = "py3langid") -> dict[str, str]:
-    from llamantino.clean import run
-    from llamantino.runner import config_for
+    from llamantino.core.runner import config_for
+    from llamantino.data.clean import run
 
     shutil.rmtree(out, ignore_errors=True)  # a finished run in `out` would be skipped, not timed
     run(config_for("clean", inputs=[str(path)], output=str(out), workers=workers, langid=langid))
@@ -397,7 +397,7 @@ def timed(func, *args):
 
 
 def bench(args) -> None:
-    from llamantino.clean import available_cores
+    from llamantino.data.clean import available_cores
 
     if not args.workdir:
         with tempfile.TemporaryDirectory(prefix="bench-clean-") as tmp:
@@ -416,7 +416,7 @@ def load() -> str:
 
 
 def bench_shard(args, workdir: Path, style: str) -> None:
-    from llamantino.clean import BUNDLED_BADWORDS, available_cores
+    from llamantino.data.clean import BUNDLED_BADWORDS, available_cores
 
     shard = workdir / f"c4-it-bench-{style}.json.gz"
     kinds = generate(shard, args.mb, seed=0 if style == "first" else 1, style=style)
@@ -484,8 +484,8 @@ def time_shares(path: Path) -> list[tuple[str, str, float]]:
     import pickle
     from multiprocessing.reduction import ForkingPickler
 
-    from llamantino.clean import CHUNK_DOCS, Cleaner, _json_default
-    from llamantino.runner import config_for
+    from llamantino.core.runner import config_for
+    from llamantino.data.clean import CHUNK_DOCS, Cleaner, _json_default
 
     clock = time.perf_counter
     cfg = config_for("clean", inputs=["x"], output="y")
@@ -563,7 +563,7 @@ def print_time_shares(path: Path) -> None:
 
 
 def detectors() -> dict:
-    from llamantino.langid import DETECTORS
+    from llamantino.data.langid import DETECTORS
 
     found = {name: cls().detect for name, cls in DETECTORS.items()}
     try:
@@ -585,8 +585,8 @@ def detectors() -> dict:
 
 
 def compare_langid(args) -> None:
-    from llamantino.clean import Cleaner
-    from llamantino.runner import config_for
+    from llamantino.core.runner import config_for
+    from llamantino.data.clean import Cleaner
 
     rng = random.Random(1)
     cleaner = Cleaner(config_for("clean", inputs=["x"], output="y"))

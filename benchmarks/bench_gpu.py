@@ -267,12 +267,12 @@ def part3(mode: str, args, deadline: float) -> tuple[list[str], dict]:
         lines.append("GPU tests: not run (no GPU in --cpu-check; they are skipped without CUDA)")
     else:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-s",
-                               str(ROOT / "tests" / "test_speed.py")], capture_output=True, text=True, cwd=ROOT,
+                               str(ROOT / "tests" / "train" / "test_speed.py")], capture_output=True, text=True, cwd=ROOT,
                               timeout=max(30, deadline - time.time() - 90))
         figures = [line.strip() for line in proc.stdout.splitlines() if " vs " in line and "largest" in line]
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
         failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        lines += [f"GPU tests (pytest -m gpu tests/test_speed.py): {summary}", *failures, *figures]
+        lines += [f"GPU tests (pytest -m gpu tests/train/test_speed.py): {summary}", *failures, *figures]
         raw["gpu_tests"] = {"summary": summary, "failures": failures, "figures": figures}
     # The report and, after it, one line per path auto picks here.
     proc = subprocess.run([sys.executable, "-m", "llamantino", "doctor", "--smoke"], capture_output=True, text=True,

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "src" / "llamantino" / "data" / "demo"
+DEMO = ROOT / "src" / "llamantino" / "assets" / "demo"
 
 
 def parse_args(argv=None):
@@ -89,7 +89,7 @@ def llama_sizes(args, hidden, layers, heads_per):
 
 
 def bench_cpu(args):
-    from llamantino.demo_base import build_model, build_tokenizer, read_paragraphs
+    from llamantino.demo.demo_base import build_model, build_tokenizer, read_paragraphs
 
     hidden, layers, inter, heads = llama_sizes(args, 384, 6, 64)
     batch, steps = args.batch_size or 2, args.steps or 6
@@ -205,9 +205,9 @@ def child_variant(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from llamantino import instruct, speed, training
-    from llamantino.modeling import resolve_attention
-    from llamantino.train_settings import TrainSettings
+    from llamantino.models.modeling import resolve_attention
+    from llamantino.train import common, instruct, speed
+    from llamantino.train.settings import TrainSettings
 
     options = VARIANTS[args.child]
     hidden, layers, inter, heads = llama_sizes(args, 2048, 24, 128)
@@ -230,10 +230,10 @@ def child_variant(args) -> dict:
     fused = speed.liger_loss(model) if chunk and paths.fused_loss == "liger" else None
     model, autocast = instruct.prepare_model(model, world=1, device=device, compute_dtype=compute, paths=paths)
     model.train()
-    optimizer, _ = training.make_optimizer(model.parameters(), "adamw_torch", 1e-5, 0.0, device)
+    optimizer, _ = common.make_optimizer(model.parameters(), "adamw_torch", 1e-5, 0.0, device)
     fused_adamw = options["fused_adamw"] if options["fused_adamw"] != "auto" else device.type == "cuda"
     if fused_adamw:
-        optimizer = training.fuse_adamw(optimizer)
+        optimizer = common.fuse_adamw(optimizer)
     g = torch.Generator(device=device).manual_seed(0)
     ids = torch.randint(0, args.vocab_size, (batch, seq), device=device, generator=g)
     data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
@@ -266,7 +266,7 @@ def child_variant(args) -> dict:
     flops_per_token = 6 * n_flop_params + 12 * layers * hidden * seq
     peak = args.peak_flops or device_peak_flops(device)
     memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-              else training.peak_memory_bytes(device))
+              else common.peak_memory_bytes(device))
     return {"tokens_per_s": tokens_per_s, "step_s": seconds / steps, "mfu": flops_per_token * tokens_per_s / peak
             if peak else None, "peak_memory_mb": memory / 2**20, "parameters": n_params,
             "attention": model.config._attn_implementation, "checkpointing": paths.checkpointing,

@@ -54,7 +54,7 @@ MERGE_BOTH = textwrap.dedent("""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    from llamantino.merge import merge_adapter
+    from llamantino.models.merge import merge_adapter
 
     base, adapter, out = sys.argv[1:4]
     seconds = {}
@@ -75,7 +75,7 @@ def make_inputs(root: Path) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llamantino.demo_base import build_tokenizer
+    from llamantino.demo.demo_base import build_tokenizer
 
     tokenizer = build_tokenizer(TEXT, vocab_size=512)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
@@ -138,7 +138,7 @@ def bit_comparison(root: Path) -> tuple[dict, dict]:
 def speed() -> dict:
     import torch
 
-    from llamantino.merge import merged_weight
+    from llamantino.models.merge import merged_weight
 
     rng = np.random.default_rng(1)
     a = torch.from_numpy(rng.standard_normal((64, 4096), dtype=np.float32) * 0.01)

@@ -53,7 +53,7 @@ def write_corpus(folder: Path, documents: int, seed: int = 0) -> dict[str, str]:
 
 
 def first_document_after(source: str, state: dict) -> tuple[float, str]:
-    from llamantino.streaming import DocumentStream
+    from llamantino.data.streaming import DocumentStream
 
     started = time.perf_counter()
     stream = DocumentStream([source])
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=100_000)
     parser.add_argument("--at", type=float, default=0.9, help="share of the corpus read before the checkpoint")
     args = parser.parse_args()
-    from llamantino.streaming import DocumentStream
+    from llamantino.data.streaming import DocumentStream
 
     with tempfile.TemporaryDirectory() as tmp:
         sources = write_corpus(Path(tmp), args.documents)

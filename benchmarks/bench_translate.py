@@ -51,7 +51,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_TEXT = ROOT / "src" / "llamantino" / "data" / "demo" / "en_train.txt"
+DEMO_TEXT = ROOT / "src" / "llamantino" / "assets" / "demo" / "en_train.txt"
 # Transformer base as in Argos / opus-mt models; only the top decoder layer is trained.
 TRANSFORMER_BASE = dict(d_model=512, layers=6, heads=8, ffn_dim=2048, vocab_size=4000, model_vocab=32000,
                         train_layers=1, steps=60, batch_size=8, learning_rate=1e-3, threads=2)
@@ -80,8 +80,8 @@ def benchmark_sentences(count: int, seed: int = 0) -> list[str]:
 
 
 def measure_llamantino(spec: dict) -> dict:
-    from llamantino import translate
-    from llamantino.runner import config_for
+    from llamantino.core.runner import config_for
+    from llamantino.data import translate
 
     sentences = benchmark_sentences(spec["sentences"])
     work = Path(spec["work"])
@@ -107,8 +107,8 @@ def measure_llamantino(spec: dict) -> dict:
 
 
 def measure_argos(spec: dict) -> dict:
-    from llamantino import translate
-    from llamantino.runner import config_for
+    from llamantino.core.runner import config_for
+    from llamantino.data import translate
 
     sentences = benchmark_sentences(spec["sentences"])[: spec["sentences"] // 2 * 2]
     cfg = config_for("translate", inputs=["unused"], output="unused", model=spec["model"], engine="argos",
@@ -139,8 +139,8 @@ def run_child(spec: dict) -> dict:
 
 
 def build_model(args, work: Path) -> str:
-    from llamantino.manifest import read_manifest
-    from llamantino.tiny_translator import build_tiny_translator
+    from llamantino.core.manifest import read_manifest
+    from llamantino.demo.tiny_translator import build_tiny_translator
 
     if args.model:
         return args.model

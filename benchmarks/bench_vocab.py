@@ -44,7 +44,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEMO = Path(__file__).resolve().parents[1] / "src" / "llamantino" / "data" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "src" / "llamantino" / "assets" / "demo"
 
 # ---------------------------------------------------------------------------------------
 # Italian text: bundled, and generated from the bundled verbs
@@ -53,7 +53,7 @@ DEMO = Path(__file__).resolve().parents[1] / "src" / "llamantino" / "data" / "de
 def bundled_italian() -> list[str]:
     """The project's Italian text, held-out text excluded: paragraphs, records' text fields,
     instructions and answers, chat turns."""
-    from llamantino.vocab import read_documents
+    from llamantino.data.vocab import read_documents
 
     texts = list(read_documents([str(DEMO / "it_train.txt")]))
     texts += list(read_documents([str(DEMO / "mc4_it_sample.jsonl.gz")]))
@@ -160,7 +160,7 @@ def generated_corpus(path: Path, megabytes: float, seed: int = 0) -> dict:
 
 def demo_base(folder: Path) -> Path:
     """The demo tokenizer (as `llamantino demo-base` builds it) over a small random LLaMA."""
-    from llamantino.demo_base import Config, build_model, build_tokenizer, read_paragraphs
+    from llamantino.demo.demo_base import Config, build_model, build_tokenizer, read_paragraphs
 
     cfg = Config(output=str(folder))
     tokenizer = build_tokenizer(read_paragraphs(cfg.train_text), cfg.vocab_size)
@@ -173,9 +173,9 @@ def demo_base(folder: Path) -> Path:
 
 def extend(base: Path, corpus: Path, tokens: int, output: Path, min_frequency: int) -> dict:
     """One extension; its report, or {"supported": K} when the corpus holds fewer tokens."""
-    from llamantino.errors import LlamantinoError
-    from llamantino.runner import config_for
-    from llamantino.vocab import run
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.core.runner import config_for
+    from llamantino.data.vocab import run
 
     cfg = config_for("vocab_extend", model=str(base), data=[str(corpus)], add_tokens=tokens,
                      min_frequency=min_frequency, output=str(output),
@@ -226,8 +226,8 @@ def training_comparison(work: Path, corpus: Path, tokens: int, steps: int) -> li
     a trained demo base and on that base extended with `tokens` Italian tokens (new embedding
     rows trained with `adapt --train-embeddings new`). Bits per byte, unlike loss per token,
     compares models with different tokenizers. Same data, settings and seed for both runs."""
-    from llamantino.recipes import stage_module
-    from llamantino.runner import config_for
+    from llamantino.core.recipes import stage_module
+    from llamantino.core.runner import config_for
 
     def run_stage(kind, cfg):
         return stage_module(kind).run(cfg, overwrite=True)

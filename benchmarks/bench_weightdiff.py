@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llamantino.weightdiff import OpenFiles, make_diff, safetensors_header, tensor_hashes, write_at
+from llamantino.models.weight_files import safetensors_header
+from llamantino.release.weightdiff import OpenFiles, make_diff, tensor_hashes, write_at
 
 HIDDEN, MLP, VOCAB = 2048, 5504, 32000
 
@@ -105,8 +106,8 @@ CHILD = {
             shutil.copy(path, out / path.name)
     """),
     "diff apply": ("""
-        import llamantino.manifest
-        from llamantino.weightdiff import apply_diff
+        import llamantino.core.manifest
+        from llamantino.release.weightdiff import apply_diff
     """, """
         apply_diff(base, diff, out)
     """),
@@ -198,7 +199,7 @@ def main() -> int:
         # A folder without the package would silently time the installed one instead.
         src = Path(args.baseline_src)
         src = src / "src" if (src / "src" / "llamantino").is_dir() else src
-        if not (src / "llamantino" / "weightdiff.py").is_file():
+        if not (src / "llamantino" / "release" / "weightdiff.py").is_file():
             raise SystemExit(f"--baseline-src {args.baseline_src}: no llamantino package there (nor under src/)")
         args.baseline_src = str(src)
     methods = ["copy", "diff apply"] + ([BASELINE] if args.baseline_src else []) + ([] if args.no_naive else ["naive"])

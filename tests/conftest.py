@@ -4,7 +4,6 @@ offline and saved to disk once per test session, so tests exercise the real `fro
 loading code."""
 
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -31,7 +30,7 @@ def avx512bf16_cpu():
     whatever CPU runs the tests: bitsandbytes then repacks a `Linear4bit` for its bfloat16 CPU
     kernel at the layer's first eval-mode forward without gradients. `Linear4bit.__init__` reads
     the CPU's support through the `has_avx512bf16` name its module imported, the one seam there
-    is (tests/test_cpu_kernels.py compares with a CPU without it)."""
+    is (tests/models/test_cpu_kernels.py compares with a CPU without it)."""
     from bitsandbytes.nn import Linear4bit, modules
 
     if not hasattr(modules, "has_avx512bf16"):  # a release before the packed CPU path: nothing to force
@@ -47,7 +46,7 @@ def avx512bf16_cpu():
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from llamantino.demo_base import build_tokenizer
+    from llamantino.demo.demo_base import build_tokenizer
 
     return build_tokenizer(TOKENIZER_TEXT, vocab_size=512)
 
@@ -55,7 +54,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     """A random 2-layer LLaMA (hidden 64) saved with save_pretrained, with its tokenizer."""
-    from llamantino.demo_base import build_model
+    from llamantino.demo.demo_base import build_model
 
     path = tmp_path_factory.mktemp("tiny-llama")
     model = build_model(tiny_tokenizer, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -67,16 +66,15 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 
 # ---------------------------------------------------------------------------------------
 # Today's families: a tiny random model of each, with its real chat template and special
-# tokens (see tests/families.py), saved once per session.
+# tokens (see tests/helpers/families.py), saved once per session.
 
-sys.path.insert(0, os.path.dirname(__file__))
-from families import FAMILIES  # noqa: E402
+from helpers.families import FAMILIES  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def family_dirs(tmp_path_factory):
     """Folder of a family's tiny model by name, built on first use (for tests about one family)."""
-    from families import save_family
+    from helpers.families import save_family
 
     built = {}
 
@@ -97,7 +95,7 @@ def tiny_family(request, family_dirs):
 @pytest.fixture(scope="session")
 def tiny_gemma3_vision(tmp_path_factory):
     """A tiny Gemma 3 vision-language checkpoint (language model + SigLIP tower)."""
-    from families import save_gemma3_vision
+    from helpers.families import save_gemma3_vision
 
     return save_gemma3_vision(tmp_path_factory.mktemp("gemma3-vision"))
 

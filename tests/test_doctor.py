@@ -1,18 +1,17 @@
 """`llamantino doctor`: the report a bug needs, every machine-dependent `auto` with its choice and
 reason, and `--smoke`: a tiny model through each path `auto` picks, against the plain path."""
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from llamantino import doctor, speed
+from llamantino import doctor
 from llamantino.cli import main
+from llamantino.train import speed
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_speed import broken_backend  # noqa: E402
+from helpers.speed import broken_backend
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from llamantino.cli import main as cli
-from llamantino.errors import LlamantinoError
-from llamantino.runner import config_for
+from llamantino.core.errors import LlamantinoError
+from llamantino.core.runner import config_for
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_adapt import corpus  # noqa: E402
-from test_clean import GOOD_LINES, page, write_jsonl  # noqa: E402
+from helpers.adapt import corpus
+from helpers.clean import GOOD_LINES, page, write_jsonl
+
 
 SRC = Path(__file__).parent.parent / "src" / "llamantino"
 
@@ -94,7 +94,7 @@ def test_symbolic_link_in_an_output_folder_is_refused(tmp_path, shards, capsys):
 
 
 def test_output_folders_get_the_usual_permissions(tmp_path):
-    from llamantino.fileio import atomic_dir
+    from llamantino.core.fileio import atomic_dir
 
     old = os.umask(0o022)
     try:
@@ -243,7 +243,7 @@ def test_numbers_out_of_range_are_refused(tmp_path, value, message):
 
 
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
-    from llamantino import bpb
+    from llamantino.evaluate import bpb
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "part"))
@@ -293,9 +293,9 @@ def test_every_line_reader_stops_at_the_cap(tmp_path, capsys):
     of the training stages name the file, the line and its first byte."""
     import gzip
 
-    from llamantino import translate
-    from llamantino.records import iter_documents
-    from llamantino.streaming import DocumentStream
+    from llamantino.data import translate
+    from llamantino.data.records import iter_documents
+    from llamantino.data.streaming import DocumentStream
 
     good = (json.dumps({"text": page("Una pagina breve.")}) + "\n").encode()
     long = json.dumps({"text": "a" * 5000}).encode() + b"\n"
@@ -480,8 +480,8 @@ def test_safe_spellings_pass(snippet):
 def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, shards, capsys):
     """Stages that build their output in a temporary folder replace the old one only at the end:
     a failed --overwrite run leaves the previous output as it was."""
-    from llamantino.fileio import atomic_dir
-    from llamantino.manifest import prepare_output
+    from llamantino.core.fileio import atomic_dir
+    from llamantino.core.manifest import prepare_output
 
     out = tmp_path / "out"
     assert clean(capsys, shards, "--output", out)[0] == 0

@@ -12,18 +12,16 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from llamantino.cli import main as cli
-from llamantino.errors import LlamantinoError
-from llamantino.runner import config_for
+from llamantino.core.errors import LlamantinoError
+from llamantino.core.runner import config_for
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_translate import FORMAT_RECORDS, crafted_argosmodel, stand_in, write_jsonl  # noqa: E402,F401
-from test_trust_overwrite import shards  # noqa: E402,F401
-from test_trust_release import cli_refuses, made, rename_target_file, snapshot  # noqa: E402,F401
+from helpers.translate import FORMAT_RECORDS, crafted_argosmodel, stand_in, write_jsonl  # noqa: E402,F401
+from helpers.trust_overwrite import shards  # noqa: E402,F401
+from helpers.trust_release import cli_refuses, made, rename_target_file, snapshot  # noqa: E402,F401
 
 
 def one_line(capsys, args, match, root) -> str:
@@ -62,7 +60,7 @@ def test_an_output_that_is_a_symbolic_link(tmp_path, shards, capsys, made):
 
 
 def test_checksums_and_indexes_that_are_not_utf8(made, capsys):
-    from llamantino.build import read_checksums
+    from llamantino.release.build import read_checksums
 
     release = made / "release"
     release.mkdir()
@@ -108,7 +106,7 @@ def translate_refuses(tmp_path, model, match, **settings):
     cfg = config_for("translate", inputs=[str(source)], output=str(tmp_path / "out"), model=str(model), **settings)
     before = snapshot(tmp_path)
     with pytest.raises(LlamantinoError, match=match) as info:
-        from llamantino import translate
+        from llamantino.data import translate
 
         translate.run(cfg)
     assert "\n" not in str(info.value) and snapshot(tmp_path) == before
@@ -161,7 +159,7 @@ def test_adapters_with_a_list_for_a_config_or_damaged_weights(tmp_path, tiny_mod
 
 
 def test_a_malformed_metrics_log_on_resume(tmp_path):
-    from llamantino.training import MetricsLog
+    from llamantino.train.common import MetricsLog
 
     (tmp_path / "metrics.csv").write_text("loss,lr\n0.5,0.1\n")
     before = (tmp_path / "metrics.csv").read_bytes()

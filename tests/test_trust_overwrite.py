@@ -10,28 +10,16 @@ import errno
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llamantino.cli import main as cli
-from llamantino.errors import LlamantinoError
+from llamantino.core.errors import LlamantinoError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_adapt import corpus  # noqa: E402
-from test_clean import page, write_jsonl  # noqa: E402
-from test_trust_release import snapshot  # noqa: E402
-
-
-@pytest.fixture
-def shards(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    records = [{"text": page(f"Pagina numero {i} del corpus di prova, scritta per questo test."),
-                "url": f"https://example.it/{i}", "timestamp": "2020-01-01"} for i in range(12)]
-    write_jsonl(folder / "c4-it.tfrecord-00000-of-01024.json.gz", records)
-    return folder
+from helpers.adapt import corpus
+from helpers.clean import page, write_jsonl
+from helpers.trust_overwrite import shards
+from helpers.trust_release import snapshot
 
 
 def clean(capsys, *args) -> tuple[int, str]:
@@ -52,7 +40,7 @@ def refused(capsys, args, match, root) -> str:
 def interrupted_clean(capsys, monkeypatch, shards, out):
     """A clean run stopped by a full disk part way (as a killed one would be): an unfinished
     run folder holding run.json, progress.json and finished shards."""
-    from llamantino import clean as clean_module
+    from llamantino.data import clean as clean_module
 
     real_write, written = clean_module.ShardWriter.write, []
 
@@ -87,7 +75,7 @@ def test_a_folder_with_a_run_file_llamantino_did_not_write_is_never_replaced(tmp
     for extra in (["--overwrite"], []):
         refused(capsys, [shards, "--output", mine, *extra], f"its {name} is not one llamantino writes", tmp_path)
     # The same through diff make / diff apply, which check their output folders on their own.
-    from test_weightdiff import random_tensors, write_checkpoint
+    from helpers.weightdiff import random_tensors, write_checkpoint
 
     write_checkpoint(tmp_path / "base", random_tensors(1))
     write_checkpoint(tmp_path / "target", random_tensors(2))
@@ -186,7 +174,7 @@ def test_overwrite_never_deletes_input_reached_through_a_link(tmp_path, shards, 
 
 
 def test_metrics_log_never_writes_through_a_hard_link(tmp_path):
-    from llamantino.training import MetricsLog
+    from llamantino.train.common import MetricsLog
 
     run = tmp_path / "run"
     run.mkdir()
@@ -243,9 +231,9 @@ def test_overwrite_keeps_the_users_dot_tmp_files(tmp_path, shards, capsys):
 
 
 def test_reports_rewritten_every_time_replace_only_their_own_folders(tmp_path, capsys):
-    from llamantino import report
-    from llamantino.manifest import write_manifest
-    from llamantino.runner import config_for
+    from llamantino.core.manifest import write_manifest
+    from llamantino.core.runner import config_for
+    from llamantino.evaluate import report
 
     runs = []
     for name, loss in (("a", 2.0), ("b", 1.5)):

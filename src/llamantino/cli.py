@@ -14,35 +14,35 @@ import os
 import sys
 
 from llamantino import __version__
-from llamantino.errors import DISK_ERRORS, LlamantinoError
+from llamantino.core.errors import DISK_ERRORS, LlamantinoError
 
 # name -> (module, help). The module defines add_arguments(parser) and main(args) -> int,
 # or, for a module serving several commands, add_<suffix>_arguments / <suffix>_main.
 COMMANDS = {
-    "run": ("llamantino.runner", "run the stages of a recipe (a chain: skips finished stages, resumes interrupted ones)"),
-    "config show": ("llamantino.runner", "print the fully resolved settings of a recipe, running nothing"),
-    "config list": ("llamantino.runner", "list the bundled recipes"),
-    "clean": ("llamantino.clean", "clean a web corpus with the clean_mc4_it rules"),
-    "manifest merge": ("llamantino.sharding", "check the parts of a sharded run (array job) and write their combined manifest"),
-    "demo-base": ("llamantino.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
-    "eval bpb": ("llamantino.bpb", "bits per byte of a model on held-out text"),
-    "eval evalita": ("llamantino.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
+    "run": ("llamantino.core.runner", "run the stages of a recipe (a chain: skips finished stages, resumes interrupted ones)"),
+    "config show": ("llamantino.core.runner", "print the fully resolved settings of a recipe, running nothing"),
+    "config list": ("llamantino.core.runner", "list the bundled recipes"),
+    "clean": ("llamantino.data.clean", "clean a web corpus with the clean_mc4_it rules"),
+    "manifest merge": ("llamantino.data.sharding", "check the parts of a sharded run (array job) and write their combined manifest"),
+    "demo-base": ("llamantino.demo.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
+    "eval bpb": ("llamantino.evaluate.bpb", "bits per byte of a model on held-out text"),
+    "eval evalita": ("llamantino.evaluate.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
     "eval lm-eval": ("llamantino.evaluate.harness", "lm-evaluation-harness tasks and suites (leaderboard-it, evalita-llm)"),
-    "adapt": ("llamantino.adapt", "language adaptation: QLoRA continued pretraining"),
-    "translate": ("llamantino.translate", "machine-translate chat or instruction data"),
-    "demo-translator": ("llamantino.tiny_translator", "build the small stand-in translation model used by the demo"),
-    "sft": ("llamantino.sft", "chat fine-tuning (QLoRA) with the Italian LLaMA 2 chat template"),
-    "preview": ("llamantino.preview", "show training examples exactly as the model sees them"),
-    "chat": ("llamantino.chat", "chat with a model in the terminal"),
-    "evalita prepare": ("llamantino.evalita.prepare", "turn EVALITA 2023 task files into instruction records"),
-    "evalita score": ("llamantino.evalita.score", "score predictions against gold with a task's official metric"),
-    "instruct": ("llamantino.instruct", "full-parameter instruction tuning with FSDP"),
-    "merge": ("llamantino.merge", "merge a LoRA adapter into its base model"),
-    "diff make": ("llamantino.weightdiff", "make an exact weight difference between two checkpoints"),
-    "diff apply": ("llamantino.weightdiff", "rebuild a checkpoint from its base and a weight difference"),
-    "build": ("llamantino.build", "rebuild one of the ten released models from its chain"),
-    "release": ("llamantino.release", "package a trained run as it is published (adapter or weight difference)"),
-    "vocab extend": ("llamantino.vocab", "add target-language tokens to a model's vocabulary, with initialised embeddings"),
+    "adapt": ("llamantino.train.adapt", "language adaptation: QLoRA continued pretraining"),
+    "translate": ("llamantino.data.translate", "machine-translate chat or instruction data"),
+    "demo-translator": ("llamantino.demo.tiny_translator", "build the small stand-in translation model used by the demo"),
+    "sft": ("llamantino.train.sft", "chat fine-tuning (QLoRA) with the Italian LLaMA 2 chat template"),
+    "preview": ("llamantino.data.preview", "show training examples exactly as the model sees them"),
+    "chat": ("llamantino.evaluate.chat", "chat with a model in the terminal"),
+    "evalita prepare": ("llamantino.evaluate.evalita.prepare", "turn EVALITA 2023 task files into instruction records"),
+    "evalita score": ("llamantino.evaluate.evalita.score", "score predictions against gold with a task's official metric"),
+    "instruct": ("llamantino.train.instruct", "full-parameter instruction tuning with FSDP"),
+    "merge": ("llamantino.models.merge", "merge a LoRA adapter into its base model"),
+    "diff make": ("llamantino.release.weightdiff", "make an exact weight difference between two checkpoints"),
+    "diff apply": ("llamantino.release.weightdiff", "rebuild a checkpoint from its base and a weight difference"),
+    "build": ("llamantino.release.build", "rebuild one of the ten released models from its chain"),
+    "release": ("llamantino.release.release", "package a trained run as it is published (adapter or weight difference)"),
+    "vocab extend": ("llamantino.data.vocab", "add target-language tokens to a model's vocabulary, with initialised embeddings"),
     "report compare": ("llamantino.evaluate.compare", "compare runs side by side: markdown table and bar chart"),
     "doctor": ("llamantino.doctor", "what a bug report needs, and what every auto setting picks here and why "
                                     "(--smoke: check each path on a tiny model)"),
@@ -77,7 +77,7 @@ def _functions(name: str):
     if hasattr(module, "add_arguments"):
         return module.add_arguments, module.main
     # A plain stage: its options come from its settings (runner.add_stage_arguments).
-    from llamantino import runner
+    from llamantino.core import runner
 
     resumable = getattr(module, "RESUMABLE", False)
     return (lambda parser: runner.add_stage_arguments(parser, module.KIND, resume=resumable),
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             subs = [c.split()[1] for c in COMMANDS if c.startswith(argv[0] + " ")]
             print(f"error: '{argv[0]}' needs a sub-command: {', '.join(subs)}", file=sys.stderr)
         else:
-            from llamantino.config import closest
+            from llamantino.core.config import closest
 
             print(f"error: unknown command '{argv[0]}'{closest(argv[0], [c.split()[0] for c in COMMANDS])}; "
                   "see llamantino --help", file=sys.stderr)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
-            from llamantino.errors import shown
+            from llamantino.core.errors import shown
 
             where = f"{shown(exc.filename, 120)}: " if exc.filename else ""
             print(f"error: {where}a file name longer than the file system allows; choose a shorter one",

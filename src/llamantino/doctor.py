@@ -124,11 +124,11 @@ def report() -> list[str]:
 
                 value += f"; CUDA devices it sees: {ctranslate2.get_cuda_device_count()}"
         except Exception as exc:  # noqa: BLE001
-            from llamantino.errors import first_line
+            from llamantino.core.errors import first_line
 
             value += f"; does not import: {first_line(exc)}"
         rows.append((label, value))
-    from llamantino.modeling import c_compiler
+    from llamantino.models.modeling import c_compiler
 
     rows.append(("C compiler", c_compiler() or "none on PATH (Triton needs one: gcc or clang, or set CC)"))
     width = max(len(k) for k, _ in rows)
@@ -150,14 +150,14 @@ def bnb_avx512bf16() -> bool:
 
 def auto_choices() -> list[tuple[str, str, str, str]]:
     """(setting, stages, what `auto` picks here, why) for every machine-dependent `auto`."""
-    from llamantino import speed, training
-    from llamantino.adapt import Config as AdaptConfig
-    from llamantino.instruct import Config as InstructConfig
-    from llamantino.modeling import attention_choice
+    from llamantino.models.modeling import attention_choice
+    from llamantino.train import common, speed
+    from llamantino.train.adapt import Config as AdaptConfig
+    from llamantino.train.instruct import Config as InstructConfig
 
     device = training_device()
     gpu = device.type == "cuda"
-    dtype = training.resolve_compute_dtype("auto", device)
+    dtype = common.resolve_compute_dtype("auto", device)
     rows = [("compute_dtype", "all training", dtype,
              "bfloat16 on a GPU that has it" if dtype == "bfloat16" else
              "the GPU has no bfloat16" if gpu else "CPU: bfloat16 matmuls are many times slower than float32")]
@@ -212,14 +212,14 @@ class Line:
 
 def smoke(echo: bool = False) -> list[Line]:
     """One line per path `auto` picks here, each against the plain path of the same tiny model."""
-    from llamantino import speed, training
-    from llamantino.adapt import Config as AdaptConfig
-    from llamantino.instruct import Config as InstructConfig
-    from llamantino.modeling import attention_choice
+    from llamantino.models.modeling import attention_choice
+    from llamantino.train import common, speed
+    from llamantino.train.adapt import Config as AdaptConfig
+    from llamantino.train.instruct import Config as InstructConfig
 
     started = time.time()
     device = training_device()
-    dtype = training.resolve_compute_dtype("auto", device)
+    dtype = common.resolve_compute_dtype("auto", device)
     tolerance = {"loss_tol": 1e-5, "grad_tol": 1e-4} if dtype == "float32" else {"loss_tol": 2e-2, "grad_tol": 8e-2}
     lines = []
 
@@ -265,7 +265,7 @@ def smoke(echo: bool = False) -> list[Line]:
 
 def guarded(path: str, choice: str, check) -> Line:
     """`check()` -> verdict; an exception is the verdict `fails: …`."""
-    from llamantino.errors import first_line
+    from llamantino.core.errors import first_line
 
     try:
         return Line(path, choice, check())
@@ -275,9 +275,9 @@ def guarded(path: str, choice: str, check) -> Line:
 
 def build_tiny_model(folder: Path) -> Path:
     """A random tiny LLaMA and its byte-level BPE tokenizer (learnt on bundled text), saved."""
-    from llamantino.demo_base import DATA_DIR, build_model, build_tokenizer, read_paragraphs
+    from llamantino.demo.demo_base import ASSETS_DIR, build_model, build_tokenizer, read_paragraphs
 
-    tokenizer = build_tokenizer(read_paragraphs([DATA_DIR / "demo" / "en_train.txt"])[:40], vocab_size=512)
+    tokenizer = build_tokenizer(read_paragraphs([ASSETS_DIR / "demo" / "en_train.txt"])[:40], vocab_size=512)
     model = build_model(tokenizer, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                         max_position_embeddings=256, seed=0)
     model.save_pretrained(folder)
@@ -323,7 +323,7 @@ class Runner:
         return torch.autocast(self.device.type, dtype=getattr(torch, self.dtype)) if on else contextlib.nullcontext()
 
     def base(self, *, attention: str = "sdpa", in_4bit: bool = False):
-        from llamantino.modeling import load_causal_lm
+        from llamantino.models.modeling import load_causal_lm
 
         return load_causal_lm(str(self.folder), dtype=self.dtype, load_in_4bit=in_4bit, compute_dtype=self.dtype,
                               device=str(self.device), attn_implementation=attention)
@@ -346,8 +346,8 @@ class Runner:
 
     def loss_and_grads(self, model, fused: str = "chunked", guard=None):
         """Loss and LoRA gradients through the training loss (its head check runs in eval mode first)."""
-        from llamantino.qlora import CausalLMLoss
-        from llamantino.speed import eager
+        from llamantino.train.qlora import CausalLMLoss
+        from llamantino.train.speed import eager
 
         ids, positions, labels = self.batch
         with eager():  # its head check, as training makes it before compiling
@@ -388,7 +388,7 @@ class Runner:
                        **self.tolerance)
 
     def compiled(self) -> str:
-        from llamantino import speed
+        from llamantino.train import speed
 
         model = self.lora(self.base())
         speed.compile_blocks(model.get_base_model())
@@ -399,7 +399,7 @@ class Runner:
         return compare(self.plain(), result, **self.tolerance)
 
     def liger(self, kernels: bool, fused: bool) -> str:
-        from llamantino import speed
+        from llamantino.train import speed
 
         model = self.lora(self.base())
         if kernels:
@@ -446,13 +446,13 @@ def fused_adamw(device) -> str:
     """Three steps of AdamW with and without the fused kernel from the same weights and gradients."""
     import torch
 
-    from llamantino import training
+    from llamantino.train import common
 
     torch.manual_seed(0)
     weights = [torch.nn.Parameter(torch.randn(64, 32, device=device)), torch.nn.Parameter(torch.randn(32, device=device))]
     copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
-    plain, _ = training.make_optimizer(weights, "adamw_torch", 1e-2, 0.01, device)
-    fused = training.fuse_adamw(training.make_optimizer(copies, "adamw_torch", 1e-2, 0.01, device)[0])
+    plain, _ = common.make_optimizer(weights, "adamw_torch", 1e-2, 0.01, device)
+    fused = common.fuse_adamw(common.make_optimizer(copies, "adamw_torch", 1e-2, 0.01, device)[0])
     for step in range(3):
         for group in (weights, copies):
             for w in group:

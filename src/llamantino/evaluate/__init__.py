@@ -1,7 +1,2 @@
-"""Evaluation beyond EVALITA: lm-evaluation-harness on models loaded the llamantino way
-(`harness`, `llamantino eval lm-eval`), and side-by-side reports of several runs
-(`compare`, `llamantino report compare`).
-
-Bits per byte (`llamantino.bpb`) and the EVALITA 2023 tasks (`llamantino.evalita`) keep
-their own modules; these read their outputs.
-"""
+"""Evaluation: bits per byte, chat, EVALITA 2023 (evalita/), lm-evaluation-harness, runs compared
+side by side."""

@@ -27,8 +27,8 @@ import json
 import math
 from pathlib import Path
 
-from llamantino.config import setting
-from llamantino.errors import LlamantinoError
+from llamantino.core.config import setting
+from llamantino.core.errors import LlamantinoError
 
 KIND = "compare"
 TRAINING_KINDS = ("adapt", "sft", "instruct")
@@ -66,7 +66,7 @@ def parse_run(run: str) -> tuple[str, list[Path]]:
 
 def manifests_in(path: Path) -> list[tuple[Path, dict]]:
     """(where, manifest) for a stage folder, a folder of stage folders, or an eval bpb JSON file."""
-    from llamantino.manifest import read_manifest
+    from llamantino.core.manifest import read_manifest
 
     if path.is_file():
         try:
@@ -237,8 +237,8 @@ def _wrap(text: str, width: int = 40) -> str:
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
-    from llamantino.fileio import atomic_dir
-    from llamantino.manifest import check_rewritable, describe_inputs, write_manifest
+    from llamantino.core.fileio import atomic_dir
+    from llamantino.core.manifest import check_rewritable, describe_inputs, write_manifest
 
     runs = gather(cfg)
     labels = list(runs)
@@ -263,14 +263,14 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 
 
 def add_arguments(parser):
-    from llamantino.runner import add_stage_arguments
+    from llamantino.core.runner import add_stage_arguments
 
     add_stage_arguments(parser, KIND, positional={"runs": {"nargs": "*", "metavar": "LABEL=FOLDER",
                                                            "help": "runs to compare; the first is the reference"}})
 
 
 def main(args) -> int:
-    from llamantino.runner import stage_config
+    from llamantino.core.runner import stage_config
 
     cfg = stage_config(KIND, args, positional=("runs",))
     print(run(cfg, overwrite=args.overwrite)["display"])

@@ -36,11 +36,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llamantino.config import setting
-from llamantino.errors import LlamantinoError
+from llamantino.core.config import setting
+from llamantino.core.errors import LlamantinoError
 
 KIND = "lm_eval"
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "lm_eval"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
 INSTALL_HINT = "pip install 'llamantino[eval]'"
 
 
@@ -392,7 +392,7 @@ def _hub_cache(dataset: str) -> Path | None:
 def split_files(root: Path, config: str | None, splits: list[str]) -> dict[str, list[Path]]:
     """The files of each split in a dataset folder: from its README's `configs` metadata
     (as the hub reads them), else by the usual layouts (data/<config>/<split>.jsonl, ...)."""
-    from llamantino.fileio import check_member_name
+    from llamantino.core.fileio import check_member_name
 
     declared = readme_data_files(root, config)
     found = {}
@@ -576,10 +576,10 @@ def write_override(path: Path, override: dict) -> None:
 def load_model(cfg: Config):
     """(model, tokenizer) loaded as every stage loads them; the run's tokenizer is the
     adapter's when it ships one."""
-    from llamantino.modeling import load_causal_lm, load_tokenizer, load_with_adapter
+    from llamantino.models.modeling import load_causal_lm, load_tokenizer, load_with_adapter
 
     if cfg.adapter and Path(cfg.adapter).is_dir():
-        from llamantino.modeling import require_safetensors
+        from llamantino.models.weight_files import require_safetensors
 
         require_safetensors(cfg.adapter, "adapter")  # before the model loads
     adapter_has_tokenizer = cfg.adapter and any((Path(cfg.adapter) / f).is_file()
@@ -592,7 +592,7 @@ def load_model(cfg: Config):
         if cfg.adapter:
             from peft import PeftModel
 
-            from llamantino.modeling import check_adapter
+            from llamantino.models.modeling import check_adapter
 
             check_adapter(cfg.adapter)
             model = PeftModel.from_pretrained(model, cfg.adapter)
@@ -713,8 +713,8 @@ def task_code_notice(cfg: Config) -> str | None:
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
-    from llamantino.fileio import atomic_dir
-    from llamantino.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
+    from llamantino.core.fileio import atomic_dir
+    from llamantino.core.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
 
     require_lm_eval()
     notice = task_code_notice(cfg)
@@ -728,7 +728,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
             print(text)
             return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics, "display": text}
         if cfg.max_length:
-            from llamantino.modeling import check_max_length, load_config
+            from llamantino.models.modeling import check_max_length, load_config
 
             check_max_length(load_config(cfg.model), cfg.max_length, cfg.model)
         model, tokenizer = load_model(cfg)
@@ -772,13 +772,13 @@ def _headline(metrics: dict) -> dict:
 
 
 def add_arguments(parser):
-    from llamantino.runner import add_stage_arguments
+    from llamantino.core.runner import add_stage_arguments
 
     add_stage_arguments(parser, KIND)
 
 
 def main(args) -> int:
-    from llamantino.runner import stage_config
+    from llamantino.core.runner import stage_config
 
     cfg = stage_config(KIND, args)
     result = run(cfg, overwrite=args.overwrite)

@@ -1,0 +1,1 @@
+"""The demo's stand-ins: a small English-trained base model and a small translator."""

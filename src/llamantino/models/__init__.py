@@ -1,0 +1,1 @@
+"""Models and tokenizers per family: loading, generation, merging adapters, safetensors folders."""

@@ -1,0 +1,516 @@
+"""Loading models and tokenizers, with the checks users need before a long run starts.
+
+Local folders and hub names load through the same `from_pretrained` calls. Problems
+that would otherwise surface hours later (a folder without a config, a tokenizer without
+an end-of-sequence token, a max length beyond the model's context) fail here, at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from llamantino.core.errors import LlamantinoError
+from llamantino.models.weight_files import require_safetensors
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+# Linear layers of a LLaMA decoder block: the LoRA targets of the paper's QLoRA recipe
+# ("every linear layer"): attention q/k/v/o and the MLP gate/up/down projections.
+LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise LlamantinoError(f"unknown dtype '{name}'; valid: {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def is_local(name_or_path: str) -> bool:
+    path = Path(name_or_path)
+    return path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+
+
+def check_model_source(name_or_path: str) -> str:
+    """A local model folder must hold config.json, and its weights as safetensors; anything
+    else is taken as a hub name."""
+    if not name_or_path:
+        raise LlamantinoError("no model given (setting 'model')")
+    if is_local(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_dir():
+            raise LlamantinoError(f"{path}: model folder not found")
+        if not (path / "config.json").is_file():
+            raise LlamantinoError(f"{path}: no config.json, not a model folder")
+        require_safetensors(path, "model")
+        return str(path)
+    return name_or_path
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    source = check_model_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise LlamantinoError(f"{source}: cannot read the model config ({str(exc).splitlines()[0]})") from None
+
+
+def text_config(config):
+    """The language model's part of a config (the config itself for text-only models; the
+    `text_config` of multimodal ones such as Gemma 3 4B+, Llama 3.2 Vision, Qwen-VL)."""
+    return config.get_text_config(decoder=True)
+
+
+def context_length(config) -> int:
+    return int(getattr(text_config(config), "max_position_embeddings", 0) or 0)
+
+
+def check_max_length(config, max_length: int, source: str) -> None:
+    limit = context_length(config)
+    if limit and max_length > limit:
+        raise LlamantinoError(f"{source}: max_length {max_length} exceeds the model's context of {limit} tokens")
+
+
+def load_tokenizer(name_or_path: str, *, tokenizer: str = ""):
+    """The model's tokenizer (or `tokenizer` if given), checked for an EOS, with a pad token
+    that is no token the model must learn (see `choose_pad_token`)."""
+    from transformers import AutoTokenizer
+
+    source = tokenizer or name_or_path
+    if is_local(source):
+        path = Path(source).expanduser()
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise LlamantinoError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise LlamantinoError(f"{source}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
+    if tok.eos_token_id is None:
+        raise LlamantinoError(f"{source}: the tokenizer has no end-of-sequence (EOS) token; documents "
+                              "cannot be separated")
+    pad = choose_pad_token(tok)
+    if pad != tok.pad_token:
+        if tok.pad_token is not None:
+            log.info("%s: pad token %s is also a token the model learns; padding with %s instead", source,
+                     tok.pad_token, pad)
+        tok.pad_token = pad
+    return tok
+
+
+# Tokens that end a document in pretraining, by family: Llama 3, then Qwen / Phi-3 / GPT-2,
+# then LLaMA 2 / Mistral, then Gemma. Instruct tokenizers often name their end-of-turn token
+# as `eos_token` (Llama 3's <|eot_id|>, Qwen's <|im_end|>): the base model never saw it
+# between documents.
+DOCUMENT_END_TOKENS = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>")
+
+# Tokens reserved for padding, by preference: Llama 3.1's, the common names, Qwen's unused
+# fill-in-the-middle pad; then Llama 3.0's reserved tokens and <unk> (never produced by
+# byte-fallback tokenizers).
+PAD_TOKENS = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "[PAD]", "<|fim_pad|>", "<|vision_pad|>")
+
+
+def special_token_id(tokenizer, token: str) -> int | None:
+    """Id of `token` when the tokenizer has it as one token of its own (added or special), else None."""
+    ids = tokenizer.convert_tokens_to_ids([token])
+    token_id = ids[0] if ids else None
+    if token_id is None or token_id == tokenizer.unk_token_id and token != tokenizer.unk_token:
+        return None
+    return token_id
+
+
+def document_end_token(tokenizer) -> str:
+    """The token that ends a document for continued pretraining: the base model's end of text."""
+    for token in DOCUMENT_END_TOKENS:
+        if special_token_id(tokenizer, token) is not None:
+            return token
+    return tokenizer.eos_token
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS in front of a text by itself (LLaMA, Llama 3, Gemma do;
+    Qwen has none; Phi-3 has one but does not add it). Prompts and documents follow the model."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def choose_pad_token(tokenizer) -> str:
+    """A pad token that is none of the tokens the model must learn (EOS, the document end).
+
+    Padded positions never carry loss here, but a saved tokenizer whose pad is the EOS makes
+    other trainers mask every EOS out of the labels: the model would never learn to stop.
+    The tokenizer's own pad is kept when it is safe; else a reserved pad token; else EOS, with a
+    warning."""
+    learnt = {tokenizer.eos_token_id, special_token_id(tokenizer, document_end_token(tokenizer))}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in learnt:
+        return tokenizer.pad_token
+    vocab = tokenizer.get_vocab()
+    reserved = sorted((i, t) for t, i in vocab.items() if t.startswith("<|reserved_special_token_"))
+    for token in PAD_TOKENS + tuple(t for _, t in reserved[:1]) + ("<unk>",):
+        token_id = special_token_id(tokenizer, token)
+        if token_id is not None and token_id not in learnt:
+            return token
+    log.warning("the tokenizer has no token to pad with other than its EOS %s; padding with it (padded "
+                "positions carry no loss here)", tokenizer.eos_token)
+    return tokenizer.eos_token
+
+
+def quantization_config(compute_dtype: str, double_quant: bool = True, quant_type: str = "nf4"):
+    """4-bit NF4 with double quantisation (QLoRA), computing in `compute_dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
+
+
+def c_compiler() -> str | None:
+    """The C compiler Triton builds its kernel launchers with, in Triton's own order: $CC, else
+    gcc, else clang. Without one every Triton kernel (compiled blocks on a GPU, Liger, flex
+    attention) fails at its first call."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("gcc") or shutil.which("clang")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _loader(config):
+    """(Auto class, model class) that load a checkpoint as a language model: its causal LM, or for
+    vision-language checkpoints that have none (Qwen-VL) its image-text-to-text model."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)
+
+    for auto, mapping in ((AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
+                          (AutoModelForImageTextToText, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)):
+        if type(config) in mapping:
+            return auto, mapping[type(config)]
+    raise LlamantinoError(f"model type '{config.model_type}' is neither a causal LM nor an image-text-to-text "
+                          "model that transformers knows")
+
+
+def auto_class(config):
+    return _loader(config)[0]
+
+
+def model_class(config):
+    return _loader(config)[1]
+
+
+def resolve_attention(name: str, config, device: str, compute_dtype: str) -> str:
+    """`auto`: the fastest attention the model supports that keeps packed documents apart (see
+    `attention_choice`); the choice and its reason are logged in one line."""
+    if name != "auto":
+        return name
+    chosen, why = attention_choice(config, device, compute_dtype)
+    log.info("attention auto: %s (%s)", chosen, why)
+    return chosen
+
+
+def attention_choice(config, device: str, compute_dtype: str) -> tuple[str, str]:
+    """(implementation, why) that `attn_implementation: auto` takes for `config` on `device`.
+
+    On a GPU with 16-bit compute: FlashAttention 3 on Hopper, else FlashAttention 2, each only
+    once its kernel has imported and run a tiny forward and backward pass here
+    (`probe_flash_attention`: transformers' availability checks read package metadata only, and a
+    wheel built for another torch fails at the first step); packed rows are then flattened into
+    one varlen sequence whose document boundaries are computed once per batch (qlora.CausalLMLoss).
+    Else SDPA (flex attention, which skips cross-document blocks, stays selectable until a GPU
+    measurement says it is faster), else flex attention (Gemma 2: SDPA cannot soft-cap attention
+    scores; it needs a C compiler for Triton), else eager. On CPU: SDPA, else eager. SDPA and
+    eager take the dense block-diagonal mask transformers builds from the restarting position ids;
+    flex attention a block-sparse one."""
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    cls = model_class(config)
+    gpu = str(device).startswith("cuda")
+    notes = []
+    if not gpu:
+        notes.append("CPU")
+    elif not cls._supports_flash_attn:
+        notes.append(f"{cls.__name__} has no FlashAttention support")
+    elif compute_dtype not in ("bfloat16", "float16"):
+        notes.append(f"FlashAttention needs 16-bit compute, this run computes in {compute_dtype}")
+    else:
+        candidates = [("flash_attention_3", is_flash_attn_3_available() and _is_hopper(device)),
+                      ("flash_attention_2", is_flash_attn_2_available())]
+        for impl, installed in candidates:
+            if not installed:
+                continue
+            works, problem = probe_flash_attention(impl, device, compute_dtype)
+            if works:
+                return impl, "its kernel imported and ran a forward and backward pass here"
+            notes.append(f"{impl} is installed but does not run here ({problem})")
+        if not any(installed for _, installed in candidates):
+            notes.append("flash-attn not installed")
+    if cls._supports_sdpa:
+        return "sdpa", "; ".join(notes)
+    if gpu and cls._supports_flex_attn:
+        if c_compiler() is not None:
+            return "flex_attention", "; ".join(notes + [f"{cls.__name__} has no SDPA support"])
+        notes.append("flex attention needs a C compiler for Triton (gcc or clang, or set CC)")
+    return "eager", "; ".join(notes + [f"{cls.__name__} has no SDPA support"])
+
+
+_PROBED: dict = {}
+
+
+def probe_flash_attention(impl: str, device: str, compute_dtype: str) -> tuple[bool, str]:
+    """(works, problem): whether FlashAttention `impl` runs here, tried once per process through
+    transformers' own attention function on two packed documents (varlen boundaries, as training
+    passes them), forward and backward, against SDPA on each document alone. The kernel is
+    imported only here, only when `auto` considers it."""
+    key = (impl, str(device), compute_dtype)
+    if key not in _PROBED:
+        try:
+            _PROBED[key] = _run_flash_probe(impl, device, compute_dtype)
+        except Exception as exc:  # noqa: BLE001  (an undefined symbol, no kernel for this GPU, ...)
+            from llamantino.core.errors import first_line
+
+            _PROBED[key] = (False, first_line(exc))
+    return _PROBED[key]
+
+
+FLASH_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def _run_flash_probe(impl: str, device: str, compute_dtype: str) -> tuple[bool, str]:
+    import importlib
+    import types
+
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    importlib.import_module(FLASH_MODULES[impl])  # a wheel built for another torch fails here
+    dtype = torch_dtype(compute_dtype)
+    gen = torch.Generator().manual_seed(0)
+    lengths, heads, dim = (9, 15), 2, 64
+    q, k, v = (torch.randn(1, heads, sum(lengths), dim, generator=gen).to(device, dtype).requires_grad_()
+               for _ in range(3))
+    bounds = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32, device=device)
+    module = torch.nn.Module()
+    module.is_causal, module.config = True, types.SimpleNamespace(_attn_implementation=impl)
+    out, _ = ALL_ATTENTION_FUNCTIONS[impl](module, q, k, v, None, scaling=dim ** -0.5, cu_seq_lens_q=bounds,
+                                          cu_seq_lens_k=bounds, max_length_q=sum(lengths),
+                                          max_length_k=sum(lengths))
+    out.float().square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    reference = []  # each document alone, through SDPA, in float32
+    for a, b in ((0, lengths[0]), (lengths[0], sum(lengths))):
+        parts = [t.detach()[:, :, a:b].float().requires_grad_() for t in (q, k, v)]
+        ref = torch.nn.functional.scaled_dot_product_attention(*parts, is_causal=True)
+        ref.transpose(1, 2).square().sum().backward()
+        reference.append((ref.transpose(1, 2), [p.grad for p in parts]))
+    expected = torch.cat([r[0] for r in reference], dim=1)
+    error = float((out.float() - expected).abs().max())
+    grad_error = max(float((g.float() - torch.cat([r[1][i] for r in reference], dim=2)).abs().max())
+                     for i, g in enumerate(grads))
+    if error > 5e-2 or grad_error > 5e-1 or not all(torch.isfinite(g).all() for g in grads):
+        return False, f"its output differs from SDPA's by {error:.2g}, its gradients by {grad_error:.2g}"
+    return True, ""
+
+
+def _is_hopper(device) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,
+                   compute_dtype: str = "float32", device: str | None = None,
+                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True):
+    """Load a causal LM in full precision or 4-bit (QLoRA) on one device; `attn_implementation`
+    `auto` resolves as `resolve_attention` says."""
+    source = check_model_source(name_or_path)
+    config = load_config(source)  # fails early and clearly on a broken folder
+    device = device or default_device()
+    kwargs = {"device_map": {"": device} if device != "cpu" else "cpu"}
+    if attn_implementation:
+        kwargs["attn_implementation"] = resolve_attention(attn_implementation, config, device,
+                                                          compute_dtype if load_in_4bit else dtype)
+    if load_in_4bit:
+        kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
+        kwargs["dtype"] = torch_dtype(compute_dtype)
+    else:
+        kwargs["dtype"] = torch_dtype(dtype)
+    try:
+        model = auto_class(config).from_pretrained(source, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    plain_4bit_on_every_cpu(model)
+    return model
+
+
+def plain_4bit_on_every_cpu(model) -> None:
+    """Turn off bitsandbytes' AVX512-BF16 CPU path on every 4-bit layer of `model`.
+
+    On a CPU with AVX512-BF16, `Linear4bit` repacks its weight in place the first time it runs
+    in eval mode without gradients (the head check at set-up, held-out evaluation, `eval bpb`,
+    generation), and every later call, training included, goes through that packed kernel: no
+    gradient reaches the layer's input, so the LoRA adapters below it train wrong without an
+    error; a layer whose output size is not a multiple of 32, or whose input size is not one of
+    the 64-wide quantization blocks, raises; and the kernel rounds the scales to bfloat16, so
+    even pure inference gives other numbers than other CPUs. The packing cannot be undone
+    exactly (its inverse re-quantizes the rounded scales), so the flag goes off here, at load,
+    before any forward. Off for inference too: one model serves training and held-out
+    evaluation alike, and every CPU then computes the same figures."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
+def language_model(model):
+    """The text decoder (embeddings and decoder blocks) of a causal LM or of a vision-language model."""
+    inner = getattr(model, "model", model)
+    for name in ("language_model", "text_model"):
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    return inner
+
+
+def lora_targets(model) -> list[str] | str:
+    """The linear layers inside the language model's decoder blocks, as LoRA targets: their names
+    (q_proj, ..., down_proj), or for a vision-language model a pattern that matches them in the
+    language model only, so no adapter lands on the vision tower's layers of the same names."""
+    import re
+
+    import torch
+
+    text = language_model(model)
+    inside = {id(m) for m in text.modules()}
+    found, elsewhere = set(), set()
+    for name, module in model.named_modules():
+        if ".layers." not in name:
+            continue
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+        if is_linear:
+            (found if id(module) in inside else elsewhere).add(name.rsplit(".", 1)[-1])
+    if not found:
+        raise LlamantinoError("no linear layers found inside decoder blocks ('.layers.'): unsupported architecture")
+    if not elsewhere:
+        return sorted(found)
+    prefix = next(name for name, module in model.named_modules() if module is text)
+    return rf"{re.escape(prefix)}\.layers\.\d+\..*\b({'|'.join(sorted(found))})"
+
+
+def freeze_outside_language_model(model) -> int:
+    """Full fine-tuning of a vision-language model trains the language model and its output layer
+    only: the vision tower and projector are frozen. Returns the number of parameters frozen."""
+    keep = {id(p) for p in language_model(model).parameters()}
+    keep |= {id(p) for p in model.get_output_embeddings().parameters()}
+    frozen = 0
+    for param in model.parameters():
+        if id(param) not in keep:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def output_head(causal_lm):
+    """Last hidden states -> the logits the model's own forward returns: its output layer (bias
+    and any adapter on it included), then what some families do after it: Cohere's logit_scale,
+    Granite's logits_scaling, Gemma 2's final-logit soft-capping."""
+    text = causal_lm.config.get_text_config(decoder=True)
+    layer = causal_lm.get_output_embeddings()
+    scale = getattr(text, "logit_scale", None)          # Cohere: logits x scale
+    divisor = getattr(text, "logits_scaling", None)     # Granite: logits / scaling
+    cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2: cap x tanh(logits / cap)
+
+    def head(hidden):
+        import torch
+
+        logits = layer(hidden)
+        if scale is not None:
+            logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return head
+
+
+def head_matches_model(causal_lm, head) -> tuple[bool, float]:
+    """Whether `head` on the body's hidden states gives the model's own logits, on 16 tokens in
+    eval mode: a family that does something else after its output layer shows here.
+    Returns (matches, largest difference relative to the largest logit)."""
+    import torch
+
+    vocab = causal_lm.get_output_embeddings().weight.shape[0]
+    device = causal_lm.get_output_embeddings().weight.device
+    ids = (torch.arange(16, device=device) * 7919 % vocab).unsqueeze(0)
+    training = causal_lm.training
+    causal_lm.eval()
+    try:
+        with torch.no_grad():
+            own = causal_lm(input_ids=ids, use_cache=False).logits.float()
+            mine = head(causal_lm.model(input_ids=ids, use_cache=False).last_hidden_state).float()
+    finally:
+        causal_lm.train(training)
+    scale = max(1.0, float(own.abs().max()))
+    error = float((own - mine).abs().max()) / scale
+    # Same kernels on the same inputs: float32 agrees to rounding, 16-bit to its precision.
+    tolerance = 1e-5 if causal_lm.get_output_embeddings().weight.dtype == torch.float32 else 1e-2
+    return error <= tolerance, error
+
+
+def check_adapter(adapter) -> dict:
+    """A PEFT adapter folder from anyone, checked before peft reads it: adapter_config.json a
+    JSON object, and adapter_model.safetensors (when there) a file whose header reads and whose
+    size is the one the header announces. One line otherwise; returns the config."""
+    from llamantino.models.weight_files import WeightFile, read_json
+
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
+        raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
+    config = read_json(path, "adapter config")
+    if not isinstance(config, dict):
+        raise LlamantinoError(f"{path}: a JSON {type(config).__name__}, not an object")
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if weights.is_file():
+        WeightFile(weights)  # a truncated or damaged file: one line naming it
+    return config
+
+
+def load_with_adapter(model_path: str, adapter: str = "", *, dtype: str = "float32", device: str | None = None,
+                      merge: bool = False):
+    """Model (+ optional PEFT adapter) for evaluation and generation."""
+    if adapter:
+        require_safetensors(adapter, "adapter")  # a pickle is refused before anything parses it
+        check_adapter(adapter)  # before the model: a bad adapter costs no loading time
+    model = load_causal_lm(model_path, dtype=dtype, device=device)
+    if adapter:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, missing modules: another base
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            why = next((line for line in lines if "size mismatch" in line), lines[0])
+            raise LlamantinoError(f"{adapter}: this adapter does not fit the model {model_path} ({why[:300]})") \
+                from None
+        if merge:  # the merge `llamantino merge` does: the same bits on every machine
+            from llamantino.models.merge import fold_lora
+
+            model = fold_lora(model, adapter)[0]
+    model.eval()
+    return model

@@ -1,0 +1,1 @@
+"""Publishing and rebuilding models: release folders, builds, exact weight differences, checks."""

@@ -1,0 +1,1 @@
+"""The training stages (adapt, sft, instruct) and what their loops share."""

@@ -1,0 +1,561 @@
+"""The QLoRA training loop shared by language adaptation (`adapt`) and chat fine-tuning (`sft`).
+
+The base model is loaded in 4-bit NF4 with double quantisation; LoRA adapters go on every
+linear layer of the decoder blocks; rows come packed from a `packing.RowSource` (documents
+for `adapt`, chat examples for `sft`). Under torchrun each rank reads its own share of the
+data and DDP averages the adapter gradients, as in the paper (3 nodes x 4 GPUs).
+
+Three parts, as the loop in `train` shows on one screen: `setup` (model, optimizer,
+schedule, data, resume), `train_step` (one optimizer step over its micro-batches) and
+`finish` (save, plot, manifest). A checkpoint holds the adapter, optimizer, schedule,
+counters, and every rank's RNG and data position; a resumed run continues with the next
+unseen document and ends with the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.utils.checkpoint
+
+from llamantino.core import distributed
+from llamantino.core.errors import LlamantinoError
+from llamantino.core.fileio import atomic_write_json
+from llamantino.core.manifest import (describe_inputs, prepare_output, read_manifest, record_outputs, start_run,
+                                      write_manifest)
+from llamantino.models.modeling import head_matches_model, output_head
+from llamantino.train import common, speed
+from llamantino.train.checkpoint import RNG, Checkpoints
+from llamantino.train.settings import QLoraSettings, accumulation
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# The model: 4-bit base + LoRA, and its loss
+
+
+def prepare_for_training(model, gradient_checkpointing: bool, compute_dtype: str) -> None:
+    """Freeze the base. With float16 compute (the paper's), keep the norm weights in float32
+    for stability, as QLoRA does. Unlike peft's prepare_model_for_kbit_training, do not
+    upcast the frozen embeddings and output layer, and with bfloat16 do not upcast the
+    norms either: an upcast norm turns the whole residual stream into float32, doubling
+    the activations kept for the backward pass."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if compute_dtype == "float16":
+        for param in model.parameters():
+            if param.ndim == 1 and param.dtype == torch.float16:
+                param.data = param.data.float()
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_path: str | None = None):
+    """4-bit base (or full precision when load_in_4bit is off) + fresh LoRA adapters on the
+    language model's decoder blocks (never a vision tower's)."""
+    from peft import LoraConfig, get_peft_model
+
+    from llamantino.models.modeling import load_causal_lm, lora_targets
+
+    model = load_causal_lm(base_path or cfg.model, dtype=compute_dtype, load_in_4bit=cfg.load_in_4bit,
+                           compute_dtype=compute_dtype, device=str(device),
+                           attn_implementation=cfg.attn_implementation, quant_type=cfg.quant_type,
+                           double_quant=cfg.double_quant)
+    log.info("%s: attention %s", type(model).__name__, model.config._attn_implementation)
+    prepare_for_training(model, cfg.gradient_checkpointing, compute_dtype)
+    targets = cfg.lora_targets or lora_targets(model)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      **embedding_options(cfg.train_embeddings, model, cfg.model))
+    model = get_peft_model(model, lora)
+    return model, targets
+
+
+def embedding_options(mode: str, model, model_path: str) -> dict:
+    """LoraConfig options that also train the embeddings: the whole input and output matrices
+    (PEFT `modules_to_save`), or only the rows `vocab extend` added (`trainable_token_indices`).
+    Tied input and output embeddings stay tied."""
+    if mode == "none":
+        return {}
+    layers = {"input": model.get_input_embeddings(), "output": model.get_output_embeddings()}
+    for where, layer in layers.items():
+        weight = getattr(layer, "weight", None)
+        if weight is None or not weight.is_floating_point() or type(weight).__name__ == "Params4bit":
+            raise LlamantinoError(f"{model_path}: the {where} embeddings are quantized "
+                                  f"({type(weight).__name__}, {getattr(weight, 'dtype', '?')}); they cannot be trained "
+                                  "as they are: load the base in 16 or 32 bits, or leave train_embeddings at none")
+    names = {where: next(n for n, m in model.named_modules() if m is layer).rsplit(".", 1)[-1]
+             for where, layer in layers.items()}
+    tied = layers["input"].weight is layers["output"].weight
+    if mode == "all":
+        return {"modules_to_save": [names["input"], names["output"]], "ensure_weight_tying": tied}
+    rows = new_token_ids(model_path)
+    indices = {names["input"]: rows} if tied else {names["input"]: rows, names["output"]: rows}
+    return {"trainable_token_indices": indices, "ensure_weight_tying": tied}
+
+
+def new_token_ids(model_path: str) -> list[int]:
+    """The ids `llamantino vocab extend` added to a model (its vocab_report.json says which)."""
+    import json
+
+    from llamantino.core.fileio import safe_join
+
+    path = safe_join(model_path, "vocab_report.json", f"model {model_path}") if Path(model_path).is_dir() else None
+    if path is None or not path.is_file():
+        raise LlamantinoError(f"{model_path}: train_embeddings new needs a model made by `llamantino vocab extend` "
+                              "(its vocab_report.json lists the new tokens); use all to train whole matrices")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        ids = [int(entry["id"]) for entry in report["new_tokens"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LlamantinoError(f"{path}: unreadable list of new tokens ({type(exc).__name__}: {exc})") from None
+    if not ids:
+        raise LlamantinoError(f"{path}: lists no new tokens")
+    return ids
+
+
+def parameter_groups(model, learning_rate: float, embedding_learning_rate: float) -> list[dict]:
+    """LoRA weights at the learning rate; trained embeddings (whole or new rows) at theirs,
+    a tenth of it unless given, as practitioners advise for embeddings."""
+    embedding, other = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (embedding if ("modules_to_save" in name or "trainable_tokens" in name) else other).append(param)
+    groups = [{"params": other, "lr": learning_rate}]
+    if embedding:
+        groups.append({"params": embedding, "lr": embedding_learning_rate or learning_rate / 10})
+    return groups
+
+
+class CausalLMLoss(torch.nn.Module):
+    """Token-mean next-token loss of a (PEFT) causal LM, as one module so DDP sees the forward.
+
+    With `chunk` > 0 the output layer runs only on positions that have a target, `chunk`
+    positions at a time, each chunk recomputed in the backward pass: the full
+    (batch x length x vocabulary) logits never exist, which saves about 2 GB per 8x1024
+    batch at a 32k vocabulary and skips the prompt positions of chat data. The logits are the
+    model's own (`output_head`); a model whose logits differ from them (checked once, at
+    construction) falls back to its own loss, and the log says so. With `fused` = "liger",
+    Liger's fused linear cross-entropy replaces the chunks (GPU; plain output layers only).
+
+    With FlashAttention, packed rows are flattened into one sequence: its varlen kernel keeps
+    the documents of a single row apart from their restarting position ids, not of a batch. The
+    document boundaries (`cu_seqlens`, `varlen_kwargs`) are computed once per batch, by the
+    training step on the host (or here), and handed to every layer, which would otherwise derive
+    them from the position ids each time.
+    """
+
+    def __init__(self, model, chunk: int, fused: str = "chunked"):
+        super().__init__()
+        self.model, self.chunk = model, chunk
+        causal_lm = model.get_base_model()
+        self.flatten = str(getattr(causal_lm.config, "_attn_implementation", "")).startswith("flash")
+        self.head = output_head(causal_lm)
+        self.fused = None
+        if chunk:
+            matches, error = head_matches_model(causal_lm, self.head)
+            if not matches:
+                log.warning("%s: the logits of its forward differ from those of its output layer (by %.2g of the "
+                            "largest): it does something after that layer that the chunked loss does not know, so "
+                            "the model's own loss is used (all logits held at once)", type(causal_lm).__name__, error)
+                self.chunk = 0
+        if self.chunk and fused == "liger":
+            self.fused = speed.liger_loss(causal_lm)
+            if self.fused is None:
+                log.info("%s: its output layer is not a plain linear one; the chunked loss is used instead of "
+                         "Liger's fused one", type(causal_lm).__name__)
+
+    def forward(self, input_ids, position_ids, labels, num_items, varlen=None):
+        """Summed loss / `num_items`; `varlen`: the batch's `varlen_kwargs` when flattening, made
+        from the host's copy of the position ids (computed here from `position_ids` if not given)."""
+        if self.flatten:
+            labels = labels.clone()
+            labels[:, 0] = -100  # a row's first token has nothing before it in its row
+            if varlen is None:
+                varlen = varlen_kwargs(position_ids, input_ids.shape[-1])
+            input_ids, position_ids, labels = (t.reshape(1, -1) for t in (input_ids, position_ids, labels))
+        varlen = varlen if self.flatten else {}
+        if not self.chunk:
+            return self.model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False,
+                              num_items_in_batch=num_items, **varlen).loss
+        causal_lm = self.model.get_base_model()
+        hidden = causal_lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                 **varlen).last_hidden_state
+        return summed_target_loss(hidden, labels, self.head, self.chunk, self.fused) / num_items
+
+
+def varlen_kwargs(position_ids: torch.Tensor, row_length: int, device=None) -> dict:
+    """FlashAttention's varlen arguments for the packed rows of a batch flattened into one: every
+    document (and every row, and padding) starts at position 0. Made from the collated batch on
+    the host, they cost the GPU no sync; `max_length_q` is the row length, an upper bound of every
+    document's (the kernel needs no more), the same for every batch: no recompilation, no sync."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    if device is not None:
+        bounds = bounds.to(device, non_blocking=True)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": int(row_length),
+            "max_length_k": int(row_length)}
+
+
+def summed_target_loss(hidden, labels, head, chunk: int, fused=None):
+    """Cross-entropy summed over the positions with a target (float32): the output layer runs on
+    those positions only, `chunk` at a time and recomputed in the backward pass, or in `fused`
+    (Liger's fused linear cross-entropy) when given."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    if fused is not None:
+        return fused(hidden, targets).float()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        end = start + chunk
+        total = total + torch.utils.checkpoint.checkpoint(
+            _cross_entropy_sum, head, hidden[start:end], targets[start:end], use_reentrant=False)
+    return total
+
+
+def _cross_entropy_sum(head, hidden, targets):
+    logits = head(hidden).float()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+
+class AdapterState:
+    """The LoRA weights as a checkpoint part: rank 0 writes them, every rank reads them."""
+
+    FILE = "adapter_model.safetensors"
+
+    def __init__(self, model):
+        self.model = model
+
+    def save_to(self, folder: Path, rank: int) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if rank == 0:
+            state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+            save_file(state, str(folder / self.FILE))
+
+    def load_from(self, folder: Path, rank: int) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(str(folder / self.FILE)))
+
+
+# ---------------------------------------------------------------------------------------
+# The run: set up, step, finish
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop touches, made once by `setup`."""
+
+    kind: str
+    cfg: QLoraSettings
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    tokenizer: object
+    source: object          # packing.RowSource of this rank
+    model: object           # the PEFT model
+    loss: torch.nn.Module   # CausalLMLoss, wrapped in DDP on several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    compute_dtype: str
+    accumulation: int
+    checkpoints: Checkpoints
+    metrics_log: common.MetricsLog
+    progress: common.Progress
+    counters: dict          # step, tokens, real_tokens, world_size: saved in every checkpoint
+    info: dict              # what the manifest reports about the setup
+    recent: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=10))
+    started: float = dataclasses.field(default_factory=time.time)
+    steps_this_run: int = 0
+    real_this_run: int = 0
+    batch_digest: object = None  # sha256 of every batch, with debug_rank_records
+    heldout: list = dataclasses.field(default_factory=list)  # heldout.HeldOutSet scored while training
+    last_eval: dict = dataclasses.field(default_factory=dict)
+    eval_seconds: float = 0.0  # spent on held-out evaluation, not counted as training time
+    guard: speed.CompileGuard = dataclasses.field(default_factory=lambda: speed.CompileGuard(False))
+
+    @property
+    def step(self) -> int:
+        return self.counters["step"]
+
+    def parts(self) -> tuple[dict, dict]:
+        """The checkpoint's shared parts and this rank's own."""
+        return ({"adapter": AdapterState(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                 "trainer": self.counters}, {"data": self.source, "rng": RNG})
+
+
+def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: bool = False, resume: bool = False,
+          inputs=(), base_model=None) -> dict:
+    """Run a QLoRA stage from start (or its latest checkpoint) to `max_steps`.
+
+    `make_source(rank, world)` returns this rank's RowSource; `base_model()`, if given,
+    runs on rank 0 once the run folder is claimed and returns the folder the 4-bit base is
+    loaded from instead of `cfg.model` (sft merges a language adapter first).
+    """
+    rank, world, device = distributed.init_distributed()
+    run_dir = Path(cfg.output)
+    # A refusal on rank 0 reaches every rank (none is left waiting in a collective).
+    state = distributed.on_rank0(lambda: prepare_output(run_dir, kind, cfg, overwrite=overwrite, resume=resume))
+    if state == "complete":
+        metrics = read_manifest(run_dir)["metrics"]
+        return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
+    t = setup(kind, cfg, make_source, tokenizer, resume_from=state == "resume", base_model=base_model,
+              rank=rank, world=world, device=device)
+    stop = common.StopRequest()
+    with t.progress:  # closed on an error too: the error line starts a line of its own
+        while t.step < cfg.max_steps:
+            if not train_step(t):
+                raise LlamantinoError(f"the data ran out at step {t.step} of {cfg.max_steps}: it yields no more rows")
+            want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= t.steps_this_run
+            if t.heldout and (t.step == cfg.max_steps or (cfg.eval_steps and t.step % cfg.eval_steps == 0)):
+                evaluate_heldout(t)
+            if t.step < cfg.max_steps and (want_stop or (cfg.save_steps and t.step % cfg.save_steps == 0)):
+                t.checkpoints.save(t.step, *t.parts())
+            if want_stop and t.step < cfg.max_steps:
+                return stopped(t)
+    return finish(t, inputs)
+
+
+def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from: bool, base_model, rank: int,
+          world: int, device: torch.device) -> Trainer:
+    """Data, model, optimizer and schedule; the latest checkpoint loaded when resuming."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from llamantino.train.heldout import load_sets
+
+    accum = accumulation(cfg, world)
+    # Data first: a corpus that yields nothing fails before the folder is claimed.
+    source = make_source(rank, world)
+    heldout = load_sets(cfg.eval_data, max_documents=cfg.eval_max_documents) if cfg.eval_data else []
+    distributed.on_rank0(lambda: start_run(cfg.output, kind, cfg) if not resume_from else None)
+    base_path = distributed.on_rank0(base_model) if base_model else None
+    compute_dtype = common.resolve_compute_dtype(cfg.compute_dtype, device)
+    common.seed_all(cfg.seed)
+    model, targets = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
+    groups = parameter_groups(model, cfg.learning_rate, cfg.embedding_learning_rate)
+    optimizer, optimizer_used = common.make_optimizer(groups, cfg.optimizer, cfg.learning_rate,
+                                                        cfg.weight_decay, device)
+    scheduler = common.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
+    counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
+    paths = speed.resolve(cfg, device, model.get_base_model().config.model_type, compute_dtype)
+    loss = CausalLMLoss(model, cfg.loss_chunk_tokens, fused=paths.fused_loss)  # checks the head: before compiling
+    apply_speed(model, paths, cfg.lora_r)
+    checkpoints = Checkpoints(cfg.output, rank=rank, world=world, keep=cfg.save_total_limit)
+    t = Trainer(kind=kind, cfg=cfg, rank=rank, world=world, device=device, run_dir=Path(cfg.output),
+                tokenizer=tokenizer, source=source, model=model, loss=loss,
+                optimizer=optimizer, scheduler=scheduler, compute_dtype=compute_dtype, accumulation=accum,
+                scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and compute_dtype == "float16"),
+                checkpoints=checkpoints, metrics_log=None, progress=None, counters=counters,
+                info={"lora_targets": targets, "optimizer": optimizer_used, **speed_info(model, loss, paths),
+                      "train_embeddings": cfg.train_embeddings,
+                      "embedding_parameters": sum(p.numel() for p in groups[1]["params"]) if len(groups) > 1 else 0,
+                      "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      "parameters": sum(p.numel() for p in model.parameters())},
+                batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout,
+                guard=speed.CompileGuard(paths.compile == "blocks"))
+    found = checkpoints.latest() if resume_from else None
+    if found:
+        shared, own = t.parts()
+        checkpoints.load(found[1], shared, own)
+        if counters["world_size"] != world:
+            raise LlamantinoError(f"{found[1]}: made with {counters['world_size']} processes, this run has {world}; "
+                                  "resume with the same number of processes")
+        log.info("resumed from %s (step %d)", found[1], t.step)
+    if world > 1:
+        t.loss = DistributedDataParallel(t.loss, device_ids=[device.index] if device.type == "cuda" else None,
+                                         init_sync=False)
+    t.metrics_log = common.MetricsLog(cfg.output, resume_step=t.step, enabled=rank == 0,
+                                        extra_fields=[h.column for h in heldout])
+    t.progress = common.Progress(cfg.max_steps, initial=t.step, enabled=rank == 0, desc=kind)
+    model.train()
+    return t
+
+
+def apply_speed(model, paths: speed.Speed, lora_rank: int) -> None:
+    """The run's speed paths (kernels, checkpointing, compiled blocks) on the PEFT model's base, in place."""
+    causal_lm = model.get_base_model()
+    speed.apply(causal_lm, paths, lora_rank=lora_rank)
+    log.info("speed paths: attention %s, %s", causal_lm.config._attn_implementation, speed.describe(paths))
+
+
+def speed_info(model, loss: CausalLMLoss, paths: speed.Speed) -> dict:
+    """What the manifest reports about the speed paths taken (the loss as it runs: liger, chunked or own)."""
+    used = "liger" if loss.fused is not None else "chunked" if loss.chunk else "own"
+    return {"attention": model.get_base_model().config._attn_implementation,
+            **paths.settings(), "fused_loss": used}
+
+
+def train_step(t: Trainer) -> bool:
+    """One optimizer step over `accumulation` micro-batches of `batch_size` rows; False when
+    the data are exhausted. The loss is normalised by the target tokens of the whole step."""
+    from llamantino.data.packing import collate
+
+    cfg = t.cfg
+    micro = []
+    for _ in range(t.accumulation):
+        rows = _take(t.source, cfg.batch_size)
+        if not rows:
+            return False
+        micro.append(collate(rows, cfg.max_length, t.tokenizer.pad_token_id))
+    if t.batch_digest is not None:
+        for b in micro:
+            t.batch_digest.update(b.input_ids.numpy().tobytes())
+    n_targets = torch.tensor(max(1, sum(b.target_tokens for b in micro)), device=t.device)
+    autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
+                              enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
+    # Flattened rows: their document boundaries from the host's copy of the batch (no GPU sync).
+    flat = getattr(t.loss, "module", t.loss).flatten
+    varlen = [{"varlen": varlen_kwargs(b.position_ids, cfg.max_length, t.device)} if flat else {} for b in micro]
+    rng = common.rng_state() if t.guard.left else None  # a step the compile guard may run again
+
+    def forward_backward() -> float:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)  # read once a step, not per micro-batch
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = t.loss.no_sync() if (t.world > 1 and not last) else contextlib.nullcontext()
+            with sync, autocast:
+                loss = t.loss(batch.input_ids.to(t.device, non_blocking=True),
+                              batch.position_ids.to(t.device, non_blocking=True),
+                              batch.labels.to(t.device, non_blocking=True), n_targets, **varlen[i])
+            t.scaler.scale(loss).backward()
+            loss_sum += loss.detach().double()
+        return float(loss_sum)
+
+    def undo() -> None:  # what a failed compiled step left behind
+        t.optimizer.zero_grad(set_to_none=True)
+        common.set_rng_state(rng)
+
+    loss_sum = t.guard.run(forward_backward, undo)
+    t.scaler.unscale_(t.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf")))
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.optimizer.zero_grad(set_to_none=True)
+    lr = t.scheduler.get_last_lr()[0]
+    t.scheduler.step()
+    # loss_sum is the token-mean loss of this rank's batch; average over ranks. One
+    # collective for the step's three figures.
+    loss_sum, tokens, real = distributed.all_reduce_sums(
+        [loss_sum, sum(b.positions for b in micro), sum(b.real_tokens for b in micro)], t.device)
+    loss, tokens, real = loss_sum / t.world, int(tokens), int(real)
+    t.counters.update(step=t.step + 1, tokens=t.counters["tokens"] + tokens,
+                      real_tokens=t.counters["real_tokens"] + real)
+    t.steps_this_run += 1
+    t.real_this_run += real
+    t.recent.append(loss)
+    rate = t.progress.update(real, loss, lr)
+    if t.step % cfg.logging_steps == 0 or t.step == cfg.max_steps or t.step == 1:
+        t.metrics_log.log(t.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=t.counters["tokens"],
+                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 2))
+    return True
+
+
+def evaluate_heldout(t: Trainer) -> None:
+    """Bits per byte of the model as it is now on every held-out set, logged at this step."""
+    from llamantino.train.heldout import evaluate
+
+    autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
+                              enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
+    started = time.time()
+    with autocast, speed.eager():  # never compiled: no graphs for evaluation's shapes and no-grad mode
+        t.last_eval = evaluate(t.model, t.tokenizer, t.heldout, max_length=t.cfg.max_length,
+                               batch_size=t.cfg.eval_batch_size, rank=t.rank, world=t.world)
+    t.eval_seconds += time.time() - started
+    t.metrics_log.log(t.step, **t.last_eval)
+    if t.rank == 0:
+        log.info("step %d: %s", t.step, ", ".join(f"{k} {v:.4f}" for k, v in t.last_eval.items()))
+
+
+def _take(source, n: int) -> list:
+    rows = []
+    while len(rows) < n and (row := source.next_row()) is not None:
+        rows.append(row)
+    return rows
+
+
+def stopped(t: Trainer) -> dict:
+    t.progress.close()
+    t.metrics_log.close()
+    if t.rank == 0:
+        log.info("stopped at step %d with a checkpoint; continue with --resume", t.step)
+    return {"status": f"stopped at step {t.step}", "headline": {"step": t.step}, "metrics": {"step": t.step}}
+
+
+def finish(t: Trainer, inputs) -> dict:
+    """Save the adapter and tokenizer, the loss plot and the manifest (last)."""
+    t.progress.close()
+    t.metrics_log.close()
+    elapsed = time.time() - t.started
+    metrics = {
+        "steps": t.step,
+        "tokens_seen": t.counters["tokens"],
+        "real_token_share": t.counters["real_tokens"] / max(1, t.counters["tokens"]),
+        "final_loss": sum(t.recent) / len(t.recent) if t.recent else float("nan"),
+        "tokens_per_s": t.real_this_run / max(1e-9, elapsed - t.eval_seconds),
+        "train_seconds": round(elapsed, 1),
+        "world_size": t.world,
+        "gradient_accumulation": t.accumulation,
+        "effective_batch_size": t.cfg.batch_size * t.accumulation * t.world,
+        **t.info,
+        "compute_dtype": t.compute_dtype,
+        "device": t.device.type,
+        "peak_memory_mb": round(common.peak_memory_bytes(t.device) / 2**20, 1),
+        **t.source.metrics(),
+        **t.last_eval,
+        **({"eval_seconds": round(t.eval_seconds, 3)} if t.heldout else {}),
+    }
+    if t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly
+        metrics.update(compile="none", compile_error=t.guard.fell_back)
+    if t.batch_digest is not None:
+        _write_rank_record(t)
+    distributed.barrier()
+    if t.rank == 0:
+        common.save_files(t.run_dir, lambda folder: (t.model.save_pretrained(folder),
+                                                       t.tokenizer.save_pretrained(folder)))
+        common.plot_loss(t.run_dir, title=f"{t.kind}: {Path(t.cfg.model).name}")
+        write_manifest(t.run_dir, t.kind, t.cfg, inputs=describe_inputs(inputs), metrics=metrics)
+    distributed.barrier()
+    return {"status": "done", "headline": _headline(metrics), "metrics": metrics}
+
+
+def _write_rank_record(t: Trainer) -> None:
+    """ranks/rankR.json: what this rank trained on and the adapter it ended with (identical
+    adapters across ranks are what DDP guarantees; different data is what sharding does)."""
+    from peft import get_peft_model_state_dict
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(get_peft_model_state_dict(t.model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    if t.rank == 0:
+        record_outputs(t.run_dir, "ranks/")
+    (t.run_dir / "ranks").mkdir(exist_ok=True)
+    atomic_write_json(t.run_dir / "ranks" / f"rank{t.rank}.json", {
+        "rank": t.rank, "world_size": t.world, "steps": t.step, "data_sha256": t.batch_digest.hexdigest(),
+        "adapter_sha256": digest.hexdigest()})
+
+
+def _headline(m: dict) -> dict:
+    out = {"steps": m.get("steps"), "final_loss": m.get("final_loss")}
+    if m.get("real_token_share") is not None:
+        out["real_tokens"] = f"{100 * m['real_token_share']:.1f}%"
+    out.update({k[5:]: v for k, v in m.items() if k.startswith("eval_") and k.endswith("_bpb")})  # it_bpb, ...
+    return out

@@ -1,0 +1,1 @@
+"""What several test modules share: tiny model families, the demo shard, data writers, runs."""

@@ -1,0 +1,98 @@
+"""Adaptation under torchrun with 2 processes (gloo on CPU): DDP as in the paper."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+@pytest.mark.distributed
+def test_two_ranks_read_different_data_and_end_with_identical_adapters(tmp_path, tiny_model_dir):
+    texts = [f"Documento numero {i}: il gatto dorme sul divano mentre piove su Roma." for i in range(40)]
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llamantino", "adapt", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+           "--max-steps", "3", "--max-length", "48", "--batch-size", "2", "--debug-rank-records"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["data_sha256"] != ranks[1]["data_sha256"]
+    assert ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]
+    # The saved adapter is the one both ranks hold.
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(saved.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    assert digest.hexdigest() == ranks[0]["adapter_sha256"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["world_size"] == 2
+    assert manifest["metrics"]["steps"] == 3
+
+
+@pytest.mark.distributed
+def test_a_refusal_on_rank_0_stops_every_rank_with_the_same_line(tmp_path, tiny_model_dir):
+    """Rank 0 refuses the output folder (it holds a file no llamantino run wrote): the other
+    rank must not wait in a collective; both exit with the same one line, nothing written."""
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Documento {i}: il gatto dorme."}) + "\n" for i in range(8)))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llamantino", "adapt", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+           "--max-steps", "2", "--max-length", "48", "--batch-size", "2", "--overwrite"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    # Both ranks raise the same error; torchrun may stop rank 1 before it prints (it ends the
+    # other ranks once one fails), so every line printed must be that one line.
+    errors = re.findall(r"error: .*?choose an empty or new folder", proc.stderr)
+    assert errors and all(e == errors[0] for e in errors), proc.stderr[-3000:]
+    assert errors[0] == (f"error: {out}: output folder is not empty and holds no llamantino run (notes.txt); "
+                         "llamantino replaces only its own outputs: choose an empty or new folder")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "the user's own file\n"
+
+
+def _refusing_rank(rank: int, store: str, results: str) -> None:
+    import torch.distributed as dist
+
+    from llamantino.core import distributed
+    from llamantino.core.errors import LlamantinoError
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+    def refuse():
+        raise LlamantinoError("run: refused on rank 0")
+
+    try:
+        distributed.on_rank0(refuse)
+        outcome = "returned"
+    except LlamantinoError as exc:
+        outcome = f"error: {exc}"
+    with open(f"{results}.{rank}", "w") as handle:
+        handle.write(outcome)
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_on_rank0_hands_a_refusal_to_every_rank(tmp_path):
+    """Without torchrun's agent to end the job (e.g. one launcher per node), a rank left
+    waiting would hang: the refusal itself must reach it."""
+    import torch.multiprocessing as mp
+
+    results = tmp_path / "result"
+    mp.start_processes(_refusing_rank, args=(str(tmp_path / "store"), str(results)), nprocs=2, join=True,
+                       start_method="spawn")
+    assert [(tmp_path / f"result.{r}").read_text() for r in (0, 1)] == ["error: run: refused on rank 0"] * 2
