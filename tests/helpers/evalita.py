@@ -1,4 +1,9 @@
-"""Precision, recall and F1 of one class worked out by hand, as sklearn gives them."""
+"""What the EVALITA task tests share: the paper's Table 1, and small readers and writers."""
+
+from pathlib import Path
+
+from llamantino.evaluate.evalita import get_task
+from llamantino.evaluate.evalita.samples import sample_files
 
 # Table 1 of the paper, written out from the paper's text (lines joined, "con-tribuisce" and
 # "cen-trosinistra" unhyphenated; its typos "Documeto" and "resituisci" kept). WiC-ITA's word
@@ -41,3 +46,17 @@ TABLE_1 = {
     "wic-ita": "Stabilisci nelle due frasi in input la parola 'affare' è usata con lo stesso significato. Rispondi "
                "con si o no.",
 }
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_items(task: str, split: str) -> list:
+    """The task's items from its bundled sample files."""
+    return get_task(task).read(sample_files(task, split))
+
+
+def item_by_id(items, item_id):
+    return next(it for it in items if it.id == item_id)
