@@ -1,15 +1,12 @@
-"""EVALITA 2023 ACTI (conspiracy theories, subtasks A and B).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 ACTI (conspiracy theories, subtasks A and B):
+what this task does that the others do not."""
 
 import pytest
 
 from llamantino.core.errors import LlamantinoError
 from llamantino.evaluate.evalita import get_task
 
-from helpers.evalita import write
+from helpers.evalita import score_files, write
 
 
 def test_acti_a_decoder_tolerance():
@@ -117,7 +114,7 @@ def test_acti_scoring_decisions(tmp_path):
     pred_path = write(tmp_path / "sub.csv", "Id,Expected\n3,\n2,1\n1,1\n0,0\n")
     # Covid tp 1 fn 1: 2/3; Qanon tp 1 fp 1: 2/3; Russia (empty answer): 0; Terra Piatta, in
     # neither gold nor predictions: 0, and it counts -> (2/3 + 2/3) / 4 = 1/3
-    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    scores = score_files(task, gold_path, pred_path)
     assert scores["macro_f1"] == pytest.approx(1 / 3)
     with pytest.raises(LlamantinoError, match=r"sub.csv:2: column 'Expected' has '4'"):
         task.read_predictions(write(tmp_path / "sub.csv", "Id,Expected\n3,4\n"))

@@ -1,8 +1,5 @@
-"""EVALITA 2023 CLinkaRT (test results linked to their tests in clinical text).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 CLinkaRT (test results linked to their tests in clinical text):
+what this task does that the others do not."""
 
 import pytest
 
@@ -10,7 +7,7 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.samples import sample_files
 
-from helpers.evalita import write
+from helpers.evalita import read_file, write
 
 
 def clinkart_item(tmp_path, text, rels=""):
@@ -78,20 +75,21 @@ def test_clinkart_submission_file(tmp_path):
     assert task.read_predictions(short) == {"7": frozenset({((6, 15), (0, 5))})}
 
 
-def test_clinkart_bad_input(tmp_path):
-    task = get_task("clinkart")
-    with pytest.raises(LlamantinoError, match=r"t.txt:2: RML text '9 g/d' is not text\[11:17\] '9 g/dl'"):
-        task.read([write(tmp_path / "t.txt", "1|t|Emoglobina 9 g/dl.\n1\tREL\t11-17\t0-10\t9 g/d\tEmoglobina\n")])
-    with pytest.raises(LlamantinoError, match=r"t.txt:2: EVENT span 0-99 is outside"):
-        task.read([write(tmp_path / "t.txt", "1|t|Emoglobina 9 g/dl.\n1\tREL\t11-17\t0-99\n")])
-    with pytest.raises(LlamantinoError, match=r"t.txt:2: RML offsets 'x' are not 'start-end'"):
-        task.read([write(tmp_path / "t.txt", "1|t|Emoglobina 9 g/dl.\n1\tREL\tx\t0-10\n")])
-    with pytest.raises(LlamantinoError, match=r"t.txt:3: REL line for document '2' does not follow"):
-        task.read([write(tmp_path / "t.txt", "1|t|Emoglobina 9 g/dl.\n\n2\tREL\t11-17\t0-10\n")])
-    with pytest.raises(LlamantinoError, match=r"t.txt:1: expected '<docid>\|t\|<text>' or a REL line"):
-        task.read([write(tmp_path / "t.txt", "solo testo\n")])
-    with pytest.raises(LlamantinoError, match=r"t.txt:3: document '1' appears twice"):
-        task.read([write(tmp_path / "t.txt", "1|t|uno\n\n1|t|due\n")])
+BAD_FILES = [  # (text of t.txt, the error)
+    ("1|t|Emoglobina 9 g/dl.\n1\tREL\t11-17\t0-10\t9 g/d\tEmoglobina\n",
+     r"t.txt:2: RML text '9 g/d' is not text\[11:17\] '9 g/dl'"),
+    ("1|t|Emoglobina 9 g/dl.\n1\tREL\t11-17\t0-99\n", r"t.txt:2: EVENT span 0-99 is outside"),
+    ("1|t|Emoglobina 9 g/dl.\n1\tREL\tx\t0-10\n", r"t.txt:2: RML offsets 'x' are not 'start-end'"),
+    ("1|t|Emoglobina 9 g/dl.\n\n2\tREL\t11-17\t0-10\n", r"t.txt:3: REL line for document '2' does not follow"),
+    ("solo testo\n", r"t.txt:1: expected '<docid>\|t\|<text>' or a REL line"),
+    ("1|t|uno\n\n1|t|due\n", r"t.txt:3: document '1' appears twice"),
+]
+
+
+@pytest.mark.parametrize("text, error", BAD_FILES)
+def test_clinkart_bad_files_are_refused(text, error, tmp_path):
+    with pytest.raises(LlamantinoError, match=error):
+        read_file("clinkart", "read", tmp_path / "t.txt", text)
 
 
 def test_clinkart_scoring_decisions(tmp_path):

@@ -1,8 +1,5 @@
-"""EVALITA 2023 DisCoTex (coherence: subtask 1 a yes/no, subtask 2 a mean human score).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 DisCoTex (coherence: subtask 1 a yes/no, subtask 2 a mean human score):
+what this task does that the others do not."""
 
 import math
 

@@ -1,8 +1,5 @@
-"""EVALITA 2023 EMit (emotions, subtask A).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input, agreement with the organisers' scorer.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 EMit (emotions, subtask A):
+what this task does that the others do not."""
 
 import pytest
 
@@ -10,14 +7,9 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.samples import sample_files
 
-from helpers.evalita import write
+from helpers.evalita import score_files, write
 
-# Agreement with the organisers' scorer: small files go through llamantino (reader, submission
-# reader, score); the figures the organisers' own script prints on the very same files are pinned
-# beside the hand derivation, with the repository and commit of the script that printed them (run
-# outside this project, with the library versions named); the edge cases pin where llamantino
-# deliberately differs (see the task module's notes).
-#
+# Agreement with the organisers' scorer (how it is checked: helpers.evalita.score_files):
 # EMit: oaraque/emit evaluate.py at ace9b430805c135b2585fc00cdda9a7d996569d6, with pandas 2.0.3 and
 # scikit-learn 1.2.2 (`python evaluate.py PRED A`, the gold as data/emit_test.csv).
 
@@ -139,12 +131,12 @@ def test_emit_agrees_with_evaluate_py(tmp_path):
     # Anticipation, Disgust, Love, Surprise set nowhere: undefined, 0, and still counted
     # -> (1 + 1/2 + 1) / 10 = 1/4. evaluate.py (gold as data/emit_test.csv) prints "F1-macro: 0.25"
     # and the per-column F1s "1.0 0.0 0.0 0.0 0.5 0.0 1.0 0.0 0.0 0.0".
-    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    scores = score_files(task, gold_path, pred_path)
     assert scores["macro_f1"] == 0.25
     assert [scores[f"f1_{c.lower()}"] for c in EMIT_COLUMNS] == [1.0, 0.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0]
     # what evaluate.py refuses is refused: rows out of the gold's order, an empty or non-0/1 cell
     reordered = write(tmp_path / "r.csv", "\n".join([header, *pred_rows[::-1]]) + "\n")
     with pytest.raises(LlamantinoError, match="not in the gold's order"):
-        task.score(task.read_gold([gold_path]), task.read_predictions(reordered))
+        score_files(task, gold_path, reordered)
     with pytest.raises(LlamantinoError, match=r"e.csv:5: column 'Trust' has ''"):
         task.read_predictions(write(tmp_path / "e.csv", "\n".join([header, *pred_rows[:3], "d" + ",0" * 9 + ","])))

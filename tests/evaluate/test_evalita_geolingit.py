@@ -1,8 +1,5 @@
-"""EVALITA 2023 GeoLingIt (the author's region, subtask A, and place, subtask B).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input, agreement with the organisers' scorer.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 GeoLingIt (the author's region, subtask A, and place, subtask B):
+what this task does that the others do not."""
 
 import math
 
@@ -12,14 +9,9 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.samples import sample_files
 
-from helpers.evalita import write
+from helpers.evalita import read_file, score_files, write
 
-# Agreement with the organisers' scorer: small files go through llamantino (reader, submission
-# reader, score); the figures the organisers' own script prints on the very same files are pinned
-# beside the hand derivation, with the repository and commit of the script that printed them (run
-# outside this project, with the library versions named); the edge cases pin where llamantino
-# deliberately differs (see the task module's notes).
-#
+# Agreement with the organisers' scorer (how it is checked: helpers.evalita.score_files):
 # GeoLingIt: dhfbk/geolingit-evalita2023 eval.py at 30655245a39937be334492752b7d602855feeb85,
 # run with scikit-learn 1.2.2 and haversine 2.8.0 (`python eval.py -S a|b -G GOLD -P PRED -D dev|test`).
 
@@ -114,20 +106,27 @@ def test_geolingit_submission_files(tmp_path):
         task.write_predictions(items, preds, tmp_path / "predictions.tsv")
 
 
-def test_geolingit_bad_input(tmp_path):
-    task = get_task("geolingit")
-    with pytest.raises(LlamantinoError, match=r"a.tsv:3: column 'region' has 'Atlantide'"):
-        task.read([write(tmp_path / "a.tsv", "id\ttext\tregion\n1\tuno\tLazio\n2\tdue\tAtlantide\n")])
-    with pytest.raises(LlamantinoError, match=r"b.tsv:2: column 'latitude' has '95.0'"):
-        task.read([write(tmp_path / "b.tsv", "id\ttext\tlatitude\tlongitude\n1\tuno\t95.0\t12\n")])
-    with pytest.raises(LlamantinoError, match="b.tsv: missing column 'longitude'"):
-        task.read([write(tmp_path / "b.tsv", "id\ttext\tlatitude\n1\tuno\t45.0\n")])
+BAD_FILES = [  # (reader, file, text, the error)
+    ("read", "a.tsv", "id\ttext\tregion\n1\tuno\tLazio\n2\tdue\tAtlantide\n",
+     r"a.tsv:3: column 'region' has 'Atlantide'"),
+    ("read", "b.tsv", "id\ttext\tlatitude\tlongitude\n1\tuno\t95.0\t12\n", r"b.tsv:2: column 'latitude' has '95.0'"),
+    ("read", "b.tsv", "id\ttext\tlatitude\n1\tuno\t45.0\n", "b.tsv: missing column 'longitude'"),
+    ("read_predictions", "s.tsv", "id\ttext\tregione\n1\tuno\tLazio\n",
+     "s.tsv: missing column 'region'.*or 'latitude' and 'longitude'"),
+]
+
+
+@pytest.mark.parametrize("method, file, text, error", BAD_FILES)
+def test_geolingit_bad_files_are_refused(method, file, text, error, tmp_path):
+    with pytest.raises(LlamantinoError, match=error):
+        read_file("geolingit", method, tmp_path / file, text)
+
+
+def test_geolingit_a_and_b_must_agree_on_the_text(tmp_path):
     a = write(tmp_path / "a.tsv", "id\ttext\tregion\n1\tuno\tLazio\n")
     b = write(tmp_path / "b.tsv", "id\ttext\tlatitude\tlongitude\n1\taltro\t41.9\t12.5\n")
     with pytest.raises(LlamantinoError, match=r"b.tsv:2: id '1' has another text"):
-        task.read([a, b])
-    with pytest.raises(LlamantinoError, match="s.tsv: missing column 'region'.*or 'latitude' and 'longitude'"):
-        task.read_predictions(write(tmp_path / "s.tsv", "id\ttext\tregione\n1\tuno\tLazio\n"))
+        get_task("geolingit").read([a, b])
 
 
 GEO_GOLD = ("id\ttext\tregion\n1\tuno\tLazio\n2\tdue\tLazio\n3\ttre\tSicilia\n4\tquattro\tVeneto\n"
@@ -145,7 +144,7 @@ FOUR_DIGITS = 5e-5  # eval.py prints classification_report with digits=4
 def test_geolingit_a_agrees_with_eval_py_over_the_fixed_region_list(tmp_path):
     task = get_task("geolingit")
     gold_path, pred_path = write(tmp_path / "dev_a.tsv", GEO_GOLD), write(tmp_path / "team.standard.a.1", GEO_PRED)
-    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    scores = score_files(task, gold_path, pred_path)
     # Lazio tp 1 fn 1: F1 2/3; Sicilia tp 1 fp 1: 2/3; Veneto tp 1 fn 2 ("Atlantide" costs its
     # recall only): 1/2; Toscana (predicted, never gold), Campania (empty prediction) and the
     # 8 other dev regions: 0. Every gold region is a dev region, so the 13 dev regions count:
@@ -157,14 +156,14 @@ def test_geolingit_a_agrees_with_eval_py_over_the_fixed_region_list(tmp_path):
     assert scores["a_accuracy"] == pytest.approx(3 / 7)
     # the same rows over the test split's 17 regions: 11/102; eval.py -D test prints
     # "macro avg 0.1471 0.1078 0.1078 7"
-    test_split = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path), split="test")
+    test_split = score_files(task, gold_path, pred_path, split="test")
     assert test_split["a_macro_f1"] == pytest.approx(11 / 102)
     assert test_split["a_macro_f1"] == pytest.approx(0.1078, abs=FOUR_DIGITS)
     # a test-only region in the gold makes it a test gold: Abruzzo right -> (11/6 + 1) / 17 = 1/6;
     # eval.py -D test prints "macro avg 0.2059 0.1667 0.1667 8"
     gold_test = write(tmp_path / "test_a.tsv", GEO_GOLD + "8\totto\tAbruzzo\n")
     pred_test = write(tmp_path / "team.standard.a.2", GEO_PRED + "8\t\tAbruzzo\n")
-    scores = task.score(task.read_gold([gold_test]), task.read_predictions(pred_test))
+    scores = score_files(task, gold_test, pred_test)
     assert scores["a_regions"] == 17 and scores["a_macro_f1"] == pytest.approx(1 / 6)
     assert scores["a_macro_f1"] == pytest.approx(0.1667, abs=FOUR_DIGITS)
 
@@ -186,7 +185,7 @@ def test_geolingit_b_agrees_with_eval_py(tmp_path):
                                              "2\tdue\t45.46\t9.19\n3\ttre\t38.12\t13.36\n")
     pred_path = write(tmp_path / "team.standard.b.1", "id\ttext\tlatitude\tlongitude\n1\t\t0.0\t1.0\n"
                                                      "2\t\t45.46\t9.19\n3\t\t41.9\t12.5\n")
-    scores = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    scores = score_files(task, gold_path, pred_path)
     # row 1: one degree along the equator, 2 pi 6371.0088 / 360 = 111.195 km (eval.py on row 1
     # alone prints "Avg distance: 111.1950802335329 km"); row 2: 0; row 3: Rome to Palermo,
     # 426.644 km -> mean 179.280 km. eval.py -S b prints "Avg distance: 179.2797932386293 km".

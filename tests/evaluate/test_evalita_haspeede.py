@@ -1,8 +1,5 @@
-"""EVALITA 2023 HaSpeeDe3 (hate speech, textual and contextual subtask A).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 HaSpeeDe3 (hate speech, textual and contextual subtask A):
+what this task does that the others do not."""
 
 import pytest
 
@@ -10,7 +7,7 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.samples import sample_files
 
-from helpers.evalita import item_by_id, read_items, write
+from helpers.evalita import item_by_id, read_file, read_items, write
 
 
 def test_haspeede_contextual_fills_the_account_statistics():
@@ -54,40 +51,40 @@ def test_haspeede_submission_format(tmp_path):
     assert task.read_predictions(path) == {"91001": 1, "91002": None, "91003": 0}
 
 
-def test_haspeede_bad_inputs(tmp_path):
-    task = get_task("haspeede3")
-    header = '"anonymized_tweet_id","anonymized_text","label","dataset"\n'
-    bad_label = write(tmp_path / "training_textual.csv", header + '"1","ciao","2","training_politics"\n')
-    with pytest.raises(LlamantinoError, match=r"training_textual.csv:2: column 'label' has '2'"):
-        task.read([bad_label])
-    no_text = write(tmp_path / "no_text.csv",
-                    '"anonymized_tweet_id","text","label","dataset"\n"1","x","0","training_politics"\n')
-    with pytest.raises(LlamantinoError, match=r"no_text.csv: missing column 'anonymized_text'"):
-        task.read([no_text])
-    other_dataset = write(tmp_path / "odd.csv", header + '"1","ciao","0","training_sports"\n')
-    with pytest.raises(LlamantinoError, match=r"odd.csv:2: column 'dataset' has 'training_sports'"):
-        task.read([other_dataset])
+HEADER = '"anonymized_tweet_id","anonymized_text","label","dataset"\n'
+BAD_FILES = [  # (reader, file, text, the error)
+    ("read", "training_textual.csv", HEADER + '"1","ciao","2","training_politics"\n',
+     r"training_textual.csv:2: column 'label' has '2'"),
+    ("read", "no_text.csv", '"anonymized_tweet_id","text","label","dataset"\n"1","x","0","training_politics"\n',
+     r"no_text.csv: missing column 'anonymized_text'"),
+    ("read", "odd.csv", HEADER + '"1","ciao","0","training_sports"\n',
+     r"odd.csv:2: column 'dataset' has 'training_sports'"),
+    ("read_predictions", "sub.csv", "anonymized_tweet_id,label\n1,si\n", r"sub.csv:2: column 'label' has 'si'"),
+    ("read_predictions", "sub2.csv", "id,label\n1,1\n", r"sub2.csv: missing column 'anonymized_tweet_id'"),
+]
+
+
+@pytest.mark.parametrize("method, file, text, error", BAD_FILES)
+def test_haspeede_bad_files_are_refused(method, file, text, error, tmp_path):
+    with pytest.raises(LlamantinoError, match=error):
+        read_file("haspeede3", method, tmp_path / file, text)
+
+
+def test_haspeede_metadata_only_in_the_contextual_task(tmp_path):
     # the contextual task needs every tweet's metadata; the textual one takes no metadata
     textual = write(tmp_path / "t.csv",
-                    header + '"1","ciao","0","training_politics"\n"2","hey","1","training_politics"\n')
+                    HEADER + '"1","ciao","0","training_politics"\n"2","hey","1","training_politics"\n')
     context = sample_files("haspeede3-contextual", "train")[1]
     with pytest.raises(LlamantinoError, match=r"tweet '1' has no row in the contextual"):
         get_task("haspeede3-contextual").read([textual, context])
     with pytest.raises(LlamantinoError, match="use haspeede3-contextual"):
-        task.read([textual, context])
-    sub = write(tmp_path / "sub.csv", "anonymized_tweet_id,label\n1,si\n")
-    with pytest.raises(LlamantinoError, match=r"sub.csv:2: column 'label' has 'si'"):
-        task.read_predictions(sub)
-    sub = write(tmp_path / "sub2.csv", "id,label\n1,1\n")
-    with pytest.raises(LlamantinoError, match=r"sub2.csv: missing column 'anonymized_tweet_id'"):
-        task.read_predictions(sub)
+        get_task("haspeede3").read([textual, context])
 
 
 def test_haspeede_scoring_decisions(tmp_path):
     # no official code was published: (F1 hate + F1 non-hate) / 2, by hand
     task = get_task("haspeede3")
-    header = '"anonymized_tweet_id","anonymized_text","label","dataset"\n'
-    gold_path = write(tmp_path / "test_textual_gold.csv", header + '"1","a","1","test_politics"\n'
+    gold_path = write(tmp_path / "test_textual_gold.csv", HEADER + '"1","a","1","test_politics"\n'
                       '"2","b","1","test_politics"\n"3","c","0","test_politics"\n"4","d","1","test_religious"\n')
     # the religious tweet belongs to subtask B: subtask A neither needs nor takes it
     gold = task.read_gold([gold_path])

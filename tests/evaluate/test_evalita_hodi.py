@@ -1,8 +1,5 @@
-"""EVALITA 2023 HODI (homotransphobia: subtask A a yes/no, subtask B the rationale words).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input, agreement with the organisers' scorer.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 HODI (homotransphobia: subtask A a yes/no, subtask B the rationale words):
+what this task does that the others do not."""
 
 import pytest
 
@@ -11,14 +8,9 @@ from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.base import Item
 from llamantino.evaluate.evalita.tasks.hodi import Rationales, post_f1
 
-from helpers.evalita import item_by_id, read_items, write
+from helpers.evalita import item_by_id, read_file, read_items, score_files, write
 
-# Agreement with the organisers' scorer: small files go through llamantino (reader, submission
-# reader, score); the figures the organisers' own script prints on the very same files are pinned
-# beside the hand derivation, with the repository and commit of the script that printed them (run
-# outside this project, with the library versions named); the edge cases pin where llamantino
-# deliberately differs (see the task module's notes).
-#
+# Agreement with the organisers' scorer (how it is checked: helpers.evalita.score_files):
 # HODI: HODI-EVALITA/HODI_2023 compute_metrics.py + evaluation_utils.py at
 #   e087e2ed28c31b094ccf03efde2a23b54a05cc7d, with its requirements.txt pins (pandas 2.0.3,
 #   scikit-learn 1.2.2, numpy 1.24.4, scipy 1.10.1): `python compute_metrics.py --submission_path
@@ -112,22 +104,23 @@ def test_hodi_submission_formats(tmp_path):
     assert path.read_text() == "id\thomotransphobic\n2001\t1\n2002\t0\n"
 
 
-def test_hodi_bad_inputs(tmp_path):
-    bad = write(tmp_path / "b.tsv", "id\ttext\trationales\n1\tciao\t[1, x]\n")
-    with pytest.raises(LlamantinoError, match=r"b.tsv:2: column 'rationales' has '\[1, x\]'"):
-        get_task("hodi-b").read([bad])
-    far = write(tmp_path / "far.tsv", "id\ttext\trationales\n1\tciao\t[2, 9]\n")
-    with pytest.raises(LlamantinoError, match=r"far.tsv:2: .*index 9 but the text has 4 characters"):
-        get_task("hodi-b").read([far])
-    label = write(tmp_path / "a.tsv", "id\ttext\thomotransphobic\n1\tciao\t0\n2\tciao\tyes\n")
-    with pytest.raises(LlamantinoError, match=r"a.tsv:3: column 'homotransphobic' has 'yes'"):
-        get_task("hodi-a").read([label])
-    no_text = write(tmp_path / "c.tsv", "id\ttesto\thomotransphobic\n1\tciao\t0\n")
-    with pytest.raises(LlamantinoError, match=r"c.tsv: missing column 'text'"):
-        get_task("hodi-a").read([no_text])
-    dup = write(tmp_path / "d.tsv", "id\ttext\thomotransphobic\n1\tciao\t0\n1\tciao\t1\n")
-    with pytest.raises(LlamantinoError, match=r"d.tsv:3: id '1' appears twice"):
-        get_task("hodi-a").read([dup])
+BAD_FILES = [  # (task, reader, file, text, the error)
+    ("hodi-b", "read", "b.tsv", "id\ttext\trationales\n1\tciao\t[1, x]\n",
+     r"b.tsv:2: column 'rationales' has '\[1, x\]'"),
+    ("hodi-b", "read", "far.tsv", "id\ttext\trationales\n1\tciao\t[2, 9]\n",
+     r"far.tsv:2: .*index 9 but the text has 4 characters"),
+    ("hodi-a", "read", "a.tsv", "id\ttext\thomotransphobic\n1\tciao\t0\n2\tciao\tyes\n",
+     r"a.tsv:3: column 'homotransphobic' has 'yes'"),
+    ("hodi-a", "read", "c.tsv", "id\ttesto\thomotransphobic\n1\tciao\t0\n", r"c.tsv: missing column 'text'"),
+    ("hodi-a", "read", "d.tsv", "id\ttext\thomotransphobic\n1\tciao\t0\n1\tciao\t1\n",
+     r"d.tsv:3: id '1' appears twice"),
+]
+
+
+@pytest.mark.parametrize("name, method, file, text, error", BAD_FILES)
+def test_hodi_bad_files_are_refused(name, method, file, text, error, tmp_path):
+    with pytest.raises(LlamantinoError, match=error):
+        read_file(name, method, tmp_path / file, text)
 
 
 HODI_GOLD = ("id\ttext\thomotransphobic\trationales\n1\tciao a tutti\t1\t[0, 1, 6]\n2\tciao\t0\t\n"
@@ -141,14 +134,14 @@ def test_hodi_a_agrees_with_the_official_scorer(tmp_path):
     pred_path = write(tmp_path / "team.A.run1", "id\thomotransphobic\n5\t0\n4\t1\n3\t1\n2\t0\n1\t0\n")
     # class 1: gold {1, 4}, predicted {4, 3}: F1 1/2; class 0: gold {2, 3, 5}, predicted
     # {5, 2, 1}: F1 2/3 -> 7/12. The official scorer prints "run1 0.5833333333333333".
-    result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    result = score_files(task, gold_path, pred_path)
     assert result["macro_f1"] == pytest.approx(7 / 12)
     assert result["macro_f1"] == pytest.approx(0.5833333333333333, rel=1e-12)
     # a gold with one class: the macro average runs over the classes present, as sklearn's;
     # the official scorer prints "run2 1.0"
     one_class = write(tmp_path / "one.tsv", "id\ttext\thomotransphobic\n1\tuno\t0\n2\tdue\t0\n")
     all_zero = write(tmp_path / "team.A.run2", "id\thomotransphobic\n1\t0\n2\t0\n")
-    assert task.score(task.read_gold([one_class]), task.read_predictions(all_zero))["macro_f1"] == 1.0
+    assert score_files(task, one_class, all_zero)["macro_f1"] == 1.0
     # a predicted value the gold never has is refused, as by the official scorer
     with pytest.raises(LlamantinoError, match=r"predicted value\(s\) \[1\] do not occur in the gold"):
         task.score(task.read_gold([one_class]), {"1": 1, "2": 0})
@@ -173,6 +166,6 @@ def test_hodi_b_agrees_with_the_official_scorer(tmp_path):
     # empty text): 0 whatever is predicted; 4: 2*2/(4+2) = 2/3; 5: empty gold cell, something
     # predicted: 0 -> (4/7 + 1 + 0 + 2/3 + 0) / 5 = 47/105. The official scorer prints
     # "run1 0.44761904761904764".
-    result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    result = score_files(task, gold_path, pred_path)
     assert result["f1"] == pytest.approx(47 / 105)
     assert result["f1"] == pytest.approx(0.44761904761904764, rel=1e-12)

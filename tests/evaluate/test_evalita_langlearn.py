@@ -1,15 +1,12 @@
-"""EVALITA 2023 LangLearn (which of two essays by one student came first).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 LangLearn (which of two essays by one student came first):
+what this task does that the others do not."""
 
 import pytest
 
 from llamantino.core.errors import LlamantinoError
 from llamantino.evaluate.evalita import get_task
 
-from helpers.evalita import item_by_id, read_items, write
+from helpers.evalita import item_by_id, read_file, read_items, write
 
 
 def test_langlearn_pairs_swaps_and_gold():
@@ -54,22 +51,27 @@ def test_langlearn_metric_per_corpus_and_mean():
     assert task.score(only_cita, {k: pred[k] for k in only_cita})["macro_f1"] == pytest.approx(11 / 15)
 
 
-def test_langlearn_bad_inputs(tmp_path):
+ESSAYS = '<dataset><doc id="1">Primo tema.</doc><doc id="2">Secondo.</doc></dataset>'
+BAD_PAIRS = [  # (pair file, the error), each read beside ESSAYS
+    ("Essay_1\tEssay_2\tOrder_1\n1\t2\t1_1\n", r"Training_CItA.tsv: missing column 'Order_2'"),
+    ("Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t2\t1_1\tQ3\n", r"Training_CItA.tsv:2: column 'Order_2' has 'Q3'"),
+    ("Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t7\t1_1\t1_2\n", r"Training_CItA.tsv:2: column 'Essay_2' has essay id '7'"),
+]
+
+
+@pytest.mark.parametrize("text, error", BAD_PAIRS)
+def test_langlearn_bad_pair_files_are_refused(text, error, tmp_path):
+    essays = write(tmp_path / "Essays_CItA.xml", ESSAYS)
+    with pytest.raises(LlamantinoError, match=error):
+        read_file("langlearn", "read", tmp_path / "Training_CItA.tsv", text, essays)
+
+
+def test_langlearn_bad_essays_and_predictions_are_refused(tmp_path):
     task = get_task("langlearn")
-    xml = write(tmp_path / "Essays_CItA.xml",
-                '<dataset><doc id="1">Primo tema.</doc><doc id="2">Secondo.</doc></dataset>')
-    no_order = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\n1\t2\t1_1\n")
-    with pytest.raises(LlamantinoError, match=r"Training_CItA.tsv: missing column 'Order_2'"):
-        task.read([no_order, xml])
-    bad_code = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t2\t1_1\tQ3\n")
-    with pytest.raises(LlamantinoError, match=r"Training_CItA.tsv:2: column 'Order_2' has 'Q3'"):
-        task.read([bad_code, xml])
-    missing_essay = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t7\t1_1\t1_2\n")
-    with pytest.raises(LlamantinoError, match=r"Training_CItA.tsv:2: column 'Essay_2' has essay id '7'"):
-        task.read([missing_essay, xml])
+    pairs = write(tmp_path / "Training_CItA.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\n1\t2\t1_1\t1_2\n")
     broken_xml = write(tmp_path / "Essays_CItA.xml", '<dataset><doc id="1">Primo</dataset>')
     with pytest.raises(LlamantinoError, match=r"Essays_CItA.xml:1: malformed XML"):
-        task.read([missing_essay, broken_xml])
+        task.read([pairs, broken_xml])
     pred = write(tmp_path / "pred.tsv", "Essay_1\tEssay_2\tOrder_1\tOrder_2\tPred\n1\t2\t1_1\t1_2\tsi\n")
     with pytest.raises(LlamantinoError, match=r"pred.tsv:2: column 'Pred' has 'si'"):
         task.read_predictions(pred)

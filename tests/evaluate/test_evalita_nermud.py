@@ -1,8 +1,5 @@
-"""EVALITA 2023 NERMuD (named entities: persons, places, organisations).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input, agreement with the organisers' scorer.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 NERMuD (named entities: persons, places, organisations):
+what this task does that the others do not."""
 
 import pytest
 
@@ -11,14 +8,9 @@ from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.base import Item
 from llamantino.evaluate.evalita.tasks.nermud import official_label
 
-from helpers.evalita import item_by_id, read_items, write
+from helpers.evalita import item_by_id, read_file, read_items, score_files, write
 
-# Agreement with the organisers' scorer: small files go through llamantino (reader, submission
-# reader, score); the figures the organisers' own script prints on the very same files are pinned
-# beside the hand derivation, with the repository and commit of the script that printed them (run
-# outside this project, with the library versions named); the edge cases pin where llamantino
-# deliberately differs (see the task module's notes).
-#
+# Agreement with the organisers' scorer (how it is checked: helpers.evalita.score_files):
 # NERMuD: dhfbk/KIND evalita-2023/scripts/get-results.py at a2ad139171ef7fde0dff0f8ea94d18356340ada9,
 #   with scikit-learn 1.2.2: `python get-results.py GOLD PRED` (a table with 2 digits).
 
@@ -98,22 +90,23 @@ def test_nermud_submission_format(tmp_path):
     assert pred["2"] == ("O",) * len(items[1].gold)
 
 
-def test_nermud_bad_inputs(tmp_path):
-    task = get_task("nermud")
-    bad_label = write(tmp_path / "WN_train.tsv", "Mario\tB-PER\nRossi\tB-MISC\n")
-    with pytest.raises(LlamantinoError, match=r"WN_train.tsv:2: label 'B-MISC'"):
-        task.read([bad_label])
-    three = write(tmp_path / "three.tsv", "Mario\tB-PER\textra\n")
-    with pytest.raises(LlamantinoError, match=r"three.tsv:1: expected token<TAB>label, found 3"):
-        task.read([three])
-    mixed = write(tmp_path / "mixed.tsv", "Mario\tB-PER\nRossi\n")
-    with pytest.raises(LlamantinoError, match=r"mixed.tsv:2: line has 1 field"):
-        task.read([mixed])
-    unlabelled = task.read([write(tmp_path / "WN_test_nolabel.tsv", "Mario\nRossi\n\nCiao\n")])
+BAD_FILES = [  # (reader, file, text, the error)
+    ("read", "WN_train.tsv", "Mario\tB-PER\nRossi\tB-MISC\n", r"WN_train.tsv:2: label 'B-MISC'"),
+    ("read", "three.tsv", "Mario\tB-PER\textra\n", r"three.tsv:1: expected token<TAB>label, found 3"),
+    ("read", "mixed.tsv", "Mario\tB-PER\nRossi\n", r"mixed.tsv:2: line has 1 field"),
+    ("read_predictions", "pred.tsv", "Mario\tB-PERSON\n", r"pred.tsv:1: label 'B-PERSON'"),
+]
+
+
+@pytest.mark.parametrize("method, file, text, error", BAD_FILES)
+def test_nermud_bad_files_are_refused(method, file, text, error, tmp_path):
+    with pytest.raises(LlamantinoError, match=error):
+        read_file("nermud", method, tmp_path / file, text)
+
+
+def test_nermud_file_without_labels_is_read_unlabelled(tmp_path):
+    unlabelled = read_file("nermud", "read", tmp_path / "WN_test_nolabel.tsv", "Mario\nRossi\n\nCiao\n")
     assert [it.gold for it in unlabelled] == [None, None]
-    pred = write(tmp_path / "pred.tsv", "Mario\tB-PERSON\n")
-    with pytest.raises(LlamantinoError, match=r"pred.tsv:1: label 'B-PERSON'"):
-        task.read_predictions(pred)
 
 
 def test_nermud_agrees_with_get_results(tmp_path):
@@ -134,7 +127,7 @@ def test_nermud_agrees_with_get_results(tmp_path):
     #   micro avg    0.75   0.60     0.67       5
     #   macro avg    0.83   0.67     0.67       5
     #   weighted avg 0.90   0.60     0.67       5
-    result = task.score(task.read_gold([gold_path]), task.read_predictions(pred_path))
+    result = score_files(task, gold_path, pred_path)
     printed = {"PER": (1.00, 0.50, 0.67, 2), "LOC": (1.00, 0.50, 0.67, 2), "ORG": (0.50, 1.00, 0.67, 1),
                "micro": (0.75, 0.60, 0.67), "macro": (0.83, 0.67, 0.67), "weighted": (0.90, 0.60, 0.67)}
     for row, figures in printed.items():
@@ -147,7 +140,7 @@ def test_nermud_agrees_with_get_results(tmp_path):
     # this file); here the file is refused.
     merged = write(tmp_path / "merged.tsv", pred_path.read_text().replace("\n\n", "\n"))
     with pytest.raises(LlamantinoError, match="1 gold id.*no prediction"):
-        task.score(task.read_gold([gold_path]), task.read_predictions(merged))
+        score_files(task, gold_path, merged)
     # a line without two fields: the script skips it (shifting the pairing); here it is an error
     with pytest.raises(LlamantinoError, match=r"short.tsv:2: expected token<TAB>label, found 1"):
         task.read_predictions(write(tmp_path / "short.tsv", "Mario\tB-PER\nRossi\t\n"))

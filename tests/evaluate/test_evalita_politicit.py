@@ -1,8 +1,5 @@
-"""EVALITA 2023 PoliticIT (an author's gender and political leaning from their tweets).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 PoliticIT (an author's gender and political leaning from their tweets):
+what this task does that the others do not."""
 
 import dataclasses
 
@@ -13,7 +10,7 @@ from llamantino.evaluate.evalita import get_task
 from llamantino.evaluate.evalita.samples import sample_files
 from llamantino.evaluate.evalita.tasks.politicit import chunks, vote
 
-from helpers.evalita import read_items, write
+from helpers.evalita import read_file, read_items, write
 
 
 def test_politicit_items_are_chunks_of_clusters():
@@ -80,22 +77,24 @@ def test_politicit_submission_is_one_voted_row_per_cluster(tmp_path):
     assert task.read_predictions(path) == {c1: ("female", "left", "moderate_left"), c2: ("male", "right", "right")}
 
 
-def test_politicit_bad_inputs(tmp_path):
-    task = get_task("politicit")
-    header = "label,gender,ideology_binary,ideology_multiclass,tweet\n"
-    other = write(tmp_path / "g.csv", header + "abc,other,left,left,ciao\n")
-    with pytest.raises(LlamantinoError, match=r"g.csv:2: column 'gender' has 'other'"):
-        task.read([other])
-    mismatch = write(tmp_path / "m.csv", header + "abc,male,right,moderate_left,ciao\n")
-    with pytest.raises(LlamantinoError, match=r"m.csv:2: ideology_binary 'right' does not match"):
-        task.read([mismatch])
-    split = write(tmp_path / "s.csv", header + "abc,male,left,left,ciao\nabc,female,left,left,ciao\n")
-    with pytest.raises(LlamantinoError, match=r"s.csv:3: cluster 'abc' has labels"):
-        task.read([split])
-    missing = write(tmp_path / "x.csv", "label,gender,ideology_multiclass,tweet\nabc,male,left,ciao\n")
-    with pytest.raises(LlamantinoError, match=r"x.csv: missing column 'ideology_binary'"):
-        task.read([missing])
-    blind = task.read([write(tmp_path / "blind.csv", "label,tweet\nabc,ciao\nabc,ciao ancora\n")])
+HEADER = "label,gender,ideology_binary,ideology_multiclass,tweet\n"
+BAD_FILES = [  # (file, text, the error)
+    ("g.csv", HEADER + "abc,other,left,left,ciao\n", r"g.csv:2: column 'gender' has 'other'"),
+    ("m.csv", HEADER + "abc,male,right,moderate_left,ciao\n", r"m.csv:2: ideology_binary 'right' does not match"),
+    ("s.csv", HEADER + "abc,male,left,left,ciao\nabc,female,left,left,ciao\n", r"s.csv:3: cluster 'abc' has labels"),
+    ("x.csv", "label,gender,ideology_multiclass,tweet\nabc,male,left,ciao\n",
+     r"x.csv: missing column 'ideology_binary'"),
+]
+
+
+@pytest.mark.parametrize("file, text, error", BAD_FILES)
+def test_politicit_bad_files_are_refused(file, text, error, tmp_path):
+    with pytest.raises(LlamantinoError, match=error):
+        read_file("politicit", "read", tmp_path / file, text)
+
+
+def test_politicit_blind_file_is_read_unlabelled(tmp_path):
+    blind = read_file("politicit", "read", tmp_path / "blind.csv", "label,tweet\nabc,ciao\nabc,ciao ancora\n")
     assert [(it.id, it.gold) for it in blind] == [("abc#1", None)]
 
 

@@ -1,8 +1,5 @@
-"""EVALITA 2023 WiC-ITA (is a word used with the same meaning in two sentences).
-
-What this task does that the others do not: its reader, answers, official files, metric by
-hand, bad input, agreement with the organisers' scorer.
-What every task does alike is in test_evalita_tasks.py."""
+"""EVALITA 2023 WiC-ITA (is a word used with the same meaning in two sentences):
+what this task does that the others do not."""
 
 import json
 
@@ -13,12 +10,7 @@ from llamantino.evaluate.evalita import get_task
 
 from helpers.evalita import TABLE_1, item_by_id, read_items, write
 
-# Agreement with the organisers' scorer: small files go through llamantino (reader, submission
-# reader, score); the figures the organisers' own script prints on the very same files are pinned
-# beside the hand derivation, with the repository and commit of the script that printed them (run
-# outside this project, with the library versions named); the edge cases pin where llamantino
-# deliberately differs (see the task module's notes).
-#
+# Agreement with the organisers' scorer (how it is checked: helpers.evalita.score_files):
 # WiC-ITA: wic-ita/data evaluation.py at 3a9ba283a905ca878c41f4349ebc15541946dc60, with
 #   scikit-learn 1.2.2: `python evaluation.py --gt_bin_path binary --gt_rank_path ranking
 #   --submission sub.zip` (the gold as binary/test.jsonl; the zip holds binary.jsonl).

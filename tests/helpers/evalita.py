@@ -60,3 +60,24 @@ def read_items(task: str, split: str) -> list:
 
 def item_by_id(items, item_id):
     return next(it for it in items if it.id == item_id)
+
+
+def score_files(task, gold: Path, pred: Path, **options) -> dict:
+    """The task's figures for a submission file against a gold file, both read as
+    `llamantino evalita score` reads them.
+
+    The tests of agreement with the organisers' scorers run small files through this and pin,
+    beside the figures derived by hand, what the organisers' own script prints on the very same
+    files (run outside this project; each test module names the script's repository, commit and
+    library versions); their edge cases pin where llamantino deliberately differs (see each task
+    module's notes)."""
+    return task.score(task.read_gold([gold]), task.read_predictions(pred), **options)
+
+
+def read_file(name: str, method: str, path: Path, text: str, *beside: Path):
+    """Task `name`'s reader `method` (read, read_gold or read_predictions) on `text` written at
+    `path`; read and read_gold take the files `beside` too."""
+    task = get_task(name)
+    if method == "read_predictions":
+        return task.read_predictions(write(path, text))
+    return getattr(task, method)([write(path, text), *beside])
