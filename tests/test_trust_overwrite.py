@@ -14,7 +14,6 @@ import subprocess
 import pytest
 
 from llamantino.cli import main as cli
-from llamantino.core.errors import LlamantinoError
 
 from helpers.adapt import corpus
 from helpers.clean import page, write_jsonl

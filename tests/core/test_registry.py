@@ -20,7 +20,7 @@ STAGES = [e for e in registry.REGISTRY if e.kind]
 @pytest.mark.parametrize("entry", STAGES, ids=lambda e: e.kind)
 def test_every_stage_module_meets_the_stage_interface_under_its_kind(entry):
     module = importlib.import_module(entry.module)
-    assert isinstance(module, registry.Stage), f"{entry.module} lacks KIND, Config or run"
+    assert isinstance(module, registry.StageModule), f"{entry.module} lacks KIND, Config or run"
     assert module.KIND == entry.kind
     assert dataclasses.is_dataclass(module.Config) and "output" in module.Config.__dataclass_fields__
     keywords = inspect.signature(module.run).parameters

@@ -29,7 +29,7 @@ import yaml
 
 from llamantino.core.config import build_config, closest, setting, to_dict
 from llamantino.core.errors import LlamantinoError, cut, shown
-from llamantino.core.registry import STAGE_MODULES, Stage
+from llamantino.core.registry import STAGE_MODULES, StageModule
 
 RECIPE_DIR = Path(__file__).parents[1] / "recipes"
 ASSETS_DIR = Path(__file__).parents[1] / "assets"  # bundled data, ${assets_dir} in recipes
@@ -52,7 +52,7 @@ class ReleaseInfo:
     prompt_format: str = setting("", "prompt format of the model: llama2-chat, alpaca-it or none")
 
 
-def stage_module(kind: str) -> Stage:
+def stage_module(kind: str) -> StageModule:
     """The module of a stage kind (core.registry)."""
     if kind not in STAGE_MODULES:
         raise LlamantinoError(f"unknown stage kind '{kind}'{closest(kind, STAGE_MODULES)}; "

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
-class Stage(Protocol):
+class StageModule(Protocol):
     """A stage module: a settings dataclass (`Config`, with an `output` field), its kind, and
     `run`, which returns a summary ({"status", "headline", "metrics", "display"}; a status
     starting with "stopped" means it stopped with a checkpoint and resumes) or None on a rank
