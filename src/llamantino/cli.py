@@ -15,39 +15,7 @@ import sys
 
 from llamantino import __version__
 from llamantino.core.errors import DISK_ERRORS, LlamantinoError
-
-# name -> (module, help). The module defines add_arguments(parser) and main(args) -> int,
-# or, for a module serving several commands, add_<suffix>_arguments / <suffix>_main.
-COMMANDS = {
-    "run": ("llamantino.core.runner", "run the stages of a recipe (a chain: skips finished stages, resumes interrupted ones)"),
-    "config show": ("llamantino.core.runner", "print the fully resolved settings of a recipe, running nothing"),
-    "config list": ("llamantino.core.runner", "list the bundled recipes"),
-    "clean": ("llamantino.data.clean", "clean a web corpus with the clean_mc4_it rules"),
-    "manifest merge": ("llamantino.data.sharding", "check the parts of a sharded run (array job) and write their combined manifest"),
-    "demo-base": ("llamantino.demo.demo_base", "build the small English-trained LLaMA stand-in used by the demo"),
-    "eval bpb": ("llamantino.evaluate.bpb", "bits per byte of a model on held-out text"),
-    "eval evalita": ("llamantino.evaluate.evalita.evaluate", "generate, decode and score EVALITA 2023 tasks"),
-    "eval lm-eval": ("llamantino.evaluate.harness", "lm-evaluation-harness tasks and suites (leaderboard-it, evalita-llm)"),
-    "adapt": ("llamantino.train.adapt", "language adaptation: QLoRA continued pretraining"),
-    "translate": ("llamantino.data.translate", "machine-translate chat or instruction data"),
-    "demo-translator": ("llamantino.demo.tiny_translator", "build the small stand-in translation model used by the demo"),
-    "sft": ("llamantino.train.sft", "chat fine-tuning (QLoRA) with the Italian LLaMA 2 chat template"),
-    "preview": ("llamantino.data.preview", "show training examples exactly as the model sees them"),
-    "chat": ("llamantino.evaluate.chat", "chat with a model in the terminal"),
-    "evalita prepare": ("llamantino.evaluate.evalita.prepare", "turn EVALITA 2023 task files into instruction records"),
-    "evalita score": ("llamantino.evaluate.evalita.score", "score predictions against gold with a task's official metric"),
-    "instruct": ("llamantino.train.instruct", "full-parameter instruction tuning with FSDP"),
-    "merge": ("llamantino.models.merge", "merge a LoRA adapter into its base model"),
-    "diff make": ("llamantino.release.weightdiff", "make an exact weight difference between two checkpoints"),
-    "diff apply": ("llamantino.release.weightdiff", "rebuild a checkpoint from its base and a weight difference"),
-    "build": ("llamantino.release.build", "rebuild one of the ten released models from its chain"),
-    "release": ("llamantino.release.release", "package a trained run as it is published (adapter or weight difference)"),
-    "vocab extend": ("llamantino.data.vocab", "add target-language tokens to a model's vocabulary, with initialised embeddings"),
-    "report compare": ("llamantino.evaluate.compare", "compare runs side by side: markdown table and bar chart"),
-    "doctor": ("llamantino.doctor", "what a bug report needs, and what every auto setting picks here and why "
-                                    "(--smoke: check each path on a tiny model)"),
-}
-
+from llamantino.core.registry import COMMANDS  # every command: its module, stage kind and help
 
 def _top_help() -> str:
     width = max(len(name) for name in COMMANDS)
@@ -58,15 +26,17 @@ def _top_help() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name.ljust(width)}  {entry.help}" for name, entry in COMMANDS.items()]
     lines += ["", "Examples:", "  llamantino run demo", "  llamantino config show LLaMAntino-2-7b-hf-ITA",
               "  llamantino clean shards/ --output clean/"]
     return "\n".join(lines)
 
 
 def _functions(name: str):
-    module_name, _ = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    """add_arguments(parser) and main(args) of a command: the module's own, or, for a stage
+    whose options are its settings, built from them (runner.add_stage_arguments)."""
+    entry = COMMANDS[name]
+    module = importlib.import_module(entry.module)
     parts = name.split()
     candidates = [parts[-1].replace("-", "_")] if len(parts) > 1 else []
     for suffix in candidates + [parts[0].replace("-", "_")]:
@@ -76,12 +46,11 @@ def _functions(name: str):
             return add, run
     if hasattr(module, "add_arguments"):
         return module.add_arguments, module.main
-    # A plain stage: its options come from its settings (runner.add_stage_arguments).
     from llamantino.core import runner
 
     resumable = getattr(module, "RESUMABLE", False)
-    return (lambda parser: runner.add_stage_arguments(parser, module.KIND, resume=resumable),
-            lambda args: runner.run_stage_command(module.KIND, args))
+    return (lambda parser: runner.add_stage_arguments(parser, entry.kind, resume=resumable),
+            lambda args: runner.run_stage_command(entry.kind, args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         add_arguments, run = _functions(name)
-        parser = argparse.ArgumentParser(prog=f"llamantino {name}", description=COMMANDS[name][1])
+        parser = argparse.ArgumentParser(prog=f"llamantino {name}", description=COMMANDS[name].help)
         add_arguments(parser)
         args = parser.parse_args(rest)
         return int(run(args) or 0)

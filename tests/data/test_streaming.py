@@ -325,7 +325,7 @@ def test_adapt_mixture_resumes_bit_identically_and_reports_tokens_per_source(tmp
     mix = ["--data-weights", "0.6", "0.3", "0.1"]
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert main(adapt_args(tiny_model_dir, sources, full, *mix)) == 0
-    assert main(adapt_args(tiny_model_dir, sources, parts, *mix, "--stop-after-steps", "3")) == 0
+    assert main(adapt_args(tiny_model_dir, sources, parts, *mix, "--stop-after-steps", "3")) == 3
     state = json.loads((parts / "checkpoints" / "step-0000003" / "data-rank0.json").read_text())
     assert state["stream"]["mixture"] == sources and sum(state["stream"]["documents"]) > 0
     assert main(adapt_args(tiny_model_dir, sources, parts, *mix, "--resume")) == 0

@@ -141,7 +141,7 @@ def test_bits_per_byte_through_lm_eval_equals_eval_bpb(tmp_path, tiny_model_dir)
 
 def test_leaderboard_it_runs_offline_on_the_bundled_sample(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "leaderboard"
-    assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--tasks", "leaderboard-it", "--sample",
+    assert main(["eval", "lm-eval", "--model", str(tiny_model_dir), "--tasks", "leaderboard-it", "--samples",
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "|arc_it" in printed and "|m_mmlu_it" in printed and "leaderboard-it average" in printed
@@ -162,11 +162,11 @@ def test_leaderboard_it_runs_offline_on_the_bundled_sample(tmp_path, tiny_model_
     assert metrics["suites"]["leaderboard-it"]["average"] == pytest.approx(sum(primary) / 3)
     assert sorted(p.name for p in (out / "task_overrides").iterdir()) == ["arc_it.yaml", "hellaswag_it.yaml",
                                                                          "m_mmlu_it.yaml"]
-    again = harness.run(config_for("lm_eval", model=str(tiny_model_dir), tasks=["leaderboard-it"], sample=True,
+    again = harness.run(config_for("lm_eval", model=str(tiny_model_dir), tasks=["leaderboard-it"], samples=True,
                                    output=str(out)))
     assert again["status"] == "skipped (done)" and again["metrics"] == metrics
     # Settings the user gives win over the suite's shots; --limit keeps the first documents.
-    short = harness.run(config_for("lm_eval", model=str(tiny_model_dir), tasks=["leaderboard-it"], sample=True,
+    short = harness.run(config_for("lm_eval", model=str(tiny_model_dir), tasks=["leaderboard-it"], samples=True,
                                    num_fewshot=1, limit=3))
     assert {t: (r["n_shot"], r["samples"]) for t, r in short["metrics"]["results"].items()} == {
         "arc_it": (1, 3), "hellaswag_it": (1, 3), "m_mmlu_it": (1, 3)}

@@ -103,7 +103,7 @@ def test_interrupted_run_with_heldout_eval_equals_the_plain_run(tmp_path, tiny_m
     assert_same_adapter(tmp_path / "plain", tmp_path / "evaluated")
     # The same, stopped after step 3 (evaluated at step 2) and resumed in a new model.
     parts = tmp_path / "parts"
-    assert main(adapt_args(tiny_model_dir, data, parts, *evaluated, "--stop-after-steps", "3")) == 0
+    assert main(adapt_args(tiny_model_dir, data, parts, *evaluated, "--stop-after-steps", "3")) == 3
     assert not (parts / "manifest.json").exists()
     assert main(adapt_args(tiny_model_dir, data, parts, *evaluated, "--resume")) == 0
     assert_same_adapter(tmp_path / "plain", parts)

@@ -135,13 +135,6 @@ def test_global_batch_split_covers_every_example_once():
 
 
 def test_gradient_accumulation_is_derived_from_world_size(tmp_path, tiny_model_dir, dolly, monkeypatch):
-    assert common.grad_accumulation(128, 16, 8) == 1  # Table 2: 8 GPUs, accumulation 1
-    assert common.grad_accumulation(128, 4, 4) == 8   # Alpaca's 4 GPUs, accumulation 8
-    assert common.grad_accumulation(128, 16, 1) == 8
-    with pytest.raises(LlamantinoError, match=r"128 is not a multiple of batch size 16 x 3 process\(es\) = 48"):
-        common.grad_accumulation(128, 16, 3)
-    with pytest.raises(LlamantinoError, match="256"):
-        common.grad_accumulation(128, 16, 16)
     # The run refuses a cluster size that cannot keep the effective batch, before touching the output.
     monkeypatch.setattr(distributed, "init_distributed", lambda: (0, 3, torch.device("cpu")))
     with pytest.raises(LlamantinoError, match="batch size 2 x 3 process"):
@@ -149,6 +142,18 @@ def test_gradient_accumulation_is_derived_from_world_size(tmp_path, tiny_model_d
     assert not (tmp_path / "out").exists()
     with pytest.raises(LlamantinoError, match="not a multiple of batch_size 3"):
         settings(tiny_model_dir, dolly, tmp_path / "out", batch_size=3)
+
+
+def test_a_stopped_run_exits_3_under_its_own_command(tmp_path, tiny_model_dir, dolly, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    args = ["instruct", "--model", str(tiny_model_dir), "--data", str(dolly), "--output", str(out),
+            "--max-length", "256", "--batch-size", "2", "--effective-batch-size", "4", "--max-steps", "4",
+            "--save-steps", "2"]
+    assert cli.main(args + ["--stop-after-steps", "2"]) == 3  # a job script requeues on it
+    assert '"status": "stopped at step 2"' in capsys.readouterr().out
+    assert cli.main(args + ["--resume"]) == 0
+    assert read_manifest(out)["metrics"]["steps"] == 4
 
 
 # ---------------------------------------------------------------------------------------

@@ -175,6 +175,16 @@ def test_chat_answers_once_and_handles_commands(tmp_path, tiny_model_dir, capsys
     assert "/reset" in out and "system prompt set" in out and "new conversation" in out
 
 
+def test_chat_takes_its_system_prompt_from_one_setting(tiny_model_dir):
+    from llamantino.core.runner import config_for
+    from llamantino.evaluate import chat
+
+    with pytest.raises(LlamantinoError, match="unknown setting 'system'"):
+        config_for("chat", model="m", prompts=["Ciao!"], system="Sii breve.")
+    _, _, fmt = chat.load(str(tiny_model_dir), "", "llama2-chat", "Sii breve.")
+    assert chat.Conversation(fmt).prompt("Ciao!").startswith("<s>[INST] <<SYS>>\nSii breve.\n<</SYS>>\n\nCiao!")
+
+
 def test_generation_is_batched_and_matches_one_at_a_time(tiny_model_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 

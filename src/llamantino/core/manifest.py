@@ -115,7 +115,7 @@ def changed_inputs(recorded: list[dict] | None) -> list[str]:
 
 
 def _known_stages() -> set[str]:
-    from llamantino.core.recipes import STAGE_MODULES
+    from llamantino.core.registry import STAGE_MODULES
 
     return {*STAGE_MODULES, "diff make", "diff apply"}
 

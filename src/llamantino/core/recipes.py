@@ -29,33 +29,10 @@ import yaml
 
 from llamantino.core.config import build_config, closest, setting, to_dict
 from llamantino.core.errors import LlamantinoError, cut, shown
+from llamantino.core.registry import STAGE_MODULES, StageModule
 
 RECIPE_DIR = Path(__file__).parents[1] / "recipes"
 ASSETS_DIR = Path(__file__).parents[1] / "assets"  # bundled data, ${assets_dir} in recipes
-
-# Stage kind -> module. Each module defines `Config` (a settings dataclass with an
-# `output` field) and `run(cfg, *, overwrite=False, resume=False) -> dict`.
-STAGE_MODULES = {
-    "demo_base": "llamantino.demo.demo_base",
-    "clean": "llamantino.data.clean",
-    "bpb": "llamantino.evaluate.bpb",
-    "adapt": "llamantino.train.adapt",
-    "translate": "llamantino.data.translate",
-    "tiny_translator": "llamantino.demo.tiny_translator",
-    "sft": "llamantino.train.sft",
-    "chat": "llamantino.evaluate.chat",
-    "evalita_prepare": "llamantino.evaluate.evalita.prepare",
-    "instruct": "llamantino.train.instruct",
-    "evalita_eval": "llamantino.evaluate.evalita.evaluate",
-    "merge": "llamantino.models.merge",
-    "release": "llamantino.release.release",
-    "build": "llamantino.release.build",
-    "verify": "llamantino.release.verify",
-    "report": "llamantino.evaluate.report",
-    "vocab_extend": "llamantino.data.vocab",
-    "lm_eval": "llamantino.evaluate.harness",
-    "compare": "llamantino.evaluate.compare",
-}
 
 TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")
 
@@ -75,7 +52,8 @@ class ReleaseInfo:
     prompt_format: str = setting("", "prompt format of the model: llama2-chat, alpaca-it or none")
 
 
-def stage_module(kind: str):
+def stage_module(kind: str) -> StageModule:
+    """The module of a stage kind (core.registry)."""
     if kind not in STAGE_MODULES:
         raise LlamantinoError(f"unknown stage kind '{kind}'{closest(kind, STAGE_MODULES)}; "
                               f"valid: {', '.join(STAGE_MODULES)}")

@@ -69,7 +69,17 @@ def stage_config(kind: str, args: argparse.Namespace, positional=()):
     return build_config(module.Config, values, source)
 
 
+# Exit status of a stage, or a chain, that stopped with a checkpoint (SIGTERM before a job's
+# time limit, stop_after_steps): the same command resumes it. A job script requeues on it.
+STOPPED = 3
+
+
+def stopped(summary: dict | None) -> bool:
+    return summary is not None and str(summary.get("status", "")).startswith("stopped")
+
+
 def run_stage_command(kind: str, args: argparse.Namespace, positional=()) -> int:
+    """Run one stage from its command's options; 0 when done, STOPPED when it stopped."""
     module = stage_module(kind)
     cfg = stage_config(kind, args, positional)
     try:
@@ -78,7 +88,7 @@ def run_stage_command(kind: str, args: argparse.Namespace, positional=()) -> int
         _end_process_group()
     if summary is not None and os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
-    return 0
+    return STOPPED if stopped(summary) else 0
 
 
 def _end_process_group() -> None:
@@ -103,14 +113,10 @@ def add_run_arguments(parser):
                         help="replace stage outputs that hold runs with other settings")
 
 
-STOPPED = 3  # exit status of a chain that stopped with a checkpoint (SIGTERM, --stop-after-steps)
-
-
 def run_main(args) -> int:
     recipe = load_recipe(args.recipe, parse_set_options(args.set), run_dir=args.run_dir)
     results = run_recipe(recipe, only=args.only, overwrite=args.overwrite)
-    stopped = any(str(r.get("status", "")).startswith("stopped") for r in results)
-    return STOPPED if stopped else 0
+    return STOPPED if any(stopped(r) for r in results) else 0
 
 
 def run_recipe(recipe, *, only=None, overwrite: bool = False, out=None) -> list[dict]:
@@ -129,7 +135,7 @@ def run_recipe(recipe, *, only=None, overwrite: bool = False, out=None) -> list[
         summary = stage_module(stage.kind).run(stage.config, overwrite=overwrite, resume=True) or {}
         results.append({"stage": stage.name, "kind": stage.kind, "output": stage.output,
                         "seconds": round(time.time() - t0, 1), **summary})
-        if str(summary.get("status", "done")).startswith("stopped"):
+        if stopped(summary):
             # The next stages would read an unfinished folder: the chain stops here.
             print(f"\n=== {recipe.name}: stage '{stage.name}' {summary['status']} with a checkpoint; "
                   f"run the same command again to resume it and go on", file=out)

@@ -584,15 +584,3 @@ def _summary(metrics: dict) -> dict:
     if metrics.get("new_tokens_used") is not None:
         headline["new_tokens_used"] = metrics["new_tokens_used"]
     return {"headline": headline, "metrics": metrics}
-
-
-def add_extend_arguments(parser):
-    from llamantino.core.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND)
-
-
-def extend_main(args) -> int:
-    from llamantino.core.runner import run_stage_command
-
-    return run_stage_command(KIND, args)

@@ -380,16 +380,3 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 def _summary(metrics: dict) -> dict:
     return {"headline": {"params_K": round(metrics["parameters"] / 1e3, 1), "train_loss": metrics["final_loss"],
                          "stand_in": True}, "metrics": metrics}
-
-
-
-def add_arguments(parser):
-    from llamantino.core.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND)
-
-
-def main(args) -> int:
-    from llamantino.core.runner import run_stage_command
-
-    return run_stage_command(KIND, args)

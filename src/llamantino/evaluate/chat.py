@@ -1,10 +1,11 @@
 """`llamantino chat MODEL [--adapter PATH]`: multi-turn chat in the terminal.
 
 The conversation is rendered in the format the model was trained with (`--prompt-format`,
-default `auto`: the chat template saved with the adapter or model, with its default system
-prompt; else the paper's Italian LLaMA 2 format with the paper's Italian system prompt), unless
-`/system` sets another system prompt; tokens are streamed as they are generated, and generation
-stops at the model's EOS ids and the format's end-of-turn token. Commands: /reset,
+default `auto`: the chat template saved with the adapter or model, else the paper's Italian
+LLaMA 2 format) with the system prompt `--system-prompt` names (default `auto`: the
+template's own, or the paper's Italian one with LLaMA 2), unless `/system` sets another for
+the conversation; tokens are streamed as they are generated, and generation stops at the
+model's EOS ids and the format's end-of-turn token. Commands: /reset,
 /system TEXT, /exit. `--prompt TEXT` answers once.
 
 In a recipe, the `chat` stage answers a list of prompts and saves the transcript.
@@ -28,7 +29,6 @@ class Config:
     model: str = setting("", "model folder or hub name", path_input=True)
     adapter: str = setting("", "PEFT adapter to apply (e.g. an sft run)", path_input=True)
     prompts: list[str] = setting([], "user messages, one conversation turn each")
-    system: str = setting("", "system prompt of the conversation (default: the format's, see system_prompt)")
     prompt_format: str = setting("auto", PROMPT_FORMAT_HELP, path_input=True)
     system_prompt: str = setting("auto", SYSTEM_PROMPT_HELP, path_input=True)
     max_new_tokens: int = setting(128, "tokens to generate per answer", minimum=1)
@@ -112,7 +112,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         return {"status": "skipped (done)", "headline": {"turns": len(transcript)}, "metrics": {},
                 "display": _transcript_text(transcript)}
     model, tokenizer, chat = load(cfg.model, cfg.adapter, cfg.prompt_format, cfg.system_prompt)
-    conversation = Conversation(chat, cfg.system)
+    conversation = Conversation(chat)
     transcript = []
     for user in cfg.prompts:
         transcript.append({"user": user, "assistant": answer(model, tokenizer, conversation, user, cfg)})
@@ -136,8 +136,6 @@ def add_arguments(parser):
     parser.add_argument("model", help="model folder or hub name")
     parser.add_argument("--adapter", default="", help="PEFT adapter (e.g. an sft run)")
     parser.add_argument("--prompt", help="answer this message once and exit")
-    parser.add_argument("--system", default="", help="system prompt (default: the format's: the one saved with "
-                        "the run's chat template, or the paper's Italian one)")
     parser.add_argument("--prompt-format", default="auto", help=PROMPT_FORMAT_HELP)
     parser.add_argument("--system-prompt", default="auto", help=SYSTEM_PROMPT_HELP)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -148,11 +146,11 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    cfg = Config(model=args.model, adapter=args.adapter, system=args.system, max_new_tokens=args.max_new_tokens,
+    cfg = Config(model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
                  do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                  prompt_format=args.prompt_format, system_prompt=args.system_prompt)
     model, tokenizer, chat = load(cfg.model, cfg.adapter, cfg.prompt_format, cfg.system_prompt)
-    conversation = Conversation(chat, cfg.system)
+    conversation = Conversation(chat)
     if args.prompt is not None:
         answer(model, tokenizer, conversation, args.prompt, cfg, stream=sys.stdout)
         return 0

@@ -1,7 +1,7 @@
 """`llamantino eval lm-eval`: lm-evaluation-harness on a model loaded the llamantino way.
 
     llamantino eval lm-eval --model runs/demo/base --adapter runs/demo/adapt \\
-        --tasks leaderboard-it --sample --output eval/adapted
+        --tasks leaderboard-it --samples --output eval/adapted
     llamantino eval lm-eval --model PATH --tasks arc_it m_mmlu_it --data-dir hub_copies/ --output out/
 
 The model, adapter (optionally on a 4-bit base) and tokenizer are loaded exactly as every
@@ -13,7 +13,7 @@ the metrics; the table printed is lm-eval's.
 Tasks: any lm-eval task, group or tag name, a task YAML file, tasks under `--include-path`,
 or a named suite (`SUITES`). Offline by default: a task whose dataset lives on the hub is
 pointed at a local copy, found under `--data-dir` (hub layout: DATA_DIR/<owner>/<name>/...),
-in the bundled sample (`--sample`), or in the hub cache; lm-eval gets a small override
+in the bundled samples (`--samples`), or in the hub cache; lm-eval gets a small override
 config (`include:` the original, `dataset_path: json`, `data_files: ...`) that keeps the
 task's name. Nothing is downloaded unless `--allow-download`. Inside a group, a task whose
 code fails to import (the EVALITA-LLM summarisation tasks call `evaluate.load("rouge")`,
@@ -80,7 +80,7 @@ class Config:
     include_path: list[str] = setting([], "folders of extra lm-eval task YAMLs", path_input=True)
     data_dir: str = setting("", "local copies of hub datasets in hub layout: DATA_DIR/<owner>/<name>/...",
                             path_input=True)
-    sample: bool = setting(False, "also look for data in the bundled Italian sample (leaderboard-it, offline)")
+    samples: bool = setting(False, "also look for data in the bundled Italian samples (leaderboard-it, offline)")
     allow_download: bool = setting(False, "let lm-eval download datasets and task code that are not local")
     num_fewshot: int | None = setting(None, "few-shot examples for every task (default: each task's or "
                                       "suite's own)", minimum=0)
@@ -372,9 +372,9 @@ def needs_hub(cfg: dict) -> bool:
 
 def data_roots(cfg: Config, dataset: str) -> list[Path]:
     """Folders that may hold a local copy of a hub dataset, in the order they are tried:
-    --data-dir, the bundled sample (--sample), the hub cache."""
+    --data-dir, the bundled samples (--samples), the hub cache."""
     roots = [Path(cfg.data_dir) / dataset] if cfg.data_dir else []
-    if cfg.sample:
+    if cfg.samples:
         roots.append(SAMPLE_DIR / dataset)
     cached = _hub_cache(dataset)
     return roots + ([cached] if cached else [])

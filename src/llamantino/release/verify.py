@@ -86,15 +86,3 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 def _summary(report: dict) -> dict:
     return {"headline": {"tensors": report["tensors"], "bit_identical": report["identical"]},
             "display": describe(report), "metrics": report}
-
-
-def add_arguments(parser):
-    from llamantino.core.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND)
-
-
-def main(args) -> int:
-    from llamantino.core.runner import run_stage_command
-
-    return run_stage_command(KIND, args)

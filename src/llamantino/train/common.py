@@ -28,17 +28,6 @@ log = logging.getLogger(__name__)
 # Batches and memory
 
 
-def grad_accumulation(effective_batch: int, batch_size: int, world_size: int) -> int:
-    """Micro-batches per optimizer step that keep the effective batch of the recipe on any
-    number of devices: effective = batch_size x world_size x accumulation, exactly."""
-    per_step = batch_size * world_size
-    if effective_batch < per_step or effective_batch % per_step:
-        raise LlamantinoError(
-            f"effective batch size {effective_batch} is not a multiple of batch size {batch_size} x "
-            f"{world_size} process(es) = {per_step}; change batch_size or the number of processes")
-    return effective_batch // per_step
-
-
 def peak_memory_bytes(device) -> int:
     """Peak memory of this process: allocated CUDA memory on a GPU, resident set size on CPU."""
     if torch.device(device).type == "cuda":

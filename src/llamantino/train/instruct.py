@@ -586,13 +586,13 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict |
     return finish(t)
 
 
-def stopped(t: Trainer) -> dict | None:
+def stopped(t: Trainer) -> dict:
     t.progress.close()
     t.metrics_log.close()
     step = t.counters["step"]
-    if t.rank != 0:
-        return None
-    log.info("stopped at step %d with a checkpoint; continue with --resume", step)
+    if t.rank == 0:
+        log.info("stopped at step %d with a checkpoint; continue with --resume", step)
+    # On every rank: each process of the job exits with the stopped status (runner.STOPPED).
     return {"status": f"stopped at step {step}", "headline": {"step": step}, "metrics": {"step": step}}
 
 

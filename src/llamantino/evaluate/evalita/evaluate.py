@@ -203,15 +203,3 @@ def _headline(report: dict) -> dict:
               if r["primary_metric"] not in r.get("lower_is_better", [])]
     scores = [s for s in scores if isinstance(s, (int, float)) and not math.isnan(s)]
     return {"tasks": len(report), "mean_primary": round(sum(scores) / len(scores), 4) if scores else None}
-
-
-def add_arguments(parser):
-    from llamantino.core.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND)
-
-
-def main(args) -> int:
-    from llamantino.core.runner import run_stage_command
-
-    return run_stage_command(KIND, args)

@@ -120,15 +120,3 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 
 def _summary(metrics: dict) -> dict:
     return {"headline": {"records": metrics["records"], "tasks": len(metrics["tasks"])}, "metrics": metrics}
-
-
-def add_arguments(parser):
-    from llamantino.core.runner import add_stage_arguments
-
-    add_stage_arguments(parser, KIND)
-
-
-def main(args) -> int:
-    from llamantino.core.runner import run_stage_command
-
-    return run_stage_command(KIND, args)
