@@ -1,7 +1,8 @@
 """Today's families (Llama 3, Mistral, Qwen 2/3, Gemma 2/3, Phi-3) through every command, on tiny
 random models with their real chat templates and special tokens (tests/helpers/families.py):
 
-the chunked loss against each model's own (soft-capping, logit scaling, biased heads), packed rows
+the chunked loss against each model's own (soft-capping; logit scaling and biased heads in
+test_loss.py), packed rows
 against documents one by one with the attention `auto` picks, chat formats against transformers'
 own assistant mask, no invented or repeated BOS, system prompts folded where a template has no
 system role, generation stopping at the end-of-turn token, document boundaries and pad tokens,
