@@ -205,6 +205,7 @@ def child_variant(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from llamantino.models.loss import liger_loss
     from llamantino.models.modeling import resolve_attention
     from llamantino.train import common, instruct, speed
     from llamantino.train.settings import TrainSettings
@@ -227,7 +228,7 @@ def child_variant(args) -> dict:
                              fused_loss="chunked" if options["loss"] in ("own", "chunked") else options["loss"])
     paths = speed.resolve(settings, device, config.model_type, compute)
     chunk = 0 if options["loss"] == "own" else 1024
-    fused = speed.liger_loss(model) if chunk and paths.fused_loss == "liger" else None
+    fused = liger_loss(model) if chunk and paths.fused_loss == "liger" else None
     model, autocast = instruct.prepare_model(model, world=1, device=device, compute_dtype=compute, paths=paths)
     model.train()
     optimizer, _ = common.make_optimizer(model.parameters(), "adamw_torch", 1e-5, 0.0, device)

@@ -289,11 +289,13 @@ def packed_rows(vocab: int, device):
     """Two rows of three packed documents each (positions restarting), targets after each start."""
     import torch
 
+    from llamantino.models.loss import IGNORE
+
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (2, 48), generator=gen)
     positions = torch.cat([torch.arange(14), torch.arange(20), torch.arange(14)]).repeat(2, 1)
     labels = ids.clone()
-    labels[:, [0, 14, 34]] = -100
+    labels[:, [0, 14, 34]] = IGNORE
     return ids.to(device), positions.to(device), labels.to(device)
 
 
@@ -346,6 +348,7 @@ class Runner:
 
     def loss_and_grads(self, model, fused: str = "chunked", guard=None):
         """Loss and LoRA gradients through the training loss (its head check runs in eval mode first)."""
+        from llamantino.models.loss import IGNORE
         from llamantino.train.qlora import CausalLMLoss
         from llamantino.train.speed import eager
 
@@ -356,7 +359,7 @@ class Runner:
         def step():
             model.zero_grad(set_to_none=True)
             with self.autocast():
-                loss = loss_fn(ids, positions, labels, (labels[:, 1:] != -100).sum())
+                loss = loss_fn(ids, positions, labels, (labels[:, 1:] != IGNORE).sum())
             loss.backward()
             return float(loss.detach())
 

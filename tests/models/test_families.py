@@ -1,7 +1,8 @@
 """Today's families (Llama 3, Mistral, Qwen 2/3, Gemma 2/3, Phi-3) through every command, on tiny
 random models with their real chat templates and special tokens (tests/helpers/families.py):
 
-the chunked loss against each model's own (soft-capping, logit scaling, biased heads), packed rows
+the chunked loss against each model's own (soft-capping; logit scaling and biased heads in
+test_loss.py), packed rows
 against documents one by one with the attention `auto` picks, chat formats against transformers'
 own assistant mask, no invented or repeated BOS, system prompts folded where a template has no
 system role, generation stopping at the end-of-turn token, document boundaries and pad tokens,
@@ -24,6 +25,7 @@ from llamantino.data.supervised import IGNORE, encode
 from llamantino.models.modeling import (adds_bos, choose_pad_token, document_end_token, freeze_outside_language_model,
                                         load_causal_lm, load_tokenizer, lora_targets, resolve_attention)
 
+from helpers.chunked_loss import assert_same_loss, lora_model, packed_batch
 from helpers.family_runs import BRIEF, DIALOGUES, SMALL, write_jsonl
 
 
@@ -52,69 +54,6 @@ def tokenizer_of(folder):
 # The chunked loss is each model's own
 
 
-def loss_and_grads(model, chunk, ids, positions, labels):
-    from llamantino.train.qlora import CausalLMLoss
-
-    model.zero_grad()
-    n = (labels[:, 1:] != IGNORE).sum()
-    loss = CausalLMLoss(model, chunk)(ids, positions, labels, n)
-    loss.backward()
-    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
-
-
-def lora_model(base):
-    from peft import LoraConfig, get_peft_model
-
-    with torch.no_grad():  # logits of realistic size (tens), where soft-capping and scaling matter
-        base.get_output_embeddings().weight.mul_(60)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets(base), lora_dropout=0.0))
-    torch.manual_seed(1)
-    for name, p in model.named_parameters():  # non-zero B: the adapters take part in the loss
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
-    return model
-
-
-def packed_batch(vocab):
-    torch.manual_seed(0)
-    ids = torch.randint(10, vocab, (2, 24))
-    labels = ids.clone()
-    labels[0, :5] = IGNORE
-    positions = torch.cat([torch.arange(10), torch.arange(14)]).repeat(2, 1)
-    return ids, positions, labels
-
-
-def other_family(tmp_path, model_type, tokenizer, **extra):
-    """A tiny Cohere (logit_scale), Granite (logits_scaling) or Phi (biased output layer) model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=256, **extra)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / model_type)
-    return tmp_path / model_type
-
-
-def assert_same_loss(model, vocab, name):
-    """Chunked loss and gradients against the model's own; prints the figures (pytest -s)."""
-    ids, positions, labels = packed_batch(vocab)
-    own_loss, own_grads = loss_and_grads(model, 0, ids, positions, labels)
-    loss, grads = loss_and_grads(model, 7, ids, positions, labels)
-    assert torch.allclose(loss, own_loss, rtol=1e-6, atol=2e-5), (loss, own_loss)
-    assert all(float(g.abs().max()) > 0 for g in own_grads.values())  # every adapter takes part
-    worst = 0.0
-    for key in own_grads:
-        scale = float(own_grads[key].abs().max())
-        error = float((grads[key] - own_grads[key]).abs().max())
-        assert error <= 1e-4 * scale + 1e-7, key
-        worst = max(worst, error / max(scale, 1e-12))
-    print(f"\n{name}: loss {float(own_loss):.4f}, |chunked - own| loss {abs(float(loss - own_loss)):.1e}, "
-          f"gradients {max(float((grads[k] - own_grads[k]).abs().max()) for k in own_grads):.1e} "
-          f"({worst:.1e} of the largest)")
-    return own_loss
-
-
 def test_chunked_loss_equals_the_models_own_loss_and_gradients(tiny_family):
     family, folder = tiny_family
     model = lora_model(load_causal_lm(str(folder), dtype="float32", device="cpu"))
@@ -136,36 +75,6 @@ def test_chunked_loss_of_a_vision_language_model(tiny_gemma3_vision):
     assert_same_loss(model, len(tokenizer_of(tiny_gemma3_vision)), "gemma3-vision")
 
 
-@pytest.mark.parametrize("model_type,extra", [("cohere", {"logit_scale": 0.0625}),
-                                              ("granite", {"logits_scaling": 8.0}),
-                                              ("phi", {})])  # Phi-2: an output layer with a bias
-def test_chunked_loss_applies_logit_scaling_and_output_bias(tmp_path, family_dirs, model_type, extra):
-    tokenizer = tokenizer_of(family_dirs("llama3"))
-    base = load_causal_lm(str(other_family(tmp_path, model_type, tokenizer, **extra)), dtype="float32", device="cpu")
-    if model_type == "phi":
-        head = base.get_output_embeddings()
-        assert head.bias is not None
-        # transformers starts the bias at zero, where a loss that drops it still agrees
-        torch.manual_seed(2)
-        with torch.no_grad():
-            head.bias.normal_(std=3.0)
-    model = lora_model(base)
-    from llamantino.train.qlora import CausalLMLoss
-
-    # the chunked path itself, not its fallback to the model's own loss
-    assert CausalLMLoss(model, 7).chunk == 7
-    own = assert_same_loss(model, len(tokenizer), model_type)
-    # The negative control: the output layer's weight alone (no bias, no scaling) gives a loss
-    # far outside the tolerance the chunked loss is held to.
-    ids, positions, labels = packed_batch(len(tokenizer))
-    causal = model.get_base_model()
-    with torch.no_grad():
-        hidden = causal.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-        logits = torch.nn.functional.linear(hidden, causal.get_output_embeddings().weight)[:, :-1]
-        plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
-    assert abs(float(plain) - float(own)) > 0.1, (float(plain), float(own))
-
-
 @pytest.mark.parametrize("chunk", [0, 7])
 def test_rows_flattened_for_varlen_attention_give_the_same_loss(family_dirs, chunk):
     """With FlashAttention 2 the loss flattens a batch of packed rows into one sequence (its varlen
@@ -181,31 +90,6 @@ def test_rows_flattened_for_varlen_attention_give_the_same_loss(family_dirs, chu
     rows = loss(ids, positions, labels, n)
     loss.flatten = True
     assert torch.allclose(loss(ids, positions, labels, n), rows, rtol=1e-6, atol=1e-5)
-
-
-def test_unknown_post_processing_falls_back_to_the_models_own_loss(family_dirs, caplog):
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
-
-    from llamantino.train.qlora import CausalLMLoss
-
-    class Doubled(LlamaForCausalLM):  # does something after its output layer no one told us about
-        def forward(self, *args, labels=None, num_items_in_batch=None, **kwargs):
-            out = super().forward(*args, **kwargs)
-            out.logits = out.logits * 2
-            if labels is not None:
-                out.loss = self.loss_function(out.logits, labels, self.vocab_size,
-                                              num_items_in_batch=num_items_in_batch)
-            return out
-
-    base = Doubled.from_pretrained(family_dirs("llama3"), dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
-    with caplog.at_level(logging.WARNING):
-        loss = CausalLMLoss(model, 1024)
-    assert loss.chunk == 0 and "the model's own loss is used" in caplog.text
-    ids, positions, labels = packed_batch(300)
-    own = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
-    assert torch.allclose(loss(ids, positions, labels, (labels[:, 1:] != IGNORE).sum()), own)
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Each row is `max_length` tokens holding several documents (or conversations) bac
 back. Position ids restart at 0 at every document start; transformers reads that as
 packed sequences and gives each document a block-diagonal causal mask (with `use_cache=False`),
 so no document attends to its neighbours. The token after a boundary is never a target
-(label -100), so no document is asked to predict the next one's first token.
+(label `IGNORE`), so no document is asked to predict the next one's first token.
 
 Two packers:
 * `DocumentPacker` (continued pretraining): documents as `<s> text </s>`, rows filled
@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llamantino.models.loss import IGNORE
+
 if TYPE_CHECKING:  # torch loads when rows are collated, not when settings are listed
     import torch
-
-IGNORE = -100
 
 
 class RowSource:

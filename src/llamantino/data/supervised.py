@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import Rendered
 from llamantino.data.records import CONVERSATION_FORMATS, INSTRUCTION_FORMATS, to_conversation, to_instruction
-
-IGNORE = -100
+from llamantino.models.loss import IGNORE
 
 
 @dataclass

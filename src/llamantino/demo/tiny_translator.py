@@ -48,6 +48,7 @@ from pathlib import Path
 
 from llamantino.core.config import build_config, setting
 from llamantino.core.errors import LlamantinoError
+from llamantino.models.loss import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def train_marian(sp_model: bytes, pairs: list[tuple[str, str]], cfg: Config):
         s_len = max(len(s) for s, _ in batch)
         t_len = max(len(t) for _, t in batch)
         ids = torch.tensor([s + [pad] * (s_len - len(s)) for s, _ in batch])
-        labels = torch.tensor([t + [-100] * (t_len - len(t)) for _, t in batch])
+        labels = torch.tensor([t + [IGNORE] * (t_len - len(t)) for _, t in batch])
         loss = model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).loss
         loss.backward()
         opt.step()

@@ -68,6 +68,8 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
     import torch
     from tqdm.auto import tqdm
 
+    from llamantino.models.loss import IGNORE
+
     if stride <= 0 or stride > max_length - 1:
         raise LlamantinoError(f"stride must be between 1 and max_length - 1 ({max_length - 1}), got {stride}")
     start_id = document_start_id(tokenizer)
@@ -93,7 +95,7 @@ def compute_bpb(model, tokenizer, texts: list[str], *, max_length: int, stride: 
             width = max(len(ids) for ids, _ in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
-            targets = torch.full((len(batch), width), -100, dtype=torch.long)
+            targets = torch.full((len(batch), width), IGNORE, dtype=torch.long)
             for row, (ids, first) in enumerate(batch):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention[row, : len(ids)] = 1
@@ -129,41 +131,34 @@ def document_start_id(tokenizer) -> int:
 
 
 class NllSum:
-    """Summed negative log-likelihood of the targets (-100: none) of a padded batch, the output
+    """Summed negative log-likelihood of the targets (`IGNORE`: none) of a padded batch, the output
     layer and log-softmax taken `chunk` positions at a time on positions with a target only: a
     window of 8k tokens with a 128k vocabulary never holds its 4 GB of float32 logits at once.
-    A model whose logits are not its output layer's (see `modeling.head_matches_model`) is
-    scored from its own logits, and the log says so."""
+    A model whose logits are not its output layer's (`models.loss.loss_path`) is scored from its
+    own logits, and the log says so."""
 
     def __init__(self, model, chunk: int):
-        from llamantino.models.modeling import head_matches_model, output_head
+        from llamantino.models.loss import loss_path
 
-        self.model, self.chunk = model, chunk
+        self.model = model
         self.causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.head = output_head(self.causal_lm)
-        matches, error = head_matches_model(self.causal_lm, self.head)
-        if not matches:
-            log.warning("%s: its logits differ from its output layer's (by %.2g): scoring from the full logits",
-                        type(self.causal_lm).__name__, error)
-            self.head = None
+        self.path = loss_path(self.causal_lm, chunk)
+
+    @property
+    def head(self):
+        """The output head the chunks go through; None: the model's own logits."""
+        return self.path.head
 
     def __call__(self, input_ids, attention, targets) -> float:
-        tgt = targets[:, 1:]
-        keep = tgt != -100
+        from llamantino.models.loss import chunk_sums, summed_cross_entropy, target_positions
+
         if self.head is None:
             logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
-            return self._sum(logits[:, :-1][keep], tgt[keep])
-        hidden = self.causal_lm.model(input_ids=input_ids, attention_mask=attention,
-                                      use_cache=False).last_hidden_state[:, :-1][keep]
-        tgt = tgt[keep]
-        return sum(self._sum(self.head(hidden[i:i + self.chunk]), tgt[i:i + self.chunk])
-                   for i in range(0, len(tgt), self.chunk))
-
-    @staticmethod
-    def _sum(logits, targets) -> float:
-        import torch
-
-        return float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double())
+            return float(summed_cross_entropy(*target_positions(logits, targets)).double())
+        hidden = self.causal_lm.model(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+        # Each chunk's float32 sum is added in double precision.
+        return sum(float(part.double()) for part in chunk_sums(*target_positions(hidden, targets), self.head,
+                                                                 self.path.chunk))
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:

@@ -424,55 +424,6 @@ def freeze_outside_language_model(model) -> int:
     return frozen
 
 
-def output_head(causal_lm):
-    """Last hidden states -> the logits the model's own forward returns: its output layer (bias
-    and any adapter on it included), then what some families do after it: Cohere's logit_scale,
-    Granite's logits_scaling, Gemma 2's final-logit soft-capping."""
-    text = causal_lm.config.get_text_config(decoder=True)
-    layer = causal_lm.get_output_embeddings()
-    scale = getattr(text, "logit_scale", None)          # Cohere: logits x scale
-    divisor = getattr(text, "logits_scaling", None)     # Granite: logits / scaling
-    cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2: cap x tanh(logits / cap)
-
-    def head(hidden):
-        import torch
-
-        logits = layer(hidden)
-        if scale is not None:
-            logits = logits * scale
-        if divisor is not None:
-            logits = logits / divisor
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    return head
-
-
-def head_matches_model(causal_lm, head) -> tuple[bool, float]:
-    """Whether `head` on the body's hidden states gives the model's own logits, on 16 tokens in
-    eval mode: a family that does something else after its output layer shows here.
-    Returns (matches, largest difference relative to the largest logit)."""
-    import torch
-
-    vocab = causal_lm.get_output_embeddings().weight.shape[0]
-    device = causal_lm.get_output_embeddings().weight.device
-    ids = (torch.arange(16, device=device) * 7919 % vocab).unsqueeze(0)
-    training = causal_lm.training
-    causal_lm.eval()
-    try:
-        with torch.no_grad():
-            own = causal_lm(input_ids=ids, use_cache=False).logits.float()
-            mine = head(causal_lm.model(input_ids=ids, use_cache=False).last_hidden_state).float()
-    finally:
-        causal_lm.train(training)
-    scale = max(1.0, float(own.abs().max()))
-    error = float((own - mine).abs().max()) / scale
-    # Same kernels on the same inputs: float32 agrees to rounding, 16-bit to its precision.
-    tolerance = 1e-5 if causal_lm.get_output_embeddings().weight.dtype == torch.float32 else 1e-2
-    return error <= tolerance, error
-
-
 def check_adapter(adapter) -> dict:
     """A PEFT adapter folder from anyone, checked before peft reads it: adapter_config.json a
     JSON object, and adapter_model.safetensors (when there) a file whose header reads and whose

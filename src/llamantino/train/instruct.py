@@ -35,7 +35,8 @@ from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
 from llamantino.data.records import INSTRUCTION_FORMATS
-from llamantino.data.supervised import IGNORE, Example
+from llamantino.data.supervised import Example
+from llamantino.models.loss import IGNORE
 from llamantino.models.modeling import ATTENTION, DTYPES
 from llamantino.train.settings import SCHEDULES, TrainSettings
 
@@ -362,11 +363,6 @@ def load_model(cfg: Config, config, *, rank: int, world: int, device: torch.devi
     return model, autocast
 
 
-def _loss_name(loss: functools.partial) -> str:
-    """How `training_loss`'s loss computes: liger (fused), chunked, or own (the model's full logits)."""
-    return "liger" if loss.keywords.get("fused") else "chunked" if loss.keywords.get("chunk") else "own"
-
-
 def _report_frozen(frozen: int) -> None:
     if frozen:
         log.info("vision-language model: %.1fM parameters outside the language model stay frozen", frozen / 1e6)
@@ -376,10 +372,7 @@ def summed_loss(model, batch: dict, autocast=contextlib.nullcontext, chunk: int 
     """Cross-entropy summed over the response tokens of a micro-batch (float32), padded or flattened
     (`collate`). With `chunk` > 0 (one process) the output layer runs on response positions only,
     `chunk` at a time, or in `fused` (Liger's fused linear cross-entropy): the full logits never exist."""
-    import torch
-
-    from llamantino.models.modeling import output_head
-    from llamantino.train.qlora import summed_target_loss
+    from llamantino.models.loss import full_logits_loss, output_head, summed_target_loss
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}  # ids, and a mask or positions + boundaries
     with autocast():
@@ -387,35 +380,23 @@ def summed_loss(model, batch: dict, autocast=contextlib.nullcontext, chunk: int 
             hidden = model.model(**inputs, use_cache=False).last_hidden_state
             return summed_target_loss(hidden, batch["labels"], output_head(model), chunk, fused)
         logits = model(**inputs, use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
-                                             ignore_index=IGNORE, reduction="sum")
+    return full_logits_loss(logits, batch["labels"])
 
 
-def training_loss(model, autocast, cfg: Config, world: int, fused_loss: str) -> functools.partial:
-    """`loss(batch)`, the micro-batch's summed cross-entropy: chunked (or Liger's fused one) on one
-    process for a model whose output layer gives its own logits; the model's own loss under FSDP
-    (whose root unshards the embeddings and output layer in the model's own forward only) or for
-    an output head that does something unknown."""
+def training_loss(model, autocast, cfg: Config, world: int, fused_loss: str) -> tuple[functools.partial, str]:
+    """(`loss(batch)`, the micro-batch's summed cross-entropy; how it computes: liger, chunked or
+    own): chunked (or Liger's fused one) on one process for a model whose output layer gives its
+    own logits; the model's own loss under FSDP (whose root unshards the embeddings and output
+    layer in the model's own forward only) or for an output head that does something unknown."""
     import torch
 
-    from llamantino.models.modeling import head_matches_model, output_head
+    from llamantino.models.loss import loss_path
 
-    if not cfg.loss_chunk_tokens or world > 1:
-        return functools.partial(summed_loss, model, autocast=autocast)
     # A 16-token check, not worth compiling blocks for; in the training precision (FlashAttention
     # takes no float32), where the model's own forward and ours run the same kernels.
     with torch.compiler.set_stance("force_eager"), autocast():
-        matches, error = head_matches_model(model, output_head(model))
-    if not matches:
-        log.warning("%s: the logits of its forward differ from those of its output layer (by %.2g of the largest); "
-                    "the model's own loss is used", type(model).__name__, error)
-        return functools.partial(summed_loss, model, autocast=autocast)
-    fused = None
-    if fused_loss == "liger":
-        from llamantino.train.speed import liger_loss
-
-        fused = liger_loss(model)
-    return functools.partial(summed_loss, model, autocast=autocast, chunk=cfg.loss_chunk_tokens, fused=fused)
+        path = loss_path(model, cfg.loss_chunk_tokens if world == 1 else 0, fused_loss)
+    return functools.partial(summed_loss, model, autocast=autocast, chunk=path.chunk, fused=path.fused), path.name
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -632,7 +613,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
     paths = speed.resolve(cfg, device, config.model_type, compute_dtype)
     model, autocast = load_model(cfg, config, rank=rank, world=world, device=device, compute_dtype=compute_dtype,
                                  paths=paths)
-    loss = training_loss(model, autocast, cfg, world, paths.fused_loss)
+    loss, loss_name = training_loss(model, autocast, cfg, world, paths.fused_loss)
     model.train()
     optimizer, _ = common.make_optimizer(model.parameters(), cfg.optimizer, cfg.learning_rate,
                                            cfg.weight_decay, device)
@@ -649,7 +630,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
                 counters={"step": 0, "epoch": 0, "index": 0, "tokens_seen": 0, "trained_tokens_seen": 0,
                           "world_size": world, "examples": len(examples), "data_digest": digest},
                 loss=loss, speed={"attention": model.config._attn_implementation, **paths.settings(),
-                                  "fused_loss": _loss_name(loss), "fused_optimizer": fused_adamw},
+                                  "fused_loss": loss_name, "fused_optimizer": fused_adamw},
                 flat=padding_free(model),
                 guard=speed.CompileGuard(paths.compile == "blocks"))
     found = t.checkpoints.latest() if resume_from else None

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.utils.checkpoint
 
 from llamantino.core import distributed
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import atomic_write_json
 from llamantino.core.manifest import (describe_inputs, prepare_output, read_manifest, record_outputs, start_run,
                                       write_manifest)
-from llamantino.models.modeling import head_matches_model, output_head
+from llamantino.models.loss import IGNORE, loss_path, summed_target_loss
 from llamantino.train import common, speed
 from llamantino.train.checkpoint import RNG, Checkpoints
 from llamantino.train.settings import QLoraSettings, accumulation
@@ -140,12 +139,9 @@ class CausalLMLoss(torch.nn.Module):
     """Token-mean next-token loss of a (PEFT) causal LM, as one module so DDP sees the forward.
 
     With `chunk` > 0 the output layer runs only on positions that have a target, `chunk`
-    positions at a time, each chunk recomputed in the backward pass: the full
-    (batch x length x vocabulary) logits never exist, which saves about 2 GB per 8x1024
-    batch at a 32k vocabulary and skips the prompt positions of chat data. The logits are the
-    model's own (`output_head`); a model whose logits differ from them (checked once, at
-    construction) falls back to its own loss, and the log says so. With `fused` = "liger",
-    Liger's fused linear cross-entropy replaces the chunks (GPU; plain output layers only).
+    positions at a time, or in Liger's fused kernel with `fused` = "liger"; the model's own loss
+    otherwise, or for a model whose logits are not its output head's (`models.loss.loss_path`,
+    which checks that once, here, and logs it).
 
     With FlashAttention, packed rows are flattened into one sequence: its varlen kernel keeps
     the documents of a single row apart from their restarting position ids, not of a batch. The
@@ -156,30 +152,22 @@ class CausalLMLoss(torch.nn.Module):
 
     def __init__(self, model, chunk: int, fused: str = "chunked"):
         super().__init__()
-        self.model, self.chunk = model, chunk
+        self.model = model
         causal_lm = model.get_base_model()
         self.flatten = str(getattr(causal_lm.config, "_attn_implementation", "")).startswith("flash")
-        self.head = output_head(causal_lm)
-        self.fused = None
-        if chunk:
-            matches, error = head_matches_model(causal_lm, self.head)
-            if not matches:
-                log.warning("%s: the logits of its forward differ from those of its output layer (by %.2g of the "
-                            "largest): it does something after that layer that the chunked loss does not know, so "
-                            "the model's own loss is used (all logits held at once)", type(causal_lm).__name__, error)
-                self.chunk = 0
-        if self.chunk and fused == "liger":
-            self.fused = speed.liger_loss(causal_lm)
-            if self.fused is None:
-                log.info("%s: its output layer is not a plain linear one; the chunked loss is used instead of "
-                         "Liger's fused one", type(causal_lm).__name__)
+        self.path = loss_path(causal_lm, chunk, fused)
+
+    @property
+    def chunk(self) -> int:
+        """Target positions per chunk; 0: the model's own loss."""
+        return self.path.chunk
 
     def forward(self, input_ids, position_ids, labels, num_items, varlen=None):
         """Summed loss / `num_items`; `varlen`: the batch's `varlen_kwargs` when flattening, made
         from the host's copy of the position ids (computed here from `position_ids` if not given)."""
         if self.flatten:
             labels = labels.clone()
-            labels[:, 0] = -100  # a row's first token has nothing before it in its row
+            labels[:, 0] = IGNORE  # a row's first token has nothing before it in its row
             if varlen is None:
                 varlen = varlen_kwargs(position_ids, input_ids.shape[-1])
             input_ids, position_ids, labels = (t.reshape(1, -1) for t in (input_ids, position_ids, labels))
@@ -190,7 +178,7 @@ class CausalLMLoss(torch.nn.Module):
         causal_lm = self.model.get_base_model()
         hidden = causal_lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                  **varlen).last_hidden_state
-        return summed_target_loss(hidden, labels, self.head, self.chunk, self.fused) / num_items
+        return summed_target_loss(hidden, labels, self.path.head, self.chunk, self.path.fused) / num_items
 
 
 def varlen_kwargs(position_ids: torch.Tensor, row_length: int, device=None) -> dict:
@@ -205,28 +193,6 @@ def varlen_kwargs(position_ids: torch.Tensor, row_length: int, device=None) -> d
         bounds = bounds.to(device, non_blocking=True)
     return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": int(row_length),
             "max_length_k": int(row_length)}
-
-
-def summed_target_loss(hidden, labels, head, chunk: int, fused=None):
-    """Cross-entropy summed over the positions with a target (float32): the output layer runs on
-    those positions only, `chunk` at a time and recomputed in the backward pass, or in `fused`
-    (Liger's fused linear cross-entropy) when given."""
-    targets = labels[:, 1:]
-    keep = targets != -100
-    hidden, targets = hidden[:, :-1][keep], targets[keep]
-    if fused is not None:
-        return fused(hidden, targets).float()
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk):
-        end = start + chunk
-        total = total + torch.utils.checkpoint.checkpoint(
-            _cross_entropy_sum, head, hidden[start:end], targets[start:end], use_reentrant=False)
-    return total
-
-
-def _cross_entropy_sum(head, hidden, targets):
-    logits = head(hidden).float()
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
 class AdapterState:
@@ -398,9 +364,8 @@ def apply_speed(model, paths: speed.Speed, lora_rank: int) -> None:
 
 def speed_info(model, loss: CausalLMLoss, paths: speed.Speed) -> dict:
     """What the manifest reports about the speed paths taken (the loss as it runs: liger, chunked or own)."""
-    used = "liger" if loss.fused is not None else "chunked" if loss.chunk else "own"
     return {"attention": model.get_base_model().config._attn_implementation,
-            **paths.settings(), "fused_loss": used}
+            **paths.settings(), "fused_loss": loss.path.name}
 
 
 def train_step(t: Trainer) -> bool:

@@ -9,7 +9,8 @@ path's losses and gradients within float tolerance (tests/train/test_speed.py):
 * `compile: blocks`: every decoder block goes through torch.compile (regional compilation: the
   blocks share one graph, so a 32-layer model compiles once);
 * `kernels: liger`: Liger's Triton RMSNorm, SwiGLU and RoPE kernels (GPU only);
-* `fused_loss: liger`: Liger's fused output layer + cross-entropy in place of our chunked loss.
+* `fused_loss: liger`: Liger's fused output layer + cross-entropy in place of our chunked loss
+  (`models.loss`, which takes it for a plain output layer only).
 
 The GPU-only paths are chosen by `auto` only where they can run (CUDA, the package installed,
 a C compiler for Triton); asked for explicitly where they cannot, they fail with one line saying
@@ -308,25 +309,6 @@ def apply_liger_kernels(causal_lm) -> None:
 
     _apply_liger_kernel_to_instance(causal_lm, rope=True, rms_norm=True, swiglu=True, geglu=True,
                                     cross_entropy=False, fused_linear_cross_entropy=False)
-
-
-def liger_loss(causal_lm):
-    """Liger's fused output layer + summed cross-entropy as `fn(hidden, targets)`, for an output
-    layer that is a plain linear one (bias and Gemma 2's soft-capping included); None for any
-    other (logit scaling, an adapter on the head), which keeps the chunked loss."""
-    layer = causal_lm.get_output_embeddings()
-    text = causal_lm.config.get_text_config(decoder=True)
-    if type(layer) is not torch.nn.Linear or getattr(text, "logit_scale", None) is not None \
-            or getattr(text, "logits_scaling", None) not in (None, 1, 1.0):
-        return None
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-
-    fused = LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=getattr(text, "final_logit_softcapping", None))
-
-    def loss(hidden, targets):
-        return fused(layer.weight, hidden, targets, layer.bias)
-
-    return loss
 
 
 def apply(causal_lm, speed: Speed, *, lora_rank: int = 0) -> None:
