@@ -31,13 +31,13 @@ from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from llamantino.core.config import setting
+from llamantino.core.config import override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
 from llamantino.data.records import INSTRUCTION_FORMATS
 from llamantino.data.supervised import IGNORE, Example
 from llamantino.models.modeling import ATTENTION, DTYPES
-from llamantino.train.settings import SCHEDULES, TrainSettings
+from llamantino.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,33 +55,33 @@ class Config(TrainSettings):
     RENAMED: ClassVar[dict] = {"mixed_precision": ("compute_dtype", {"auto": "auto", "bf16": "bfloat16",
                                                                      "no": "float32"})}
 
-    model: str = setting("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model",
-                         path_input=True)
+    # The shared training settings with this stage's defaults and words.
+    model: str = override("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model")
+    output: str = override("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")
+    max_length: int = override(1024, "tokens per example; longer examples are truncated")
+    batch_size: int = override(16, "examples per device in one micro-batch")
+    gradient_accumulation: int = override(0)
+    effective_batch_size: int = override(128, "examples per optimizer step over all devices; gradient "
+                                              "accumulation = this / (batch_size x processes)")
+    learning_rate: float = override(2e-5)
+    max_steps: int = override(0, "optimizer steps; 0: from epochs")
+    weight_decay: float = override(0.0, "AdamW weight decay (applied to every parameter)")
+    lr_scheduler: str = override("cosine")
+    compute_dtype: str = override("auto", "float32, or bfloat16 compute on float32 master weights (float16 is not "
+                                          "offered: it needs loss scaling); auto: bfloat16 on a GPU that has it, "
+                                          "else float32", choices=("auto", "float32", "bfloat16"))
+
     data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)",
                               path_input=True)
     format: str = setting("auto", "data format; auto: detected from each file's fields",
                           choices=("auto",) + INSTRUCTION_FORMATS)
-    output: str = setting("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")
     prompt_format: str = setting("alpaca-it", "instruction prompt: alpaca-it (the paper's), alpaca (English), a .json "
                                               "Alpaca template (prompt_input, prompt_no_input), or a chat format: "
                                               "auto (the model's chat template), llama2-chat, chatml, a Jinja file",
                                  path_input=True)
     system_prompt: str = setting("auto", SYSTEM_PROMPT_HELP + " (chat formats only)", path_input=True)
-    max_length: int = setting(1024, "tokens per example; longer examples are truncated", minimum=1)
-    batch_size: int = setting(16, "examples per device in one micro-batch", minimum=1)
-    gradient_accumulation: int = setting(0, "micro-batches per optimizer step (0: derived from "
-                                            "effective_batch_size and the number of processes)", minimum=0)
-    effective_batch_size: int = setting(128, "examples per optimizer step over all devices; gradient "
-                                             "accumulation = this / (batch_size x processes)", minimum=0)
-    learning_rate: float = setting(2e-5, "peak learning rate", minimum=0)
     epochs: int = setting(3, "passes over the data (the last incomplete effective batch of each is left out)",
                           minimum=0)
-    max_steps: int = setting(0, "optimizer steps; 0: from epochs", minimum=0)
-    weight_decay: float = setting(0.0, "AdamW weight decay (applied to every parameter)", minimum=0)
-    lr_scheduler: str = setting("cosine", "learning-rate decay after warmup", choices=SCHEDULES)
-    compute_dtype: str = setting("auto", "float32, or bfloat16 compute on float32 master weights (float16 is not "
-                                         "offered: it needs loss scaling); auto: bfloat16 on a GPU that has it, "
-                                         "else float32", choices=("auto", "float32", "bfloat16"))
     save_dtype: str = setting("float32", "dtype of the saved weights", choices=DTYPES)
     attn_implementation: str = setting("auto", "attention kernel; auto: the fastest the model supports on the "
                                                "training device (GPU: flash_attention_3 on Hopper or "

@@ -20,7 +20,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from llamantino.core.config import setting
+from llamantino.core.config import override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.packing import RowSource
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Config(QLoraSettings):
-    max_length: int = setting(2048, "tokens per packed sequence (longer conversations are truncated)")
-    max_steps: int = setting(15000, "optimizer steps")
+    max_length: int = override(2048, "tokens per packed sequence (longer conversations are truncated)")
+    max_steps: int = override(15000)
     adapter: str = setting("", "language adapter to merge into the base before training (the paper's "
                                "language-adapted chat model)", path_input=True)
     merge_dtype: str = setting("auto", "dtype of the merged base: float32, bfloat16, float16, or auto = "
