@@ -437,7 +437,7 @@ def test_system_prompt_and_instruction_prompt_settings(tmp_path):
     assert prompts.system_prompt("Sé breve.", "chatml") == "Sé breve."
     with pytest.raises(LlamantinoError, match="system_prompt: file missing.txt not found"):
         prompts.system_prompt("missing.txt", "chatml")
-    # llama2-chat without a system prompt: no <<SYS>> block; with the paper's, SPEC section 4's bytes
+    # llama2-chat without a system prompt: no <<SYS>> block; with the paper's, its Italian chat format's bytes
     chat = prompts.prompt_format("llama2-chat", None, "none")
     assert chat.render_conversation(CHAT[:2]).text == "<s>[INST] Ciao! Come stai? [/INST] Bene, grazie. E tu? </s>"
     assert prompts.prompt_format("llama2-chat").render_conversation(CHAT[:2]).text == (

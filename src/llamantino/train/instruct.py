@@ -1,4 +1,4 @@
-"""Full-parameter instruction tuning with PyTorch FSDP2 (SPEC section 1, Table 2).
+"""Full-parameter instruction tuning with PyTorch FSDP2 (the paper's Dolly and EVALITA models, Table 2).
 
     torchrun --nproc_per_node 8 -m llamantino instruct --model M --data dolly-it.jsonl --output OUT
     llamantino instruct --model M --data dolly-it.jsonl --output OUT          # one process
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, ClassVar
 from llamantino.core.config import override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
-from llamantino.data.records import INSTRUCTION_FORMATS
+from llamantino.data.records import INSTRUCTION_DATA_FORMATS
 from llamantino.data.supervised import IGNORE, Example
 from llamantino.models.modeling import ATTENTION, DTYPES
 from llamantino.train.settings import TrainSettings
@@ -74,7 +74,7 @@ class Config(TrainSettings):
     data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)",
                               path_input=True)
     format: str = setting("auto", "data format; auto: detected from each file's fields",
-                          choices=("auto",) + INSTRUCTION_FORMATS)
+                          choices=("auto",) + INSTRUCTION_DATA_FORMATS)
     prompt_format: str = setting("alpaca-it", "instruction prompt: alpaca-it (the paper's), alpaca (English), a .json "
                                               "Alpaca template (prompt_input, prompt_no_input), or a chat format: "
                                               "auto (the model's chat template), llama2-chat, chatml, a Jinja file",
@@ -215,8 +215,8 @@ def collate(batch: list[Example], pad_id: int, device, *, flat_length: int = 0) 
 # Model: FSDP2 sharding, mixed precision, the loss
 
 
-def resolve_compute_dtype(name: str, device: torch.device) -> str:
-    """float32 or bfloat16 (mixed precision on float32 master weights)."""
+def mixed_precision_dtype(name: str, device: torch.device) -> str:
+    """The compute dtype setting resolved for mixed precision on float32 master weights: float32 or bfloat16."""
     import torch
 
     from llamantino.train import common
@@ -624,7 +624,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
         raise LlamantinoError(f"{', '.join(cfg.data)}: {len(examples)} usable examples, fewer than one "
                               f"effective batch of {cfg.effective_batch_size}")
     total = cfg.max_steps or cfg.epochs * per_epoch
-    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    compute_dtype = mixed_precision_dtype(cfg.compute_dtype, device)
     check_memory(cfg, config, device, world)
     if not resume_from:  # the folder is claimed once the input is known good
         distributed.on_rank0(lambda: start_run(cfg.output, KIND, cfg))
