@@ -280,14 +280,16 @@ def check_memory(cfg: Config, config, device, world: int) -> None:
         "change this (the master weights stay float32)")
 
 
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated blocks, found by the class names transformers keeps whole on one device."""
+def shard_units(model) -> list[torch.nn.Module]:
+    """What FSDP shards one by one before the root: every decoder block (modeling.decoder_blocks),
+    and every other block transformers keeps whole on one device (a vision tower's layers)."""
+    from llamantino.models.modeling import decoder_blocks
+
+    blocks = decoder_blocks(model)
+    ids = {id(block) for block in blocks}
+    parts = {id(sub) for block in blocks for sub in block.modules()} - ids  # sharded with their block
     names = set(getattr(model, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise LlamantinoError(f"{type(model).__name__}: no decoder layers found to shard "
-                              f"(_no_split_modules: {sorted(names) or 'none'})")
-    return layers
+    return [m for m in model.modules() if id(m) in ids or (type(m).__name__ in names and id(m) not in parts)]
 
 
 def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str,
@@ -315,7 +317,7 @@ def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str
     # Weights are gathered in bf16 for compute; gradients are reduced in `reduce_dtype`, kept in float32.
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=getattr(torch, reduce_dtype)) if bf16
           else MixedPrecisionPolicy())
-    for layer in decoder_layers(model):
+    for layer in shard_units(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward != "never")
     # The root (embeddings, final norm, LM head) is needed again at once by the backward.
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward == "always")
