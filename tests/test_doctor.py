@@ -8,6 +8,7 @@ import torch
 
 from llamantino import doctor
 from llamantino.cli import main
+from llamantino.models.modeling import decoder_blocks
 from llamantino.train import speed
 
 from helpers.speed import broken_backend
@@ -71,7 +72,7 @@ def test_doctor_smoke_says_when_a_path_fell_back_or_fails(monkeypatch, capsys):
         return paths
 
     def compile_blocks(causal_lm):
-        for block in speed.decoder_blocks(causal_lm):
+        for block in decoder_blocks(causal_lm):
             block.compile(backend=broken_backend([]))
 
     class Broken:

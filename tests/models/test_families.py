@@ -321,7 +321,7 @@ def test_system_prompt_and_instruction_prompt_settings(tmp_path):
     assert prompts.system_prompt("Sé breve.", "chatml") == "Sé breve."
     with pytest.raises(LlamantinoError, match="system_prompt: file missing.txt not found"):
         prompts.system_prompt("missing.txt", "chatml")
-    # llama2-chat without a system prompt: no <<SYS>> block; with the paper's, SPEC section 4's bytes
+    # llama2-chat without a system prompt: no <<SYS>> block; with the paper's, its Italian chat format's bytes
     chat = prompts.prompt_format("llama2-chat", None, "none")
     assert chat.render_conversation(CHAT[:2]).text == "<s>[INST] Ciao! Come stai? [/INST] Bene, grazie. E tu? </s>"
     assert prompts.prompt_format("llama2-chat").render_conversation(CHAT[:2]).text == (
@@ -452,6 +452,28 @@ def test_a_tokenizer_without_any_pad_candidate_pads_with_eos_and_says_so(caplog)
 
 # ---------------------------------------------------------------------------------------
 # Vision-language checkpoints train their language model only
+
+
+def test_lora_compile_and_fsdp_find_the_same_decoder_blocks(tiny_gemma3_vision):
+    """One finder of the decoder blocks: LoRA's targets lie in them, FSDP shards each of them (and
+    the vision tower's blocks) one by one, even when the checkpoint's _no_split_modules omits them."""
+    from llamantino.models.modeling import decoder_blocks
+    from llamantino.train.instruct import shard_units
+
+    model = load_causal_lm(str(tiny_gemma3_vision), dtype="float32", device="cpu")
+    blocks = decoder_blocks(model)
+    assert blocks == list(model.model.language_model.layers)
+    inside = {name for name, m in model.named_modules() if any(m is sub for b in blocks for sub in b.modules())}
+    linear = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    pattern = lora_targets(model)
+    assert {n for n in linear if re.fullmatch(pattern, n)} == linear & inside
+    units = shard_units(model)
+    assert [u for u in units if any(u is b for b in blocks)] == blocks
+    assert any(type(u).__name__.startswith("Siglip") for u in units)  # the vision tower's blocks too
+    parts = [sub for b in blocks for sub in b.modules() if sub is not b]
+    assert not any(u is sub for u in units for sub in parts)
+    model._no_split_modules = []
+    assert shard_units(model) == blocks
 
 
 def test_a_vision_language_checkpoint_trains_its_language_model_only(tiny_gemma3_vision, tmp_path):

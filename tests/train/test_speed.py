@@ -18,6 +18,7 @@ import torch
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.runner import config_for
 from llamantino.data.supervised import IGNORE
+from llamantino.models.modeling import decoder_blocks
 from llamantino.train import common, speed
 
 from helpers.speed import broken_backend
@@ -212,7 +213,7 @@ def counting_backend(calls):
 
 def compile_with(monkeypatch, backend):
     def compile_blocks(causal_lm):
-        for block in speed.decoder_blocks(causal_lm):
+        for block in decoder_blocks(causal_lm):
             block.compile(backend=backend)
     monkeypatch.setattr(speed, "compile_blocks", compile_blocks)
 

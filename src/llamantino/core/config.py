@@ -45,6 +45,62 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices=None,
     return dataclasses.field(default=default, metadata=meta)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Override:
+    default: Any
+    help: str | None
+    choices: tuple | None
+    minimum: Any
+    maximum: Any
+
+
+def override(default: Any, help: str | None = None, *, choices=None, minimum=None, maximum=None):
+    """A stage's own default for a setting a group declares: `max_steps: int = override(15000)`.
+
+    Help (unless given), choices, range and the fingerprint/cli/path flags come from the
+    declaring group, so a setting is declared once; a stage may only narrow its choices and
+    range. Works in subclasses of `Settings`."""
+    return _Override(default, help, tuple(choices) if choices is not None else None, minimum, maximum)
+
+
+class Settings:
+    """Base of the settings groups that stages build on (as LitGPT's TrainArgs): each field is
+    declared once, in its group, and a stage changes a default where it is created, with
+    `override()`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if isinstance(value, _Override):
+                setattr(cls, name, _overridden(cls, name, value))
+
+
+def _overridden(cls, name: str, new: _Override) -> dataclasses.Field:
+    """The declaring group's field for `name`, with the stage's default (checked when the class
+    is defined: a mistake here is the code's, not a recipe's)."""
+    where = f"{cls.__qualname__}.{name}"
+    parent = next((base.__dataclass_fields__[name] for base in cls.__mro__[1:]
+                   if name in getattr(base, "__dataclass_fields__", {})), None)
+    if parent is None:
+        raise TypeError(f"{where}: override() of a setting no base class declares")
+    if cls.__dict__.get("__annotations__", {}).get(name) != parent.type:
+        raise TypeError(f"{where}: annotate it as the declaring group does ({parent.type})")
+    meta = dict(parent.metadata)
+    if new.choices is not None:
+        if meta["choices"] and not set(new.choices) <= set(meta["choices"]):
+            raise TypeError(f"{where}: choices {new.choices} are not among {meta['choices']}")
+        meta["choices"] = new.choices
+    for bound, tighter in (("minimum", lambda new, old: new >= old), ("maximum", lambda new, old: new <= old)):
+        value = getattr(new, bound)
+        if value is not None:
+            if meta[bound] is not None and not tighter(value, meta[bound]):
+                raise TypeError(f"{where}: {bound} {value} is outside the declared {bound} {meta[bound]}")
+            meta[bound] = value
+    return setting(new.default, meta["help"] if new.help is None else new.help, choices=meta["choices"],
+                   fingerprint=meta["fingerprint"], cli=meta["cli"], minimum=meta["minimum"],
+                   maximum=meta["maximum"], path_input=meta["path_input"])
+
+
 def closest(name: str, candidates) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or '' when nothing is close."""
     if len(name) > 100:  # no setting name is that long (and difflib's time grows with it)

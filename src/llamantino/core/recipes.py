@@ -39,7 +39,7 @@ TOP_LEVEL_KEYS = ("name", "description", "run_dir", "release", "stages")
 
 @dataclasses.dataclass
 class ReleaseInfo:
-    """How a recipe's model is published and rebuilt (SPEC section 2)."""
+    """How a recipe's model is published (adapter or weight difference) and rebuilt from its parent."""
 
     released_as: str = setting("adapter", "what is published",
                                choices=("adapter", "weight-diff", "none"))

@@ -1,4 +1,5 @@
-"""Every prompt format, in one place, as data: the paper's (SPEC section 4 and 5) and today's.
+"""Every prompt format, in one place, as data: the paper's (its Italian LLaMA 2 chat
+format and Italian Alpaca prompt) and today's.
 
 Rendering returns the text and the character spans that are trained (each answer with its
 end-of-turn token, or the Alpaca response with its EOS), so the loss mask and `llamantino
@@ -134,7 +135,7 @@ def check_conversation(messages, where: str = "conversation") -> list[dict]:
 def render_chat(messages, *, default_system: str | None = ITALIAN_SYSTEM_PROMPT,
                 add_generation_prompt: bool = False, where: str = "conversation",
                 bos: str = BOS, eos: str = EOS) -> Rendered:
-    """The Italian LLaMA 2 chat format of SPEC section 4, byte for byte.
+    """The paper's Italian LLaMA 2 chat format (LLaMA 2 chat with its Italian system prompt), byte for byte.
 
     The trained spans are each assistant answer with the space before it and its `</s>`.
     """
@@ -205,9 +206,10 @@ def evalita_instruction(task: str, **fields) -> str:
         raise LlamantinoError(f"task {task}: the instruction needs the field {exc}") from None
 
 
+# Prompt formats a `prompt_format` setting names (besides a file); the instruction-only ones are Alpaca prompts.
 PROMPT_FORMATS = ("auto", "llama2-chat", "chatml", "alpaca-it", "alpaca")
 CHAT_FORMATS = ("auto", "llama2-chat", "chatml")
-INSTRUCTION_FORMATS = ("alpaca-it", "alpaca")
+INSTRUCTION_PROMPT_FORMATS = ("alpaca-it", "alpaca")
 PROMPT_FORMAT_HELP = ("auto (the tokenizer's chat template, else llama2-chat), llama2-chat (the paper's), chatml, "
                       "alpaca-it (the paper's Italian Alpaca), alpaca (English), or a file: a Jinja chat template, "
                       "or a .json Alpaca template with prompt_input and prompt_no_input")
@@ -489,7 +491,7 @@ def _back_over_space(text: str, at: int, floor: int) -> int:
 
 
 def is_instruction_only(name: str) -> bool:
-    return name in INSTRUCTION_FORMATS or name.endswith(".json")
+    return name in INSTRUCTION_PROMPT_FORMATS or name.endswith(".json")
 
 
 def prompt_format(name: str, tokenizer=None, system: str = "auto"):

@@ -23,8 +23,9 @@ FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
     "text": ("text",),
 }
-CONVERSATION_FORMATS = ("ultrachat", "ultrachat_200k")
-INSTRUCTION_FORMATS = ("dolly", "alpaca", "evalita")
+# Data formats (the fields a record has), not prompt formats (see llamantino.data.prompts).
+CONVERSATION_DATA_FORMATS = ("ultrachat", "ultrachat_200k")
+INSTRUCTION_DATA_FORMATS = ("dolly", "alpaca", "evalita")
 
 
 def detect_format(record: dict, where: str) -> str:
@@ -79,7 +80,7 @@ def to_conversation(record: dict, fmt: str, where: str) -> list[dict]:
             out.append({"role": msg["role"], "content": _text(msg["content"], where, f"messages[{i}].content")})
         return out
     raise LlamantinoError(f"{where}: format {fmt} holds no conversation (expected "
-                          f"{' or '.join(CONVERSATION_FORMATS)})")
+                          f"{' or '.join(CONVERSATION_DATA_FORMATS)})")
 
 
 def to_instruction(record: dict, fmt: str, where: str) -> dict:
@@ -93,7 +94,7 @@ def to_instruction(record: dict, fmt: str, where: str) -> dict:
                 "input": _text(record.get("input"), where, "input", allow_empty=True),
                 "output": _text(record["output"], where, "output")}
     raise LlamantinoError(f"{where}: format {fmt} holds no instruction (expected "
-                          f"{', '.join(INSTRUCTION_FORMATS)})")
+                          f"{', '.join(INSTRUCTION_DATA_FORMATS)})")
 
 
 def iter_records(paths, fmt: str | None = None, *, skip_bad_lines: bool = False,

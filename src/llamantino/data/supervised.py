@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import Rendered
-from llamantino.data.records import CONVERSATION_FORMATS, INSTRUCTION_FORMATS, to_conversation, to_instruction
+from llamantino.data.records import CONVERSATION_DATA_FORMATS, INSTRUCTION_DATA_FORMATS, to_conversation, to_instruction
 from llamantino.models.loss import IGNORE
 
 
@@ -28,16 +28,16 @@ class Example:
 def render_record(record: dict, fmt: str, prompt, where: str) -> Rendered:
     """Render one source record in a resolved prompt format (`prompts.prompt_format`): a
     conversation with a chat format, an instruction with an instruction or chat format."""
-    if fmt in INSTRUCTION_FORMATS:
+    if fmt in INSTRUCTION_DATA_FORMATS:
         ins = to_instruction(record, fmt, where)
         return prompt.render_instruction(ins["instruction"], ins["input"], ins["output"], where=where)
     if prompt.chat_template is None:
         raise LlamantinoError(f"{where}: format {fmt} is not an instruction record; {prompt.name} needs "
-                              f"{', '.join(INSTRUCTION_FORMATS)}")
-    if fmt in CONVERSATION_FORMATS:
+                              f"{', '.join(INSTRUCTION_DATA_FORMATS)}")
+    if fmt in CONVERSATION_DATA_FORMATS:
         return prompt.render_conversation(to_conversation(record, fmt, where), where=where)
     raise LlamantinoError(f"{where}: format {fmt} is not a conversation; {prompt.name} needs "
-                          f"{' or '.join(CONVERSATION_FORMATS)} (or an instruction record)")
+                          f"{' or '.join(CONVERSATION_DATA_FORMATS)} (or an instruction record)")
 
 
 def encode(tokenizer, rendered: Rendered, max_length: int | None = None) -> Example:

@@ -425,7 +425,9 @@ def compare_on(name: str, texts: list[str], old_tok, new_tok, new_ids: range) ->
 # The stage
 
 
-def load_tokenizer(model: str):
+def load_fast_tokenizer(model: str):
+    """The tokenizer as saved, with its `tokenizers` backend (the vocabulary is extended there); unlike
+    modeling.load_tokenizer, no pad token is chosen: the saved tokenizer changes only by the new tokens."""
     from transformers import AutoTokenizer
 
     try:
@@ -474,7 +476,7 @@ def extend_vocabulary(folder: Path, cfg: Config) -> dict:
 
     t0 = time.time()
     source = check_model_source(cfg.model)
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_fast_tokenizer(source)
     family = tokenizer_family(json.loads(tokenizer.backend_tokenizer.to_str()), source)
     first_id = max(tokenizer.get_vocab().values()) + 1
     check_embedding_rows(source, first_id)

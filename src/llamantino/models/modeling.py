@@ -386,27 +386,34 @@ def language_model(model):
     return inner
 
 
+def decoder_blocks(model) -> list:
+    """The language model's decoder blocks (its `layers`), in order: what LoRA targets, what is
+    compiled block by block, what FSDP shards one by one. The one place that finds them."""
+    layers = getattr(language_model(model), "layers", None)
+    if layers is None:
+        raise LlamantinoError(f"{type(model).__name__}: no decoder blocks ('layers') found: unsupported architecture")
+    return list(layers)
+
+
 def lora_targets(model) -> list[str] | str:
     """The linear layers inside the language model's decoder blocks, as LoRA targets: their names
-    (q_proj, ..., down_proj), or for a vision-language model a pattern that matches them in the
-    language model only, so no adapter lands on the vision tower's layers of the same names."""
+    (q_proj, ..., down_proj), or, when a linear layer elsewhere has one of those names (a vision
+    tower's q_proj), a pattern that matches them in the decoder blocks only."""
     import re
 
     import torch
 
-    text = language_model(model)
-    inside = {id(m) for m in text.modules()}
+    inside = {id(m) for block in decoder_blocks(model) for m in block.modules()}
     found, elsewhere = set(), set()
     for name, module in model.named_modules():
-        if ".layers." not in name:
-            continue
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
         if is_linear:
             (found if id(module) in inside else elsewhere).add(name.rsplit(".", 1)[-1])
     if not found:
-        raise LlamantinoError("no linear layers found inside decoder blocks ('.layers.'): unsupported architecture")
-    if not elsewhere:
+        raise LlamantinoError("no linear layers found inside the decoder blocks: unsupported architecture")
+    if not found & elsewhere:
         return sorted(found)
+    text = language_model(model)
     prefix = next(name for name, module in model.named_modules() if module is text)
     return rf"{re.escape(prefix)}\.layers\.\d+\..*\b({'|'.join(sorted(found))})"
 

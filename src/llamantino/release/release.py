@@ -35,7 +35,8 @@ CARD = "README.md"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
-PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "alpaca", "chatml", "chat-template", "none")
+# Prompt formats a model card names (a tokenizer's own template or a file is shown as chat-template).
+CARD_PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "alpaca", "chatml", "chat-template", "none")
 STAGE_PROMPT = {"sft": "llama2-chat", "instruct": "alpaca-it", "adapt": "none"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What the card says of the licence, by the base model's licence (the hub's identifiers).
@@ -66,7 +67,7 @@ class Config:
                                   "parent, else the run's model)")
     datasets: list[str] = setting([], "datasets named on the card (default: the recipe's)")
     prompt_format: str = setting("", "prompt format shown on the card (default: the recipe's, else the run's)",
-                                 choices=("",) + PROMPT_FORMATS)
+                                 choices=("",) + CARD_PROMPT_FORMATS)
     license: str = setting("", "licence on the card (default: the recipe's, else the base model's card, "
                                "else 'other')")
     language: list[str] = setting([], "languages on the card (default: the recipe's, else those of the "
@@ -199,7 +200,7 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
 def run_prompt_format(stage: str, metrics: dict) -> str:
     """The format the run trained with, as its manifest records it (older runs: by stage)."""
     name = str(metrics.get("prompt_format") or "")
-    if name in PROMPT_FORMATS:
+    if name in CARD_PROMPT_FORMATS:
         return name
     if name:  # the tokenizer's own template, or a template file
         return "chat-template"

@@ -1,6 +1,6 @@
 """Language adaptation: QLoRA continued pretraining on cleaned target-language text.
 
-The heart of the paper (SPEC section 1, first rows): LLaMA 2 (base or chat) in 4-bit NF4,
+The heart of the paper (its language-adapted models): LLaMA 2 (base or chat) in 4-bit NF4,
 LoRA r=64 / alpha=16 / dropout=0.1 on every linear layer of the decoder blocks, trained on
 clean_mc4_it streamed and packed on the fly. The result is a PEFT adapter that
 `PeftModel.from_pretrained` loads.

@@ -1,5 +1,6 @@
-"""Pieces every training loop here shares: seeds and RNG state,
-learning-rate schedules, optimizers, checkpoint folders, metric logs and progress.
+"""Pieces every training loop here shares: seeds and RNG state, the compute dtype, learning-rate
+schedules, optimizers, metric logs, loss plots, progress and stop requests. Checkpoint folders
+live in llamantino.train.checkpoint.
 
 The loops themselves (adapt.py, sft.py, instruct.py) stay short and read top to bottom.
 """

@@ -1,4 +1,4 @@
-"""Full-parameter instruction tuning with PyTorch FSDP2 (SPEC section 1, Table 2).
+"""Full-parameter instruction tuning with PyTorch FSDP2 (the paper's Dolly and EVALITA models, Table 2).
 
     torchrun --nproc_per_node 8 -m llamantino instruct --model M --data dolly-it.jsonl --output OUT
     llamantino instruct --model M --data dolly-it.jsonl --output OUT          # one process
@@ -31,14 +31,14 @@ from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from llamantino.core.config import setting
+from llamantino.core.config import override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
-from llamantino.data.records import INSTRUCTION_FORMATS
+from llamantino.data.records import INSTRUCTION_DATA_FORMATS
 from llamantino.data.supervised import Example
 from llamantino.models.loss import IGNORE
 from llamantino.models.modeling import ATTENTION, DTYPES
-from llamantino.train.settings import SCHEDULES, TrainSettings
+from llamantino.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,33 +56,33 @@ class Config(TrainSettings):
     RENAMED: ClassVar[dict] = {"mixed_precision": ("compute_dtype", {"auto": "auto", "bf16": "bfloat16",
                                                                      "no": "float32"})}
 
-    model: str = setting("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model",
-                         path_input=True)
+    # The shared training settings with this stage's defaults and words.
+    model: str = override("", "model to fine-tune (local folder or hub name), e.g. the merged language-adapted model")
+    output: str = override("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")
+    max_length: int = override(1024, "tokens per example; longer examples are truncated")
+    batch_size: int = override(16, "examples per device in one micro-batch")
+    gradient_accumulation: int = override(0)
+    effective_batch_size: int = override(128, "examples per optimizer step over all devices; gradient "
+                                              "accumulation = this / (batch_size x processes)")
+    learning_rate: float = override(2e-5)
+    max_steps: int = override(0, "optimizer steps; 0: from epochs")
+    weight_decay: float = override(0.0, "AdamW weight decay (applied to every parameter)")
+    lr_scheduler: str = override("cosine")
+    compute_dtype: str = override("auto", "float32, or bfloat16 compute on float32 master weights (float16 is not "
+                                          "offered: it needs loss scaling); auto: bfloat16 on a GPU that has it, "
+                                          "else float32", choices=("auto", "float32", "bfloat16"))
+
     data: list[str] = setting([], "instruction data: JSON-lines files or folders (Dolly, Alpaca, prepared EVALITA)",
                               path_input=True)
     format: str = setting("auto", "data format; auto: detected from each file's fields",
-                          choices=("auto",) + INSTRUCTION_FORMATS)
-    output: str = setting("", "output folder: the fine-tuned model, checkpoints, metrics, manifest")
+                          choices=("auto",) + INSTRUCTION_DATA_FORMATS)
     prompt_format: str = setting("alpaca-it", "instruction prompt: alpaca-it (the paper's), alpaca (English), a .json "
                                               "Alpaca template (prompt_input, prompt_no_input), or a chat format: "
                                               "auto (the model's chat template), llama2-chat, chatml, a Jinja file",
                                  path_input=True)
     system_prompt: str = setting("auto", SYSTEM_PROMPT_HELP + " (chat formats only)", path_input=True)
-    max_length: int = setting(1024, "tokens per example; longer examples are truncated", minimum=1)
-    batch_size: int = setting(16, "examples per device in one micro-batch", minimum=1)
-    gradient_accumulation: int = setting(0, "micro-batches per optimizer step (0: derived from "
-                                            "effective_batch_size and the number of processes)", minimum=0)
-    effective_batch_size: int = setting(128, "examples per optimizer step over all devices; gradient "
-                                             "accumulation = this / (batch_size x processes)", minimum=0)
-    learning_rate: float = setting(2e-5, "peak learning rate", minimum=0)
     epochs: int = setting(3, "passes over the data (the last incomplete effective batch of each is left out)",
                           minimum=0)
-    max_steps: int = setting(0, "optimizer steps; 0: from epochs", minimum=0)
-    weight_decay: float = setting(0.0, "AdamW weight decay (applied to every parameter)", minimum=0)
-    lr_scheduler: str = setting("cosine", "learning-rate decay after warmup", choices=SCHEDULES)
-    compute_dtype: str = setting("auto", "float32, or bfloat16 compute on float32 master weights (float16 is not "
-                                         "offered: it needs loss scaling); auto: bfloat16 on a GPU that has it, "
-                                         "else float32", choices=("auto", "float32", "bfloat16"))
     save_dtype: str = setting("float32", "dtype of the saved weights", choices=DTYPES)
     attn_implementation: str = setting("auto", "attention kernel; auto: the fastest the model supports on the "
                                                "training device (GPU: flash_attention_3 on Hopper or "
@@ -216,8 +216,8 @@ def collate(batch: list[Example], pad_id: int, device, *, flat_length: int = 0) 
 # Model: FSDP2 sharding, mixed precision, the loss
 
 
-def resolve_compute_dtype(name: str, device: torch.device) -> str:
-    """float32 or bfloat16 (mixed precision on float32 master weights)."""
+def mixed_precision_dtype(name: str, device: torch.device) -> str:
+    """The compute dtype setting resolved for mixed precision on float32 master weights: float32 or bfloat16."""
     import torch
 
     from llamantino.train import common
@@ -281,14 +281,16 @@ def check_memory(cfg: Config, config, device, world: int) -> None:
         "change this (the master weights stay float32)")
 
 
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated blocks, found by the class names transformers keeps whole on one device."""
+def shard_units(model) -> list[torch.nn.Module]:
+    """What FSDP shards one by one before the root: every decoder block (modeling.decoder_blocks),
+    and every other block transformers keeps whole on one device (a vision tower's layers)."""
+    from llamantino.models.modeling import decoder_blocks
+
+    blocks = decoder_blocks(model)
+    ids = {id(block) for block in blocks}
+    parts = {id(sub) for block in blocks for sub in block.modules()} - ids  # sharded with their block
     names = set(getattr(model, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise LlamantinoError(f"{type(model).__name__}: no decoder layers found to shard "
-                              f"(_no_split_modules: {sorted(names) or 'none'})")
-    return layers
+    return [m for m in model.modules() if id(m) in ids or (type(m).__name__ in names and id(m) not in parts)]
 
 
 def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str,
@@ -316,7 +318,7 @@ def prepare_model(model, *, world: int, device: torch.device, compute_dtype: str
     # Weights are gathered in bf16 for compute; gradients are reduced in `reduce_dtype`, kept in float32.
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=getattr(torch, reduce_dtype)) if bf16
           else MixedPrecisionPolicy())
-    for layer in decoder_layers(model):
+    for layer in shard_units(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward != "never")
     # The root (embeddings, final norm, LM head) is needed again at once by the backward.
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward == "always")
@@ -605,7 +607,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
         raise LlamantinoError(f"{', '.join(cfg.data)}: {len(examples)} usable examples, fewer than one "
                               f"effective batch of {cfg.effective_batch_size}")
     total = cfg.max_steps or cfg.epochs * per_epoch
-    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    compute_dtype = mixed_precision_dtype(cfg.compute_dtype, device)
     check_memory(cfg, config, device, world)
     if not resume_from:  # the folder is claimed once the input is known good
         distributed.on_rank0(lambda: start_run(cfg.output, KIND, cfg))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from llamantino.core.config import setting
+from llamantino.core.config import Settings, override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.models.modeling import ATTENTION, DTYPES
 
@@ -35,8 +35,8 @@ FUSED_LOSS = ("auto", "chunked", "liger")
 
 
 @dataclasses.dataclass
-class TrainSettings:
-    """What every training stage has; each stage sets its own defaults (the paper's)."""
+class CoreSettings(Settings):
+    """What is trained, on which batches, how it is optimised."""
 
     model: str = setting("", "model to train: local folder or hub name", path_input=True)
     output: str = setting("", "run folder: result, checkpoints, logs, manifest.json")
@@ -57,6 +57,13 @@ class TrainSettings:
     compute_dtype: str = setting("auto", "compute dtype: float32, bfloat16, float16, or auto = bfloat16 on a GPU "
                                          "that has it (float16 on one that has not), float32 on CPU",
                                  choices=COMPUTE_DTYPES)
+
+
+@dataclasses.dataclass
+class SpeedSettings(Settings):
+    """The speed paths (see llamantino.train.speed): the time and memory a step takes, not what is trained, so
+    none of them is in the fingerprint."""
+
     gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass (less memory, "
                                                  "about a third more compute)", fingerprint=False)
     activation_checkpointing: str = setting(
@@ -78,6 +85,12 @@ class TrainSettings:
                                       "fused linear cross-entropy, GPU only); auto: liger when installed, on a GPU "
                                       "with bfloat16 compute, for a plain output layer, else chunked",
                               choices=FUSED_LOSS, fingerprint=False)
+
+
+@dataclasses.dataclass
+class RunSettings(Settings):
+    """Seed, checkpoints, logs and threads of a run."""
+
     seed: int = setting(42, "random seed", minimum=0)
     save_steps: int = setting(500, "write a resumable checkpoint every N steps (0: never)", fingerprint=False,
                               minimum=0)
@@ -86,6 +99,12 @@ class TrainSettings:
     stop_after_steps: int = setting(0, "stop after N steps in this invocation, with a checkpoint (for job time "
                                        "limits); continue with --resume", fingerprint=False, minimum=0)
     threads: int = setting(0, "torch CPU threads (0: torch's default)", fingerprint=False, minimum=0)
+
+
+@dataclasses.dataclass
+class TrainSettings(RunSettings, SpeedSettings, CoreSettings):
+    """What every training stage has; each stage sets its own defaults (the paper's) with `override()`.
+    (A dataclass lists the fields of its last base first: core, speed, then run settings.)"""
 
     def check_common(self, source: str) -> None:
         for name in ("model", "output"):
@@ -125,16 +144,11 @@ def accumulation(cfg: TrainSettings, world: int) -> int:
 
 
 @dataclasses.dataclass
-class QLoraSettings(TrainSettings):
-    """The paper's QLoRA recipe (SPEC section 1, adaptation row) as defaults."""
+class LoraSettings(Settings):
+    """What the QLoRA stages load and train: tokenizer, 4-bit base, LoRA adapter, loss and attention kernels,
+    embeddings."""
 
     tokenizer: str = setting("", "tokenizer folder or hub name (default: the model's)", path_input=True)
-    max_steps: int = setting(25000, "optimizer steps", minimum=1)
-    learning_rate: float = setting(2e-4, "peak learning rate", minimum=0)
-    weight_decay: float = setting(0.001, "AdamW weight decay", minimum=0)
-    max_grad_norm: float = setting(0.3, "gradient clipping by global norm (0: off)", minimum=0)
-    optimizer: str = setting("paged_adamw_32bit", "optimizer (paged and 8-bit variants need a CUDA device)",
-                             choices=OPTIMIZERS)
     lora_r: int = setting(64, "LoRA rank", minimum=1)
     lora_alpha: int = setting(16, "LoRA alpha", minimum=1)
     lora_dropout: float = setting(0.1, "LoRA dropout", minimum=0, maximum=0.999)
@@ -155,6 +169,12 @@ class QLoraSettings(TrainSettings):
                                     choices=("none", "all", "new"))
     embedding_learning_rate: float = setting(0.0, "learning rate of the embeddings (0: a tenth of learning_rate)",
                                              minimum=0)
+
+
+@dataclasses.dataclass
+class HeldoutSettings(Settings):
+    """Held-out text scored in bits per byte while a QLoRA stage trains (see llamantino.train.heldout)."""
+
     eval_data: list[str] = setting([], "held-out text scored in bits per byte while training, as NAME=PATH (JSON "
                                        "lines, .txt, parquet, hub:), e.g. it=heldout_it.txt en=heldout_en.txt",
                                    path_input=True)
@@ -162,6 +182,16 @@ class QLoraSettings(TrainSettings):
     eval_max_documents: int = setting(0, "documents read from each held-out set (0: all)", minimum=0)
     eval_batch_size: int = setting(8, "windows per forward pass when scoring held-out text", fingerprint=False,
                                    minimum=1)
+
+
+@dataclasses.dataclass
+class QLoraSettings(HeldoutSettings, LoraSettings, TrainSettings):
+    """The paper's QLoRA settings for language adaptation as defaults; sft changes its length and steps."""
+
+    max_steps: int = override(25000, minimum=1)
+    weight_decay: float = override(0.001)
+    max_grad_norm: float = override(0.3)
+    optimizer: str = override("paged_adamw_32bit")
     debug_rank_records: bool = setting(False, "write ranks/rankR.json with a hash of every batch each rank "
                                               "trained on and of its final adapter (checks data sharding)",
                                        fingerprint=False)

@@ -1,6 +1,6 @@
 """Chat fine-tuning: QLoRA on conversations, in the paper's Italian LLaMA 2 chat format or the model's own.
 
-As in the paper (SPEC section 1, chat row): the language-adapted chat model (a base plus
+As in the paper (its UltraChat models): the language-adapted chat model (a base plus
 its language adapter, merged) is loaded in 4-bit and a new LoRA adapter is trained on
 translated UltraChat with the adaptation settings, except max length 2048 and 15,000
 steps. Loss is taken on the assistant answers and their end-of-turn token only (`</s>` in
@@ -20,11 +20,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from llamantino.core.config import setting
+from llamantino.core.config import override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.packing import RowSource
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
-from llamantino.data.records import CONVERSATION_FORMATS
+from llamantino.data.records import CONVERSATION_DATA_FORMATS
 from llamantino.train.settings import QLoraSettings
 
 KIND = "sft"
@@ -34,14 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Config(QLoraSettings):
-    max_length: int = setting(2048, "tokens per packed sequence (longer conversations are truncated)")
-    max_steps: int = setting(15000, "optimizer steps")
+    max_length: int = override(2048, "tokens per packed sequence (longer conversations are truncated)")
+    max_steps: int = override(15000)
     adapter: str = setting("", "language adapter to merge into the base before training (the paper's "
                                "language-adapted chat model)", path_input=True)
     merge_dtype: str = setting("auto", "dtype of the merged base: float32, bfloat16, float16, or auto = "
                                "the checkpoint's own", choices=("auto", "float32", "bfloat16", "float16"))
     data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hub:NAME?config=C&split=S", path_input=True)
-    format: str = setting("", "data format (default: detected from the fields)", choices=("",) + CONVERSATION_FORMATS)
+    format: str = setting("", "data format (default: detected from the fields)",
+                          choices=("",) + CONVERSATION_DATA_FORMATS)
     prompt_format: str = setting("auto", "chat format: auto (the tokenizer's chat template, else llama2-chat), "
                                          "llama2-chat (the paper's), chatml, or a Jinja chat template file",
                                  path_input=True)

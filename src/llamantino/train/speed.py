@@ -283,19 +283,12 @@ def set_checkpointing(causal_lm, mode: str, lora_rank: int = 0, every: int = 1) 
 # Compilation and kernels
 
 
-def decoder_blocks(causal_lm) -> list[torch.nn.Module]:
-    from llamantino.models.modeling import language_model
-
-    layers = getattr(language_model(causal_lm), "layers", None)
-    if layers is None:
-        raise LlamantinoError(f"{type(causal_lm).__name__}: no decoder blocks ('layers') to compile")
-    return list(layers)
-
-
 def compile_blocks(causal_lm) -> int:
     """torch.compile every decoder block in place (parameter names and state dicts unchanged).
     transformers checkpoints a block's `forward`, so the checkpoint is compiled with it (the
     compiler plans the recomputation); FSDP2's hooks stay outside. Returns the number of blocks."""
+    from llamantino.models.modeling import decoder_blocks
+
     blocks = decoder_blocks(causal_lm)
     for block in blocks:
         block.compile()

@@ -34,10 +34,12 @@ class Config:
     data: list[str] = setting([], "gold files as TASK=PATH (several per task allowed)", path_input=True)
     samples: str = setting("", "evaluate on the bundled sample files of this split", choices=("", "train", "test"))
     output: str = setting("", "report folder")
-    max_new_tokens: int = setting(64, "tokens generated per answer (the 2023 systems used 256)")
-    max_input_chars: int = setting(1200, "inputs are cut to this many characters, as the 2023 systems did")
-    limit: int = setting(0, "evaluate at most N items per task (0: all)")
-    batch_size: int = setting(8, "prompts per generation batch", fingerprint=False)
+    max_new_tokens: int = setting(64, "tokens generated per answer (the 2023 systems used 256)",
+                                  minimum=1)
+    max_input_chars: int = setting(1200, "inputs are cut to this many characters, as the 2023 systems did",
+                                   minimum=1)
+    limit: int = setting(0, "evaluate at most N items per task (0: all)", minimum=0)
+    batch_size: int = setting(8, "prompts per generation batch", fingerprint=False, minimum=1)
     dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
     prompt_format: str = setting("alpaca-it", "prompt format the model was instruction-tuned with (as instruct's "
                                               "prompt_format)", path_input=True)

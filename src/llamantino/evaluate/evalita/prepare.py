@@ -36,9 +36,10 @@ class Config:
     output: str = setting("", "output folder")
     data: list[str] = setting([], "task files: PATH (all of --task) or TASK=PATH (a mixture); several allowed", path_input=True)
     task: str = setting("", "the EVALITA task of every --data file given without TASK=")
-    max_per_task: int = setting(0, "keep at most this many items of each task, a seeded random sample (0: all)")
+    max_per_task: int = setting(0, "keep at most this many items of each task, a seeded random sample (0: all)",
+                                minimum=0)
     shuffle: bool = setting(False, "shuffle the records of all tasks together (seeded)")
-    seed: int = setting(0, "random seed of --max-per-task and --shuffle")
+    seed: int = setting(0, "random seed of --max-per-task and --shuffle", minimum=0)
     samples: str = setting("", "use the bundled sample files of this split instead of --data",
                            choices=("", "train", "test"))
     tasks: list[str] = setting([], "with --samples: which tasks (default: all)")
@@ -49,8 +50,6 @@ class Config:
         if not self.data and not self.samples:
             raise LlamantinoError(f"{source}: setting 'data' is required (task files, PATH or TASK=PATH), "
                                   "or 'samples'")
-        if self.max_per_task < 0:
-            raise LlamantinoError(f"{source}: setting 'max_per_task' must be 0 (all) or more")
         task_files(self)  # names every unknown task before anything is read
 
 
