@@ -141,3 +141,48 @@ def test_on_rank0_hands_a_refusal_to_every_rank(tmp_path):
     mp.start_processes(_refusing_rank, args=(str(tmp_path / "store"), str(results)), nprocs=2, join=True,
                        start_method="spawn")
     assert [(tmp_path / f"result.{r}").read_text() for r in (0, 1)] == ["error: run: refused on rank 0"] * 2
+
+
+@pytest.mark.distributed
+def test_resuming_on_another_number_of_processes_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys):
+    """Each rank reads its own stripe of the data, so a checkpoint's data positions hold for the
+    number of processes that wrote it only: a resume on another number is refused, with the same
+    one line on every rank, and the checkpoint is kept for a resume with the right number."""
+    from llamantino.cli import main
+
+    from helpers.adapt import adapt_args, corpus
+
+    data = corpus(tmp_path, 24)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    two, one = tmp_path / "two", tmp_path / "one"
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "llamantino", *adapt_args(tiny_model_dir, data, out, *extra)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+    def snapshot(out):
+        return {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    # Written by 2 processes, resumed on 1.
+    proc = torchrun(two, "--stop-after-steps", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = snapshot(two)
+    capsys.readouterr()
+    assert main(adapt_args(tiny_model_dir, data, two, "--resume")) == 2
+    folder = two / "checkpoints" / "step-0000001"
+    errors = re.findall(r"^error: .*$", capsys.readouterr().err, flags=re.M)  # after the loading bars
+    assert errors == [f"error: {folder}: written by 2 process(es), this run has 1; resume with 2 "
+                      "(its data state is per process)"]
+    assert snapshot(two) == before
+
+    # Written by 1 process, resumed on 2: both ranks refuse with the same line.
+    assert main(adapt_args(tiny_model_dir, data, one, "--stop-after-steps", "1")) == 0
+    before = snapshot(one)
+    proc = torchrun(one, "--resume")
+    assert proc.returncode != 0
+    errors = re.findall(r"^error: .*$", proc.stderr, flags=re.M)
+    folder = one / "checkpoints" / "step-0000001"
+    assert errors and set(errors) == {f"error: {folder}: written by 1 process(es), this run has 2; resume with 1 "
+                                      "(its data state is per process)"}, proc.stderr[-3000:]
+    assert snapshot(one) == before
