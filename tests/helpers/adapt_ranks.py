@@ -68,8 +68,8 @@ def run_fixed(model: str, data: str, output: str) -> dict:
     from llamantino.train.qlora import train
 
     cfg = config_for("adapt", model=model, data=[data], output=output, max_length=LENGTH, batch_size=BATCH,
-                     effective_batch_size=2 * BATCH, gradient_accumulation=0, max_steps=STEPS, learning_rate=1e-3, warmup_ratio=0.0,
-                     lora_dropout=0.0, logging_steps=1, lora_r=4)
+                     effective_batch_size=2 * BATCH, gradient_accumulation=0, max_steps=STEPS,
+                     learning_rate=1e-3, warmup_ratio=0.0, lora_dropout=0.0, logging_steps=1, lora_r=4)
     tokenizer = check_inputs(cfg)
     return train("adapt", cfg, lambda rank, world: FixedRows(rows_of(rank, world)), tokenizer=tokenizer)
 
