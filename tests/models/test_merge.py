@@ -188,17 +188,42 @@ def test_evaluation_merges_the_same_way(tmp_path, tiny_model_dir, numpy_adapter)
     assert all(torch.equal(saved[k], in_memory[k]) for k in saved)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_gpu_merges_the_same_bits_as_the_cpu():
+def merge_inputs():
+    """Factors and a weight per dtype, large enough that a merge rounded otherwise shows in every dtype."""
     rng = np.random.default_rng(3)
     left = torch.from_numpy(rng.standard_normal((1000, 16), dtype=np.float32))
     right = torch.from_numpy(rng.standard_normal((16, 700), dtype=np.float32))
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        weight = torch.from_numpy(rng.standard_normal((1000, 700), dtype=np.float32)).to(dtype)
+        yield left, right, torch.from_numpy(rng.standard_normal((1000, 700), dtype=np.float32)).to(dtype)
+
+
+def plain_merge(weight, left, right, scaling):
+    """The merge as float32 arithmetic does it (a float32 product, added, rounded again): the negative control."""
+    return (weight.float() + scaling * (left @ right)).to(weight.dtype)
+
+
+def same_bits(a, b) -> bool:
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def test_the_bitwise_merge_comparison_rejects_a_float32_merge():
+    """The negative control of the GPU test below, on CPU: on its inputs a float32 merge differs in
+    bits from ours in every dtype, so the comparison can fail."""
+    for left, right, weight in merge_inputs():
+        ours = merged_weight(weight, left, right, 2.0)
+        assert same_bits(ours, merged_weight(weight, left, right, 2.0))
+        assert not same_bits(ours, plain_merge(weight, left, right, 2.0)), weight.dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_merges_the_same_bits_as_the_cpu():
+    for left, right, weight in merge_inputs():
         cpu = merged_weight(weight, left, right, 2.0)
         gpu = merged_weight(weight.cuda(), left.cuda(), right.cuda(), 2.0).cpu()
-        assert torch.equal(cpu.contiguous().view(torch.uint8), gpu.contiguous().view(torch.uint8)), dtype
+        assert same_bits(cpu, gpu), weight.dtype
+        # Negative control: the GPU's float32 merge is not the CPU's exact one.
+        assert not same_bits(cpu, plain_merge(weight.cuda(), left.cuda(), right.cuda(), 2.0).cpu()), weight.dtype
 
 
 EMBEDDING_ADAPTERS = {

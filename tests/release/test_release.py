@@ -405,6 +405,67 @@ def test_build_refuses_a_tampered_release(tmp_path, tiny_model_dir, releases):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+def disk_dtypes(folder) -> set[str]:
+    """The dtypes of the tensors a model folder stores, as safetensors names them."""
+    from safetensors import safe_open
+
+    found = set()
+    for file in Path(folder).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as handle:
+            found |= {handle.get_slice(k).get_dtype() for k in handle.keys()}
+    return found
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_16_bit_chain_rebuilds_bit_for_bit(tmp_path, tiny_model_dir, releases, dtype):
+    """The chain of the paper's 16-bit releases end to end: `merge` the released adapter in 16
+    bits, tune the merged model (every weight nudged in 16 bits, `<pad>` added), release it as a
+    weight difference, then `build` it from the base and the two releases: the same bits as the
+    tuned model, in that dtype; `diff apply` on the merged model too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamantino.release.release import run as release_run
+
+    merged = tmp_path / "merged"
+    assert cli.main(["merge", "--base", str(tiny_model_dir), "--adapter", str(releases / "adapter"),
+                     "--output", str(merged), "--dtype", dtype]) == 0
+    stored = {"float16": {"F16"}, "bfloat16": {"BF16"}}[dtype]
+    assert disk_dtypes(merged) == stored
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=getattr(torch, dtype))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype)).state_dict()
+    assert not torch.equal(model.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"])  # the adapter is in the merge
+    tuned = tmp_path / "tuned"
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    model.save_pretrained(tuned, max_shard_size="300KB")
+    tokenizer.save_pretrained(tuned)
+    write_run_manifest(tuned, "instruct", {"model": str(merged), "learning_rate": 2e-5, "epochs": 3},
+                       {"final_loss": 1.1})
+    release_run(config_for("release", run=str(tuned), output=str(tmp_path / "diff"),
+                           release_recipe="LLaMAntino-2-7b-hf-dolly-ITA"))
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "meta-llama/Llama-2-7b-hf")
+    shutil.copytree(releases / "adapter", models / "swap-uniba/LLaMAntino-2-7b-hf-ITA")
+    shutil.copytree(tmp_path / "diff", models / "swap-uniba/LLaMAntino-2-7b-hf-dolly-ITA")
+    built = tmp_path / "built"
+    assert cli.main(["build", "LLaMAntino-2-7b-hf-dolly-ITA", "--base-dir", str(models),
+                     "--output", str(built)]) == 0
+    assert json.loads((built / "manifest.json").read_text())["metrics"]["dtype"] == dtype  # chosen by the diff
+    expected = tensor_hashes(tuned)
+    assert tensor_hashes(built) == expected and compare_models(built, tuned)["identical"]
+    assert disk_dtypes(built) == stored
+    assert cli.main(["diff", "apply", "--base", str(merged), "--diff", str(tmp_path / "diff"),
+                     "--output", str(tmp_path / "applied")]) == 0
+    assert tensor_hashes(tmp_path / "applied") == expected
+
+
 def test_build_refuses_the_wrong_merge_dtype(tmp_path, tiny_model_dir, releases):
     with pytest.raises(LlamantinoError, match="dtype mismatch.*\\(BF16, expected F32\\)"):
         build_chain(tiny_model_dir, [f"adapter:{releases / 'adapter'}", "merge", f"diff:{releases / 'diff'}"],

@@ -91,6 +91,29 @@ def assert_same(reference, other, *, loss_tol=1e-6, grad_tol=1e-5, name=""):
     assert all(float(g.abs().max()) > 0 for g in grads0.values())  # every adapter takes part
 
 
+BF16 = {"loss_tol": 2e-2, "grad_tol": 8e-2}  # bfloat16 compute: rounding of 3 significant digits
+
+
+def not_separated(batch):
+    """The packed documents of each row as one: positions that never restart."""
+    ids, positions, labels = batch
+    return ids, torch.arange(ids.shape[1], device=ids.device).expand_as(ids), labels
+
+
+def labels_shifted(batch):
+    """Every target one position off (each token trained to predict the one after next)."""
+    ids, positions, labels = batch
+    return ids, positions, labels.roll(-1, dims=1)
+
+
+def assert_controls_rejected(reference, model, batch, tolerances, name, **options):
+    """Negative controls: the model on its documents not kept apart, and on labels shifted by one,
+    must fail the comparison at `tolerances`, or the comparison could not fail."""
+    for control, bad in (("documents not separated", not_separated(batch)), ("labels shifted", labels_shifted(batch))):
+        with pytest.raises(AssertionError, match=r"^[(\d]"):  # the loss or the gradients differ, beyond tolerance
+            assert_same(reference, loss_and_grads(model, bad, **options), **tolerances, name=f"{name}, {control}")
+
+
 # ---------------------------------------------------------------------------------------
 # Activation checkpointing: full, selective, none
 
@@ -661,6 +684,30 @@ def instruct_examples():
     return [Example(ids, [IGNORE] * 6 + ids[6:]) for ids in (torch.randint(3, 500, (n,)).tolist() for n in (20, 13, 17))]
 
 
+def test_the_gpu_tolerances_reject_the_negative_controls_on_cpu(tiny_model_dir):
+    """The GPU tests compare bfloat16 runs at loose tolerances (BF16). Their negative controls run
+    here too, in float32 with SDPA: the comparison at those tolerances passes for the model against
+    itself and rejects documents not kept apart and labels shifted by one, through the chunked loss
+    and through the model's own."""
+    model = qlora_model(tiny_model_dir, dropout=0.0)
+    batch = packed_batch()
+    for chunk in (7, 0):
+        reference = loss_and_grads(model, batch, chunk=chunk)
+        assert_same(reference, loss_and_grads(model, batch, chunk=chunk), **BF16, name=f"sdpa again, chunk {chunk}")
+        assert_controls_rejected(reference, model, batch, BF16, f"sdpa (CPU), chunk {chunk}", chunk=chunk)
+
+
+def instruct_controls(flat: dict) -> dict:
+    """A flattened micro-batch spoilt two ways: one boundary for all its examples, or labels shifted by one."""
+    whole = dict(flat)
+    end = int(flat["cu_seq_lens_q"][-1])
+    whole["cu_seq_lens_q"] = whole["cu_seq_lens_k"] = flat["cu_seq_lens_q"].new_tensor([0, end])
+    whole["position_ids"] = torch.arange(end, device=flat["input_ids"].device).unsqueeze(0)
+    shifted = dict(flat)
+    shifted["labels"] = flat["labels"].roll(-1, dims=1)
+    return {"examples not separated": whole, "labels shifted": shifted}
+
+
 def test_instruct_micro_batches_flattened_padding_free_give_the_padded_loss(tiny_model_dir):
     """FlashAttention's way (examples back to back, positions restarting, boundaries computed once on
     the host) run with SDPA, whose block-diagonal mask from the positions keeps them apart: the loss
@@ -684,8 +731,13 @@ def test_instruct_micro_batches_flattened_padding_free_give_the_padded_loss(tiny
         return float(loss), {k: p.grad.clone() for k, p in model.named_parameters()}
 
     for chunk in (0, 5):
-        assert_same(run(padded, chunk), run(flat, chunk), loss_tol=1e-6, grad_tol=1e-5,
+        reference = run(padded, chunk)
+        assert_same(reference, run(flat, chunk), loss_tol=1e-6, grad_tol=1e-5,
                     name=f"instruct padding-free, chunk {chunk}")
+        # The negative controls of the GPU test, rejected at its bfloat16 tolerances.
+        for control, bad in instruct_controls(flat).items():
+            with pytest.raises(AssertionError, match=r"^[(\d]"):
+                assert_same(reference, run(bad, chunk), **BF16, name=f"instruct padding-free, {control}")
 
 
 def test_instruct_padding_free_gives_the_pinned_losses(tmp_path, tiny_model_dir, monkeypatch):
@@ -819,9 +871,6 @@ def cuda_model(tiny_model_dir):
     return make
 
 
-BF16 = {"loss_tol": 2e-2, "grad_tol": 8e-2}  # bfloat16 compute: rounding of 3 significant digits
-
-
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("attention", ["flash_attention_2", "flash_attention_3", "flex_attention"])
@@ -833,15 +882,11 @@ def test_gpu_attention_paths_give_the_loss_and_gradients_of_sdpa(cuda_model, att
     if attention == "flash_attention_3" and not is_flash_attn_3_available():
         pytest.skip("flash-attn 3 is not installed")
     batch = packed_batch(device="cuda")
-    ids, positions, labels = batch
     with torch.autocast("cuda", dtype=torch.bfloat16):
         reference = loss_and_grads(cuda_model("sdpa"), batch)
         model = cuda_model(attention)
-        fast = loss_and_grads(model, batch)
-        leaky = loss_and_grads(model, (ids, torch.arange(ids.shape[1], device="cuda").expand_as(ids), labels))
-    assert_same(reference, fast, **BF16, name=attention)
-    with pytest.raises(AssertionError):  # the check can fail: documents that see each other show
-        assert_same(reference, leaky, **BF16, name=f"{attention}, documents not separated")
+        assert_same(reference, loss_and_grads(model, batch), **BF16, name=attention)
+        assert_controls_rejected(reference, model, batch, BF16, attention)
 
 
 @pytest.mark.gpu
@@ -862,6 +907,7 @@ def test_gpu_compiled_4bit_blocks_and_selective_checkpointing(cuda_model):
         for mode in ("full", "none"):
             speed.set_checkpointing(causal_lm, mode)
             assert_same(reference, loss_and_grads(model, batch), **BF16, name=f"compiled, {mode} (GPU)")
+        assert_controls_rejected(reference, model, batch, BF16, "compiled (GPU)")
 
 
 @pytest.mark.gpu
@@ -875,6 +921,7 @@ def test_gpu_liger_kernels_and_fused_loss(cuda_model):
         assert_same(reference, loss_and_grads(model, batch, fused="liger"), **BF16, name="liger fused loss")
         speed.apply_liger_kernels(model.get_base_model())
         assert_same(reference, loss_and_grads(model, batch, fused="liger"), **BF16, name="liger kernels + loss")
+        assert_controls_rejected(reference, model, batch, BF16, "liger kernels + loss", fused="liger")
 
 
 @pytest.mark.gpu
@@ -918,6 +965,9 @@ def test_gpu_instruct_padding_free_with_flash_attention_gives_the_padded_loss(ti
         loss.backward()
         return float(loss), {k: p.grad.float().clone() for k, p in model.named_parameters()}
 
-    assert_same(run("sdpa", collate(examples, 0, "cuda")),
-                run("flash_attention_2", collate(examples, 0, "cuda", flat_length=64)), **BF16,
+    reference = run("sdpa", collate(examples, 0, "cuda"))
+    assert_same(reference, run("flash_attention_2", collate(examples, 0, "cuda", flat_length=64)), **BF16,
                 name="instruct padding-free, flash_attention_2 vs padded sdpa")
+    for control, bad in instruct_controls(collate(examples, 0, "cuda", flat_length=64)).items():
+        with pytest.raises(AssertionError, match=r"^[(\d]"):
+            assert_same(reference, run("flash_attention_2", bad), **BF16, name=f"instruct padding-free, {control}")

@@ -209,6 +209,12 @@ class Checkpoints:
 
     def load(self, path: Path, parts: dict, per_rank: dict | None = None) -> None:
         self.verify(path)
+        # Every rank sees the same folder, so every rank refuses with the same line, before loading anything.
+        for name, part in (per_rank or {}).items():
+            written = len(list(path.glob(f"{name}-rank*.json")))
+            if not getattr(part, "optional", False) and written != self.world:
+                raise LlamantinoError(f"{path}: written by {written} process(es), this run has {self.world}; "
+                                      f"resume with {written} (its {name} state is per process)")
         for name, part in parts.items():
             if hasattr(part, "load_from"):
                 part.load_from(path, self.rank)

@@ -370,7 +370,8 @@ def speed_info(model, loss: CausalLMLoss, paths: speed.Speed) -> dict:
 
 def train_step(t: Trainer) -> bool:
     """One optimizer step over `accumulation` micro-batches of `batch_size` rows; False when
-    the data are exhausted. The loss is normalised by the target tokens of the whole step."""
+    the data are exhausted. The loss is normalised by the target tokens of the whole step, over
+    every rank: the same update as one process accumulating the ranks' micro-batches."""
     from llamantino.data.packing import collate
 
     cfg = t.cfg
@@ -383,7 +384,10 @@ def train_step(t: Trainer) -> bool:
     if t.batch_digest is not None:
         for b in micro:
             t.batch_digest.update(b.input_ids.numpy().tobytes())
-    n_targets = torch.tensor(max(1, sum(b.target_tokens for b in micro)), device=t.device)
+    n_targets = max(1, sum(b.target_tokens for b in micro))
+    if t.world > 1:  # DDP averages gradients: / (global targets / world) makes them the global batch's mean
+        n_targets = distributed.all_reduce_sum(n_targets, t.device) / t.world
+    n_targets = torch.tensor(n_targets, device=t.device)
     autocast = torch.autocast(t.device.type, dtype=getattr(torch, t.compute_dtype),
                               enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
     # Flattened rows: their document boundaries from the host's copy of the batch (no GPU sync).
@@ -416,8 +420,8 @@ def train_step(t: Trainer) -> bool:
     t.optimizer.zero_grad(set_to_none=True)
     lr = t.scheduler.get_last_lr()[0]
     t.scheduler.step()
-    # loss_sum is the token-mean loss of this rank's batch; average over ranks. One
-    # collective for the step's three figures.
+    # loss_sum is this rank's share of the global token mean, x world; average over ranks.
+    # One collective for the step's three figures.
     loss_sum, tokens, real = distributed.all_reduce_sums(
         [loss_sum, sum(b.positions for b in micro), sum(b.real_tokens for b in micro)], t.device)
     loss, tokens, real = loss_sum / t.world, int(tokens), int(real)
