@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llamantino import __version__
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import atomic_write_json, check_member_name, link_root, safe_join
+from llamantino.core.fileio import atomic_write_json, check_member_name, link_root, read_json_object, safe_join
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -100,14 +100,6 @@ class WeightFile:
                                   f"announces {data_start + end}")
 
 
-def read_json(path, what: str):
-    """A JSON file of a folder someone else may have written: one line if it is unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise LlamantinoError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
-
-
 def weight_file_name(name, what: str) -> str:
     """A weight file name read from data: a plain `.safetensors` name, no folders."""
     check_member_name(name, what)
@@ -127,9 +119,7 @@ class ModelFolder:
         config_path = safe_join(self.folder, "config.json", f"{what} folder {self.folder}")
         if not config_path.is_file():
             raise LlamantinoError(f"{self.folder}: no config.json: not a model folder")
-        self.config = read_json(config_path, "config")
-        if not isinstance(self.config, dict):
-            raise LlamantinoError(f"{config_path}: not a JSON object")
+        self.config = read_json_object(config_path, "config")
         self.index_text = None
         index_path = safe_join(self.folder, INDEX_FILE, f"{what} folder {self.folder}")
         if index_path.is_file():

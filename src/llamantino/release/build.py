@@ -308,11 +308,11 @@ def chain_dtype(base, steps: list[Step], dtype: str) -> str:
         if len(wanted) != 1:
             raise LlamantinoError(f"{diff.path}: expects base tensors in {sorted(wanted)}: pass --dtype")
         return wanted.pop()
-    from llamantino.models.weight_files import read_json
+    from llamantino.core.fileio import read_json_object
 
     config_path = safe_join(base, "config.json", f"base model {base}")
-    config = read_json(config_path, "config") if config_path.is_file() else {}
-    own = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    config = read_json_object(config_path, "config") if config_path.is_file() else {}
+    own = config.get("dtype") or config.get("torch_dtype")
     return own if own in DTYPES else "float32"
 
 

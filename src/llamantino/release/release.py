@@ -440,11 +440,9 @@ def release_into(folder: Path, cfg: Config) -> dict:
 def public_adapter_config(path: Path, base_model: str) -> None:
     """The released adapter_config.json names its base by the card's hub id, not by the
     local folder PEFT recorded when the adapter was trained."""
-    from llamantino.models.weight_files import read_json
+    from llamantino.core.fileio import read_json_object
 
-    config = read_json(path, "adapter config")
-    if not isinstance(config, dict):
-        raise LlamantinoError(f"{path}: not a JSON object")
+    config = read_json_object(path, "adapter config")
     config["base_model_name_or_path"] = base_model
     path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT writes it
 

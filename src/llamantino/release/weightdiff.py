@@ -62,10 +62,10 @@ from pathlib import Path
 import numpy as np
 
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import atomic_dir, check_member_name, safe_join, sha256_file
+from llamantino.core.fileio import atomic_dir, check_member_name, read_json_object, safe_join, sha256_file
 from llamantino.models.merge import LEGACY_MERGE_METHOD, MERGE_METHOD, merge_method_of
 from llamantino.models.weight_files import (ARCH_KEYS, DTYPE_BYTES, INDEX_FILE, SINGLE_FILE, ModelFolder, TensorInfo,
-                                            WeightFile, check_output, data_offsets, is_shape, parse_header, read_json,
+                                            WeightFile, check_output, data_offsets, is_shape, parse_header,
                                             read_weight_map, safetensors_header, weight_file_name, write_marker)
 
 FORMAT = "llamantino-weight-diff"
@@ -518,10 +518,9 @@ def read_diff_manifest(diff) -> dict:
     path = safe_join(diff, DIFF_MANIFEST, f"weight difference {diff}")
     if not path.is_file():
         raise LlamantinoError(f"{diff}: not a weight difference (no {DIFF_MANIFEST})")
-    manifest = read_json(path, "weight difference manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        found = manifest if isinstance(manifest, dict) else {}
-        raise LlamantinoError(f"{path}: format {found.get('format')!r} version {found.get('version')!r}; "
+    manifest = read_json_object(path, "weight difference manifest")
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise LlamantinoError(f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
                               f"this llamantino reads {FORMAT} version {FORMAT_VERSION}")
     return check_diff_manifest(manifest, path)
 
