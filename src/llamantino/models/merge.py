@@ -31,11 +31,11 @@ from pathlib import Path
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import read_json_object, safe_join
+from llamantino.models.weight_files import DTYPES
 
 log = logging.getLogger(__name__)
 
 KIND = "merge"
-DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 # The arithmetic of a merge, recorded with every merged model and with every weight difference
 # made against one: a new method (other bits) gets a new name.

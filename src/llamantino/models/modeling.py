@@ -13,11 +13,10 @@ import shutil
 from pathlib import Path
 
 from llamantino.core.errors import LlamantinoError
-from llamantino.models.weight_files import require_safetensors
+from llamantino.models.weight_files import DTYPES, require_safetensors
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 

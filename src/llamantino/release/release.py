@@ -26,11 +26,11 @@ from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import safe_join
 from llamantino.core.fileio import HUB_PREFIX
+from llamantino.release.build import CHECKSUMS
 
 log = logging.getLogger(__name__)
 
 KIND = "release"
-CHECKSUMS = "SHA256SUMS"
 CARD = "README.md"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
