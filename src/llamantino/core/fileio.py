@@ -27,6 +27,15 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjso
 MAX_LINE_BYTES = 8 << 20
 
 
+def max_line_bytes_setting():
+    """The `max_line_bytes` setting of a stage that reads JSON lines."""
+    from llamantino.core.config import setting
+
+    return setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming the file, line and "
+                                   "byte offset (a file without line ends is never read whole)", fingerprint=False,
+                   minimum=1024, maximum=1 << 31)
+
+
 def is_gzip(path: Path) -> bool:
     return str(path).endswith(".gz")
 

@@ -45,8 +45,8 @@ from typing import Iterator
 
 from llamantino.core.config import closest, setting
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import (JSONL_SUFFIXES, MAX_LINE_BYTES, LineStats, atomic_open, expand_inputs,
-                                    iter_jsonl)
+from llamantino.core.fileio import (JSONL_SUFFIXES, LineStats, atomic_open, expand_inputs, iter_jsonl,
+                                    max_line_bytes_setting)
 from llamantino.core.fileio import HUB_PREFIX, parse_hub_spec
 from llamantino.data import sharding
 from llamantino.data.langid import DETECTORS
@@ -134,10 +134,7 @@ class Config:
     text_field: str = setting("text", "field holding the text")
     shard_docs: int = setting(100000, "kept documents per output shard", minimum=1, maximum=100_000_000)
     skip_bad_lines: bool = setting(False, "count and skip malformed lines instead of stopping")
-    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
-                                                  "the file, line and byte offset (a file without line ends is "
-                                                  "never read whole)", fingerprint=False, minimum=1024,
-                                  maximum=1 << 31)
+    max_line_bytes: int = max_line_bytes_setting()
     num_shards: int | None = sharding.num_shards_setting()
     shard_index: int | None = sharding.shard_index_setting()
     workers: int = setting(0, "processes (0: all cores)", fingerprint=False, minimum=0, maximum=4096)

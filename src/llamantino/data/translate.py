@@ -54,7 +54,7 @@ from typing import ClassVar
 
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import MAX_LINE_BYTES, iter_jsonl, read_json_object
+from llamantino.core.fileio import MAX_LINE_BYTES, iter_jsonl, max_line_bytes_setting, read_json_object
 from llamantino.data import sharding
 from llamantino.data.parts import PROGRESS, Parts
 
@@ -89,10 +89,7 @@ class Config:
     output: str = setting("", "output folder")
     model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
                              "empty: the Argos package installed for src -> tgt", path_input=True)
-    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
-                                                  "the file, line and byte offset (a file without line ends is "
-                                                  "never read whole)", fingerprint=False, minimum=1024,
-                                  maximum=1 << 31)
+    max_line_bytes: int = max_line_bytes_setting()
     src: str = setting("en", "source language code")
     tgt: str = setting("it", "target language code")
     format: str = setting("", f"source format: {', '.join(FORMATS)}; empty: detected from each file's "
