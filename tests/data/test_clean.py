@@ -418,12 +418,15 @@ def test_a_full_disk_keeps_finished_shards_and_the_run_resumes(tmp_path, monkeyp
     args = ["clean", str(source), "--output", str(out), "--shard-docs", "5", "--workers", "1"]
     assert cli(args) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {out}: No space left on device; finished work is kept: fix this and run the same "
-                   "command again to resume\n")
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.jsonl.gz", "part-00001.jsonl.gz",
                                                      "part-00002.jsonl.gz", "part-00003.jsonl.gz",
                                                      "progress.json", "run.json"]
-    assert json.loads((out / "progress.json").read_text())["shards"] == 4
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["shards"] == 4
+    # The same line as translate's: what the last commit holds, and how to resume.
+    assert err == (f"error: {out}: cannot write (No space left on device); 4 finished shard(s) "
+                   f"({progress['stats']['docs']['read']} documents read) kept in {out}: free space or fix the "
+                   "permissions, then run the same command again to resume\n")
     monkeypatch.setattr(clean.ShardWriter, "write", real_write)
     assert cli(args) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "done"

@@ -234,6 +234,17 @@ def test_bad_records_are_skipped_and_counted(tmp_path, stand_in):
     assert any(":3: field 'data[1]' is empty" in e for e in metrics["skipped_examples"])
 
 
+def test_a_skipped_line_is_described_as_the_other_readers_describe_it(tmp_path, stand_in):
+    # Read with fileio.iter_jsonl: the words of clean's and the other readers' errors.
+    records = [{"id": "ok1", "data": SENTENCES[:2]}, '{"id": "cut', "[1, 2]"]
+    _, summary = translate_records(tmp_path, records, stand_in["ct2"])
+    source = tmp_path / "out.jsonl"
+    assert summary["metrics"]["skipped_examples"] == [
+        f"{source}:2: malformed JSON (Invalid control character at column 12)",  # the line end, in the string
+        f"{source}:3: expected a JSON object, got list"]
+    assert summary["metrics"]["skipped_by_reason"] == {"malformed_json": 2}
+
+
 def test_roles_out_of_order_are_skipped(tmp_path, stand_in):
     records = [{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]},
                {"messages": [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Hello."}]},

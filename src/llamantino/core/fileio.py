@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from llamantino.core.errors import LlamantinoError, shown
 
@@ -25,6 +25,15 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjso
 # The longest line a reader takes, in bytes (a stage's `max_line_bytes` setting where it has
 # one): a file without line endings is refused at this size, not read whole into memory.
 MAX_LINE_BYTES = 8 << 20
+
+
+def max_line_bytes_setting():
+    """The `max_line_bytes` setting of a stage that reads JSON lines."""
+    from llamantino.core.config import setting
+
+    return setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming the file, line and "
+                                   "byte offset (a file without line ends is never read whole)", fingerprint=False,
+                   minimum=1024, maximum=1 << 31)
 
 
 def is_gzip(path: Path) -> bool:
@@ -144,12 +153,14 @@ def _seek_to_line_start(handle, path: Path, offset: int) -> None:
 
 def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = None,
                start_line: int = 0, start_byte: int = 0, skip_option: bool = False,
-               max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, dict]]:
+               max_line_bytes: int = MAX_LINE_BYTES,
+               on_bad_line: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, record) for each non-empty line; 1-based line numbers.
 
     A malformed line is an error naming file and line, unless `skip_bad_lines`, in which
-    case it is counted in `stats.bad`; `skip_option` says the caller has a `--skip-bad-lines`
-    option to suggest. Resume: with `start_byte`, reading starts there, at the start of line
+    case it is counted in `stats.bad` and passed, with its number and what is wrong with it,
+    to `on_bad_line` (a caller that reports each skipped line); `skip_option` says the caller
+    has a `--skip-bad-lines` option to suggest. Resume: with `start_byte`, reading starts there, at the start of line
     `start_line + 1`; without it, the first `start_line` lines are passed over unparsed.
     `stats.line` / `stats.byte` give the position after the last record yielded.
     """
@@ -161,33 +172,48 @@ def iter_jsonl(path, *, skip_bad_lines: bool = False, stats: LineStats | None = 
         if number <= skip_lines or not line.strip():
             continue
         record = parse_json_object(line, f"{path}:{number}", stats, skip_bad_lines=skip_bad_lines,
-                                   skip_option=skip_option)
+                                   skip_option=skip_option,
+                                   on_bad_line=on_bad_line and (lambda problem: on_bad_line(number, problem)))
         if record is not None:
             yield number, record
 
 
 def parse_json_object(line: str, where: str, stats: LineStats, *, skip_bad_lines: bool = False,
-                      skip_option: bool = True) -> dict | None:
+                      skip_option: bool = True, on_bad_line: Callable[[str], None] | None = None) -> dict | None:
     """The JSON object on one non-blank line (counted in `stats.read`). A malformed line or
-    another JSON value is one error naming `where`, or with `skip_bad_lines` None and
-    counted in `stats.bad`."""
+    another JSON value is one error naming `where`, or with `skip_bad_lines` None, counted
+    in `stats.bad` and what is wrong with it passed to `on_bad_line`."""
     stats.read += 1
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        if skip_bad_lines:
-            stats.bad += 1
-            return None
         # Some messages end in "at" ("Unterminated string starting at").
         place = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
-        hint = "fix the line or pass --skip-bad-lines" if skip_option else "fix the line"
-        raise LlamantinoError(f"{where}: malformed JSON ({exc.msg} {place}); {hint}") from None
-    if not isinstance(record, dict):
-        if skip_bad_lines:
-            stats.bad += 1
-            return None
-        raise LlamantinoError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        problem = f"malformed JSON ({exc.msg} {place})"
+        hint = "; fix the line or pass --skip-bad-lines" if skip_option else "; fix the line"
+    else:
+        if isinstance(record, dict):
+            return record
+        problem, hint = f"expected a JSON object, got {type(record).__name__}", ""
+    if not skip_bad_lines:
+        raise LlamantinoError(f"{where}: {problem}{hint}")
+    stats.bad += 1
+    if on_bad_line is not None:
+        on_bad_line(problem)
+    return None
+
+
+def read_json_object(path, what: str = "JSON file") -> dict:
+    """The JSON object in a file someone else may have written (a config, a manifest, a
+    progress file): one line naming the file and `what` it should be when it cannot be read,
+    is not JSON, is nested beyond the parser or holds another JSON value."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise LlamantinoError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise LlamantinoError(f"{path}: a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def iter_paragraphs(path, *, start_byte: int = 0, start_line: int = 0, stats: LineStats | None = None,

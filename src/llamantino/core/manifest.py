@@ -18,7 +18,7 @@ from pathlib import Path
 from llamantino import __version__
 from llamantino.core.config import differing_settings, fingerprint, input_paths, to_dict
 from llamantino.core.errors import LlamantinoError, shown
-from llamantino.core.fileio import atomic_write_json, is_temporary, sha256_file
+from llamantino.core.fileio import atomic_write_json, is_temporary, read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -400,16 +400,6 @@ def check_rewritable(folder, kind: str, cfg, *, overwrite: bool = False) -> Path
     return folder
 
 
-def _read_run_info(path: Path) -> dict:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LlamantinoError(f"{path}: unreadable run file ({exc})") from None
-    if not isinstance(info, dict):
-        raise LlamantinoError(f"{path}: unreadable run file (not a mapping)")
-    return info
-
-
 def start_run(folder, kind: str, cfg, outputs=()) -> None:
     """Mark a folder as holding an unfinished run of this stage, settings and inputs; `outputs`
     names what the run will write there (files, or folders ending in `/`; `record_outputs`
@@ -427,7 +417,7 @@ def record_outputs(folder, *names: str) -> None:
     path = Path(folder) / RUN_INFO
     if not path.is_file():
         return
-    info = _read_run_info(path)
+    info = read_json_object(path, "run file")
     listed = info.get("outputs")
     if not isinstance(listed, list):
         return
@@ -442,7 +432,7 @@ def list_outputs(folder) -> list[str]:
     in a folder built under a temporary name (no run.json), every file."""
     folder = Path(folder)
     files = [f for f in _files(folder) if f not in (MANIFEST, RUN_INFO) and not is_temporary(f)]
-    info = _read_run_info(folder / RUN_INFO) if (folder / RUN_INFO).is_file() else {}
+    info = read_json_object(folder / RUN_INFO, "run file") if (folder / RUN_INFO).is_file() else {}
     if not isinstance(info.get("outputs"), list):
         return files
     own = OwnFiles.of_run(info)
@@ -451,7 +441,7 @@ def list_outputs(folder) -> list[str]:
 
 def _started_with(folder) -> list | None:
     path = Path(folder) / RUN_INFO
-    return _read_run_info(path).get("input_state") if path.is_file() else None
+    return read_json_object(path, "run file").get("input_state") if path.is_file() else None
 
 
 def write_manifest(folder, kind: str, cfg, *, inputs=(), metrics: dict | None = None,

@@ -45,11 +45,12 @@ from typing import Iterator
 
 from llamantino.core.config import closest, setting
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import (JSONL_SUFFIXES, MAX_LINE_BYTES, LineStats, atomic_open, atomic_write_json,
-                                    expand_inputs, is_temporary, iter_jsonl)
+from llamantino.core.fileio import (JSONL_SUFFIXES, LineStats, atomic_open, expand_inputs, iter_jsonl,
+                                    max_line_bytes_setting)
 from llamantino.core.fileio import HUB_PREFIX, parse_hub_spec
 from llamantino.data import sharding
 from llamantino.data.langid import DETECTORS
+from llamantino.data.parts import PROGRESS, Parts
 from llamantino.data.streaming import hub_records, parquet_records
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,7 @@ ASSETS_DIR = Path(__file__).parents[1] / "assets"
 BUNDLED_BADWORDS = {p.stem.split("_", 1)[1]: p for p in sorted(ASSETS_DIR.glob("badwords_*.txt"))}
 BUNDLED_POLICY = {p.stem.split("_", 1)[1]: p for p in sorted(ASSETS_DIR.glob("policy_*.txt"))}
 NO_LIST = "none"
-SHARD_PATTERN = "part-{:05d}.jsonl.gz"
-PROGRESS = "progress.json"  # written after each finished shard of an unfinished run
+SHARD_WIDTH, SHARD_SUFFIX = 5, ".jsonl.gz"  # part-00000.jsonl.gz: the names runs have always had
 CHUNK_DOCS = 128  # documents per task sent to a worker; does not change the output
 
 # Why a line is dropped, in the order the rules are tried (C4's order).
@@ -134,10 +134,7 @@ class Config:
     text_field: str = setting("text", "field holding the text")
     shard_docs: int = setting(100000, "kept documents per output shard", minimum=1, maximum=100_000_000)
     skip_bad_lines: bool = setting(False, "count and skip malformed lines instead of stopping")
-    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
-                                                  "the file, line and byte offset (a file without line ends is "
-                                                  "never read whole)", fingerprint=False, minimum=1024,
-                                  maximum=1 << 31)
+    max_line_bytes: int = max_line_bytes_setting()
     num_shards: int | None = sharding.num_shards_setting()
     shard_index: int | None = sharding.shard_index_setting()
     workers: int = setting(0, "processes (0: all cores)", fingerprint=False, minimum=0, maximum=4096)
@@ -582,11 +579,16 @@ class Stats:
         }
 
 
+def output_parts(out: Path) -> Parts:
+    """The output shards and the progress file that commits them."""
+    return Parts(out, width=SHARD_WIDTH, suffix=SHARD_SUFFIX)
+
+
 class ShardWriter:
     """Gzipped JSON-lines shards of `size` documents, each renamed into place when full."""
 
-    def __init__(self, folder: Path, size: int, first: int):
-        self.folder, self.size, self.index = folder, size, first
+    def __init__(self, parts: Parts, size: int, first: int):
+        self.parts, self.size, self.index = parts, size, first
         self.count = 0
         self._context = self._handle = None
 
@@ -595,9 +597,8 @@ class ShardWriter:
         if self._handle is None:
             from llamantino.core.manifest import record_outputs
 
-            name = SHARD_PATTERN.format(self.index)
-            record_outputs(self.folder, name)  # the run's own before it exists (--overwrite removes it)
-            self._context = atomic_open(self.folder / name)
+            record_outputs(self.parts.folder, self.parts.name(self.index))  # the run's own before it exists
+            self._context = atomic_open(self.parts.path(self.index))     # (--overwrite removes it)
             self._handle = self._context.__enter__()
         self._handle.write(line)
         self.count += 1
@@ -635,26 +636,20 @@ def _describe_lists(cfg: Config) -> dict:
     return out
 
 
-def _remove_run_files(folder: Path) -> None:
+def _remove_run_files(parts: Parts) -> None:
     """Remove what this stage writes (after an error): the folder is left as it was found."""
-    if not folder.is_dir():
-        return
     from llamantino.core.manifest import RUN_INFO
 
-    for path in folder.iterdir():
-        if (path.name in (PROGRESS, RUN_INFO) or re.fullmatch(r"part-\d{5}\.jsonl\.gz", path.name)
-                or is_temporary(path.name)):
-            path.unlink()
-    if not any(folder.iterdir()):
-        folder.rmdir()
+    parts.remove_work()
+    (parts.out / RUN_INFO).unlink(missing_ok=True)
+    if parts.out.is_dir() and not any(parts.out.iterdir()):
+        parts.out.rmdir()
 
 
-def _remove_stale(folder: Path, shards_done: int) -> None:
-    """On resume: drop temporary files and shards written after the last saved progress."""
-    for path in folder.iterdir():
-        match = re.fullmatch(r"part-(\d{5})\.jsonl\.gz", path.name)
-        if (match and int(match.group(1)) >= shards_done) or is_temporary(path.name):
-            path.unlink()
+def _kept(progress: dict | None) -> str:
+    """What a run stopped by a full disk keeps, from its last committed progress."""
+    shards, docs = (progress["shards"], progress["stats"]["docs"].get("read", 0)) if progress else (0, 0)
+    return f"{shards} finished shard(s) ({docs} documents read)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -664,7 +659,6 @@ def _remove_stale(folder: Path, shards_done: int) -> None:
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Clean `cfg.inputs` (or part shard_index of num_shards of them) into `cfg.output`.
     An interrupted run always resumes (`resume` is accepted for the stage contract)."""
-    from llamantino.core.errors import DISK_ERRORS
     from llamantino.core.manifest import (RUN_INFO, describe_inputs, read_manifest, run_identity, start_run,
                                           write_manifest)
 
@@ -692,10 +686,10 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
         if state == "complete":  # finished by another process since the check above
             return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
+        parts = output_parts(out)
         progress = None
         if state == "resume":
-            path = out / PROGRESS
-            progress = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            progress = parts.read_progress()
             if progress and progress["inputs"] != reader.identity():
                 raise LlamantinoError(f"{out}: the inputs changed since the interrupted run; "
                                       "pass --overwrite to start again")
@@ -704,36 +698,31 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
                                       "pass --overwrite to start again")
         else:
             start_run(out, KIND, cfg, outputs=[PROGRESS])
-        try:
-            metrics = _clean_all(cfg, reader, workers, out, progress, shard)
+        def failed():  # a failed run vanishes (an interrupted one resumes)
+            _remove_run_files(parts)
+            sharding.remove_empty_root(cfg, shard)
+
+        with parts.guard(_kept, on_failure=failed):
+            metrics = _clean_all(cfg, reader, workers, parts, progress, shard)
             write_manifest(out, KIND, cfg, inputs=describe_inputs(cfg.inputs), metrics=metrics,
                            extra={**_describe_lists(cfg), **sharding.manifest_entry(shard, reader.pieces)})
-        except BaseException as exc:
-            if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
-                # A full (or read-only) disk: the finished shards and the progress stay, so the
-                # same command resumes once there is room.
-                exc.filename = exc.filename or str(out)
-            elif not isinstance(exc, KeyboardInterrupt):  # interrupted runs resume; failed ones vanish
-                _remove_run_files(out)
-                sharding.remove_empty_root(cfg, shard)
-            raise
-    for name in (PROGRESS, RUN_INFO):
-        (out / name).unlink(missing_ok=True)
+    for path in (parts.progress, out / RUN_INFO):
+        path.unlink(missing_ok=True)
     status = f"done (part {shard.index} of {shard.count}: merge with `llamantino manifest merge " \
              f"{cfg.output}` when all parts are done)" if shard else "done"
     return {"status": status, **_summary(metrics)}
 
 
-def _clean_all(cfg: Config, reader: Reader, workers: Workers, out: Path, progress: dict | None,
+def _clean_all(cfg: Config, reader: Reader, workers: Workers, parts: Parts, progress: dict | None,
                shard: sharding.Shard | None = None) -> dict:
     stats = Stats(progress["stats"] if progress else None)
     position = tuple(progress["position"]) if progress else (0, 0)
     shards = progress["shards"] if progress else 0
-    _remove_stale(out, shards)
+    parts.remove_stale(shards)
     if progress:
         log.info("resuming after %d documents (%d shards written)", stats.docs["read"], shards)
     reader.bad = stats.bad_lines
-    writer = ShardWriter(out, cfg.shard_docs, shards)
+    writer = ShardWriter(parts, cfg.shard_docs, shards)
     t0 = time.time()
     read_at_start = stats.docs["read"]
 
@@ -751,9 +740,8 @@ def _clean_all(cfg: Config, reader: Reader, workers: Workers, out: Path, progres
                 stats.chars["kept"] += chars_out
                 stats.bad_lines = bad
                 if line is not None and writer.write(line):
-                    atomic_write_json(out / PROGRESS, {"position": list(pos), "shards": writer.index,
-                                                       "stats": stats.to_dict(), "inputs": reader.identity(),
-                                                       **sharding.manifest_entry(shard, reader.pieces)})
+                    parts.commit({"position": list(pos), "shards": writer.index, "stats": stats.to_dict(),
+                                  "inputs": reader.identity(), **sharding.manifest_entry(shard, reader.pieces)})
                     rate = (stats.docs["read"] - read_at_start) / max(time.time() - t0, 1e-9)
                     log.info("%d documents read, %d kept, %d shards (%.0f documents/s)",
                              stats.docs["read"], stats.docs["kept"], writer.index, rate)

@@ -38,7 +38,7 @@ from pathlib import Path
 from llamantino.core.config import differing_settings, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import (HUB_PREFIX, MAX_LINE_BYTES, LineStats, atomic_write_json, is_temporary,
-                                    parse_json_object, read_line, safe_join)
+                                    parse_json_object, read_json_object, read_line, safe_join)
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def check_root(root: Path, shard: Shard) -> None:
                 raise LlamantinoError(f"{root}: holds parts of a split into {int(match.group(2))} ({entry.name}), "
                                       f"this task splits into {shard.count}: use the same number of shards, "
                                       "or another output")
-        elif entry.name == MANIFEST and MERGED in _read_json(entry):
+        elif entry.name == MANIFEST and MERGED in read_json_object(entry, "manifest"):
             continue
         elif is_temporary(entry.name):
             continue  # left by a process killed while writing the merged manifest
@@ -464,7 +464,7 @@ def drop_merged_manifest(root: Path) -> None:
     from llamantino.core.manifest import MANIFEST
 
     path = root / MANIFEST
-    if path.is_file() and MERGED in _read_json(path):
+    if path.is_file() and MERGED in read_json_object(path, "manifest"):
         log.info("%s: a part is being redone; the merged manifest is removed (merge again when all parts are done)",
                  root)
         path.unlink(missing_ok=True)
@@ -488,16 +488,6 @@ def manifest_entry(shard: Shard | None, pieces: list[Piece] | None = None) -> di
     if pieces is not None:
         entry["covers"] = [p.describe() for p in pieces]
     return {"shard": entry}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LlamantinoError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(data, dict):
-        raise LlamantinoError(f"{path}: unreadable manifest (not a mapping)")
-    return data
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,8 +54,9 @@ from typing import ClassVar
 
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import MAX_LINE_BYTES, TMP_PREFIX
+from llamantino.core.fileio import MAX_LINE_BYTES, iter_jsonl, max_line_bytes_setting, read_json_object
 from llamantino.data import sharding
+from llamantino.data.parts import PROGRESS, Parts
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ TEXT_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
 }
 OUTPUT_FILE = "translated.jsonl"
-PARTS_DIR = ".parts"
-PROGRESS_FILE = "progress.json"
+PARTS_DIR = ".parts"  # the committed chunks, part-000000.jsonl...: the names runs have always had
 MAX_EXAMPLES = 20  # skipped records quoted in the manifest
 # Decoding as argostranslate does it, so both engines give the same translations.
 LENGTH_PENALTY = 0.2
@@ -89,10 +89,7 @@ class Config:
     output: str = setting("", "output folder")
     model: str = setting("", "a CTranslate2 model folder, an Argos package folder or an .argosmodel file; "
                              "empty: the Argos package installed for src -> tgt", path_input=True)
-    max_line_bytes: int = setting(MAX_LINE_BYTES, "longest input line, in bytes: a longer one is an error naming "
-                                                  "the file, line and byte offset (a file without line ends is "
-                                                  "never read whole)", fingerprint=False, minimum=1024,
-                                  maximum=1 << 31)
+    max_line_bytes: int = max_line_bytes_setting()
     src: str = setting("en", "source language code")
     tgt: str = setting("it", "target language code")
     format: str = setting("", f"source format: {', '.join(FORMATS)}; empty: detected from each file's "
@@ -353,28 +350,9 @@ def file_formats(files, fmt: str, max_line_bytes: int = MAX_LINE_BYTES) -> list[
         return [fmt] * len(files)
     out = []
     for path in files:
-        first = next(((n, r) for n, r, error in _read_lines(path, 0, max_line_bytes) if error is None), None)
+        first = next(iter_jsonl(path, skip_bad_lines=True, max_line_bytes=max_line_bytes), None)
         out.append(_detect(first[1], f"{path}:{first[0]}") if first else None)
     return out
-
-
-def _read_lines(path: Path, start_line: int, max_line_bytes: int = MAX_LINE_BYTES):
-    """Yield (line number, record or None, JSON error or None) after `start_line`; bad bytes,
-    damaged gzip data and over-long lines are errors naming file, line and byte (`fileio`)."""
-    from llamantino.core.fileio import iter_text_lines
-
-    for number, line in iter_text_lines(path, max_line_bytes=max_line_bytes):
-        if number <= start_line or not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"{exc.msg} at column {exc.colno}"
-            continue
-        if not isinstance(record, dict):
-            yield number, None, f"expected a JSON object, got {type(record).__name__}"
-            continue
-        yield number, record, None
 
 
 def _count_records(files, max_line_bytes: int = MAX_LINE_BYTES) -> int:
@@ -437,13 +415,14 @@ def inspect_model(cfg: Config) -> Model:
             raise LlamantinoError(f"{path}: no such .argosmodel file")
         model = _inspect_argosmodel(path, cfg)
     elif path.is_dir() and (path / "metadata.json").is_file():
-        metadata = _read_json(path / "metadata.json")
+        metadata = read_json_object(path / "metadata.json", "package metadata")
         names = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
         _check_package(path, metadata, names, cfg)
         model = Model("argos-package", path, metadata.get("from_code"), metadata.get("to_code"),
                       bool(metadata.get("stand_in")), metadata)
     elif path.is_dir() and (path / "model.bin").is_file():
-        info = _read_json(path / "model_info.json") if (path / "model_info.json").is_file() else {}
+        info = read_json_object(path / "model_info.json", "model info") if (path / "model_info.json").is_file() \
+            else {}
         if cfg.engine == "argos":
             raise LlamantinoError(f"{path}: the argos engine needs an Argos package (.argosmodel or an "
                                   "installed package), not a CTranslate2 folder")
@@ -467,16 +446,6 @@ def inspect_model(cfg: Config) -> Model:
     if cfg.splitter.endswith(".onnx") and not Path(cfg.splitter).is_file():
         raise LlamantinoError(f"{cfg.splitter}: no such MiniSBD model file")
     return model
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise LlamantinoError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise LlamantinoError(f"{path}: a JSON {type(data).__name__}, not an object")
-    return data
 
 
 def _inspect_argosmodel(path: Path, cfg: Config) -> Model:
@@ -623,7 +592,7 @@ def _installed_package(cfg: Config) -> Model:
         raise LlamantinoError(f"{settings.package_data_dir}: {what} installed for {cfg.src} -> {cfg.tgt}; "
                               "pass --model with a package, an .argosmodel or a CTranslate2 folder")
     pkg = found[0]
-    metadata = _read_json(pkg.package_path / "metadata.json")
+    metadata = read_json_object(pkg.package_path / "metadata.json", "package metadata")
     names = [str(p.relative_to(pkg.package_path)) for p in pkg.package_path.rglob("*") if p.is_file()]
     _check_package(pkg.package_path, metadata, names, cfg)
     return Model("argos-installed", pkg.package_path, pkg.from_code, pkg.to_code, bool(metadata.get("stand_in")),
@@ -851,11 +820,15 @@ def _new_progress(files) -> dict:
             "segments": 0, "sentences": 0, "long_inputs": 0, "length_limited": 0, "seconds": 0.0}
 
 
-def _remove_work_files(out: Path) -> None:
-    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
-    for stale in out.glob(f"{TMP_PREFIX}*"):
-        stale.unlink()  # temporary files of a process killed while writing
+def work_parts(out: Path) -> Parts:
+    """The committed chunks and the progress file that commits them."""
+    return Parts(out, width=6, suffix=".jsonl", folder=PARTS_DIR)
+
+
+def _kept(progress: dict | None) -> str:
+    """What a run stopped by a full disk keeps, from its last committed progress."""
+    progress = progress or {"parts": 0, "read": 0}
+    return f"{progress['parts']} finished chunk(s) ({progress['read']} records)"
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
@@ -871,30 +844,21 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     model = inspect_model(cfg)
     check_device(cfg)
     out, state = sharding.prepare(cfg, shard, KIND, overwrite=overwrite)
-    try:
-        return _run(cfg, files, formats, total, model, out, state, shard, ranges)
-    except OSError as exc:
-        from llamantino.core.errors import DISK_ERRORS
-
-        if exc.errno not in DISK_ERRORS:
-            raise
-        # A full, read-only or forbidden disk: committed chunks stay, the same command resumes.
-        progress = _read_json(out / PROGRESS_FILE) if (out / PROGRESS_FILE).is_file() else {"parts": 0, "read": 0}
-        raise LlamantinoError(f"{exc.filename or out}: cannot write ({exc.strerror or exc}); {progress['parts']} "
-                              f"finished chunk(s) ({progress['read']} records) kept in {out}: free space or fix "
-                              "the permissions, then run the same command again to resume") from None
+    parts = work_parts(out)
+    with parts.guard(_kept):  # a full disk keeps the committed chunks: the same command resumes
+        return _run(cfg, files, formats, total, model, parts, state, shard, ranges)
 
 
-def _run(cfg: Config, files, formats, total: int, model: Model, out: Path, state: str, shard, ranges) -> dict:
+def _run(cfg: Config, files, formats, total: int, model: Model, parts: Parts, state: str, shard, ranges) -> dict:
     from llamantino.core.fileio import atomic_open
     from llamantino.core.manifest import describe_inputs, read_manifest, start_run, write_manifest
 
+    out = parts.out
     if state == "complete":
-        _remove_work_files(out)  # left behind by a run killed right after its manifest
+        parts.remove_work()  # left behind by a run killed right after its manifest
         return {"status": "skipped (done)", **_summary(read_manifest(out)["metrics"])}
-    progress = None
-    if state == "resume" and (out / PROGRESS_FILE).is_file():
-        progress = _read_json(out / PROGRESS_FILE)
+    progress = parts.read_progress() if state == "resume" else None
+    if progress is not None:
         if progress["inputs"] != _input_signature(files) or progress.get("lines") != ranges:
             raise LlamantinoError(f"{out}: the input files changed since the interrupted run; pass --overwrite "
                                   "to start again")
@@ -902,31 +866,33 @@ def _run(cfg: Config, files, formats, total: int, model: Model, out: Path, state
     with contextlib.ExitStack() as stack:
         engine = open_engine(cfg, model, stack)  # a model that does not load fails before the folder is claimed
         if progress is None:
-            start_run(out, KIND, cfg, outputs=[f"{PARTS_DIR}/", PROGRESS_FILE, OUTPUT_FILE])
-            _remove_work_files(out)
+            start_run(out, KIND, cfg, outputs=[f"{PARTS_DIR}/", PROGRESS, OUTPUT_FILE])
+            parts.remove_work()
             progress = {**_new_progress(files), "lines": ranges}  # ranges: this part's lines of each file
-        _translate_all(cfg, files, formats, engine, progress, out, total, ranges)
+        else:
+            parts.remove_stale(progress["parts"])
+        _translate_all(cfg, files, formats, engine, progress, parts, total, ranges)
     with atomic_open(out / OUTPUT_FILE) as handle:
         for number in range(progress["parts"]):
-            with open(out / PARTS_DIR / f"part-{number:06d}.jsonl", encoding="utf-8") as part:
+            with open(parts.path(number), encoding="utf-8") as part:
                 shutil.copyfileobj(part, handle)
     metrics = _metrics(progress, cfg)
     write_manifest(out, KIND, cfg, inputs=describe_inputs(files), metrics=metrics,
                    extra={"stand_in": model.stand_in, "model": model.describe(), "output_file": OUTPUT_FILE,
                           **sharding.manifest_entry(shard, sharding.plan([str(f) for f in files], shard))})
-    _remove_work_files(out)
+    parts.remove_work()
     if model.stand_in:
         log.warning("translate: the model is a stand-in; its translations are nonsense")
     return {"status": "done", **_summary(metrics)}
 
 
-def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Path, total: int, ranges=None) -> None:
+def _translate_all(cfg: Config, files, formats, engine, progress: dict, parts: Parts, total: int,
+                   ranges=None) -> None:
     from tqdm import tqdm
 
-    from llamantino.core.fileio import atomic_write_json, atomic_write_text
+    from llamantino.core.fileio import atomic_write_text
 
-    parts = out / PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
+    parts.folder.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=total, initial=progress["read"], unit="rec", desc="translate",
                dynamic_ncols=True, mininterval=1.0)
     chunk: list = []  # (record, format, fields)
@@ -947,18 +913,26 @@ def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Pat
                 record_out = translated_record(record, fmt, fields, translations[used:used + len(fields)])
                 lines.append(json.dumps(record_out, ensure_ascii=False))
                 used += len(fields)
-            atomic_write_text(parts / f"part-{progress['parts']:06d}.jsonl", "\n".join(lines) + "\n")
+            atomic_write_text(parts.path(progress["parts"]), "\n".join(lines) + "\n")
             progress["parts"] += 1
             progress["translated"] += len(chunk)
             progress["fields"] += len(texts)
             progress["characters"] += sum(len(t) for t in texts)
         progress["position"] = position
-        atomic_write_json(out / PROGRESS_FILE, progress)  # the commit point
+        parts.commit(progress)  # the commit point
         bar.update(progress["read"] - bar.n)
         if progress["seconds"] > 0:
             rate = (progress["sentences"] or progress["segments"]) / progress["seconds"]
             bar.set_postfix_str(f"{rate:.0f} {'sent' if progress['sentences'] else 'seg'}/s", refresh=False)
         chunk.clear()
+
+    def skipped(skip: Skip) -> None:
+        if cfg.strict:
+            raise LlamantinoError(f"{skip.message} (--strict)") from None
+        progress["skipped"][skip.reason] = progress["skipped"].get(skip.reason, 0) + 1
+        if len(progress["examples"]) < MAX_EXAMPLES:
+            progress["examples"].append(skip.message)
+            log.warning("skipped: %s", skip.message)
 
     for file_index, path in enumerate(files):
         if file_index < position[0]:
@@ -966,22 +940,22 @@ def _translate_all(cfg: Config, files, formats, engine, progress: dict, out: Pat
         skip, last = ranges[file_index] if ranges else (0, None)  # this part's lines of the file
         start_line = max(position[1] if file_index == position[0] else 0, skip)
         fmt = formats[file_index]
-        for number, record, error in _read_lines(path, start_line, cfg.max_line_bytes):
+
+        def bad_line(number: int, problem: str, path=path, last=last) -> None:
+            if last is None or number <= last:  # a line of this part: read, and skipped
+                progress["read"] += 1
+                skipped(Skip("malformed_json", f"{path}:{number}: {problem}"))
+
+        for number, record in iter_jsonl(path, skip_bad_lines=True, start_line=start_line,
+                                         max_line_bytes=cfg.max_line_bytes, on_bad_line=bad_line):
             if last is not None and number > last:
                 break
             where = f"{path}:{number}"
             progress["read"] += 1
             try:
-                if error:
-                    raise Skip("malformed_json", f"{where}: malformed JSON ({error})")
                 chunk.append((record, fmt, translatable(record, fmt, where)))
             except Skip as skip:
-                if cfg.strict:
-                    raise LlamantinoError(f"{skip.message} (--strict)") from None
-                progress["skipped"][skip.reason] = progress["skipped"].get(skip.reason, 0) + 1
-                if len(progress["examples"]) < MAX_EXAMPLES:
-                    progress["examples"].append(skip.message)
-                    log.warning("skipped: %s", skip.message)
+                skipped(skip)
             position = [file_index, number]
             if len(chunk) >= cfg.chunk_records:
                 commit()

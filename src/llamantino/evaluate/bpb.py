@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
+from llamantino.models.weight_files import DTYPES
 
 KIND = "bpb"
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Config:
     batch_size: int = setting(8, "windows per forward pass", fingerprint=False, minimum=1)
     chunk_tokens: int = setting(1024, "the output layer and log-softmax run on this many positions at a time "
                                       "(never a whole window's full-vocabulary logits)", fingerprint=False, minimum=1)
-    dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
+    dtype: str = setting("float32", "dtype to run the model in", choices=DTYPES)
     max_documents: int = setting(0, "score only the first N documents (0: all)", minimum=0)
     progress: bool = setting(True, "show a progress bar", fingerprint=False)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
+from llamantino.models.weight_files import DTYPES
 
 KIND = "lm_eval"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
@@ -88,7 +89,7 @@ class Config:
     batch_size: int = setting(8, "requests per forward pass", fingerprint=False, minimum=1)
     max_length: int = setting(0, "context length in tokens (0: the model's)", minimum=0)
     dtype: str = setting("float32", "dtype to run the model in (the compute dtype with --load-in-4bit)",
-                         choices=("float32", "bfloat16", "float16"))
+                         choices=DTYPES)
     load_in_4bit: bool = setting(False, "load the base in 4-bit NF4 (as QLoRA trains it)")
     single_bos: bool = setting(True, "rolling log-likelihood tasks (bits per byte) put the start token in "
                                "once, as `eval bpb` does (lm-eval's default puts it in twice)")

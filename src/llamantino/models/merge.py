@@ -30,12 +30,12 @@ from pathlib import Path
 
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import safe_join
+from llamantino.core.fileio import read_json_object, safe_join
+from llamantino.models.weight_files import DTYPES
 
 log = logging.getLogger(__name__)
 
 KIND = "merge"
-DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 # The arithmetic of a merge, recorded with every merged model and with every weight difference
 # made against one: a new method (other bits) gets a new name.
@@ -61,12 +61,10 @@ class Config:
 
 
 def check_not_quantized(base) -> None:
-    from llamantino.models.weight_files import read_json
-
     path = safe_join(base, "config.json", f"base model {base}") if Path(base).is_dir() else None
     if path is not None and path.is_file():
-        config = read_json(path, "config")
-        if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
+        config = read_json_object(path, "config")
+        if isinstance(config.get("quantization_config"), dict):
             method = config["quantization_config"].get("quant_method", "quantized")
             raise LlamantinoError(f"{base}: a {method} (quantized) model; merging into it is lossy: "
                                   "merge into the 16- or 32-bit base instead")
@@ -74,7 +72,7 @@ def check_not_quantized(base) -> None:
 
 def _adapter_config(adapter) -> dict:
     from llamantino.models.weight_files import require_safetensors
-    from llamantino.models.weight_files import WeightFile, read_json, refuse_links_outside
+    from llamantino.models.weight_files import WeightFile, refuse_links_outside
 
     if not Path(adapter).is_dir():
         raise LlamantinoError(f"{adapter}: no such adapter folder")
@@ -82,9 +80,7 @@ def _adapter_config(adapter) -> dict:
     path = safe_join(adapter, "adapter_config.json", f"adapter {adapter}")
     if not path.is_file():
         raise LlamantinoError(f"{adapter}: no adapter_config.json: not a LoRA adapter folder")
-    config = read_json(path, "adapter config")
-    if not isinstance(config, dict):
-        raise LlamantinoError(f"{path}: not a JSON object")
+    config = read_json_object(path, "adapter config")
     if config.get("peft_type") != "LORA":
         raise LlamantinoError(f"{path}: peft_type {config.get('peft_type')!r}; only LoRA adapters merge")
     if config.get("use_dora"):

@@ -13,11 +13,10 @@ import shutil
 from pathlib import Path
 
 from llamantino.core.errors import LlamantinoError
-from llamantino.models.weight_files import require_safetensors
+from llamantino.models.weight_files import DTYPES, require_safetensors
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -435,14 +434,13 @@ def check_adapter(adapter) -> dict:
     """A PEFT adapter folder from anyone, checked before peft reads it: adapter_config.json a
     JSON object, and adapter_model.safetensors (when there) a file whose header reads and whose
     size is the one the header announces. One line otherwise; returns the config."""
-    from llamantino.models.weight_files import WeightFile, read_json
+    from llamantino.core.fileio import read_json_object
+    from llamantino.models.weight_files import WeightFile
 
     path = Path(adapter) / "adapter_config.json"
     if not path.is_file():
         raise LlamantinoError(f"{adapter}: no adapter_config.json, not a PEFT adapter folder")
-    config = read_json(path, "adapter config")
-    if not isinstance(config, dict):
-        raise LlamantinoError(f"{path}: a JSON {type(config).__name__}, not an object")
+    config = read_json_object(path, "adapter config")
     weights = Path(adapter) / "adapter_model.safetensors"
     if weights.is_file():
         WeightFile(weights)  # a truncated or damaged file: one line naming it

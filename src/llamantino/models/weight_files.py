@@ -12,11 +12,12 @@ from pathlib import Path
 
 from llamantino import __version__
 from llamantino.core.errors import LlamantinoError
-from llamantino.core.fileio import atomic_write_json, check_member_name, link_root, safe_join
+from llamantino.core.fileio import atomic_write_json, check_member_name, link_root, read_json_object, safe_join
 
+# The dtypes llamantino loads, merges, evaluates and saves models in (torch's names).
+DTYPES = ("float32", "bfloat16", "float16")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-RUN_MANIFEST = "manifest.json"  # manifest.MANIFEST: marks a folder as a llamantino output
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
                "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -100,14 +101,6 @@ class WeightFile:
                                   f"announces {data_start + end}")
 
 
-def read_json(path, what: str):
-    """A JSON file of a folder someone else may have written: one line if it is unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise LlamantinoError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
-
-
 def weight_file_name(name, what: str) -> str:
     """A weight file name read from data: a plain `.safetensors` name, no folders."""
     check_member_name(name, what)
@@ -127,9 +120,7 @@ class ModelFolder:
         config_path = safe_join(self.folder, "config.json", f"{what} folder {self.folder}")
         if not config_path.is_file():
             raise LlamantinoError(f"{self.folder}: no config.json: not a model folder")
-        self.config = read_json(config_path, "config")
-        if not isinstance(self.config, dict):
-            raise LlamantinoError(f"{config_path}: not a JSON object")
+        self.config = read_json_object(config_path, "config")
         self.index_text = None
         index_path = safe_join(self.folder, INDEX_FILE, f"{what} folder {self.folder}")
         if index_path.is_file():
@@ -256,12 +247,12 @@ def write_marker(folder, stage: str, metrics: dict | None = None) -> None:
     """A manifest.json listing the folder's files: a later --overwrite can tell this output
     (and only its files) from anything else; `metrics` as a stage's manifest keeps them (a
     merge's method). Deterministic: same inputs, same bytes."""
-    from llamantino.core.manifest import list_outputs
+    from llamantino.core.manifest import MANIFEST, list_outputs
 
     record = {"llamantino": __version__, "stage": stage, "outputs": list_outputs(folder)}
     if metrics:
         record["metrics"] = metrics
-    atomic_write_json(Path(folder) / RUN_MANIFEST, record)
+    atomic_write_json(Path(folder) / MANIFEST, record)
 
 
 # Weight files that are pickles (PyTorch's .bin and its kin): parsing one, even with

@@ -43,7 +43,7 @@ from pathlib import Path
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import TMP_PREFIX, check_member_name, safe_join
-from llamantino.models.merge import DTYPES
+from llamantino.models.weight_files import DTYPES
 
 KIND = "build"
 CHECKSUMS = "SHA256SUMS"
@@ -298,7 +298,7 @@ def check_inputs(base, steps: list[Step], *, verify: bool = True) -> list[str]:
 
 def chain_dtype(base, steps: list[Step], dtype: str) -> str:
     """'auto': the dtype the first weight difference expects, else the base's own dtype."""
-    from llamantino.release.weightdiff import base_dtypes
+    from llamantino.release.diff_manifest import base_dtypes
 
     if dtype != "auto":
         return dtype
@@ -308,11 +308,11 @@ def chain_dtype(base, steps: list[Step], dtype: str) -> str:
         if len(wanted) != 1:
             raise LlamantinoError(f"{diff.path}: expects base tensors in {sorted(wanted)}: pass --dtype")
         return wanted.pop()
-    from llamantino.models.weight_files import read_json
+    from llamantino.core.fileio import read_json_object
 
     config_path = safe_join(base, "config.json", f"base model {base}")
-    config = read_json(config_path, "config") if config_path.is_file() else {}
-    own = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    config = read_json_object(config_path, "config") if config_path.is_file() else {}
+    own = config.get("dtype") or config.get("torch_dtype")
     return own if own in DTYPES else "float32"
 
 
@@ -320,7 +320,7 @@ def check_merge_methods(base, steps: list[Step]) -> None:
     """Before any work: each weight difference was made against a merge by the method this
     chain's merge uses (a merge step here merges with MERGE_METHOD)."""
     from llamantino.models.merge import MERGE_METHOD, merge_method_of
-    from llamantino.release.weightdiff import check_merge_method, read_diff_manifest
+    from llamantino.release.diff_manifest import check_merge_method, read_diff_manifest
 
     method = merge_method_of(base)
     for i, step in enumerate(steps):

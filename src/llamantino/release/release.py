@@ -26,11 +26,11 @@ from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import safe_join
 from llamantino.core.fileio import HUB_PREFIX
+from llamantino.release.build import CHECKSUMS
 
 log = logging.getLogger(__name__)
 
 KIND = "release"
-CHECKSUMS = "SHA256SUMS"
 CARD = "README.md"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -441,11 +441,9 @@ def release_into(folder: Path, cfg: Config) -> dict:
 def public_adapter_config(path: Path, base_model: str) -> None:
     """The released adapter_config.json names its base by the card's hub id, not by the
     local folder PEFT recorded when the adapter was trained."""
-    from llamantino.models.weight_files import read_json
+    from llamantino.core.fileio import read_json_object
 
-    config = read_json(path, "adapter config")
-    if not isinstance(config, dict):
-        raise LlamantinoError(f"{path}: not a JSON object")
+    config = read_json_object(path, "adapter config")
     config["base_model_name_or_path"] = base_model
     path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT writes it
 

@@ -30,12 +30,9 @@ class Config:
 
 
 def _config(folder) -> dict:
-    from llamantino.core.fileio import safe_join
-    from llamantino.models.weight_files import read_json
+    from llamantino.core.fileio import read_json_object, safe_join
 
-    config = read_json(safe_join(folder, "config.json", f"model folder {folder}"), "config")
-    if not isinstance(config, dict):
-        raise LlamantinoError(f"{folder}/config.json: not a JSON object")
+    config = read_json_object(safe_join(folder, "config.json", f"model folder {folder}"), "config")
     return {k: v for k, v in config.items() if k not in CONFIG_KEYS_IGNORED}
 
 

@@ -25,6 +25,7 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.data.packing import RowSource
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
 from llamantino.data.records import CONVERSATION_DATA_FORMATS
+from llamantino.models.weight_files import DTYPES
 from llamantino.train.settings import QLoraSettings
 
 KIND = "sft"
@@ -39,7 +40,7 @@ class Config(QLoraSettings):
     adapter: str = setting("", "language adapter to merge into the base before training (the paper's "
                                "language-adapted chat model)", path_input=True)
     merge_dtype: str = setting("auto", "dtype of the merged base: float32, bfloat16, float16, or auto = "
-                               "the checkpoint's own", choices=("auto", "float32", "bfloat16", "float16"))
+                               "the checkpoint's own", choices=("auto",) + DTYPES)
     data: list[str] = setting([], "conversations: UltraChat or ultrachat_200k JSON lines, folders, hub:NAME?config=C&split=S", path_input=True)
     format: str = setting("", "data format (default: detected from the fields)",
                           choices=("",) + CONVERSATION_DATA_FORMATS)
@@ -132,7 +133,7 @@ def _merge_dtype(cfg: Config) -> str:
     from llamantino.models.modeling import load_config
 
     dtype = str(getattr(load_config(cfg.model), "dtype", None) or "float32").replace("torch.", "")
-    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+    return dtype if dtype in DTYPES else "float32"
 
 
 def chat_format(cfg: Config, tokenizer):

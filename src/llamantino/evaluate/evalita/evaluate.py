@@ -22,6 +22,7 @@ from pathlib import Path
 
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
+from llamantino.models.weight_files import DTYPES
 
 KIND = "evalita_eval"
 
@@ -40,7 +41,7 @@ class Config:
                                    minimum=1)
     limit: int = setting(0, "evaluate at most N items per task (0: all)", minimum=0)
     batch_size: int = setting(8, "prompts per generation batch", fingerprint=False, minimum=1)
-    dtype: str = setting("float32", "dtype to run the model in", choices=("float32", "bfloat16", "float16"))
+    dtype: str = setting("float32", "dtype to run the model in", choices=DTYPES)
     prompt_format: str = setting("alpaca-it", "prompt format the model was instruction-tuned with (as instruct's "
                                               "prompt_format)", path_input=True)
     system_prompt: str = setting("auto", "system prompt, with chat formats (as instruct's system_prompt)",
