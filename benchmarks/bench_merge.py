@@ -36,16 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-DTYPES = ("float32", "float16", "bfloat16")
-KERNEL_VARIABLES = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS",
-                    "MKL_NUM_THREADS")
-KERNEL_SETS = {
-    "default": {},
-    "sse4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
-    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-    "no_simd": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
-    "one_thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-}
+# The kernel sets are the merge test's own (tests/helpers/kernel_sets.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.kernel_sets import DTYPES, KERNEL_SETS, KERNEL_VARIABLES  # noqa: E402
+
 TEXT = ["Il gatto dorme sul divano mentre la pioggia cade sulla città. Domani andremo al mare.",
         "The quick brown fox jumps over the lazy dog. Language models predict the next token."] * 20
 

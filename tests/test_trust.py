@@ -21,7 +21,7 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.core.runner import config_for
 
 from helpers.adapt import corpus
-from helpers.clean import GOOD_LINES, page, write_jsonl
+from helpers.clean import mc4_shard_folder, page, write_jsonl
 
 
 SRC = Path(__file__).parent.parent / "src" / "llamantino"
@@ -29,12 +29,7 @@ SRC = Path(__file__).parent.parent / "src" / "llamantino"
 
 @pytest.fixture
 def shards(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    records = [{"text": page(f"Pagina numero {i} del corpus di prova, scritta per questo test."),
-                "url": f"https://example.it/{i}", "timestamp": "2020-01-01"} for i in range(6)]
-    write_jsonl(folder / "c4-it.tfrecord-00000-of-01024.json.gz", records)
-    return folder
+    return mc4_shard_folder(tmp_path, 6)
 
 
 def clean(capsys, *args):

@@ -49,3 +49,13 @@ def shard_bytes(folder: Path) -> dict:
 def demo_records(copies=1):
     records = [json.loads(line) for line in gzip.open(DEMO, "rt", encoding="utf-8")]
     return [dict(r, url=f"{r['url']}?copy={i}" if i else r["url"]) for i in range(copies) for r in records]
+
+
+def mc4_shard_folder(tmp_path, pages: int):
+    """A folder `data` holding one mC4-format shard of `pages` clean Italian pages."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    records = [{"text": page(f"Pagina numero {i} del corpus di prova, scritta per questo test."),
+                "url": f"https://example.it/{i}", "timestamp": "2020-01-01"} for i in range(pages)]
+    write_jsonl(folder / "c4-it.tfrecord-00000-of-01024.json.gz", records)
+    return folder

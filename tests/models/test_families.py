@@ -26,7 +26,7 @@ from llamantino.models.modeling import (adds_bos, choose_pad_token, document_end
                                         load_causal_lm, load_tokenizer, lora_targets, resolve_attention)
 
 from helpers.chunked_loss import assert_same_loss, lora_model, packed_batch
-from helpers.family_runs import BRIEF, DIALOGUES, SMALL, write_jsonl
+from helpers.family_runs import BRIEF, DIALOGUES, SMALL, answer_runs, write_jsonl
 
 
 CHAT = [{"role": "user", "content": "Ciao! Come stai?"},
@@ -167,15 +167,6 @@ def test_packing_is_exact_in_a_vision_language_model(tiny_gemma3_vision):
 # Chat formats: the template's text, transformers' assistant mask, BOS, system prompts
 
 
-def answers_of(tokenizer, example):
-    runs, current = [], []
-    for tok, lab in zip(example.input_ids, example.labels):
-        if lab != IGNORE:
-            current.append(tok)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs + ([current] if current else [])
 
 
 @pytest.mark.parametrize("system", [False, True])
@@ -195,7 +186,7 @@ def test_the_models_template_is_rendered_and_masked_as_transformers_does(tiny_fa
                                        chat_template=marked)
     assert example.input_ids == hf["input_ids"]
     assert [int(x != IGNORE) for x in example.labels] == hf["assistant_masks"]
-    runs = [tokenizer.decode(r) for r in answers_of(tokenizer, example)]
+    runs = [tokenizer.decode(r) for r in answer_runs(example)]
     assert len(runs) == 2 and all(r.endswith(family.end_of_turn) for r in runs)
     assert runs[0].strip().startswith("Bene, grazie. E tu?") or "Bene, grazie. E tu?" in runs[0]
     # BOS: once, at the start, when the model has one; never invented (Qwen, Phi-3's template).
@@ -245,7 +236,7 @@ def test_every_format_renders_for_the_family_without_an_invented_bos(family_dirs
         assert saved.apply_chat_template(CHAT, tokenize=False) == rendered.text
         if name == "qwen2":
             assert "<s>" not in text and tokenizer.bos_token is None
-        runs = answers_of(tokenizer, example)
+        runs = answer_runs(example)
         assert [tokenizer.decode(r[-1:]) for r in runs] == [chat.end_of_turn] * 2
     alpaca = prompts.prompt_format("alpaca-it", tokenizer)
     example = encode(tokenizer, alpaca.render_instruction("Riassumi.", "", "Fatto."))

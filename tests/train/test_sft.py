@@ -12,6 +12,8 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import ITALIAN_SYSTEM_PROMPT, LLAMA2_CHAT_TEMPLATE, render_chat
 from llamantino.data.supervised import IGNORE, encode
 
+from helpers.family_runs import answer_runs
+
 DIALOGUE = [
     {"role": "user", "content": "Ciao! Come stai?"},
     {"role": "assistant", "content": "Bene, grazie. E tu?"},
@@ -55,15 +57,7 @@ def test_loss_mask_covers_exactly_the_answers_and_their_eos(tiny_tokenizer):
     assert example.input_ids == hf["input_ids"]
     assert [int(x != IGNORE) for x in example.labels] == hf["assistant_masks"]
     # Decoded, the trained runs are exactly " answer </s>" for each assistant turn.
-    runs, current = [], []
-    for tok_id, lab in zip(example.input_ids, example.labels):
-        if lab != IGNORE:
-            current.append(tok_id)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
+    runs = answer_runs(example)
     decoded = [tok.decode(r) for r in runs]
     assert decoded == [" Bene, grazie. E tu? </s>", " Ti consiglio \"I promessi sposi\" di Manzoni. </s>"]
     assert all(runs[i][-1] == tok.eos_token_id for i in range(2))
