@@ -171,7 +171,7 @@ def fold_lora(peft_model, adapter):
     from peft.tuners.lora import LoraLayer
     from peft.tuners.lora.layer import Embedding as LoraEmbedding
     from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.utils.other import TrainableTokensWrapper
+    from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
     from safetensors import safe_open
 
     path = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
@@ -188,6 +188,8 @@ def fold_lora(peft_model, adapter):
         for name, module in peft_model.named_modules():
             if isinstance(module, TrainableTokensWrapper):
                 module.token_adapter.merge()  # new rows copied into the embedding (index_copy)
+            if isinstance(module, ModulesToSaveWrapper):
+                copy_trained_module(module, name, adapter)
             if not isinstance(module, LoraLayer):
                 continue
             adapters = [a for a in module.active_adapters if a in module.r]
@@ -220,6 +222,20 @@ def fold_lora(peft_model, adapter):
     # LoRA layers give back their base layers (now merged); modules_to_save give their trained
     # copies; nothing is computed here.
     return peft_model.unload(), count
+
+
+def copy_trained_module(wrapper, name: str, adapter) -> None:
+    """A module the adapter trained whole (`modules_to_save`): its trained copy's tensors copied
+    into the original module, which `unload()` then gives back. PEFT 0.22 gives back the original
+    module from `unload()` (earlier releases gave the copy): copying makes both the same."""
+    active = [a for a in wrapper.active_adapters if a in wrapper.modules_to_save]
+    if len(active) != 1:
+        raise LlamantinoError(f"{adapter}: module {name} carries {len(active)} trained copies; merge one adapter")
+    trained = wrapper.modules_to_save[active[0]]
+    if hasattr(trained, "base_layer"):
+        raise LlamantinoError(f"{adapter}: module {name} is trained whole and carries LoRA too; "
+                              "llamantino merges one or the other")
+    wrapper.original_module.load_state_dict(trained.state_dict())
 
 
 def merge_method_of(folder) -> str | None:
