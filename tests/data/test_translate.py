@@ -413,6 +413,11 @@ def test_cuda_translates_like_the_cpu(tmp_path, stand_in):
                                       device="cuda", device_index=gpus, max_batch_size=64)
     assert summary["metrics"]["device"] == "cuda" and summary["metrics"]["device_index"] == gpus
     assert cuda == cpu
+    # Negative controls: the outputs are translations (not the inputs passed through), and the
+    # comparison tells apart a run that decodes otherwise (int8 weights on the CPU).
+    assert all(t != r for t, r in zip(cuda, records))
+    int8, _ = translate_records(tmp_path, records, stand_in["ct2"], name="int8", compute_type="int8")
+    assert int8 != cpu
 
 
 # ---------------------------------------------------------------------------------------
