@@ -57,6 +57,8 @@ REGISTRY = (
     Entry("demo-translator", "tiny_translator", "llamantino.demo.tiny_translator",
           "build the small stand-in translation model used by the demo"),
     Entry("sft", "sft", "llamantino.train.sft", "chat fine-tuning (QLoRA) on conversations (chat format: --prompt-format)"),
+    Entry("prefer", "prefer", "llamantino.train.prefer",
+          "preference tuning (QLoRA): DPO, IPO, SimPO or ORPO on pairs of chosen and rejected answers"),
     Entry("preview", None, "llamantino.data.preview", "show training examples exactly as the model sees them"),
     Entry("chat", "chat", "llamantino.evaluate.chat", "chat with a model in the terminal"),
     Entry("evalita prepare", "evalita_prepare", "llamantino.evaluate.evalita.prepare",

@@ -191,3 +191,44 @@ def summed_cross_entropy(logits, targets):
 
 def _cross_entropy_sum(head, hidden, targets):
     return summed_cross_entropy(head(hidden), targets)
+
+
+def row_target_logps(hidden, labels, head, chunk: int):
+    """Per row: the summed log-probability (float32) of its target tokens and how many there are,
+    from the body's last hidden states, the output layer run on target positions only, `chunk`
+    at a time (recomputed in the backward pass, as `chunk_sums`). What preference losses need:
+    one figure per answer, never the full logits of the batch."""
+    import torch
+    import torch.utils.checkpoint
+
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[keep]
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    total = hidden.new_zeros(labels.shape[0], dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        end = start + chunk
+        if torch.is_grad_enabled():
+            part = torch.utils.checkpoint.checkpoint(_token_logps, head, hidden[start:end], targets[start:end],
+                                                     use_reentrant=False)
+        else:
+            part = _token_logps(head, hidden[start:end], targets[start:end])
+        total = total.index_add(0, rows[start:end], part)
+    return total, keep.sum(dim=1)
+
+
+def row_target_logps_from_logits(logits, labels):
+    """The same per-row sums and counts from the model's full logits (the `own` loss path)."""
+    import torch
+
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logps = -torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                               ignore_index=IGNORE, reduction="none").view_as(targets)
+    return (logps * keep).sum(dim=1), keep.sum(dim=1)
+
+
+def _token_logps(head, hidden, targets):
+    import torch
+
+    return -torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")

@@ -210,8 +210,9 @@ class MetricsLog:
             self._replace()
         self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.fields if k != "step"}})
         self.handle.flush()
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
-            if values.get(key) not in (None, ""):
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s") + tuple(
+                k for k in values if "/" in k and not k.startswith("eval_")):
+            if values.get(key) not in (None, ""):  # and a stage's own figures: rewards/margins, ...
                 self.tb.add_scalar(f"train/{key}", values[key], step)
         for key, value in values.items():
             if key.startswith("eval_") and value not in (None, ""):

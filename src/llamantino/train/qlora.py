@@ -21,6 +21,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -223,6 +224,25 @@ class AdapterState:
 
 
 @dataclasses.dataclass
+class Objective:
+    """What a stage trains when it is not the next-token loss of packed rows (`prefer`: pairs
+    of answers). `make_loss(model, chunk, fused)` builds the loss module (with the `path` the
+    manifest reports; DDP wraps it); `step(t)` runs one optimizer step's forward and backward
+    passes and ends with `apply_update` (False: the data ran out); `evaluate(t)` gives held-out
+    figures of its own, logged as `eval_fields`; `fields` are the training figures it logs;
+    `evaluate_first` scores the held-out sets once before the first step too."""
+
+    make_loss: Callable
+    step: Callable
+    fields: tuple = ()
+    evaluate: Callable | None = None
+    eval_fields: tuple = ()
+    evaluate_first: bool = False
+    text_eval: list | None = None  # the eval_data entries scored in bits per byte (None: all)
+    info: dict = dataclasses.field(default_factory=dict)  # for the manifest
+
+
+@dataclasses.dataclass
 class Trainer:
     """Everything the loop touches, made once by `setup`."""
 
@@ -255,6 +275,7 @@ class Trainer:
     last_eval: dict = dataclasses.field(default_factory=dict)
     eval_seconds: float = 0.0  # spent on held-out evaluation, not counted as training time
     guard: speed.CompileGuard = dataclasses.field(default_factory=lambda: speed.CompileGuard(False))
+    objective: Objective | None = None
 
     @property
     def step(self) -> int:
@@ -267,12 +288,13 @@ class Trainer:
 
 
 def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: bool = False, resume: bool = False,
-          inputs=(), base_model=None) -> dict:
+          inputs=(), base_model=None, objective: Objective | None = None) -> dict:
     """Run a QLoRA stage from start (or its latest checkpoint) to `max_steps`.
 
     `make_source(rank, world)` returns this rank's RowSource; `base_model()`, if given,
     runs on rank 0 once the run folder is claimed and returns the folder the 4-bit base is
-    loaded from instead of `cfg.model` (sft merges a language adapter first).
+    loaded from instead of `cfg.model` (sft merges a language adapter first). `objective`
+    replaces the next-token loss of packed rows (see `Objective`).
     """
     rank, world, device = distributed.init_distributed()
     run_dir = Path(cfg.output)
@@ -282,14 +304,19 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: b
         metrics = read_manifest(run_dir)["metrics"]
         return {"status": "skipped (done)", "headline": _headline(metrics), "metrics": metrics}
     t = setup(kind, cfg, make_source, tokenizer, resume_from=state == "resume", base_model=base_model,
-              rank=rank, world=world, device=device)
+              rank=rank, world=world, device=device, objective=objective)
+    step = objective.step if objective else train_step
+    scored = bool(t.heldout or (objective and objective.evaluate))
     stop = common.StopRequest()
     with t.progress:  # closed on an error too: the error line starts a line of its own
+        if scored and objective and objective.evaluate_first and t.step == 0:
+            evaluate_heldout(t)
+            t.counters["first_eval"] = dict(t.last_eval)
         while t.step < cfg.max_steps:
-            if not train_step(t):
+            if not step(t):
                 raise LlamantinoError(f"the data ran out at step {t.step} of {cfg.max_steps}: it yields no more rows")
             want_stop = stop.agreed(device) or 0 < cfg.stop_after_steps <= t.steps_this_run
-            if t.heldout and (t.step == cfg.max_steps or (cfg.eval_steps and t.step % cfg.eval_steps == 0)):
+            if scored and (t.step == cfg.max_steps or (cfg.eval_steps and t.step % cfg.eval_steps == 0)):
                 evaluate_heldout(t)
             if t.step < cfg.max_steps and (want_stop or (cfg.save_steps and t.step % cfg.save_steps == 0)):
                 t.checkpoints.save(t.step, *t.parts())
@@ -299,7 +326,7 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: b
 
 
 def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from: bool, base_model, rank: int,
-          world: int, device: torch.device) -> Trainer:
+          world: int, device: torch.device, objective: Objective | None = None) -> Trainer:
     """Data, model, optimizer and schedule; the latest checkpoint loaded when resuming."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -310,7 +337,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     accum = accumulation(cfg, world)
     # Data first: a corpus that yields nothing fails before the folder is claimed.
     source = make_source(rank, world)
-    heldout = load_sets(cfg.eval_data, max_documents=cfg.eval_max_documents) if cfg.eval_data else []
+    texts = cfg.eval_data if objective is None or objective.text_eval is None else objective.text_eval
+    heldout = load_sets(texts, max_documents=cfg.eval_max_documents) if texts else []
     distributed.on_rank0(lambda: start_run(cfg.output, kind, cfg) if not resume_from else None)
     base_path = distributed.on_rank0(base_model) if base_model else None
     compute_dtype = common.resolve_compute_dtype(cfg.compute_dtype, device)
@@ -322,7 +350,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     scheduler = common.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
     counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
     paths = speed.resolve(cfg, device, model.get_base_model().config.model_type, compute_dtype)
-    loss = CausalLMLoss(model, cfg.loss_chunk_tokens, fused=paths.fused_loss)  # checks the head: before compiling
+    # The loss checks the model's head: before compiling.
+    loss = (objective.make_loss if objective else CausalLMLoss)(model, cfg.loss_chunk_tokens, fused=paths.fused_loss)
     apply_speed(model, paths, cfg.lora_r)
     checkpoints = Checkpoints(cfg.output, rank=rank, world=world, keep=cfg.save_total_limit)
     t = Trainer(kind=kind, cfg=cfg, rank=rank, world=world, device=device, run_dir=Path(cfg.output),
@@ -334,9 +363,10 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                       "train_embeddings": cfg.train_embeddings,
                       "embedding_parameters": sum(p.numel() for p in groups[1]["params"]) if len(groups) > 1 else 0,
                       "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                      "parameters": sum(p.numel() for p in model.parameters())},
+                      "parameters": sum(p.numel() for p in model.parameters()),
+                      **(objective.info if objective else {})},
                 batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout,
-                guard=speed.CompileGuard(paths.compile == "blocks"))
+                guard=speed.CompileGuard(paths.compile == "blocks"), objective=objective)
     found = checkpoints.latest() if resume_from else None
     if found:
         shared, own = t.parts()
@@ -349,7 +379,8 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
         t.loss = DistributedDataParallel(t.loss, device_ids=[device.index] if device.type == "cuda" else None,
                                          init_sync=False)
     t.metrics_log = common.MetricsLog(cfg.output, resume_step=t.step, enabled=rank == 0,
-                                        extra_fields=[h.column for h in heldout])
+                                        extra_fields=[h.column for h in heldout] + list(
+                                            objective.fields + objective.eval_fields if objective else ()))
     t.progress = common.Progress(cfg.max_steps, initial=t.step, enabled=rank == 0, desc=kind)
     model.train()
     return t
@@ -413,6 +444,15 @@ def train_step(t: Trainer) -> bool:
         common.set_rng_state(rng)
 
     loss_sum = t.guard.run(forward_backward, undo)
+    apply_update(t, loss_sum, sum(b.positions for b in micro), sum(b.real_tokens for b in micro))
+    return True
+
+
+def apply_update(t: Trainer, loss_sum: float, tokens: int, real: int, extra: dict | None = None) -> None:
+    """The end of every step: clip, optimizer and schedule, then counters, progress and metrics.
+    `loss_sum`: this rank's share of the step's loss (x world); `extra`: further figures of the
+    step, already the same on every rank (prefer's rewards)."""
+    cfg = t.cfg
     t.scaler.unscale_(t.optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.max_grad_norm or float("inf")))
     t.scaler.step(t.optimizer)
@@ -422,8 +462,7 @@ def train_step(t: Trainer) -> bool:
     t.scheduler.step()
     # loss_sum is this rank's share of the global token mean, x world; average over ranks.
     # One collective for the step's three figures.
-    loss_sum, tokens, real = distributed.all_reduce_sums(
-        [loss_sum, sum(b.positions for b in micro), sum(b.real_tokens for b in micro)], t.device)
+    loss_sum, tokens, real = distributed.all_reduce_sums([loss_sum, tokens, real], t.device)
     loss, tokens, real = loss_sum / t.world, int(tokens), int(real)
     t.counters.update(step=t.step + 1, tokens=t.counters["tokens"] + tokens,
                       real_tokens=t.counters["real_tokens"] + real)
@@ -433,8 +472,7 @@ def train_step(t: Trainer) -> bool:
     rate = t.progress.update(real, loss, lr)
     if t.step % cfg.logging_steps == 0 or t.step == cfg.max_steps or t.step == 1:
         t.metrics_log.log(t.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens=t.counters["tokens"],
-                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 2))
-    return True
+                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 2), **(extra or {}))
 
 
 def evaluate_heldout(t: Trainer) -> None:
@@ -446,7 +484,9 @@ def evaluate_heldout(t: Trainer) -> None:
     started = time.time()
     with autocast, speed.eager():  # never compiled: no graphs for evaluation's shapes and no-grad mode
         t.last_eval = evaluate(t.model, t.tokenizer, t.heldout, max_length=t.cfg.max_length,
-                               batch_size=t.cfg.eval_batch_size, rank=t.rank, world=t.world)
+                               batch_size=t.cfg.eval_batch_size, rank=t.rank, world=t.world) if t.heldout else {}
+        if t.objective and t.objective.evaluate:
+            t.last_eval.update(t.objective.evaluate(t))
     t.eval_seconds += time.time() - started
     t.metrics_log.log(t.step, **t.last_eval)
     if t.rank == 0:
@@ -489,6 +529,7 @@ def finish(t: Trainer, inputs) -> dict:
         "peak_memory_mb": round(common.peak_memory_bytes(t.device) / 2**20, 1),
         **t.source.metrics(),
         **t.last_eval,
+        **{f"before_{k}": v for k, v in t.counters.get("first_eval", {}).items()},  # Objective.evaluate_first
         **({"eval_seconds": round(t.eval_seconds, 3)} if t.heldout else {}),
     }
     if t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly

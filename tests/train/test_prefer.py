@@ -1,0 +1,238 @@
+"""Preference tuning: the losses equal TRL 1.16's (loss, gradients, log-probabilities), the step
+starts at ln 2, and the stage resumes bit for bit."""
+
+import math
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llamantino.core.errors import LlamantinoError
+from llamantino.train.prefer import Config, PairLogps, collate_pairs, make_loss, pair_losses
+
+TARGETS = ["q_proj", "v_proj", "up_proj"]
+# Hand-made pairs (token ids of the tiny tokenizer): different prompt and answer lengths, so
+# padding, masking and per-answer sums are all exercised.
+PAIRS = [SimpleNamespace(prompt=[1, 5, 6, 7], chosen=[8, 9, 10, 2], rejected=[11, 12, 2]),
+         SimpleNamespace(prompt=[1, 20, 21], chosen=[30, 31, 32, 33, 34, 2], rejected=[40, 2]),
+         SimpleNamespace(prompt=[1, 50, 51, 52, 53], chosen=[60, 2], rejected=[61, 62, 63, 64, 2])]
+
+
+def tiny_base(tokenizer):
+    from llamantino.demo.demo_base import build_model
+
+    return build_model(tokenizer, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                       max_position_embeddings=512, seed=0)
+
+
+def lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+
+
+def randomize_adapter(model, seed=1):
+    """A trained-looking adapter (B != 0), so policy and reference differ."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=generator) * 0.1
+
+
+def ours(model, cfg, pairs=PAIRS, chunk=3):
+    """Our loss, gradients and per-pair log-probabilities on `pairs`, as one micro-batch."""
+    batch = collate_pairs(pairs, 0, prompt_nll=cfg.loss_type == "orpo")
+    module = make_loss(cfg)(model, chunk)
+    model.zero_grad()
+    loss, figures = module(batch.input_ids, batch.labels, float(batch.pairs), float(batch.chosen_tokens),
+                           batch.prompt_labels)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        lp, _ = module.pair_logps(batch.input_ids, batch.labels)
+    model.zero_grad()
+    return loss.detach(), grads, lp, figures
+
+
+def relative(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+def trl_trainer(kind, tokenizer, tmp_path, **options):
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]})
+    common = {"output_dir": str(tmp_path / kind), "use_cpu": True, "bf16": False, "report_to": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "dpo":
+            from trl import DPOConfig, DPOTrainer
+
+            return DPOTrainer(model=tiny_base(tokenizer), args=DPOConfig(**common, **options), train_dataset=data,
+                              processing_class=tokenizer, peft_config=lora())
+        if kind == "cpo":
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+            return CPOTrainer(model=tiny_base(tokenizer), args=CPOConfig(**common, **options), train_dataset=data,
+                              processing_class=tokenizer, peft_config=lora())
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer(model=tiny_base(tokenizer), args=ORPOConfig(**common, **options), train_dataset=data,
+                           processing_class=tokenizer, peft_config=lora())
+
+
+def trl_dpo_inputs(pairs):
+    batch = collate_pairs(pairs, 0)
+    lengths = [len(p.prompt) + len(p.chosen) for p in pairs] + [len(p.prompt) + len(p.rejected) for p in pairs]
+    mask = (torch.arange(batch.input_ids.shape[1])[None] < torch.tensor(lengths)[:, None]).long()
+    return {"input_ids": batch.input_ids, "attention_mask": mask, "completion_mask": (batch.labels != -100).long()}
+
+
+def trl_pair_batch(pairs):
+    """The tokenized batch CPO and ORPO read: chosen and rejected rows apart, prompts masked."""
+    out = {}
+    for side in ("chosen", "rejected"):
+        rows = [p.prompt + getattr(p, side) for p in pairs]
+        length = max(map(len, rows))
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, (row, p) in enumerate(zip(rows, pairs)):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+            labels[i, len(p.prompt):len(row)] = torch.tensor(row[len(p.prompt):])
+        out.update({f"{side}_input_ids": ids, f"{side}_attention_mask": mask, f"{side}_labels": labels})
+    return out
+
+
+def trl_loss_and_grads(trainer, kind, pairs):
+    model = trainer.model
+    model.zero_grad()
+    if kind == "dpo":
+        loss = trainer.compute_loss(model, trl_dpo_inputs(pairs))
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    else:
+        loss, metrics = trainer.get_batch_loss_metrics(model, trl_pair_batch(pairs))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return loss.detach(), grads, metrics
+
+
+CASES = [
+    ("dpo", "dpo", {"beta": 0.1, "loss_type": "sigmoid"}, {"beta": 0.1}),
+    ("dpo", "dpo", {"beta": 0.5, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.7]},
+     {"beta": 0.5, "sft_weight": 0.7}),
+    ("dpo", "ipo", {"beta": 0.2, "loss_type": "ipo"}, {"beta": 0.2}),
+    ("cpo", "simpo", {"beta": 2.0, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": 0.4},
+     {"beta": 2.0, "simpo_gamma": 0.4}),
+    ("cpo", "simpo", {"beta": 2.0, "loss_type": "simpo", "cpo_alpha": 0.3, "simpo_gamma": 0.4,
+                      "label_smoothing": 0.1}, {"beta": 2.0, "simpo_gamma": 0.4, "sft_weight": 0.3,
+                                                "label_smoothing": 0.1}),
+    ("cpo", "orpo", {"beta": 0.25}, {"orpo_alpha": 0.25}),
+]
+
+
+@pytest.mark.parametrize("trainer_kind,loss_type,trl_options,settings", CASES,
+                         ids=["dpo", "dpo+sft", "ipo", "simpo", "simpo+nll+smoothing", "orpo"])
+def test_loss_gradients_and_logps_equal_trl(tmp_path, tiny_tokenizer, trainer_kind, loss_type, trl_options,
+                                            settings):
+    if loss_type == "orpo":
+        trainer_kind = "orpo"
+    trainer = trl_trainer(trainer_kind, tiny_tokenizer, tmp_path, **trl_options)
+    randomize_adapter(trainer.model)
+    cfg = Config(model="m", output="o", loss_type=loss_type, **settings)
+    loss, grads, lp, figures = ours(trainer.model, cfg)
+    trl_loss, trl_grads, metrics = trl_loss_and_grads(trainer, trainer_kind, PAIRS)
+    assert abs(float(loss) - float(trl_loss)) <= 1e-5 * abs(float(trl_loss))
+    assert grads.keys() == trl_grads.keys() and len(grads) == 2 * len(TARGETS) * 2  # A and B, 2 layers
+    for name in grads:
+        assert relative(grads[name], trl_grads[name]) <= 1e-5, name
+    # The same per-pair log-probabilities and rewards (TRL logs their means).
+    _, chosen_rewards, rejected_rewards, chosen, rejected = pair_losses(cfg, lp)
+    for key, value in (("logps/chosen", chosen), ("logps/rejected", rejected), ("rewards/chosen", chosen_rewards),
+                       ("rewards/rejected", rejected_rewards),
+                       ("rewards/margins", chosen_rewards - rejected_rewards)):
+        # Rewards are differences of sums near -30 (float32: 2e-6 apart), scaled by beta.
+        assert float(value.mean()) == pytest.approx(float(metrics[key]), rel=1e-5, abs=1e-5), key
+    assert float(figures[0]) / len(PAIRS) == pytest.approx(float(metrics["rewards/chosen"]), rel=1e-5, abs=1e-5)
+
+
+def test_per_pair_logps_equal_trl_row_by_row(tmp_path, tiny_tokenizer):
+    """Not only the means: each answer's summed log-probability, one pair at a time through TRL."""
+    trainer = trl_trainer("dpo", tiny_tokenizer, tmp_path, beta=0.1)
+    randomize_adapter(trainer.model)
+    cfg = Config(model="m", output="o")
+    _, _, lp, _ = ours(trainer.model, cfg)
+    for i, pair in enumerate(PAIRS):
+        trl_trainer_metrics = trl_loss_and_grads(trainer, "dpo", [pair])[2]
+        assert float(lp.chosen[i]) == pytest.approx(trl_trainer_metrics["logps/chosen"], rel=1e-6)
+        assert float(lp.rejected[i]) == pytest.approx(trl_trainer_metrics["logps/rejected"], rel=1e-6)
+        assert float(lp.ref_chosen[i]) != pytest.approx(float(lp.chosen[i]), rel=1e-6)  # the adapter is off
+
+
+def test_step_zero_with_a_fresh_adapter_is_ln2_with_zero_margins(tiny_tokenizer):
+    from peft import get_peft_model
+
+    model = get_peft_model(tiny_base(tiny_tokenizer), lora())  # B = 0: policy = reference
+    loss, grads, lp, figures = ours(model, Config(model="m", output="o"))
+    assert abs(float(loss) - math.log(2)) <= 1e-6
+    assert float(figures[3]) == 0.0  # margins
+    assert float(figures[2]) == 0.0  # accuracies: no pair's reward is above its rejected one's
+    assert torch.equal(lp.chosen, lp.ref_chosen) and torch.equal(lp.rejected, lp.ref_rejected)
+    assert any(float(g.abs().max()) > 0 for g in grads.values())  # and the step still moves
+
+
+def test_chunked_answer_logps_equal_the_full_logits(tiny_tokenizer):
+    """The chunked per-row sums (any chunk size) are the sums of the model's own log-softmax."""
+    from peft import get_peft_model
+
+    model = get_peft_model(tiny_base(tiny_tokenizer), lora())
+    randomize_adapter(model)
+    cfg = Config(model="m", output="o")
+    reference = ours(model, cfg, chunk=0)
+    for chunk in (1, 5, 1024):
+        loss, grads, lp, _ = ours(model, cfg, chunk=chunk)
+        assert torch.allclose(lp.chosen, reference[2].chosen, rtol=1e-6)
+        assert torch.allclose(lp.rejected, reference[2].rejected, rtol=1e-6)
+        assert float(loss) == pytest.approx(float(reference[0]), rel=1e-6)
+        for name in grads:
+            assert relative(grads[name], reference[1][name]) <= 1e-5
+
+
+def test_label_smoothing_is_conservative_dpo():
+    lp = PairLogps(torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0]), torch.tensor([2, 3]), torch.tensor([3, 1]),
+                   torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5]))
+    cfg = Config(model="m", output="o", beta=0.3, label_smoothing=0.2)
+    losses = pair_losses(cfg, lp)[0]
+    z = 0.3 * torch.tensor([(-3.0 + 3.5) - (-4.0 + 3.0), (-5.0 + 4.0) - (-2.0 + 2.5)])
+    expected = -0.8 * torch.nn.functional.logsigmoid(z) - 0.2 * torch.nn.functional.logsigmoid(-z)
+    assert torch.allclose(losses, expected)
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "ipo", "simpo", "orpo"])
+def test_float16_compute_gives_finite_losses(loss_type):
+    """Log-probabilities that arrive in float16 (extreme ones included) give finite float32 losses."""
+    half = torch.tensor([-0.0, -60000.0, -1e-4], dtype=torch.float16)
+    lp = PairLogps(half, torch.tensor([-65000.0, -0.0, -3.0], dtype=torch.float16), torch.tensor([1, 500, 1]),
+                   torch.tensor([700, 1, 2]), half.flip(0), torch.tensor([-1.0, -2.0, -0.0], dtype=torch.float16))
+    cfg = Config(model="m", output="o", loss_type=loss_type)
+    losses, chosen_rewards, rejected_rewards, chosen, rejected = pair_losses(cfg, lp)
+    assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
+    assert torch.isfinite(chosen_rewards).all() and torch.isfinite(rejected_rewards).all()
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"loss_type": "orpo", "sft_weight": 0.5}, "sft_weight is not used with orpo"),
+    ({"max_prompt_length": 1024, "max_length": 1024}, "leaves no room for an answer"),
+    ({"train_embeddings": "all"}, "LoRA adapter only"),
+    ({"data": []}, "no data given"),
+])
+def test_bad_settings_are_one_line(settings, message):
+    cfg = Config(model="m", output="o", data=["pairs.jsonl"])
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    with pytest.raises(LlamantinoError, match=message) as info:
+        cfg.validate("recipe.yaml")
+    assert "\n" not in str(info.value)
