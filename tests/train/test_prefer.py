@@ -236,3 +236,77 @@ def test_bad_settings_are_one_line(settings, message):
     with pytest.raises(LlamantinoError, match=message) as info:
         cfg.validate("recipe.yaml")
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+def pair_rows(n=10):
+    """Chat-form pairs: an Italian answer chosen over an English one."""
+    return [{"prompt": [{"role": "user", "content": f"Domanda numero {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"Risposta italiana {i}."}],
+             "rejected": [{"role": "assistant", "content": f"An English answer {i}."}]} for i in range(n)]
+
+
+def write_jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def prefer_args(model, data, out, *extra):
+    return ["prefer", "--model", str(model), "--data", str(data), "--output", str(out), "--max-length", "512",
+            "--max-prompt-length", "448", "--batch-size", "2", "--gradient-accumulation", "2", "--max-steps", "6",
+            "--learning-rate", "1e-2", "--logging-steps", "1", "--no-load-in-4bit", "--compute-dtype", "float32",
+            "--lora-r", "4", "--lora-dropout", "0.1", "--save-steps", "2", *extra]
+
+
+def metrics_rows(run):
+    import csv
+
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_model_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    from llamantino.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    held = write_jsonl(tmp_path / "held.jsonl", pair_rows(4))
+    text = tmp_path / "it.txt"
+    text.write_text("Il gatto dorme sul divano mentre la pioggia cade sulla città.\n", encoding="utf-8")
+    evals = ["--eval-data", f"pairs={held}", f"it={text}", "--eval-steps", "3"]
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    assert main(prefer_args(tiny_model_dir, data, full, *evals)) == 0
+    assert main(prefer_args(tiny_model_dir, data, parts, *evals, "--stop-after-steps", "3")) == 3
+    assert main(prefer_args(tiny_model_dir, data, parts, *evals, "--resume")) == 0
+    a, b = (load_file(str(run / "adapter_model.safetensors")) for run in (full, parts))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows, resumed = metrics_rows(full), metrics_rows(parts)
+    train = [r for r in rows if r["loss"]]
+    assert [int(r["step"]) for r in train] == list(range(1, 7))
+    # Step 1: a fresh adapter, policy = reference: loss ln 2 and no margin; then rewards move.
+    assert float(train[0]["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(train[0]["rewards/margins"]) == 0.0
+    assert float(train[-1]["rewards/margins"]) > 0 and float(train[-1]["rewards/accuracies"]) > 0.5
+    # The resumed run logged the same figures, step for step (dropout draws included).
+    for mine, theirs in zip(train, [r for r in resumed if r["loss"]]):
+        assert mine["loss"] == theirs["loss"] and mine["rewards/margins"] == theirs["rewards/margins"]
+    # Held-out: before training (step 0) and every 3 steps, pairs and text.
+    evaluated = [r for r in rows if r["eval_pairs_rewards/accuracies"]]
+    assert [int(r["step"]) for r in evaluated] == [0, 3, 6]
+    assert float(evaluated[0]["eval_pairs_rewards/accuracies"]) == 0.0  # no reward yet
+    assert all(r["eval_it_bpb"] for r in evaluated)
+    manifest = json.loads((full / "manifest.json").read_text())["metrics"]
+    assert manifest["loss_type"] == "dpo" and manifest["reference"].startswith("the model with the adapter off")
+    assert manifest["pairs"] == 10 and manifest["pairs_cut"] == 0 and manifest["pairs_skipped"] == 0
+    assert manifest["before_eval_it_bpb"] > 0 and manifest["eval_pairs_rewards/accuracies"] > 0.5
+    assert (full / "loss.png").is_file()
