@@ -65,6 +65,7 @@ class Stage:
     name: str
     kind: str
     config: Any
+    optional: bool = False  # `optional: true`: `run` leaves it out unless --only names it
 
     @property
     def output(self) -> str:
@@ -100,7 +101,8 @@ class Recipe:
             "description": self.description,
             "run_dir": self.run_dir,
             "release": to_dict(self.release),
-            "stages": {s.name: {"kind": s.kind, **to_dict(s.config)} for s in self.stages},
+            "stages": {s.name: {"kind": s.kind, **({"optional": True} if s.optional else {}), **to_dict(s.config)}
+                       for s in self.stages},
         }
 
 
@@ -222,13 +224,16 @@ def load_recipe(name_or_path: str, overrides: dict | None = None, run_dir: str |
         settings = dict(settings or {})
         settings = _merge(settings, stage_over.get(stage_name, {}))
         kind = str(settings.pop("kind", stage_name))
+        optional = settings.pop("optional", False)
+        if not isinstance(optional, bool):
+            raise LlamantinoError(f"{path}: stage '{stage_name}': optional {shown(optional)}: give true or false")
         module = stage_module(kind)
         settings.setdefault("output", f"${{run_dir}}/{stage_name}")
         where = f"{path}: stage '{stage_name}'"
         settings = _interpolate(settings, context, where)
         cfg = build_config(module.Config, settings, where)
         context["stages"][stage_name] = to_dict(cfg)
-        stages.append(Stage(stage_name, kind, cfg))
+        stages.append(Stage(stage_name, kind, cfg, optional))
     release = build_config(ReleaseInfo, raw.get("release") or {}, f"{path}: release")
     return Recipe(name=name, description=str(raw.get("description") or ""), run_dir=context["run_dir"],
                   release=release, stages=stages, source=str(path))

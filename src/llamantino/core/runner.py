@@ -128,7 +128,10 @@ def run_recipe(recipe, *, only=None, overwrite: bool = False, out=None) -> list[
     results = []
     t_all = time.time()
     for stage in recipe.stages:
-        if only and stage.name not in only:
+        if (only and stage.name not in only) or (stage.optional and not only):
+            if stage.optional and not only:
+                print(f"\n=== {recipe.name}: stage '{stage.name}' is optional: run it with --only {stage.name}",
+                      file=out, flush=True)
             continue
         print(f"\n=== {recipe.name}: stage '{stage.name}' ({stage.kind}) -> {stage.output}", file=out, flush=True)
         t0 = time.time()

@@ -2,7 +2,7 @@
 
 The LLaMA 2 licence forbids shipping the weights, so:
 
-* an adapter run (`adapt`, `sft`) is released as its LoRA adapter and tokenizer;
+* an adapter run (`adapt`, `sft`, `prefer`) is released as its LoRA adapter and tokenizer;
 * a full fine-tuning run (`instruct`) is released as an exact weight difference against
   the model it was tuned from (the run manifest's `settings.model`, or `--base`).
 
@@ -37,7 +37,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
 # Prompt formats a model card names (a tokenizer's own template or a file is shown as chat-template).
 CARD_PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "alpaca", "chatml", "chat-template", "none")
-STAGE_PROMPT = {"sft": "llama2-chat", "instruct": "alpaca-it", "adapt": "none"}
+STAGE_PROMPT = {"sft": "llama2-chat", "prefer": "llama2-chat", "instruct": "alpaca-it", "adapt": "none"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What the card says of the licence, by the base model's licence (the hub's identifiers).
 LICENCE_NOTES = {
@@ -56,7 +56,7 @@ LICENCE_WEIGHTS = ("This repository holds no weights of `{base}`, only {what}; r
 
 @dataclasses.dataclass
 class Config:
-    run: str = setting("", "training run folder (adapt, sft or instruct)", path_input=True)
+    run: str = setting("", "training run folder (adapt, sft, prefer or instruct)", path_input=True)
     output: str = setting("", "folder to write the release into")
     release_recipe: str = setting("", "recipe (name or YAML) whose release section describes the model: "
                                       "name, parent, datasets, prompt format, hub repository")
@@ -256,8 +256,10 @@ def _record_text(record) -> str:
         return record
     if not isinstance(record, dict):
         return ""
-    parts = [record.get(k) for k in ("text", "instruction", "context", "input", "response", "output")]
-    for turn in record.get("messages") or record.get("data") or []:
+    parts = [record.get(k) for k in ("text", "instruction", "context", "input", "response", "output", "prompt",
+                                     "chosen")]
+    turns = [t for k in ("messages", "data", "prompt", "chosen") if isinstance(record.get(k), list) for t in record[k]]
+    for turn in turns:
         parts.append(turn.get("content") if isinstance(turn, dict) else turn)
     return " ".join(p for p in parts if isinstance(p, str))
 

@@ -466,7 +466,8 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
 
         check_adapter(cfg.adapter)
     # The tokenizer saved with the run renders the training format (`apply_chat_template`).
-    tokenizer.chat_template = prompt_format(cfg.prompt_format, tokenizer, cfg.system_prompt).chat_template
+    chat = prompt_format(cfg.prompt_format, tokenizer, cfg.system_prompt)
+    tokenizer.chat_template = chat.chat_template
     options = {"prompt_format": cfg.prompt_format, "system_prompt": cfg.system_prompt, "max_length": cfg.max_length,
                "max_prompt_length": cfg.max_prompt_length, "skip_bad_lines": cfg.skip_bad_lines}
     loaded = load_pairs(cfg.data, tokenizer, **options)
@@ -475,7 +476,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     text_sets, pair_sets = split_eval_data(cfg.eval_data)
     heldout = [HeldOutPairs(name, path, load_pairs([path], tokenizer, **options).pairs) for name, path in pair_sets]
     summary = {"pairs": len(loaded.pairs), "pairs_cut": loaded.cut, "pairs_skipped": loaded.skipped,
-               "pairs_sha256": loaded.fingerprint}
+               "pairs_sha256": loaded.fingerprint, "prompt_format": chat.name, "end_of_turn": chat.end_of_turn}
 
     def evaluate(t) -> dict:
         out = {}
