@@ -163,6 +163,25 @@ def test_run_skips_finished_stages_and_refuses_a_different_run(tmp_path, capsys)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
+def test_an_optional_stage_runs_only_when_named(tmp_path, capsys):
+    path = write_recipe(tmp_path, f"name: x\nrun_dir: {tmp_path}/runs\nstages:\n"
+                                  "  prep:\n    kind: evalita_prepare\n    samples: train\n    tasks: [acti-a]\n"
+                                  "  extra:\n    kind: evalita_prepare\n    optional: true\n    samples: train\n"
+                                  "    tasks: [acti-b]\n")
+    assert load_recipe(str(path)).stage("extra").optional and not load_recipe(str(path)).stage("prep").optional
+    assert main(["run", str(path)]) == 0
+    assert "stage 'extra' is optional: run it with --only extra" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "prep").is_dir() and not (tmp_path / "runs" / "extra").exists()
+    assert main(["run", str(path), "--only", "extra"]) == 0
+    assert (tmp_path / "runs" / "extra" / "manifest.json").is_file()
+    assert "optional: true" in subprocess.run([sys.executable, "-m", "llamantino", "config", "show", str(path)],
+                                              capture_output=True, text=True).stdout
+    assert load_recipe("Qwen2.5-7B-Instruct-UltraChat-ITA").stage("prefer").optional
+    bad = write_recipe(tmp_path, "name: y\nstages:\n  prep:\n    kind: evalita_prepare\n    optional: maybe\n")
+    with pytest.raises(LlamantinoError, match="optional 'maybe': give true or false"):
+        load_recipe(str(bad))
+
+
 # ---------------------------------------------------------------------------------------
 # Recipes from strangers: small files cannot take the memory, the stack or the screen
 
