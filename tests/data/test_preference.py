@@ -299,3 +299,29 @@ def test_plain_text_and_instruction_prompts_are_refused(family_dirs, tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", [CHAT_FORMS["strings"]])
     with pytest.raises(LlamantinoError, match="alpaca-it is an instruction prompt"):
         load_pairs([str(data)], tokenizer, prompt_format="alpaca-it")
+
+
+# ---------------------------------------------------------------------------------------
+# The bundled demo pairs
+
+
+def test_the_demo_pairs_load_whole_with_the_demo_tokenizer():
+    from llamantino.data.langid import make_detector
+    from llamantino.demo.demo_base import ASSETS_DIR, build_tokenizer, read_paragraphs
+
+    tokenizer = build_tokenizer(read_paragraphs([str(ASSETS_DIR / "demo" / "en_train.txt")]), 4096)
+    detect = make_detector().detect
+    questions = []
+    for name, least in (("it_preferences.jsonl", 80), ("it_preferences_heldout.jsonl", 24)):
+        path = ASSETS_DIR / "demo" / name
+        pairs = load_pairs([str(path)], tokenizer, prompt_format="llama2-chat", system_prompt="none",
+                           max_length=256, max_prompt_length=128)
+        assert len(pairs.pairs) >= least and pairs.cut == 0 and pairs.skipped == 0
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert all(len(r["prompt"]) == 1 and r["prompt"][0]["role"] == "user" for r in rows)
+        questions += [r["prompt"][0]["content"] for r in rows]
+        # Chosen: fluent Italian; rejected: English, or Italian that is broken.
+        assert {detect(r["chosen"][0]["content"]) for r in rows} == {"it"}
+        rejected = [detect(r["rejected"][0]["content"]) for r in rows]
+        assert rejected.count("en") >= len(rows) // 3 and rejected.count("it") >= len(rows) // 3
+    assert len(set(questions)) == len(questions)  # no question twice, none shared by training and held-out pairs
