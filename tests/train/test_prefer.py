@@ -310,3 +310,11 @@ def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_mod
     assert manifest["pairs"] == 10 and manifest["pairs_cut"] == 0 and manifest["pairs_skipped"] == 0
     assert manifest["before_eval_it_bpb"] > 0 and manifest["eval_pairs_rewards/accuracies"] > 0.5
     assert (full / "loss.png").is_file()
+    # Before and after, side by side: the held-out figures of the model tuned from, and of the result.
+    before = json.loads((full / "heldout_before.json").read_text())
+    assert before["eval_pairs_rewards/accuracies"] == 0.0 and before["eval_it_bpb"] == manifest["before_eval_it_bpb"]
+    assert main(["report", "compare", f"before={full / 'heldout_before.json'}", f"after={full}", "--output",
+                 str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "compare.md").read_text()
+    for row in ("reward accuracy (held.jsonl)", "chosen answer more likely (held.jsonl)", "bits per byte (it.txt)"):
+        assert f"| {row} |" in table, table

@@ -13,7 +13,11 @@ metrics of one model from several folders. The metrics read:
 * `eval lm-eval`: every metric of every task and group, with lm-eval's direction, and
   the suites' averages;
 * `eval evalita`: each task's primary metric, with its direction;
-* `adapt`, `sft`, `instruct`: the final training loss (lower is better).
+* `adapt`, `sft`, `instruct`: the final training loss (lower is better);
+* `prefer`: its held-out figures at the end, or before its first step from the
+  `heldout_before.json` it writes: bits per byte of each text set (in the same rows as `eval
+  bpb`'s, by file name) and, of each set of pairs, reward accuracy and margin and the share of
+  pairs whose chosen answer the model finds more likely (higher is better).
 
 The table has one row per metric every run has, the first run's value and, for each
 other run, its value and the change from the first in percent, marked better or worse.
@@ -112,9 +116,29 @@ def metrics_of(manifest: dict, where: str) -> dict[str, Metric]:
                     for task, r in m.items() if isinstance(r["metrics"].get(r["primary_metric"]), (int, float))}
         if kind in TRAINING_KINDS:
             return {f"{kind} final training loss": Metric(float(m["final_loss"]), False, where)}
+        if kind == "prefer":
+            return prefer_metrics(manifest, where)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LlamantinoError(f"{where}: unexpected '{kind}' metrics ({type(exc).__name__}: {exc})") from None
     return {}
+
+
+# A held-out figure of a prefer run -> (row name, higher is better).
+PREFER_FIGURES = {"bpb": ("bits per byte", False), "rewards/accuracies": ("reward accuracy", True),
+                  "rewards/margins": ("reward margin", True), "logps/accuracies": ("chosen answer more likely", True)}
+
+
+def prefer_metrics(manifest: dict, where: str) -> dict[str, Metric]:
+    """`eval_<NAME>_<figure>` of a prefer run, each named by the file its set came from."""
+    m = manifest.get("metrics") or {}
+    sets = [str(spec).partition("=") for spec in (manifest.get("settings") or {}).get("eval_data", [])]
+    found = {}
+    for name, _, path in sets:
+        for figure, (row, higher) in PREFER_FIGURES.items():
+            value = m.get(f"eval_{name}_{figure}")
+            if isinstance(value, (int, float)):
+                found[f"{row} ({Path(path).name})"] = Metric(float(value), higher, where)
+    return found
 
 
 def gather(cfg: Config) -> dict[str, dict[str, Metric]]:

@@ -341,6 +341,8 @@ def step(t) -> bool:
     from llamantino.core import distributed
     from llamantino.train.qlora import apply_update
 
+    if t.step == 0 and t.rank == 0 and t.counters.get("first_eval"):
+        write_before(t.cfg, t.counters["first_eval"])  # scored before this step (Objective.evaluate_first)
     micro = []
     for _ in range(t.accumulation):
         pairs = t.source.take(t.cfg.batch_size)
@@ -499,3 +501,17 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     if result["status"] == "done" and dist_env()[0] == 0:
         shutil.rmtree(Path(cfg.output) / "merged-base", ignore_errors=True)  # a full copy: only needed to train
     return result
+
+
+BEFORE = "heldout_before.json"
+
+
+def write_before(cfg: Config, before: dict) -> None:
+    """The held-out figures of the model before the first step (the model tuned from) as a result
+    file of its own, which `report compare` reads next to the run's final figures."""
+    from llamantino.core.fileio import atomic_write_json
+    from llamantino.core.manifest import record_outputs
+
+    record_outputs(cfg.output, BEFORE)
+    atomic_write_json(Path(cfg.output) / BEFORE, {"stage": KIND, "step": 0,
+                                                  "settings": {"eval_data": list(cfg.eval_data)}, **before})
