@@ -318,3 +318,7 @@ def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_mod
     table = (tmp_path / "report" / "compare.md").read_text()
     for row in ("reward accuracy (held.jsonl)", "chosen answer more likely (held.jsonl)", "bits per byte (it.txt)"):
         assert f"| {row} |" in table, table
+    # Released as an adapter, as an sft run is.
+    assert main(["release", str(full), "--output", str(tmp_path / "release")]) == 0
+    assert (tmp_path / "release" / "adapter_model.safetensors").is_file()
+    assert "Stage `prefer`" in (tmp_path / "release" / "README.md").read_text()

@@ -568,4 +568,5 @@ def _headline(m: dict) -> dict:
     if m.get("real_token_share") is not None:
         out["real_tokens"] = f"{100 * m['real_token_share']:.1f}%"
     out.update({k[5:]: v for k, v in m.items() if k.startswith("eval_") and k.endswith("_bpb")})  # it_bpb, ...
+    out.update({k[5:]: v for k, v in m.items() if k.startswith("eval_") and k.endswith("/accuracies")})  # prefer
     return out
