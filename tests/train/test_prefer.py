@@ -322,3 +322,35 @@ def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_mod
     assert main(["release", str(full), "--output", str(tmp_path / "release")]) == 0
     assert (tmp_path / "release" / "adapter_model.safetensors").is_file()
     assert "Stage `prefer`" in (tmp_path / "release" / "README.md").read_text()
+
+
+@pytest.mark.distributed
+def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny_model_dir):
+    """DDP: rank r takes every other pair of the epoch's order, so 2 ranks x 2 pairs see the pairs
+    1 process x 4 pairs sees, and the step (loss, rewards, adapter) is the same."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    common = ["-m", "llamantino", *prefer_args(tiny_model_dir, data, "OUT", "--lora-dropout", "0")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    runs = {}
+    for name, launcher, batch in (("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "1"),
+                                  ("one", [], "2")):
+        args = [a if a != "OUT" else str(tmp_path / name) for a in common]
+        args[args.index("--batch-size") + 1] = batch
+        args[args.index("--max-steps") + 1] = "3"
+        proc = subprocess.run([sys.executable, *launcher, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(tmp_path / name / "metrics.csv", newline="") as handle:
+            runs[name] = [r for r in csv.DictReader(handle) if r["loss"]]
+    for mine, theirs in zip(runs["ddp"], runs["one"]):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+            assert float(mine[key]) == pytest.approx(float(theirs[key]), rel=1e-4, abs=1e-6), key
+    a, b = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("ddp", "one"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-6), key
