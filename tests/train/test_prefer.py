@@ -270,7 +270,7 @@ def metrics_rows(run):
         return list(csv.DictReader(handle))
 
 
-def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_model_dir):
+def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_model_dir, capsys):
     import json
 
     from safetensors.torch import load_file
@@ -285,6 +285,13 @@ def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_mod
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert main(prefer_args(tiny_model_dir, data, full, *evals)) == 0
     assert main(prefer_args(tiny_model_dir, data, parts, *evals, "--stop-after-steps", "3")) == 3
+    # Other pairs in the same file: the checkpoint's position is refused, in one line.
+    original = data.read_text(encoding="utf-8")
+    write_jsonl(data, pair_rows()[::-1])
+    capsys.readouterr()
+    assert main(prefer_args(tiny_model_dir, data, parts, *evals, "--resume")) == 2
+    assert "the checkpoint was made on other pairs" in capsys.readouterr().err
+    data.write_text(original, encoding="utf-8")
     assert main(prefer_args(tiny_model_dir, data, parts, *evals, "--resume")) == 0
     a, b = (load_file(str(run / "adapter_model.safetensors")) for run in (full, parts))
     assert a.keys() == b.keys() and a

@@ -307,9 +307,15 @@ class PairSource:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "read": self.read}
+        return {"epoch": self.epoch, "index": self.index, "read": self.read,
+                "pairs_sha256": self.summary.get("pairs_sha256", "")}
 
     def load_state_dict(self, state: dict) -> None:
+        # A position means nothing in other pairs: the data (or how they are rendered) changed.
+        if state.get("pairs_sha256") != self.summary.get("pairs_sha256", ""):
+            raise LlamantinoError(f"the checkpoint was made on other pairs (sha256 {str(state.get('pairs_sha256'))[:12]}"
+                                  f", now {str(self.summary.get('pairs_sha256'))[:12]}): the data changed since; "
+                                  "start again with --overwrite")
         self.epoch, self.index, self.read = int(state["epoch"]), int(state["index"]), int(state["read"])
         self._order = self._shuffled()
 
