@@ -78,6 +78,30 @@ def test_llama2_chat_and_a_system_prompt_render_as_sft_does(family_dirs, tmp_pat
     assert "<<SYS>>\nRispondi in breve.\n<</SYS>>" in tokenizer.decode(own.prompt)
 
 
+# A template whose generation prompt ends inside a word ("... ris" + "posta"): a token merges across it.
+MERGING = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}{{ m['content'] }} ris"
+           "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def test_a_token_across_the_end_of_the_prompt_puts_the_cut_where_trl_puts_it(family_dirs, tmp_path):
+    tokenizer = load_tokenizer(str(family_dirs("mistral")))
+    template = tmp_path / "merging.jinja"
+    template.write_text(MERGING, encoding="utf-8")
+    rows = [{"prompt": [{"role": "user", "content": "Domanda"}], "chosen": [{"role": "assistant", "content": "posta"}],
+             "rejected": [{"role": "assistant", "content": "x"}]}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    pair = load_pairs([str(data)], tokenizer, prompt_format=str(template)).pairs[0]
+    # The chosen rendering has a token "sp" across the joint, the rejected one "s": the prompt stops before both.
+    chat = prompts.prompt_format(str(template), tokenizer)
+    for field, ids in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        full = encode(tokenizer, chat.render_conversation(rows[0]["prompt"] + rows[0][field])).input_ids
+        assert pair.prompt + ids == full
+    assert tokenizer.decode(pair.prompt).endswith("ri") and tokenizer.decode(pair.rejected) == "sx</s>"
+    # TRL's conversational rows with the same template give the same ids.
+    tokenizer.chat_template = MERGING
+    assert trl_pairs(tokenizer, rows, 1024) == [(pair.prompt, pair.chosen, pair.rejected)]
+
+
 # ---------------------------------------------------------------------------------------
 # Plain strings: exactly TRL's tokenization
 
