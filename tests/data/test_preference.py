@@ -349,3 +349,21 @@ def test_the_demo_pairs_load_whole_with_the_demo_tokenizer():
         rejected = [detect(r["rejected"][0]["content"]) for r in rows]
         assert rejected.count("en") >= len(rows) // 3 and rejected.count("it") >= len(rows) // 3
     assert len(set(questions)) == len(questions)  # no question twice, none shared by training and held-out pairs
+
+
+def test_preview_shows_the_prompt_and_both_answers_between_the_marks(family_dirs, tmp_path, capsys):
+    from llamantino.cli import main
+
+    folder = family_dirs("llama3")
+    data = write_jsonl(tmp_path / "pairs.jsonl", [CHAT_FORMS["strings"], PLAIN[0]])
+    assert main(["preview", "--data", str(data), "--tokenizer", str(folder), "--system-prompt", "none"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- pair") == 2 and f"({data}:1; " in out
+    assert f"chosen:   ⟦{CHOSEN}<|eot_id|>⟧\nrejected: ⟦{REJECTED}<|eot_id|>⟧" in out
+    assert "<|start_header_id|>assistant<|end_header_id|>\n\n\nchosen:" in out
+    assert f"<|begin_of_text|>{PLAIN[0]['prompt']}\nchosen:   ⟦{PLAIN[0]['chosen']}<|eot_id|>⟧" in out
+    assert main(["preview", "--data", str(data), "--tokenizer", str(folder), "--n", "1", "--plain"]) == 0
+    plain = capsys.readouterr().out
+    assert "⟦" not in plain and "---" not in plain and plain.count("<|begin_of_text|>") == 2
+    assert main(["preview", "--data", str(data)]) == 2
+    assert capsys.readouterr().err == "error: preference pairs are shown in tokens: give --tokenizer\n"
