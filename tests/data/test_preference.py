@@ -3,6 +3,7 @@ prompt through the generation prompt, the family's end-of-turn token closing bot
 plain-string rows equal to TRL's own tokenization, truncation, bad rows, the UltraFeedback
 form read as a hub dataset, parquet, and the bundled demo pairs."""
 
+import gzip
 import json
 import types
 
@@ -212,6 +213,7 @@ BAD = [
     ({"prompt": "", "chosen": "Ciao!", "rejected": "Hi"}, r"field 'prompt' is empty"),
     ({"prompt": "Ciao", "chosen": 3, "rejected": "Hi"}, r"field 'chosen' must be a string or a list of messages, got int"),
     ({"prompt": {"role": "user"}, "chosen": "a", "rejected": "b"}, r"field 'prompt' must be a string or a list"),
+    ({"prompt": "Ciao", "chosen": "Ciao!", "rejected": None}, r"field 'rejected' must be a string .*got NoneType"),
     ({"prompt": USER, "chosen": [{"role": "user", "content": "x"}], "rejected": "b"},
      r"field 'chosen' must hold one assistant answer after the prompt \(found: user\)"),
     ({"prompt": USER, "chosen": [{"content": "x"}], "rejected": "b"}, r"field 'chosen': message 0 needs 'role'"),
@@ -283,7 +285,7 @@ def test_an_ultrafeedback_hub_dataset_reads_as_the_same_rows_in_a_file(family_di
     assert load_pairs([str(trl_form)], tokenizer).fingerprint == local.fingerprint
 
 
-def test_parquet_and_folders_read_as_json_lines(family_dirs, tmp_path):
+def test_parquet_folders_and_gzip_read_as_json_lines(family_dirs, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -292,12 +294,13 @@ def test_parquet_and_folders_read_as_json_lines(family_dirs, tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
     write_jsonl(folder / "a.jsonl", rows[:2])
-    write_jsonl(folder / "b.jsonl", rows[2:])
+    gz = write_jsonl(tmp_path / "b.jsonl", rows[2:])
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(gz.read_bytes()))
     table = pa.Table.from_pylist([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:4]])
     pq.write_table(table, tmp_path / "uf.parquet", row_group_size=2)
     from_folder = load_pairs([str(folder)], tokenizer)
     from_parquet = load_pairs([str(tmp_path / "uf.parquet")], tokenizer)
-    assert len(from_folder.pairs) == 5 and from_folder.pairs[4].source == f"{folder / 'b.jsonl'}:3"
+    assert len(from_folder.pairs) == 5 and from_folder.pairs[4].source == f"{folder / 'b.jsonl.gz'}:3"
     assert [p.chosen for p in from_parquet.pairs] == [p.chosen for p in from_folder.pairs[:4]]
     assert from_parquet.pairs[3].source.endswith("uf.parquet: row 4")
 

@@ -244,7 +244,7 @@ def parse_row(record: dict, where: str) -> Row:
             raise LlamantinoError(f"{where}: missing field '{field}'")
     prompt, chosen, rejected = record.get("prompt"), record["chosen"], record["rejected"]
     for field, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        if value is not None and not isinstance(value, (str, list)):
+        if (value is not None or field != "prompt") and not isinstance(value, (str, list)):
             raise LlamantinoError(f"{where}: field '{field}' must be a string or a list of messages, "
                                   f"got {type(value).__name__}")
     if "prompt" not in record or prompt is None:
