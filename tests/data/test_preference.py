@@ -35,6 +35,10 @@ CHAT_FORMS = {
     # UltraFeedback-binarized: whole conversations, the prompt also as a string
     "conversations": {"prompt": USER[0]["content"], "chosen": USER + [{"role": "assistant", "content": CHOSEN}],
                       "rejected": USER + [{"role": "assistant", "content": REJECTED}]},
+    # a multi-turn prompt: an earlier answer is part of the prompt
+    "multi-turn": {"prompt": [{"role": "user", "content": "Ciao! Come stai?"},
+                              {"role": "assistant", "content": "Bene, grazie. E tu?"}] + USER,
+                   "chosen": CHOSEN, "rejected": REJECTED},
     # whole conversations without a prompt field (TRL's extract_prompt)
     "implicit": {"chosen": USER + [{"role": "assistant", "content": CHOSEN}],
                  "rejected": USER + [{"role": "assistant", "content": REJECTED}]},
@@ -59,11 +63,13 @@ def test_a_chat_pair_has_one_bos_the_prompt_first_and_the_end_of_turn_last(tiny_
     assert eot not in pair.chosen[:-1] and eot not in pair.rejected[:-1]
     # The prompt is the conversation through the generation prompt, as the model sees it when answering.
     chat = prompts.prompt_format("auto", tokenizer, "none")
-    generation = chat.render_conversation(USER, add_generation_prompt=True)
+    turns = CHAT_FORMS[form]["prompt"] if form == "multi-turn" else USER
+    generation = chat.render_conversation(turns, add_generation_prompt=True)
     assert pair.prompt == encode(tokenizer, generation).input_ids
+    assert ("Bene, grazie. E tu?" in tokenizer.decode(pair.prompt)) == (form == "multi-turn")
     # prompt + answer is what sft trains on for this conversation, up to the end of turn.
     for answer, ids in ((CHOSEN, pair.chosen), (REJECTED, pair.rejected)):
-        full = encode(tokenizer, chat.render_conversation(USER + [{"role": "assistant", "content": answer}]))
+        full = encode(tokenizer, chat.render_conversation(turns + [{"role": "assistant", "content": answer}]))
         assert full.input_ids[:len(pair.prompt) + len(ids)] == pair.prompt + ids
         assert answer in tokenizer.decode(ids)
 
