@@ -5,6 +5,7 @@ form read as a hub dataset, parquet, and the bundled demo pairs."""
 
 import gzip
 import json
+import logging
 import types
 
 import pytest
@@ -245,14 +246,16 @@ def test_a_bad_row_is_one_line_naming_file_line_and_field(family_dirs, tmp_path,
     assert [p.source for p in kept.pairs] == [f"{data}:1", f"{data}:3"] and kept.skipped == 1
 
 
-def test_malformed_json_lines_are_skipped_and_counted_too(family_dirs, tmp_path):
+def test_malformed_json_lines_are_skipped_and_counted_too(family_dirs, tmp_path, caplog):
     tokenizer = load_tokenizer(str(family_dirs("qwen2")))
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(PLAIN[0]) + "\n{not json\n[1, 2]\n" + json.dumps(PLAIN[1]) + "\n", encoding="utf-8")
     with pytest.raises(LlamantinoError, match=r"bad\.jsonl:2: malformed JSON"):
         load_pairs([str(data)], tokenizer)
-    kept = load_pairs([str(data)], tokenizer, skip_bad_lines=True)
+    with caplog.at_level(logging.WARNING, logger="llamantino.data.preference"):
+        kept = load_pairs([str(data)], tokenizer, skip_bad_lines=True)
     assert [p.source for p in kept.pairs] == [f"{data}:1", f"{data}:4"] and kept.skipped == 2
+    assert [r.getMessage().split(": ")[1] for r in caplog.records] == [f"{data}:2", f"{data}:3"]
 
 
 def test_no_pair_at_all_is_an_error(family_dirs, tmp_path):

@@ -30,6 +30,7 @@ left in the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 
@@ -121,10 +122,14 @@ class RowReader:
                 stats = LineStats()
                 try:
                     for number, record in iter_jsonl(source, skip_bad_lines=self.skip_bad_lines, stats=stats,
-                                                     skip_option=True):
+                                                     skip_option=True, on_bad_line=functools.partial(_skipped, source)):
                         yield f"{source}:{number}", record
                 finally:
                     self.bad_lines += stats.bad
+
+
+def _skipped(source: str, number: int, problem: str) -> None:
+    log.warning("skipped: %s:%d: %s", source, number, problem)
 
 
 # ---------------------------------------------------------------------------------------
