@@ -3,7 +3,9 @@ prompt through the generation prompt, the family's end-of-turn token closing bot
 plain-string rows equal to TRL's own tokenization, truncation, bad rows, the UltraFeedback
 form read as a hub dataset, parquet, and the bundled demo pairs."""
 
+import gzip
 import json
+import logging
 import types
 
 import pytest
@@ -34,6 +36,10 @@ CHAT_FORMS = {
     # UltraFeedback-binarized: whole conversations, the prompt also as a string
     "conversations": {"prompt": USER[0]["content"], "chosen": USER + [{"role": "assistant", "content": CHOSEN}],
                       "rejected": USER + [{"role": "assistant", "content": REJECTED}]},
+    # a multi-turn prompt: an earlier answer is part of the prompt
+    "multi-turn": {"prompt": [{"role": "user", "content": "Ciao! Come stai?"},
+                              {"role": "assistant", "content": "Bene, grazie. E tu?"}] + USER,
+                   "chosen": CHOSEN, "rejected": REJECTED},
     # whole conversations without a prompt field (TRL's extract_prompt)
     "implicit": {"chosen": USER + [{"role": "assistant", "content": CHOSEN}],
                  "rejected": USER + [{"role": "assistant", "content": REJECTED}]},
@@ -58,11 +64,13 @@ def test_a_chat_pair_has_one_bos_the_prompt_first_and_the_end_of_turn_last(tiny_
     assert eot not in pair.chosen[:-1] and eot not in pair.rejected[:-1]
     # The prompt is the conversation through the generation prompt, as the model sees it when answering.
     chat = prompts.prompt_format("auto", tokenizer, "none")
-    generation = chat.render_conversation(USER, add_generation_prompt=True)
+    turns = CHAT_FORMS[form]["prompt"] if form == "multi-turn" else USER
+    generation = chat.render_conversation(turns, add_generation_prompt=True)
     assert pair.prompt == encode(tokenizer, generation).input_ids
+    assert ("Bene, grazie. E tu?" in tokenizer.decode(pair.prompt)) == (form == "multi-turn")
     # prompt + answer is what sft trains on for this conversation, up to the end of turn.
     for answer, ids in ((CHOSEN, pair.chosen), (REJECTED, pair.rejected)):
-        full = encode(tokenizer, chat.render_conversation(USER + [{"role": "assistant", "content": answer}]))
+        full = encode(tokenizer, chat.render_conversation(turns + [{"role": "assistant", "content": answer}]))
         assert full.input_ids[:len(pair.prompt) + len(ids)] == pair.prompt + ids
         assert answer in tokenizer.decode(ids)
 
@@ -76,6 +84,30 @@ def test_llama2_chat_and_a_system_prompt_render_as_sft_does(family_dirs, tmp_pat
     assert tokenizer.decode(pair.chosen) == f" {CHOSEN} </s>"
     own = load_pairs([str(data)], tokenizer, prompt_format="llama2-chat", system_prompt="Rispondi in breve.").pairs[0]
     assert "<<SYS>>\nRispondi in breve.\n<</SYS>>" in tokenizer.decode(own.prompt)
+
+
+# A template whose generation prompt ends inside a word ("... ris" + "posta"): a token merges across it.
+MERGING = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}{{ m['content'] }} ris"
+           "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def test_a_token_across_the_end_of_the_prompt_puts_the_cut_where_trl_puts_it(family_dirs, tmp_path):
+    tokenizer = load_tokenizer(str(family_dirs("mistral")))
+    template = tmp_path / "merging.jinja"
+    template.write_text(MERGING, encoding="utf-8")
+    rows = [{"prompt": [{"role": "user", "content": "Domanda"}], "chosen": [{"role": "assistant", "content": "posta"}],
+             "rejected": [{"role": "assistant", "content": "x"}]}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    pair = load_pairs([str(data)], tokenizer, prompt_format=str(template)).pairs[0]
+    # The chosen rendering has a token "sp" across the joint, the rejected one "s": the prompt stops before both.
+    chat = prompts.prompt_format(str(template), tokenizer)
+    for field, ids in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        full = encode(tokenizer, chat.render_conversation(rows[0]["prompt"] + rows[0][field])).input_ids
+        assert pair.prompt + ids == full
+    assert tokenizer.decode(pair.prompt).endswith("ri") and tokenizer.decode(pair.rejected) == "sx</s>"
+    # TRL's conversational rows with the same template give the same ids.
+    tokenizer.chat_template = MERGING
+    assert trl_pairs(tokenizer, rows, 1024) == [(pair.prompt, pair.chosen, pair.rejected)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +220,7 @@ BAD = [
     ({"prompt": "", "chosen": "Ciao!", "rejected": "Hi"}, r"field 'prompt' is empty"),
     ({"prompt": "Ciao", "chosen": 3, "rejected": "Hi"}, r"field 'chosen' must be a string or a list of messages, got int"),
     ({"prompt": {"role": "user"}, "chosen": "a", "rejected": "b"}, r"field 'prompt' must be a string or a list"),
+    ({"prompt": "Ciao", "chosen": "Ciao!", "rejected": None}, r"field 'rejected' must be a string .*got NoneType"),
     ({"prompt": USER, "chosen": [{"role": "user", "content": "x"}], "rejected": "b"},
      r"field 'chosen' must hold one assistant answer after the prompt \(found: user\)"),
     ({"prompt": USER, "chosen": [{"content": "x"}], "rejected": "b"}, r"field 'chosen': message 0 needs 'role'"),
@@ -213,14 +246,16 @@ def test_a_bad_row_is_one_line_naming_file_line_and_field(family_dirs, tmp_path,
     assert [p.source for p in kept.pairs] == [f"{data}:1", f"{data}:3"] and kept.skipped == 1
 
 
-def test_malformed_json_lines_are_skipped_and_counted_too(family_dirs, tmp_path):
+def test_malformed_json_lines_are_skipped_and_counted_too(family_dirs, tmp_path, caplog):
     tokenizer = load_tokenizer(str(family_dirs("qwen2")))
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(PLAIN[0]) + "\n{not json\n[1, 2]\n" + json.dumps(PLAIN[1]) + "\n", encoding="utf-8")
     with pytest.raises(LlamantinoError, match=r"bad\.jsonl:2: malformed JSON"):
         load_pairs([str(data)], tokenizer)
-    kept = load_pairs([str(data)], tokenizer, skip_bad_lines=True)
+    with caplog.at_level(logging.WARNING, logger="llamantino.data.preference"):
+        kept = load_pairs([str(data)], tokenizer, skip_bad_lines=True)
     assert [p.source for p in kept.pairs] == [f"{data}:1", f"{data}:4"] and kept.skipped == 2
+    assert [r.getMessage().split(": ")[1] for r in caplog.records] == [f"{data}:2", f"{data}:3"]
 
 
 def test_no_pair_at_all_is_an_error(family_dirs, tmp_path):
@@ -259,7 +294,7 @@ def test_an_ultrafeedback_hub_dataset_reads_as_the_same_rows_in_a_file(family_di
     assert load_pairs([str(trl_form)], tokenizer).fingerprint == local.fingerprint
 
 
-def test_parquet_and_folders_read_as_json_lines(family_dirs, tmp_path):
+def test_parquet_folders_and_gzip_read_as_json_lines(family_dirs, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -268,12 +303,13 @@ def test_parquet_and_folders_read_as_json_lines(family_dirs, tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
     write_jsonl(folder / "a.jsonl", rows[:2])
-    write_jsonl(folder / "b.jsonl", rows[2:])
+    gz = write_jsonl(tmp_path / "b.jsonl", rows[2:])
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(gz.read_bytes()))
     table = pa.Table.from_pylist([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:4]])
     pq.write_table(table, tmp_path / "uf.parquet", row_group_size=2)
     from_folder = load_pairs([str(folder)], tokenizer)
     from_parquet = load_pairs([str(tmp_path / "uf.parquet")], tokenizer)
-    assert len(from_folder.pairs) == 5 and from_folder.pairs[4].source == f"{folder / 'b.jsonl'}:3"
+    assert len(from_folder.pairs) == 5 and from_folder.pairs[4].source == f"{folder / 'b.jsonl.gz'}:3"
     assert [p.chosen for p in from_parquet.pairs] == [p.chosen for p in from_folder.pairs[:4]]
     assert from_parquet.pairs[3].source.endswith("uf.parquet: row 4")
 
@@ -325,3 +361,21 @@ def test_the_demo_pairs_load_whole_with_the_demo_tokenizer():
         rejected = [detect(r["rejected"][0]["content"]) for r in rows]
         assert rejected.count("en") >= len(rows) // 3 and rejected.count("it") >= len(rows) // 3
     assert len(set(questions)) == len(questions)  # no question twice, none shared by training and held-out pairs
+
+
+def test_preview_shows_the_prompt_and_both_answers_between_the_marks(family_dirs, tmp_path, capsys):
+    from llamantino.cli import main
+
+    folder = family_dirs("llama3")
+    data = write_jsonl(tmp_path / "pairs.jsonl", [CHAT_FORMS["strings"], PLAIN[0]])
+    assert main(["preview", "--data", str(data), "--tokenizer", str(folder), "--system-prompt", "none"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- pair") == 2 and f"({data}:1; " in out
+    assert f"chosen:   ⟦{CHOSEN}<|eot_id|>⟧\nrejected: ⟦{REJECTED}<|eot_id|>⟧" in out
+    assert "<|start_header_id|>assistant<|end_header_id|>\n\n\nchosen:" in out
+    assert f"<|begin_of_text|>{PLAIN[0]['prompt']}\nchosen:   ⟦{PLAIN[0]['chosen']}<|eot_id|>⟧" in out
+    assert main(["preview", "--data", str(data), "--tokenizer", str(folder), "--n", "1", "--plain"]) == 0
+    plain = capsys.readouterr().out
+    assert "⟦" not in plain and "---" not in plain and plain.count("<|begin_of_text|>") == 2
+    assert main(["preview", "--data", str(data)]) == 2
+    assert capsys.readouterr().err == "error: preference pairs are shown in tokens: give --tokenizer\n"

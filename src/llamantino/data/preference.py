@@ -30,6 +30,7 @@ left in the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 
@@ -121,10 +122,14 @@ class RowReader:
                 stats = LineStats()
                 try:
                     for number, record in iter_jsonl(source, skip_bad_lines=self.skip_bad_lines, stats=stats,
-                                                     skip_option=True):
+                                                     skip_option=True, on_bad_line=functools.partial(_skipped, source)):
                         yield f"{source}:{number}", record
                 finally:
                     self.bad_lines += stats.bad
+
+
+def _skipped(source: str, number: int, problem: str) -> None:
+    log.warning("skipped: %s:%d: %s", source, number, problem)
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def parse_row(record: dict, where: str) -> Row:
             raise LlamantinoError(f"{where}: missing field '{field}'")
     prompt, chosen, rejected = record.get("prompt"), record["chosen"], record["rejected"]
     for field, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        if value is not None and not isinstance(value, (str, list)):
+        if (value is not None or field != "prompt") and not isinstance(value, (str, list)):
             raise LlamantinoError(f"{where}: field '{field}' must be a string or a list of messages, "
                                   f"got {type(value).__name__}")
     if "prompt" not in record or prompt is None:

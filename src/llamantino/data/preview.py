@@ -4,11 +4,15 @@
     llamantino preview --format alpaca-it --data dolly_it.jsonl --plain
     llamantino preview --format auto --tokenizer path/to/Llama-3.1-8B-Instruct --data chats.jsonl
     llamantino preview LLaMAntino-2-chat-7b-hf-UltraChat-ITA --tokenizer path/to/model
+    llamantino preview --data preferences.jsonl --tokenizer path/to/model --format llama2-chat
 
 The text is rendered by the same code the trainers use. Trained spans (those that carry
 loss) are shown between ⟦ and ⟧; with a tokenizer the marks follow the token-level loss
 mask the trainer computes, and the token counts are shown. `--plain` prints the bare text.
 Formats that come from a tokenizer (auto, chatml, template files) need `--tokenizer`.
+Preference pairs (rows with prompt, chosen and rejected) are shown as the preference stage
+tokenizes them (`data/preference.py`): the prompt, then each answer between the marks; they
+need `--tokenizer`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--format", help="prompt format: " + PROMPT_FORMAT_HELP)
     parser.add_argument("--system-prompt", default=None, help=SYSTEM_PROMPT_HELP + " (default: the recipe's, else auto)")
     parser.add_argument("--data", nargs="+", help="records: UltraChat / ultrachat_200k (llama2-chat), "
-                        "Dolly / Alpaca / prepared EVALITA (alpaca-it)")
+                        "Dolly / Alpaca / prepared EVALITA (alpaca-it), or preference pairs (prompt, chosen, "
+                        "rejected; need --tokenizer)")
     parser.add_argument("--source-format", default=None, help="source format of the records (default: detected)")
     parser.add_argument("--tokenizer", help="tokenizer (or model folder) to show token-level marks and counts")
     parser.add_argument("--max-length", type=int, default=0, help="truncate as the trainer would")
@@ -88,6 +93,8 @@ def main(args) -> int:
         max_length = max_length or cfg.max_length
         if tokenizer_src is None and _loadable(cfg.model):
             tokenizer_src = getattr(cfg, "tokenizer", "") or cfg.model
+    if data and not args.recipe and _preference_rows(data):
+        return _show_pairs(args, prompt_format or "auto", system or "auto")
     if not prompt_format or not data:
         raise LlamantinoError("give --format and --data, or a recipe")
     tokenizer = None
@@ -103,6 +110,60 @@ def main(args) -> int:
                                                              system_prompt=system or "auto")):
         if not args.plain:
             print(f"--- example {i + 1} ({where}; {info}; trained spans in {OPEN}{CLOSE})")
+        print(text)
+        if not args.plain:
+            print()
+    return 0
+
+
+def _preference_rows(data) -> bool:
+    """Whether the first row of `data` is a preference pair (unreadable data: no; the record
+    preview says what is wrong with it)."""
+    from llamantino.data.preference import RowReader
+
+    try:
+        first = next(iter(RowReader(data)), None)
+    except LlamantinoError:
+        return False
+    return isinstance(first, tuple) and isinstance(first[1], dict) and {"chosen", "rejected"} <= set(first[1])
+
+
+def preview_pairs(data, tokenizer, prompt_format: str, *, system_prompt: str = "auto", max_length: int = 0,
+                  n: int = 3, plain: bool = False):
+    """Yield (where, text, info) for the first `n` preference pairs: the prompt, then each answer
+    (what the loss is taken on) between the marks."""
+    from llamantino.data.preference import load_pairs
+
+    length = max_length or 1 << 30  # 0: no truncation
+    pairs = load_pairs(data, tokenizer, prompt_format=prompt_format, system_prompt=system_prompt,
+                       max_length=length, max_prompt_length=length, limit=n)
+
+    def show(ids):
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    for pair in pairs.pairs:
+        info = f"{len(pair.prompt)} prompt tokens, {len(pair.chosen)} chosen, {len(pair.rejected)} rejected"
+        if pair.cut:
+            info += f", truncated to {max_length}"
+        prompt = show(pair.prompt)
+        if plain:
+            text = f"{prompt}{show(pair.chosen)}\n{prompt}{show(pair.rejected)}"
+        else:
+            text = (f"{prompt}\nchosen:   {OPEN}{show(pair.chosen)}{CLOSE}"
+                    f"\nrejected: {OPEN}{show(pair.rejected)}{CLOSE}")
+        yield pair.source, text, info
+
+
+def _show_pairs(args, prompt_format: str, system: str) -> int:
+    if not args.tokenizer:
+        raise LlamantinoError("preference pairs are shown in tokens: give --tokenizer")
+    from llamantino.models.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    for i, (where, text, info) in enumerate(preview_pairs(args.data, tokenizer, prompt_format, system_prompt=system,
+                                                          max_length=args.max_length, n=args.n, plain=args.plain)):
+        if not args.plain:
+            print(f"--- pair {i + 1} ({where}; {info}; trained spans in {OPEN}{CLOSE})")
         print(text)
         if not args.plain:
             print()
