@@ -154,6 +154,12 @@ def test_a_stopped_run_exits_3_under_its_own_command(tmp_path, tiny_model_dir, d
     assert '"status": "stopped at step 2"' in capsys.readouterr().out
     assert cli.main(args + ["--resume"]) == 0
     assert read_manifest(out)["metrics"]["steps"] == 4
+    # Full fine-tuning: every weight of the base, in full precision, trains.
+    from transformers import AutoModelForCausalLM
+
+    whole = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    assert read_manifest(out)["metrics"]["parameters"] == {"base_4bit": 0, "base_full_precision": whole,
+                                                           "trainable": whole}
 
 
 # ---------------------------------------------------------------------------------------

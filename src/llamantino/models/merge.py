@@ -326,6 +326,7 @@ def merge_into(folder, base, adapter, *, dtype: str = "float32", max_shard_size:
     return {"parameters": sum(p.numel() for p in merged.parameters()), "dtype": dtype,
             "merge_method": MERGE_METHOD, "lora_weights_merged": count,
             "lora_rank": adapter_config.get("r"), "target_modules": adapter_config.get("target_modules"),
+            "target_parameters": adapter_config.get("target_parameters"),
             "adapter_trained_on": adapter_config.get("base_model_name_or_path"),
             "vocab_size": merged.get_input_embeddings().weight.shape[0], "seconds": round(time.time() - t0, 1)}
 

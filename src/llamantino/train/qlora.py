@@ -65,7 +65,7 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
     rank-`lora_r` pair). Returns (model, what carries LoRA and what trains whole)."""
     from peft import LoraConfig, get_peft_model
 
-    from llamantino.models.modeling import load_causal_lm, lora_targets, moe_layout, split_lora_targets
+    from llamantino.models.modeling import load_causal_lm
 
     model = load_causal_lm(base_path or cfg.model, dtype=compute_dtype, load_in_4bit=cfg.load_in_4bit,
                            compute_dtype=compute_dtype, device=str(device),
@@ -73,17 +73,7 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
                            double_quant=cfg.double_quant)
     log.info("%s: attention %s", type(model).__name__, model.config._attn_implementation)
     prepare_for_training(model, cfg.gradient_checkpointing, compute_dtype)
-    layout = moe_layout(model)
-    if cfg.lora_targets:
-        targets, parameters = split_lora_targets(model, cfg.lora_targets)
-    elif layout["unknown"]:
-        raise LlamantinoError(f"{cfg.model}: experts in a layout llamantino does not know ({', '.join(layout['unknown'])}: "
-                              "neither fused 3-D weights nor linear layers), which LoRA would leave out; name "
-                              "lora_targets to adapt the other layers only")
-    else:
-        targets, parameters = lora_targets(model), layout["parameters"]
-    if cfg.train_router and not layout["routers"]:
-        raise LlamantinoError(f"{cfg.model}: train_router is set, but the model has no mixture-of-experts router")
+    targets, parameters, routers = adapter_targets(model, cfg.lora_targets, cfg.train_router, cfg.model)
     dropout = cfg.lora_dropout
     if parameters and dropout:
         log.warning("lora_dropout %g -> 0: PEFT's LoRA on fused expert weights has no dropout, and an adapter "
@@ -92,14 +82,35 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
     options = embedding_options(cfg.train_embeddings, model, cfg.model)
     # Trained whole: a copy PEFT saves with the adapter (as the embeddings' "all"), never quantized
     # (a router is no linear layer bitsandbytes replaces), in the dtype the base holds it in.
-    if cfg.train_router:
-        options["modules_to_save"] = options.get("modules_to_save", []) + layout["routers"]
+    if routers:
+        options["modules_to_save"] = options.get("modules_to_save", []) + routers
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
                       target_modules=targets, target_parameters=parameters or None, bias="none",
                       task_type="CAUSAL_LM", **options)
     model = get_peft_model(model, lora)
     return model, {"lora_targets": targets, "lora_target_parameters": parameters, "lora_dropout": dropout,
-                   "routers_trained": layout["routers"] if cfg.train_router else []}
+                   "routers_trained": routers}
+
+
+def adapter_targets(model, configured: list[str], train_router: bool, source: str) -> tuple:
+    """(modules that carry LoRA, parameters that carry LoRA, routers trained whole): `configured`
+    (lora_targets) split into modules and fused expert weights, or by default every linear layer
+    of the decoder blocks and every fused expert weight. Experts of an unknown layout, which the
+    default would leave out, and train_router on a model without routers are refused."""
+    from llamantino.models.modeling import lora_targets, moe_layout, split_lora_targets
+
+    layout = moe_layout(model)
+    if configured:
+        targets, parameters = split_lora_targets(model, configured)
+    elif layout["unknown"]:
+        raise LlamantinoError(f"{source}: experts in a layout llamantino does not know ({', '.join(layout['unknown'])}: "
+                              "neither fused 3-D weights nor linear layers), which LoRA would leave out; name "
+                              "lora_targets to adapt the other layers only")
+    else:
+        targets, parameters = lora_targets(model), layout["parameters"]
+    if train_router and not layout["routers"]:
+        raise LlamantinoError(f"{source}: train_router is set, but the model has no mixture-of-experts router")
+    return targets, parameters, layout["routers"] if train_router else []
 
 
 def embedding_options(mode: str, model, model_path: str) -> dict:
