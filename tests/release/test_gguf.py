@@ -416,3 +416,68 @@ def test_eval_bpb_of_a_gguf_file(tmp_path, exported, sources):
         run(config_for("bpb", model=str(model), data=[str(text)], output=str(out)))
         results.append(json.loads(out.read_text())["bits_per_byte"])
     assert results[0] == pytest.approx(results[1], rel=1e-6)
+
+
+def digit_merges(state: dict) -> None:
+    """Give a byte-level BPE the merges 1+2, 12+3, 123+4, 1234+5 (in place of its last four), so
+    that the split rule decides the ids of "12345": one token under GPT-2's rule, 123 + 45 under
+    Llama 3's, single digits under Qwen 2's."""
+    model = state["model"]
+    merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+    dropped = ["".join(m) for m in merges[-4:]]
+    ids = sorted(model["vocab"].pop(token) for token in dropped)
+    merges = merges[:-4] + [["1", "2"], ["12", "3"], ["123", "4"], ["1234", "5"]]
+    for token, i in zip(("12", "123", "1234", "12345"), ids):
+        model["vocab"][token] = i
+    model["merges"] = merges
+
+
+@pytest.mark.parametrize("family, split, pre", [("llama3", "LLAMA3_SPLIT", "llama-bpe"), ("qwen2", "QWEN2_SPLIT", "qwen2"),
+                                                ("llama3", None, "gpt-2"), ("qwen2", r"\p{L}+|\s+", None)])
+def test_split_rule_names_the_pre_tokenizer(tmp_path, family_dirs, family, split, pre):
+    """A tokenizer splitting text as Llama 3 or Qwen 2 does gets llama.cpp's name for that rule
+    (GPT-2's own rule: gpt-2) and reads back with the same ids; a rule llama.cpp does not
+    implement is refused in one line."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.models.gguf_files import load_gguf_tokenizer
+    from llamantino.release import gguf as export
+
+    folder = tmp_path / "model"
+    shutil.copytree(family_dirs(family), folder)
+    state = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    digit_merges(state)
+    if split is not None:
+        state["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": getattr(export, split, split)}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (folder / "tokenizer.json").write_text(json.dumps(state), encoding="utf-8")
+    if pre is None:
+        with pytest.raises(LlamantinoError, match="none llama.cpp implements") as exc:
+            export.export_gguf(folder, tmp_path / "x.gguf")
+        assert "\n" not in str(exc.value) and not (tmp_path / "x.gguf").exists()
+        return
+    summary = export.export_gguf(folder, tmp_path / "x.gguf")
+    assert summary["pre_tokenizer"] == pre
+    assert GGUFReader(tmp_path / "x.gguf").fields["tokenizer.ggml.pre"].contents() == pre
+    texts = SENTENCES + ["Nel 12345 ho letto 12345 libri!!\n\n  Davvero?", "l'anno   scorso\tqui 123"]
+    reference = AutoTokenizer.from_pretrained(folder)(texts)["input_ids"]
+    assert load_gguf_tokenizer(tmp_path / "x.gguf")(texts)["input_ids"] == reference
+
+
+def test_a_run_folder_stands_for_its_base_and_adapter(tmp_path, tiny_model_dir, make_random_adapter):
+    """`export gguf RUN`: a run holding an adapter is exported as its base with the adapter merged."""
+    from gguf import GGUFReader
+
+    from llamantino.release.gguf import export_gguf
+
+    run = make_random_adapter(tmp_path / "run", seed=5)
+    (run / "manifest.json").write_text(json.dumps({"stage": "sft", "settings": {"model": str(tiny_model_dir)}}))
+    from_run = export_gguf(run, tmp_path / "a.gguf", type="f32")
+    explicit = export_gguf(tiny_model_dir, tmp_path / "b.gguf", adapter=run, type="f32")
+    assert from_run["adapter"] == str(run) == explicit["adapter"]
+    a, b = (GGUFReader(tmp_path / n).tensors for n in ("a.gguf", "b.gguf"))
+    assert [t.data.tobytes() for t in a] == [t.data.tobytes() for t in b]
