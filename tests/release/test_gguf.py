@@ -481,3 +481,51 @@ def test_a_run_folder_stands_for_its_base_and_adapter(tmp_path, tiny_model_dir, 
     assert from_run["adapter"] == str(run) == explicit["adapter"]
     a, b = (GGUFReader(tmp_path / n).tensors for n in ("a.gguf", "b.gguf"))
     assert [t.data.tobytes() for t in a] == [t.data.tobytes() for t in b]
+
+
+def test_adapter_with_a_grown_vocabulary(tmp_path, tiny_model_dir):
+    """An adapter run that added tokens carries the grown embeddings and output layer whole
+    (modules_to_save) and its tokenizer: the export takes all three, and equals exporting the
+    merged model."""
+    import torch
+    from gguf import GGUFReader
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamantino.models.merge import merge_adapter
+    from llamantino.release.gguf import export_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|fine|>", "<|turno|>"]})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            modules_to_save=["embed_tokens", "lm_head"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    merge_adapter(tiny_model_dir, adapter, tmp_path / "merged")
+    summary = export_gguf(tiny_model_dir, tmp_path / "a.gguf", adapter=adapter, type="f32")
+    export_gguf(tmp_path / "merged", tmp_path / "b.gguf", type="f32")
+    a, b = GGUFReader(tmp_path / "a.gguf"), GGUFReader(tmp_path / "b.gguf")
+    assert {t.name: t.data.tobytes() for t in a.tensors} == {t.name: t.data.tobytes() for t in b.tensors}
+    tokens = a.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == len(tokenizer) and tokens[-2:] == ["<|fine|>", "<|turno|>"]
+    assert summary["tensors"] == len(a.tensors)
+
+
+@pytest.mark.parametrize("model_type, message", [("mixtral", "mixture of experts; export gguf does not support MoE"),
+                                                 ("gemma3", "Gemma 3 vision-language checkpoint")])
+def test_moe_and_vision_language_checkpoints_are_refused(tmp_path, tiny_model_dir, model_type, message):
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.release.gguf import export_gguf
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LlamantinoError, match=message):
+        export_gguf(folder, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()

@@ -53,6 +53,7 @@ TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # model_type (config.json) -> llama.cpp architecture. llama.cpp converts Mistral as `llama`.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
                  "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3"}
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 # A key of our own in every file llamantino writes: `--overwrite` replaces only such a file,
 # and a recipe skips an export whose settings are unchanged.
 RECORD_KEY = "llamantino.export"
@@ -139,8 +140,12 @@ class Adapter:
             elif "token_adapter" in key:
                 raise LlamantinoError(f"{self.path}: {key}: trainable token rows are not supported by export gguf; "
                                       "run `llamantino merge` and export the merged model")
-            else:
-                self.whole[name.replace(".modules_to_save", "").replace(".default.", ".")] = key
+            elif ".original_module." in key:
+                continue  # PEFT keeps the untrained module next to its trained copy
+            elif ".modules_to_save." in key:  # the trained copy of a module trained whole
+                self.whole[name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")] = key
+            else:  # the same copy under the module's own name (older PEFT files hold only this one)
+                self.whole.setdefault(name, key)
 
     def _scaling(self, module: str, rank: int) -> float:
         alpha = self.config.get("lora_alpha", 8)
@@ -265,6 +270,13 @@ class Exporter:
         self.model = model
         self.config = self.folder.config
         model_type = self.config.get("model_type")
+        if model_type == "gemma3":
+            raise LlamantinoError(f"{model / 'config.json'}: a Gemma 3 vision-language checkpoint "
+                                  "(Gemma3ForConditionalGeneration); export gguf writes Gemma 3 text models "
+                                  "(gemma3_text) only")
+        if model_type in MOE:
+            raise LlamantinoError(f"{model / 'config.json'}: model_type {model_type!r} is a mixture of experts; "
+                                  "export gguf does not support MoE models yet")
         if model_type not in ARCHITECTURES:
             raise LlamantinoError(f"{model / 'config.json'}: model_type {model_type!r} "
                                   f"({', '.join(self.config.get('architectures') or []) or 'no architectures'}) "
@@ -287,6 +299,7 @@ class Exporter:
         self.kept_f16: list[str] = []
         self.extra: dict = {}  # computed tensors by GGUF name
         self.plan = self._plan()
+        self.vocab_rows = next(p.shape[0] for p in self.plan if p.name == "token_embd.weight")
 
     # -- tensors ------------------------------------------------------------------------
 
@@ -310,6 +323,8 @@ class Exporter:
         for source in self._sources():
             shape = self.folder.tensors[source].shape if source in self.folder.tensors else \
                 self.folder.tensors["model.embed_tokens.weight"].shape
+            if self.adapter is not None and source in self.adapter.whole:  # trained whole: e.g. grown vocabulary
+                shape = self.adapter.shapes[self.adapter.whole[source]]
             target = names.get_name(source, try_suffixes=(".weight", ".bias"))
             if target is None:
                 raise LlamantinoError(f"{self.model}: tensor {source} has no llama.cpp name for architecture "
@@ -391,8 +406,7 @@ class Exporter:
         writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
         rope = _rope(c)
         writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-        vocab = self.folder.tensors["model.embed_tokens.weight"].shape[0]
-        writer.add_vocab_size(vocab)
+        writer.add_vocab_size(self.vocab_rows)
         if self.arch in ("llama", "phi3"):
             rotary = int(self.head_dim * c.get("partial_rotary_factor", 1.0))
             writer.add_rope_dimension_count(rotary)
@@ -687,8 +701,7 @@ def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bo
     try:
         writer = gguf.GGUFWriter(tmp, exporter.arch)
         exporter.metadata(writer, model.name)
-        tok = write_tokenizer(writer, model, tokenizer_source,
-                              exporter.folder.tensors["model.embed_tokens.weight"].shape[0], exporter.config)
+        tok = write_tokenizer(writer, model, tokenizer_source, exporter.vocab_rows, exporter.config)
         writer.add_string(RECORD_KEY, _record(exporter, fingerprint))
         for planned in exporter.plan:
             # shape as numpy has it; the writer stores it reversed, as ggml does
