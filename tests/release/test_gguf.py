@@ -110,6 +110,19 @@ def sources(tmp_path_factory, family_dirs, tiny_model_dir):
                 built[name] = trained_model(tiny_model_dir, tmp_path_factory.mktemp("trained"))
             elif name == "spm":
                 built[name] = spm_model(tmp_path_factory.mktemp("spm"))
+            elif name == "linear-rope":  # a LLaMA with linear RoPE scaling (factor 2)
+                folder = tmp_path_factory.mktemp("linear-rope")
+                shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+                config = json.loads((folder / "config.json").read_text())
+                config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0,
+                                             "rope_theta": config.get("rope_theta", 10000.0)}
+                (folder / "config.json").write_text(json.dumps(config))
+                built[name] = folder
+            elif name == "spm-json":  # the same tokenizer as tokenizer.json alone (no tokenizer.model)
+                folder = tmp_path_factory.mktemp("spm-json")
+                shutil.copytree(get("spm"), folder, dirs_exist_ok=True)
+                (folder / "tokenizer.model").unlink()
+                built[name] = folder
             elif name == "mistral":
                 folder = tmp_path_factory.mktemp("mistral-full")
                 shutil.copytree(family_dirs("mistral"), folder, dirs_exist_ok=True)
@@ -142,7 +155,7 @@ def exported(tmp_path_factory, sources):
     return get
 
 
-MODELS = sorted(FAMILIES) + ["demo", "spm"]
+MODELS = sorted(FAMILIES) + ["demo", "spm", "spm-json", "linear-rope"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -201,19 +214,25 @@ def test_metadata_as_llama_cpp_reads_it(sources, exported):
     assert spm["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.scores" in spm
 
 
-def test_vocab_extended_tokenizer_reads_back(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("name", ["demo", "spm"])
+def test_vocab_extended_tokenizer_reads_back(tmp_path, sources, name):
+    """`vocab extend` appends tokens and merges to a byte-level or a SentencePiece-style BPE; the
+    exported file tokenizes as the extended tokenizer does."""
     from helpers.vocab import extend
     from transformers import AutoTokenizer
 
     from llamantino.models.gguf_files import load_gguf_tokenizer
     from llamantino.release.gguf import export_gguf
 
-    extend(tiny_model_dir, tmp_path / "extended", add_tokens=40)
+    extend(sources(name), tmp_path / "extended", add_tokens=40)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "extended")
-    assert len(tokenizer) > len(AutoTokenizer.from_pretrained(tiny_model_dir))
-    export_gguf(tmp_path / "extended", tmp_path / "extended.gguf", type="f16")
+    assert len(tokenizer) > len(AutoTokenizer.from_pretrained(sources(name)))
+    summary = export_gguf(tmp_path / "extended", tmp_path / "extended.gguf", type="f16")
+    assert summary["tokenizer"] == ("llama" if name == "spm" else "gpt2")
     read_back = load_gguf_tokenizer(tmp_path / "extended.gguf")
-    assert read_back(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
+    ids = tokenizer(SENTENCES)["input_ids"]
+    assert read_back(SENTENCES)["input_ids"] == ids
+    assert max(max(row) for row in ids) >= len(AutoTokenizer.from_pretrained(sources(name)))  # new tokens in use
 
 
 def test_q8_0_keeps_greedy_choices_and_bits_per_byte(sources, exported):
