@@ -95,6 +95,26 @@ def trained_model(source: Path, folder: Path) -> Path:
     return folder
 
 
+def moe_model(model_type: str, folder: Path) -> Path:
+    """A tiny mixture of experts (4 experts, 2 per token) with the Qwen 3 or the Mistral tokenizer
+    of tests/helpers/families.py; saved per expert, as transformers writes checkpoints."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from helpers.families import SIZES, build_tokenizer
+
+    family, extra = {"qwen3_moe": ("qwen3", dict(num_experts=4, moe_intermediate_size=32, head_dim=8,
+                                                  norm_topk_prob=True)),
+                     "mixtral": ("mistral", dict(num_local_experts=4, sliding_window=None))}[model_type]
+    tokenizer = build_tokenizer(FAMILIES[family])
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **SIZES, num_key_value_heads=2,
+                                  num_experts_per_tok=2, **extra)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory, family_dirs, tiny_model_dir):
     """Model folder by name: the seven families, the demo-style LLaMA (byte-level BPE), a
@@ -110,6 +130,8 @@ def sources(tmp_path_factory, family_dirs, tiny_model_dir):
                 built[name] = trained_model(tiny_model_dir, tmp_path_factory.mktemp("trained"))
             elif name == "spm":
                 built[name] = spm_model(tmp_path_factory.mktemp("spm"))
+            elif name in ("qwen3_moe", "mixtral"):
+                built[name] = moe_model(name, tmp_path_factory.mktemp(name))
             elif name == "linear-rope":  # a LLaMA with linear RoPE scaling (factor 2)
                 folder = tmp_path_factory.mktemp("linear-rope")
                 shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
@@ -155,7 +177,8 @@ def exported(tmp_path_factory, sources):
     return get
 
 
-MODELS = sorted(FAMILIES) + ["demo", "spm", "spm-json", "linear-rope"]
+MIXTURES = ("qwen3_moe",)
+MODELS = sorted(FAMILIES) + ["demo", "spm", "spm-json", "linear-rope", *MIXTURES]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -173,8 +196,14 @@ def test_f32_and_f16_logits_and_token_ids_match_the_source(name, sources, export
         read_back = load_gguf_tokenizer(path)
         assert read_back(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"], type_name
         logits = logits_of(load_gguf_model(path), tokenizer, SENTENCES)
-        error = float((logits - reference).abs().max() / reference.abs().max())
-        assert error <= tolerance, (name, type_name, error)
+        per_position = (logits - reference).abs().amax(-1) / reference.abs().max()
+        if name in MIXTURES and type_name == "f16":
+            # F16 rounding moves a token's hidden state enough to change which experts a near tie
+            # in the router picks, so a few positions take another path: the rest must agree
+            assert float((per_position <= tolerance).float().mean()) >= 0.99, (name, type_name)
+        else:
+            error = float(per_position.max())
+            assert error <= tolerance, (name, type_name, error)
         assert summary["kept_f16"] == []
     assert torch.isfinite(reference).all()
 
@@ -534,7 +563,7 @@ def test_adapter_with_a_grown_vocabulary(tmp_path, tiny_model_dir):
     assert summary["tensors"] == len(a.tensors)
 
 
-@pytest.mark.parametrize("model_type, message", [("mixtral", "mixture of experts; export gguf does not support MoE"),
+@pytest.mark.parametrize("model_type, message", [("qwen2_moe", "mixture of experts; export gguf does not support MoE"),
                                                  ("gemma3", "Gemma 3 vision-language checkpoint")])
 def test_moe_and_vision_language_checkpoints_are_refused(tmp_path, tiny_model_dir, model_type, message):
     from llamantino.core.errors import LlamantinoError
@@ -548,3 +577,34 @@ def test_moe_and_vision_language_checkpoints_are_refused(tmp_path, tiny_model_di
     with pytest.raises(LlamantinoError, match=message):
         export_gguf(folder, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_mixtral_experts_stacked_as_llama_cpp_reads_them(sources, exported):
+    """Mixtral is llama.cpp's `llama` with experts, which transformers cannot read back from GGUF:
+    the file is compared with the checkpoint tensor by tensor (gguf.GGUFReader)."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.models.gguf_files import load_gguf_model
+    from llamantino.release.gguf import permute
+
+    summary, path = exported("mixtral", "f32")
+    reader = GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items()}
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.expert_count"] == 4 and fields["llama.expert_used_count"] == 2
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    with safe_open(sources("mixtral") / "model.safetensors", "pt") as handle:
+        for layer in range(2):
+            prefix = f"model.layers.{layer}.block_sparse_moe."
+            for gguf_name, hf in (("ffn_gate_exps", "w1"), ("ffn_down_exps", "w2"), ("ffn_up_exps", "w3")):
+                stacked = torch.stack([handle.get_tensor(f"{prefix}experts.{e}.{hf}.weight") for e in range(4)])
+                assert np.array_equal(tensors[f"blk.{layer}.{gguf_name}.weight"], stacked.numpy())
+            assert np.array_equal(tensors[f"blk.{layer}.ffn_gate_inp.weight"], handle.get_tensor(prefix + "gate.weight").numpy())
+            q = handle.get_tensor(f"model.layers.{layer}.self_attn.q_proj.weight")
+            assert np.array_equal(tensors[f"blk.{layer}.attn_q.weight"], permute(q, 4, 4).numpy())
+    with pytest.raises(LlamantinoError, match="transformers cannot read it back"):
+        load_gguf_model(path)
