@@ -608,3 +608,31 @@ def test_mixtral_experts_stacked_as_llama_cpp_reads_them(sources, exported):
             assert np.array_equal(tensors[f"blk.{layer}.attn_q.weight"], permute(q, 4, 4).numpy())
     with pytest.raises(LlamantinoError, match="transformers cannot read it back"):
         load_gguf_model(path)
+
+
+def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported):
+    """A qwen3_moe checkpoint whose experts are fused (experts.gate_up_proj, experts.down_proj, as
+    transformers 5 holds them in memory) gives the same file as the per-expert checkpoint."""
+    import torch
+    from gguf import GGUFReader
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from llamantino.release.gguf import export_gguf
+
+    source = sources("qwen3_moe")
+    folder = tmp_path / "fused"
+    shutil.copytree(source, folder)
+    with safe_open(source / "model.safetensors", "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    for layer in range(2):
+        prefix = f"model.layers.{layer}.mlp.experts"
+        pop = {part: [tensors.pop(f"{prefix}.{e}.{part}.weight") for e in range(4)]
+               for part in ("gate_proj", "up_proj", "down_proj")}
+        tensors[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(pop["gate_proj"], pop["up_proj"])])
+        tensors[f"{prefix}.down_proj"] = torch.stack(pop["down_proj"])
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    export_gguf(folder, tmp_path / "fused.gguf", type="f32")
+    _, reference = exported("qwen3_moe", "f32")
+    fused = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "fused.gguf").tensors}
+    assert fused == {t.name: t.data.tobytes() for t in GGUFReader(reference).tensors}

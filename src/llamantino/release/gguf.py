@@ -201,10 +201,14 @@ class Planned:
     qtype: object        # gguf.GGMLQuantizationType
     nbytes: int
     experts: list[str] = dataclasses.field(default_factory=list)  # per-expert tensors stacked into this one
+    half: int | None = None  # of a fused gate-up tensor of experts: 0 the gate, 1 the up projection
 
 
 # One expert's weight in a mixture-of-experts checkpoint: llama.cpp stacks a layer's experts
 # into one 3-D tensor per projection (ffn_gate_exps, ffn_up_exps, ffn_down_exps).
+# transformers 5 keeps experts fused: `experts.gate_up_proj` (experts x 2 * width x hidden, the
+# gate first) and `experts.down_proj`; llama.cpp wants the gate and up projections apart.
+FUSED_EXPERTS = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\.(\d+)\.(\w+)\.weight$")
 
 
@@ -352,6 +356,23 @@ class Exporter:
         for source in self._sources():
             if source in grouped:
                 continue
+            fused = FUSED_EXPERTS.match(source)
+            if fused:
+                if self.adapter is not None:
+                    raise LlamantinoError(f"{self.adapter.folder}: export gguf merges adapters into dense models "
+                                          "only; run `llamantino merge` and export the merged model")
+                shape = list(self.folder.tensors[source].shape)
+                if fused[2] == "down_proj":
+                    plan.append(self._planned(names.get_name(f"{fused[1]}.down_proj") + ".weight", source, shape))
+                    continue
+                if len(shape) != 3 or shape[1] % 2:
+                    raise LlamantinoError(f"{self.model}: {source} has shape {shape}, not experts x 2 * width x hidden")
+                for half, part in enumerate(("gate_proj", "up_proj")):
+                    planned = self._planned(names.get_name(f"{fused[1]}.{part}") + ".weight", source,
+                                            [shape[0], shape[1] // 2, shape[2]])
+                    planned.half = half
+                    plan.append(planned)
+                continue
             shape = self.folder.tensors[source].shape if source in self.folder.tensors else \
                 self.folder.tensors["model.embed_tokens.weight"].shape
             if self.adapter is not None and source in self.adapter.whole:  # trained whole: e.g. grown vocabulary
@@ -380,6 +401,11 @@ class Exporter:
 
         if planned.experts:  # a layer's experts stacked: the one tensor this holds in memory
             weight = torch.stack([self._read(source) for source in planned.experts])
+        elif planned.half is not None:
+            fused = self._read(planned.source)
+            width = fused.shape[1] // 2
+            weight = fused[:, planned.half * width:(planned.half + 1) * width].contiguous()
+            del fused
         elif planned.source is None:
             weight = torch.from_numpy(self.extra[planned.name])
         else:
