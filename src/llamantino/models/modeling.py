@@ -348,6 +348,10 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
+        if is_mixture_of_experts(config):  # says, before loading, which experts stay in full precision
+            from llamantino.models.moe4bit import check_expert_layout
+
+            check_expert_layout(config, compute_dtype)
     else:
         kwargs["dtype"] = torch_dtype(dtype)
     try:
@@ -355,7 +359,22 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     plain_4bit_on_every_cpu(model)
+    if load_in_4bit and is_mixture_of_experts(config):
+        # bitsandbytes quantizes nn.Linear only; the fused 3-D experts are quantized here.
+        from llamantino.models.moe4bit import quantize_experts
+
+        n = quantize_experts(model, quant_type=quant_type, double_quant=double_quant)
+        log.info("%s: %.1fM expert weights held in 4-bit %s", type(model).__name__, n / 1e6, quant_type)
     return model
+
+
+MOE_CONFIG_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def is_mixture_of_experts(config) -> bool:
+    """Whether the language model of `config` routes tokens to experts (its config counts them)."""
+    text = text_config(config)
+    return any(isinstance(getattr(text, name, None), int) and getattr(text, name) > 1 for name in MOE_CONFIG_FIELDS)
 
 
 def plain_4bit_on_every_cpu(model) -> None:
