@@ -349,9 +349,13 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
         kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
         if is_mixture_of_experts(config):  # says, before loading, which experts stay in full precision
+            import torch
+
             from llamantino.models.moe4bit import check_expert_layout
 
-            check_expert_layout(config, compute_dtype)
+            with torch.device("meta"):
+                check_expert_layout(auto_class(config).from_config(config), config.model_type,
+                                    torch_dtype(compute_dtype))
     else:
         kwargs["dtype"] = torch_dtype(dtype)
     try:

@@ -68,14 +68,10 @@ def can_quantize(module) -> bool:
                     for n in EXPERT_PARAMETERS))
 
 
-def check_expert_layout(config, compute_dtype: str) -> dict:
-    """Before a 4-bit load: the model's fused experts built on the meta device (nothing allocated),
-    and one line for those that stay in `compute_dtype`, with their memory. Returns
-    {"quantized": N weights, "full_precision": N weights} of the experts."""
-    from llamantino.models.modeling import auto_class, torch_dtype
-
-    with torch.device("meta"):
-        model = auto_class(config).from_config(config)
+def check_expert_layout(model, model_type: str, dtype: torch.dtype) -> dict:
+    """Before a 4-bit load, on the model built on the meta device (nothing allocated): one line for
+    the fused experts that will stay in `dtype`, with their memory. Returns {"quantized": N,
+    "full_precision": N}, the expert weights of each kind."""
     counts = {"quantized": 0, "full_precision": 0}
     kept = set()
     for module in model.modules():
@@ -88,11 +84,12 @@ def check_expert_layout(config, compute_dtype: str) -> dict:
             counts["full_precision"] += numel
             kept.add(type(module).__name__)
     if counts["full_precision"]:
-        size = counts["full_precision"] * torch.tensor([], dtype=torch_dtype(compute_dtype)).element_size()
+        size = counts["full_precision"] * torch.tensor([], dtype=dtype).element_size()
         shown = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
         log.warning("%s: the experts of %s have a layout the 4-bit experts do not cover (no gate, a norm after "
                     "each expert, or expert parallelism): their %s weights stay in %s, %s",
-                    config.model_type, ", ".join(sorted(kept)), f"{counts['full_precision']:,}", compute_dtype, shown)
+                    model_type, ", ".join(sorted(kept)), f"{counts['full_precision']:,}", str(dtype).removeprefix("torch."),
+                    shown)
     return counts
 
 
