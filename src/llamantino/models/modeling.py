@@ -420,16 +420,18 @@ def decoder_blocks(model) -> list:
 def lora_targets(model) -> list[str] | str:
     """The linear layers inside the language model's decoder blocks, as LoRA targets: their names
     (q_proj, ..., down_proj), or, when a linear layer elsewhere has one of those names (a vision
-    tower's q_proj), a pattern that matches them in the decoder blocks only."""
+    tower's q_proj), a pattern that matches them in the decoder blocks only. A mixture of experts'
+    router is never one of them (it stays frozen unless trained whole: `moe_layout`)."""
     import re
 
     import torch
 
     inside = {id(m) for block in decoder_blocks(model) for m in block.modules()}
+    routers = {id(m) for block in decoder_blocks(model) for m in _routers(block).values()}
     found, elsewhere = set(), set()
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
-        if is_linear:
+        if is_linear and id(module) not in routers:
             (found if id(module) in inside else elsewhere).add(name.rsplit(".", 1)[-1])
     if not found:
         raise LlamantinoError("no linear layers found inside the decoder blocks: unsupported architecture")
@@ -438,6 +440,61 @@ def lora_targets(model) -> list[str] | str:
     text = language_model(model)
     prefix = next(name for name, module in model.named_modules() if module is text)
     return rf"{re.escape(prefix)}\.layers\.\d+\..*\b({'|'.join(sorted(found))})"
+
+
+# Mixtures of experts. transformers keeps a MoE layer's experts in a module named `experts`
+# (Mixtral, Qwen2/3-MoE, gpt-oss, OLMoE, Granite MoE, DeepSeek, ...) and its router beside them,
+# named `gate` or `router`. Since transformers 5 the experts are fused 3-D parameters
+# (`gate_up_proj`, `down_proj`: experts x out x in, or experts x in x out where the experts module
+# says `is_transposed`), which LoRA reaches through PEFT's `target_parameters`; experts kept as
+# separate MLPs have linear layers, which `lora_targets` already names.
+EXPERTS = "experts"
+ROUTERS = ("gate", "router")
+
+
+def _routers(block) -> dict:
+    """{name within the block: module} of the routers beside the block's experts."""
+    import torch
+
+    found = {}
+    for name, module in block.named_modules():
+        if name.rsplit(".", 1)[-1] != EXPERTS:
+            continue
+        parent = name.rpartition(".")[0]
+        for router in ROUTERS:
+            child = getattr(block.get_submodule(parent) if parent else block, router, None)
+            if isinstance(child, torch.nn.Module):
+                found[f"{parent}.{router}" if parent else router] = child
+    return found
+
+
+def moe_layout(model) -> dict:
+    """What a mixture of experts' decoder blocks hold: {"parameters": the fused expert weights
+    as names within a block ("mlp.experts.gate_up_proj"), "routers": the routers' names within a
+    block ("mlp.gate"), "unknown": experts modules with neither fused weights nor linear layers}.
+    All empty for a dense model. Names within a block are what PEFT matches (as name suffixes)."""
+    import torch
+
+    parameters, routers, unknown = set(), set(), set()
+    for block in decoder_blocks(model):
+        routers.update(_routers(block))
+        for name, module in block.named_modules():
+            if name.rsplit(".", 1)[-1] != EXPERTS:
+                continue
+            fused = [p for p, t in module.named_parameters(recurse=False) if t.ndim == 3]
+            parameters.update(f"{name}.{p}" for p in fused)
+            linear = any(isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear4bit" for m in module.modules())
+            if not fused and not linear:
+                unknown.add(f"{name} ({type(module).__name__})")
+    return {"parameters": sorted(parameters), "routers": sorted(routers), "unknown": sorted(unknown)}
+
+
+def split_lora_targets(model, names: list[str]) -> tuple[list[str], list[str]]:
+    """A `lora_targets` list as (module names, parameter names): an entry naming a fused expert
+    weight (by its name within a block, or its end: "experts.down_proj") is a parameter target."""
+    fused = moe_layout(model)["parameters"]
+    is_parameter = [any(p == n or p.endswith(f".{n}") for p in fused) for n in names]
+    return ([n for n, p in zip(names, is_parameter) if not p], [n for n, p in zip(names, is_parameter) if p])
 
 
 def freeze_outside_language_model(model) -> int:

@@ -752,7 +752,7 @@ def finish(t: Trainer) -> dict | None:
     seconds = time.time() - t.started
     t.progress.close()
     t.metrics_log.close()
-    local, n_params = local_numel(t.model)
+    local, _ = local_numel(t.model)
     ranks = distributed.all_gather_object({"rank": t.rank, "parameters": local,
                                         "state_bytes": state_bytes(t.model, t.optimizer),
                                         "peak_memory_bytes": common.peak_memory_bytes(t.device)})
@@ -773,7 +773,7 @@ def finish(t: Trainer) -> dict | None:
         "effective_batch_size": cfg.effective_batch_size,
         "warmup_steps": common.warmup_steps(cfg.warmup_ratio, t.total),
         "compute_dtype": t.compute_dtype, "device": t.device.type, "fsdp": t.world > 1, **t.speed,
-        "parameters": n_params, "ranks": ranks,
+        "parameters": common.parameter_record(t.model), "ranks": ranks,
     }
     if t.guard is not None and t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly
         metrics.update(compile="none", compile_error=t.guard.fell_back)
