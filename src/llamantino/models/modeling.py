@@ -482,6 +482,7 @@ def moe_layout(model) -> dict:
             if name.rsplit(".", 1)[-1] != EXPERTS:
                 continue
             fused = [p for p, t in module.named_parameters(recurse=False) if t.ndim == 3]
+            fused += getattr(module, "quantized_parameters", [])  # 4-bit experts (moe4bit): packed, same names
             parameters.update(f"{name}.{p}" for p in fused)
             linear = any(isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear4bit" for m in module.modules())
             if not fused and not linear:

@@ -156,6 +156,11 @@ class Experts4bit(torch.nn.Module):
 
     # -- storage -------------------------------------------------------------------------
 
+    @property
+    def quantized_parameters(self) -> list[str]:
+        """Names of the expert weights held in 4-bit (the full-precision parameters' names)."""
+        return list(self._4bit["shapes"])
+
     def expert_shape(self, name: str) -> tuple[int, int, int]:
         """(experts, a, b): the full-precision parameter's shape."""
         return self._4bit["shapes"][name]
@@ -249,6 +254,17 @@ def lora_config(config, model=None):
     `model` has any, or always when `model` is None). Returns the config."""
     if model is None or has_4bit_experts(model):
         config._register_custom_module({Experts4bit: wrapper_class()})
+    return config
+
+
+def adapter_config(model, adapter):
+    """The PEFT config of a saved `adapter`, ready to load onto `model`: with its expert LoRA on
+    `ExpertsLoraWrapper` when `model` has 4-bit experts."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter))
+    if getattr(config, "target_parameters", None) and hasattr(config, "_register_custom_module"):
+        lora_config(config, model)
     return config
 
 
