@@ -335,9 +335,11 @@ def _is_hopper(device) -> bool:
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,
                    compute_dtype: str = "float32", device: str | None = None,
-                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True):
+                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True,
+                   experts_4bit: bool = True):
     """Load a causal LM in full precision or 4-bit (QLoRA) on one device; `attn_implementation`
-    `auto` resolves as `resolve_attention` says."""
+    `auto` resolves as `resolve_attention` says. In 4-bit, a mixture of experts' fused experts are
+    quantized too (`moe4bit`), unless `experts_4bit` is off (they then stay in `compute_dtype`)."""
     source = check_model_source(name_or_path)
     config = load_config(source)  # fails early and clearly on a broken folder
     device = device or default_device()
@@ -348,7 +350,7 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
-        if is_mixture_of_experts(config):  # says, before loading, which experts stay in full precision
+        if experts_4bit and is_mixture_of_experts(config):  # says, before loading, what stays in full precision
             import torch
 
             from llamantino.models.moe4bit import check_expert_layout
@@ -363,7 +365,7 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     plain_4bit_on_every_cpu(model)
-    if load_in_4bit and is_mixture_of_experts(config):
+    if load_in_4bit and experts_4bit and is_mixture_of_experts(config):
         # bitsandbytes quantizes nn.Linear only; the fused 3-D experts are quantized here.
         from llamantino.models.moe4bit import quantize_experts
 
