@@ -1,5 +1,5 @@
 """The training loss's check against each model's own loss, shared by tests/models/test_families.py
-(today's families), tests/models/test_moe.py (mixtures of experts) and tests/models/test_loss.py
+(today's families), tests/models/test_moe_layout.py (mixtures of experts) and tests/models/test_loss.py
 (logit scaling, output bias, unknown heads)."""
 
 import torch

@@ -494,10 +494,16 @@ def moe_layout(model) -> dict:
 
 def split_lora_targets(model, names: list[str]) -> tuple[list[str], list[str]]:
     """A `lora_targets` list as (module names, parameter names): an entry naming a fused expert
-    weight (by its name within a block, or its end: "experts.down_proj") is a parameter target."""
+    weight (by its name within a block, or its end: "experts.down_proj") is a parameter target,
+    and a module target too where a linear layer in the blocks has that name (a dense or shared
+    expert's down_proj beside fused experts)."""
+    import torch
+
     fused = moe_layout(model)["parameters"]
-    is_parameter = [any(p == n or p.endswith(f".{n}") for p in fused) for n in names]
-    return ([n for n, p in zip(names, is_parameter) if not p], [n for n, p in zip(names, is_parameter) if p])
+    linear = {name.rsplit(".", 1)[-1] for block in decoder_blocks(model) for name, m in block.named_modules()
+              if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear4bit"}
+    parameters = [n for n in names if any(p == n or p.endswith(f".{n}") for p in fused)]
+    return [n for n in names if n not in parameters or n in linear], parameters
 
 
 def freeze_outside_language_model(model) -> int:

@@ -71,6 +71,10 @@ def test_lora_targets_named_by_hand_split_into_modules_and_expert_weights(moe_fa
     model = load(moe_family_dirs("qwen3_moe"))
     assert adapter_targets(model, ["q_proj", "experts.down_proj"], True, "m") == \
         (["q_proj"], ["experts.down_proj"], ["mlp.gate"])
+    assert adapter_targets(model, ["down_proj"], False, "m") == ([], ["down_proj"], [])
+    decoder_blocks(model)[0].mlp.shared_expert = torch.nn.Module()  # a dense expert beside the fused ones
+    decoder_blocks(model)[0].mlp.shared_expert.down_proj = torch.nn.Linear(48, 32)
+    assert adapter_targets(model, ["down_proj"], False, "m") == (["down_proj"], ["down_proj"], [])
     with pytest.raises(LlamantinoError, match="m: train_router is set, but the model has no mixture-of-experts"):
         adapter_targets(load(tiny_model_dir), [], True, "m")
 

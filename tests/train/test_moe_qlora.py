@@ -15,7 +15,7 @@ from llamantino.cli import main
 from llamantino.models.modeling import load_causal_lm
 from llamantino.train.common import FOUR_BIT_NUMEL, parameter_record
 
-from helpers.family_runs import SMALL, write_jsonl
+from helpers.family_runs import DIALOGUES, SMALL, write_jsonl
 from helpers.moe_families import ROUTER
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,7 +99,7 @@ def test_adapt_with_defaults_adapts_every_expert_and_merge_bpb_diff_chat_follow(
     assert main(["chat", str(folder), "--adapter", str(adapter), "--prompt", "Ciao!", "--max-new-tokens", "2"]) == 0
 
 
-def test_train_router_trains_it_whole_and_merge_copies_it(moe_family_dirs, tmp_path):
+def test_train_router_trains_it_whole_and_merge_copies_it_then_sft(moe_family_dirs, tmp_path):
     folder = moe_family_dirs("mixtral")
     texts = write_jsonl(tmp_path / "it.jsonl", [{"text": f"{TEXTS[i % 3]} Numero {i}."} for i in range(16)])
     adapter = tmp_path / "adapt"
@@ -120,6 +120,13 @@ def test_train_router_trains_it_whole_and_merge_copies_it(moe_family_dirs, tmp_p
         trained = next(v for k, v in routers.items() if f"layers.{i}.mlp.gate" in k)
         assert torch.equal(after.model.layers[i].mlp.gate.weight, trained)
         assert not torch.equal(base.model.layers[i].mlp.gate.weight, trained)
+    # Chat fine-tuning takes the same path: experts adapted, the record in its manifest.
+    dialogues = write_jsonl(tmp_path / "chat.jsonl", DIALOGUES)
+    assert main(["sft", "--model", str(folder), "--data", str(dialogues), "--output", str(tmp_path / "sft"),
+                 "--max-steps", "1", "--lora-r", "4", *SMALL, "--max-length", "200"]) == 0
+    m = manifest(tmp_path / "sft")["metrics"]
+    assert m["lora_target_parameters"] == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    assert m["parameters"] == expected_parameters(folder, r=4)
 
 
 def test_parameter_groups_put_trained_routers_at_the_learning_rate():
