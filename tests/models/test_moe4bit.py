@@ -207,6 +207,13 @@ def test_one_qlora_step_per_family(tiny_moe_family, tmp_path):
     loaded = get_peft_model_state_dict(full)
     assert loaded.keys() == after.keys()
     assert all(torch.equal(loaded[k], after[k]) for k in after)
+    # ... and on a 4-bit base again (lm-eval's --load-in-4bit --adapter): the trained model's logits
+    again = load_4bit(folder)
+    again = PeftModel.from_pretrained(again, str(tmp_path / "adapter"),
+                                      config=moe4bit.adapter_config(again, tmp_path / "adapter"))
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
 
 
 def test_experts_it_cannot_quantize_are_named_before_loading(caplog):
