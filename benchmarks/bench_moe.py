@@ -6,7 +6,7 @@ same total parameter count in 4-bit.
 Models (random weights, built on the fly from transformers' Qwen3 config classes into a temporary
 folder, each variant loaded and trained in a process of its own):
   moe      Qwen3-MoE: hidden 512, 8 layers, 32 experts of intermediate 256, 4 routed per token
-           (~118M weights, ~470 MB in float32; the experts 86% of them, as in Qwen3-30B-A3B)
+           (114M weights, 460 MB in float32; the experts 88% of them)
   dense    Qwen3 with the same hidden size, layers and attention, its MLP as large as all the
            experts together (intermediate 8192): the same total count
 Variants:
