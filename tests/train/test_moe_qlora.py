@@ -33,8 +33,8 @@ def manifest(folder):
 
 
 def expected_parameters(folder, r: int, router: bool = False) -> dict:
-    """Counted on the full-precision model: the linear layers' weights in the decoder blocks in 4-bit,
-    the rest (experts and routers included, which bitsandbytes does not quantize) in full precision;
+    """Counted on the full-precision model: the linear layers' weights and the fused experts in the
+    decoder blocks in 4-bit (models.moe4bit), the rest (routers, expert biases) in full precision;
     trained: r * (in + out) per linear layer, r * (in + out) per expert of each fused weight, and the
     routers whole when they train."""
     model = load_causal_lm(str(folder), dtype="float32", device="cpu")
@@ -42,7 +42,7 @@ def expected_parameters(folder, r: int, router: bool = False) -> dict:
     fused = [p for n, p in model.named_parameters() if ".experts." in n and p.ndim == 3]
     routers = [p for n, p in model.named_parameters() if any(f".{r}." in n for r in ("gate", "router"))
                and ".experts." not in n]
-    four_bit = sum(m.weight.numel() for m in linear)
+    four_bit = sum(m.weight.numel() for m in linear) + sum(p.numel() for p in fused)
     trainable = sum(r * (m.in_features + m.out_features) for m in linear)
     trainable += sum(r * p.shape[0] * (p.shape[1] + p.shape[2]) for p in fused)
     return {"base_4bit": four_bit, "base_full_precision": sum(p.numel() for p in model.parameters()) - four_bit,

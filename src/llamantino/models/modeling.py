@@ -348,10 +348,12 @@ def _is_hopper(device) -> bool:
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,
                    compute_dtype: str = "float32", device: str | None = None,
-                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True):
+                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True,
+                   experts_4bit: bool = True):
     """Load a causal LM in full precision or 4-bit (QLoRA) on one device; `attn_implementation`
-    `auto` resolves as `resolve_attention` says. A path to a `.gguf` file loads that file
-    (dequantised to `dtype`; see models/gguf_files.py)."""
+    `auto` resolves as `resolve_attention` says. In 4-bit, a mixture of experts' fused experts are
+    quantized too (`moe4bit`), unless `experts_4bit` is off (they then stay in `compute_dtype`).
+    A path to a `.gguf` file loads that file (dequantised to `dtype`; see models/gguf_files.py)."""
     from llamantino.models.gguf_files import is_gguf, load_gguf_model
 
     if is_gguf(name_or_path):
@@ -369,6 +371,14 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
+        if experts_4bit and is_mixture_of_experts(config):  # says, before loading, what stays in full precision
+            import torch
+
+            from llamantino.models.moe4bit import check_expert_layout
+
+            with torch.device("meta"):
+                check_expert_layout(auto_class(config).from_config(config), config.model_type,
+                                    torch_dtype(compute_dtype))
     else:
         kwargs["dtype"] = torch_dtype(dtype)
     try:
@@ -376,7 +386,22 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     plain_4bit_on_every_cpu(model)
+    if load_in_4bit and experts_4bit and is_mixture_of_experts(config):
+        # bitsandbytes quantizes nn.Linear only; the fused 3-D experts are quantized here.
+        from llamantino.models.moe4bit import quantize_experts
+
+        n = quantize_experts(model, quant_type=quant_type, double_quant=double_quant)
+        log.info("%s: %.1fM expert weights held in 4-bit %s", type(model).__name__, n / 1e6, quant_type)
     return model
+
+
+MOE_CONFIG_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def is_mixture_of_experts(config) -> bool:
+    """Whether the language model of `config` routes tokens to experts (its config counts them)."""
+    text = text_config(config)
+    return any(isinstance(getattr(text, name, None), int) and getattr(text, name) > 1 for name in MOE_CONFIG_FIELDS)
 
 
 def plain_4bit_on_every_cpu(model) -> None:
@@ -480,6 +505,7 @@ def moe_layout(model) -> dict:
             if name.rsplit(".", 1)[-1] != EXPERTS:
                 continue
             fused = [p for p, t in module.named_parameters(recurse=False) if t.ndim == 3]
+            fused += getattr(module, "quantized_parameters", [])  # 4-bit experts (moe4bit): packed, same names
             parameters.update(f"{name}.{p}" for p in fused)
             linear = any(isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear4bit" for m in module.modules())
             if not fused and not linear:

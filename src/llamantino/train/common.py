@@ -252,7 +252,7 @@ class MetricsLog:
             self._replace()
         self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.fields if k != "step"}})
         self.handle.flush()
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+        for key in ("loss", "router_aux_loss", "lr", "grad_norm", "tokens_per_s"):
             if values.get(key) not in (None, ""):
                 self.tb.add_scalar(f"train/{key}", values[key], step)
         for key, value in values.items():

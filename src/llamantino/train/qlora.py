@@ -65,6 +65,7 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
     rank-`lora_r` pair). Returns (model, what carries LoRA and what trains whole)."""
     from peft import LoraConfig, get_peft_model
 
+    from llamantino.models import moe4bit
     from llamantino.models.modeling import load_causal_lm
 
     model = load_causal_lm(base_path or cfg.model, dtype=compute_dtype, load_in_4bit=cfg.load_in_4bit,
@@ -87,7 +88,8 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
                       target_modules=targets, target_parameters=parameters or None, bias="none",
                       task_type="CAUSAL_LM", **options)
-    model = get_peft_model(model, lora)
+    # 4-bit experts take their LoRA in PEFT's format through their own wrapper (models.moe4bit).
+    model = get_peft_model(model, moe4bit.lora_config(lora, model) if parameters else lora)
     return model, {"lora_targets": targets, "lora_target_parameters": parameters, "lora_dropout": dropout,
                    "routers_trained": routers}
 
