@@ -70,6 +70,8 @@ REGISTRY = (
     Entry("build", "build", "llamantino.release.build", "rebuild one of the ten released models from its chain"),
     Entry("release", "release", "llamantino.release.release",
           "package a trained run as it is published (adapter or weight difference)"),
+    Entry("export gguf", "export_gguf", "llamantino.release.gguf",
+          "write a model (and a LoRA adapter merged into it) as one GGUF file for llama.cpp and Ollama"),
     Entry("vocab extend", "vocab_extend", "llamantino.data.vocab",
           "add target-language tokens to a model's vocabulary, with initialised embeddings"),
     Entry("report compare", "compare", "llamantino.evaluate.compare",

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model folder or hub name", path_input=True)
+    model: str = setting("", "model folder, hub name or .gguf file", path_input=True)
     adapter: str = setting("", "PEFT adapter to apply on top of the model", path_input=True)
     data: list[str] = setting([], "JSON lines with `text`, or .txt files (one document per blank-line paragraph)", path_input=True)
     output: str = setting("", "where to write the result: a .json file, or a folder (gets manifest.json)")

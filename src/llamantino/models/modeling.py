@@ -57,6 +57,10 @@ def check_model_source(name_or_path: str) -> str:
 def load_config(name_or_path: str):
     from transformers import AutoConfig
 
+    from llamantino.models.gguf_files import config_from_gguf, is_gguf
+
+    if is_gguf(name_or_path):  # a GGUF file (llama.cpp's format) exported by `export gguf`
+        return config_from_gguf(name_or_path)
     source = check_model_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(source)
@@ -85,7 +89,16 @@ def load_tokenizer(name_or_path: str, *, tokenizer: str = ""):
     that is no token the model must learn (see `choose_pad_token`)."""
     from transformers import AutoTokenizer
 
+    from llamantino.models.gguf_files import is_gguf, load_gguf_tokenizer
+
     source = tokenizer or name_or_path
+    if is_gguf(source):
+        tok = load_gguf_tokenizer(source)
+        if tok.eos_token_id is None:
+            raise LlamantinoError(f"{source}: the GGUF file names no end-of-sequence (EOS) token")
+        if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+            tok.pad_token = choose_pad_token(tok)
+        return tok
     if is_local(source):
         path = Path(source).expanduser()
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -337,7 +350,15 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
                    compute_dtype: str = "float32", device: str | None = None,
                    attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True):
     """Load a causal LM in full precision or 4-bit (QLoRA) on one device; `attn_implementation`
-    `auto` resolves as `resolve_attention` says."""
+    `auto` resolves as `resolve_attention` says. A path to a `.gguf` file loads that file
+    (dequantised to `dtype`; see models/gguf_files.py)."""
+    from llamantino.models.gguf_files import is_gguf, load_gguf_model
+
+    if is_gguf(name_or_path):
+        if load_in_4bit:
+            raise LlamantinoError(f"{name_or_path}: a GGUF file loads dequantised; 4-bit loading is for model folders")
+        model = load_gguf_model(name_or_path, dtype=dtype, device=device or default_device())
+        return model
     source = check_model_source(name_or_path)
     config = load_config(source)  # fails early and clearly on a broken folder
     device = device or default_device()
