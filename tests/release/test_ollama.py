@@ -166,3 +166,44 @@ def test_text_a_modelfile_cannot_quote_is_refused(family_dirs):
     with pytest.raises(LlamantinoError, match='system prompt holds """'):
         build_modelfile(family_dirs("qwen2"), None, gguf_name="m.gguf", add_bos=False,
                         system_prompt='Rispondi con """ tre virgolette.')
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+
+
+def test_export_ollama_writes_a_folder_ollama_create_reads(tiny_model_dir, make_random_adapter, tmp_path):
+    from llamantino.core.fileio import sha256_file
+    from llamantino.models.gguf_files import read_metadata
+    from llamantino.release.ollama import Config, run
+
+    adapter = make_random_adapter(tmp_path / "adapter", seed=1)
+    out = tmp_path / "Demo Chat"
+    summary = run(Config(model=str(tiny_model_dir), adapter=str(adapter), output=str(out), type="q8_0"))
+    name = "demo-chat"
+    assert summary["status"] == "done" and summary["metrics"]["name"] == name
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{name}.gguf", f"{name}.gguf.sha256", "Modelfile", "README.md", "manifest.json"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    assert (out / f"{name}.gguf.sha256").read_text().split()[0] == sha256_file(out / f"{name}.gguf")
+    assert read_metadata(out / f"{name}.gguf")[0]["general.file_type"] == 7  # MOSTLY_Q8_0
+    modelfile = parse_modelfile((out / "Modelfile").read_text())
+    assert modelfile["from"] == f"./{name}.gguf"
+    # no chat template of its own: chat's default, the paper's llama2-chat with the Italian system prompt
+    assert modelfile["system"].startswith("Sei un assistente disponibile")
+    assert ollama_prompt(modelfile, [{"role": "user", "content": "Ciao!"}]).startswith("[INST] <<SYS>>\nSei un")
+    assert f"ollama create {name} -f Modelfile" in (out / "README.md").read_text()
+    again = run(Config(model=str(tiny_model_dir), adapter=str(adapter), output=str(out), type="q8_0"))
+    assert again["status"] == "skipped (done)"
+
+
+def test_export_ollama_refuses_before_writing(family_dirs, tmp_path, capsys):
+    from llamantino.cli import main
+
+    folder = family_dirs("qwen2")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["export", "ollama", str(folder), "--output", str(out), "--prompt-format", "alpaca-it"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "alpaca-it is an instruction prompt" in err and len(err.splitlines()) == 1
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []

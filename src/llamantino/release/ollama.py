@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from llamantino import __version__
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import PROMPT_FORMAT_HELP, SYSTEM_PROMPT_HELP
+from llamantino.release.gguf import TYPES
 
 KIND = "export_ollama"
 MODELFILE = "Modelfile"
@@ -290,3 +292,104 @@ def build_modelfile(model, adapter=None, *, gguf_name: str, add_bos: bool, promp
     text = modelfile(gguf_name, turns, stops, num_ctx, header=header)
     return text, {"prompt_format": chat.name, "system": turns.system, "stop": stops, "num_ctx": num_ctx,
                   "end_of_turn": chat.end_of_turn}
+
+
+# ---------------------------------------------------------------------------------------
+# The stage and the command
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = setting("", "model folder (safetensors), or a training run folder holding a LoRA adapter",
+                         path_input=True)
+    adapter: str = setting("", "LoRA adapter folder to merge into the model first (e.g. an sft run)",
+                           path_input=True)
+    output: str = setting("", "folder to write: NAME.gguf, NAME.gguf.sha256, Modelfile, README.md")
+    type: str = setting("q8_0", "tensor type of the GGUF's matrices (export gguf's --type)",
+                        choices=TYPES)
+    name: str = setting("", "model name: of the GGUF file and in `ollama create NAME` (default: the output "
+                            "folder's name)")
+    prompt_format: str = setting("auto", "chat format of the TEMPLATE: " + PROMPT_FORMAT_HELP +
+                                 "; auto with system_prompt auto: the run's own", path_input=True)
+    system_prompt: str = setting("auto", SYSTEM_PROMPT_HELP, path_input=True)
+
+    def validate(self, source):
+        for name in ("model", "output"):
+            if not getattr(self, name):
+                raise LlamantinoError(f"{source}: setting '{name}' is required")
+        if self.name and not _NAME.fullmatch(self.name):
+            raise LlamantinoError(f"{source}: name '{self.name}' must be letters, digits, '.', '_' or '-'")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def model_name(cfg: Config) -> str:
+    """The name of the GGUF file and of the Ollama model (Ollama names are lower case)."""
+    name = cfg.name or re.sub(r"[^a-z0-9._-]+", "-", Path(cfg.output).resolve().name.lower()).strip("-._")
+    return name or "model"
+
+
+def readme(name: str, gguf_name: str, summary: dict, gguf: dict) -> str:
+    system = "the run's default system prompt" if summary["system"] else "no default system prompt"
+    return "\n".join([
+        f"# {name}", "",
+        f"`{gguf_name}`: the model as one GGUF file ({gguf['type']}, {gguf['bytes'] / 1e6:.1f} MB; sha256 in "
+        f"`{gguf_name}.sha256`), and a `{MODELFILE}` with its chat template ({summary['prompt_format']}), "
+        f"{system}, the tokens it stops at and its context ({summary['num_ctx']} tokens).", "",
+        "```", f"ollama create {name} -f {MODELFILE}", f"ollama run {name}", "```", "",
+        "With llama.cpp (it reads the chat template stored in the file):", "",
+        "```", f"llama-cli -m {gguf_name} -cnv", f"llama-server -m {gguf_name} --jinja", "```", ""])
+
+
+def export_into(folder: Path, cfg: Config, name: str) -> dict:
+    from llamantino.models.gguf_files import read_metadata
+    from llamantino.models.modeling import adds_bos
+    from llamantino.release.gguf import export_gguf, resolve_source
+
+    model, adapter = resolve_source(cfg.model, cfg.adapter or None)
+    gguf_name = f"{name}.gguf"
+    # The Modelfile first: a format Ollama's template cannot express fails before the export.
+    add_bos = adds_bos(chat_tokenizer(model, adapter))
+    text, summary = build_modelfile(model, adapter, gguf_name=gguf_name, add_bos=add_bos,
+                                    prompt_format=cfg.prompt_format, system_prompt=cfg.system_prompt)
+    gguf = export_gguf(model, folder / gguf_name, adapter=adapter, type=cfg.type)
+    written = bool(read_metadata(folder / gguf_name)[0].get("tokenizer.ggml.add_bos_token"))
+    if written != add_bos:  # llama.cpp follows the file: the template must agree with it
+        raise LlamantinoError(f"{gguf_name}: tokenizer.ggml.add_bos_token is {written}, the tokenizer's is {add_bos}")
+    (folder / MODELFILE).write_text(text, encoding="utf-8")
+    (folder / README).write_text(readme(name, gguf_name, summary, gguf), encoding="utf-8")
+    return {"name": name, "gguf": gguf_name, "type": cfg.type, "sha256": gguf["sha256"], "bytes": gguf["bytes"],
+            "kept_f16": gguf["kept_f16"], "family": gguf["family"], **summary}
+
+
+def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
+    from llamantino.core.fileio import atomic_dir
+    from llamantino.core.manifest import describe_inputs, prepare_output, read_manifest, write_manifest
+
+    state = prepare_output(cfg.output, KIND, cfg, overwrite=overwrite, replace_later=True)
+    if state == "complete":
+        metrics, status = read_manifest(cfg.output)["metrics"], "skipped (done)"
+    else:
+        name = model_name(cfg)
+        with atomic_dir(cfg.output) as tmp:
+            metrics = export_into(tmp, cfg, name)
+            write_manifest(tmp, KIND, cfg, inputs=describe_inputs([p for p in (cfg.model, cfg.adapter) if p]),
+                           metrics=metrics)
+        status = "done"
+    return {"status": status, "headline": {"name": metrics["name"], "type": metrics["type"],
+                                           "MB": round(metrics["bytes"] / 1e6, 1)},
+            "metrics": metrics, "display": f"ollama create {metrics['name']} -f {Path(cfg.output) / MODELFILE}"}
+
+
+def add_arguments(parser):
+    from llamantino.core.runner import add_stage_arguments
+
+    add_stage_arguments(parser, KIND, positional={"model": {"metavar": "MODEL|RUN",
+                                                            "help": "model folder, or a run folder holding an adapter"}})
+
+
+def main(args) -> int:
+    from llamantino.core.runner import run_stage_command
+
+    return run_stage_command(KIND, args, positional=("model",))
