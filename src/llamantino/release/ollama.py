@@ -325,12 +325,17 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def model_name(cfg: Config) -> str:
-    """The name of the GGUF file and of the Ollama model (Ollama names are lower case)."""
-    name = cfg.name or re.sub(r"[^a-z0-9._-]+", "-", Path(cfg.output).resolve().name.lower()).strip("-._")
-    return name or "model"
+    return cfg.name or ollama_name(Path(cfg.output).resolve().name)
 
 
-def readme(name: str, gguf_name: str, summary: dict, gguf: dict) -> str:
+def ollama_name(text: str) -> str:
+    """A name for the GGUF file and the Ollama model (Ollama names are lower case)."""
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "model"
+
+
+def readme(summary: dict) -> str:
+    """The folder's README: what is in it, the ollama create line, the llama.cpp lines."""
+    name, gguf_name, gguf = summary["name"], summary["gguf"], summary
     system = "the run's default system prompt" if summary["system"] else "no default system prompt"
     return "\n".join([
         f"# {name}", "",
@@ -342,25 +347,33 @@ def readme(name: str, gguf_name: str, summary: dict, gguf: dict) -> str:
         "```", f"llama-cli -m {gguf_name} -cnv", f"llama-server -m {gguf_name} --jinja", "```", ""])
 
 
-def export_into(folder: Path, cfg: Config, name: str) -> dict:
+def write_files(folder: Path, model, adapter, *, name: str, type: str, prompt_format: str = "auto",  # noqa: A002
+                system_prompt: str = "auto") -> dict:
+    """NAME.gguf, NAME.gguf.sha256 and the Modelfile in `folder` (also `release --gguf`)."""
     from llamantino.models.gguf_files import read_metadata
     from llamantino.models.modeling import adds_bos
     from llamantino.release.gguf import export_gguf, resolve_source
 
-    model, adapter = resolve_source(cfg.model, cfg.adapter or None)
+    model, adapter = resolve_source(model, adapter or None)
     gguf_name = f"{name}.gguf"
     # The Modelfile first: a format Ollama's template cannot express fails before the export.
     add_bos = adds_bos(chat_tokenizer(model, adapter))
     text, summary = build_modelfile(model, adapter, gguf_name=gguf_name, add_bos=add_bos,
-                                    prompt_format=cfg.prompt_format, system_prompt=cfg.system_prompt)
-    gguf = export_gguf(model, folder / gguf_name, adapter=adapter, type=cfg.type)
+                                    prompt_format=prompt_format, system_prompt=system_prompt)
+    gguf = export_gguf(model, folder / gguf_name, adapter=adapter, type=type)
     written = bool(read_metadata(folder / gguf_name)[0].get("tokenizer.ggml.add_bos_token"))
     if written != add_bos:  # llama.cpp follows the file: the template must agree with it
         raise LlamantinoError(f"{gguf_name}: tokenizer.ggml.add_bos_token is {written}, the tokenizer's is {add_bos}")
     (folder / MODELFILE).write_text(text, encoding="utf-8")
-    (folder / README).write_text(readme(name, gguf_name, summary, gguf), encoding="utf-8")
-    return {"name": name, "gguf": gguf_name, "type": cfg.type, "sha256": gguf["sha256"], "bytes": gguf["bytes"],
+    return {"name": name, "gguf": gguf_name, "type": type, "sha256": gguf["sha256"], "bytes": gguf["bytes"],
             "kept_f16": gguf["kept_f16"], "family": gguf["family"], **summary}
+
+
+def export_into(folder: Path, cfg: Config, name: str) -> dict:
+    summary = write_files(folder, cfg.model, cfg.adapter, name=name, type=cfg.type, prompt_format=cfg.prompt_format,
+                          system_prompt=cfg.system_prompt)
+    (folder / README).write_text(readme(summary), encoding="utf-8")
+    return summary
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
