@@ -74,8 +74,9 @@ class Config:
     release_recipe: str = setting("", "recipe (name or YAML) whose release section describes the model: "
                                       "name, parent, datasets, prompt format, hub repository")
     name: str = setting("", "model name on the card (default: the recipe's name, else the run folder's)")
-    base: str = setting("", "instruct runs: model folder the difference is taken against "
-                            "(default: the run manifest's settings.model)", path_input=True)
+    base: str = setting("", "model folder the run was tuned from: an instruct run's difference is taken against "
+                            "it, --gguf merges an adapter into it (default: the run manifest's settings.model)",
+                        path_input=True)
     gguf: str = setting("", "also release the model as a GGUF file of this type (the adapter merged into "
                             "--base, default the run's model) with an Ollama Modelfile", choices=("", *GGUF_TYPES))
     base_model: str = setting("", "hub name of the parent model for the card (default: the recipe's "
