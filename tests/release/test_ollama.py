@@ -207,3 +207,14 @@ def test_export_ollama_refuses_before_writing(family_dirs, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "alpaca-it is an instruction prompt" in err and len(err.splitlines()) == 1
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_run_trained_on_a_merged_model_needs_that_model(tiny_model_dir, make_random_adapter, tmp_path):
+    from llamantino.release.ollama import Config, run
+
+    adapter = make_random_adapter(tmp_path / "sft", seed=2)
+    (adapter / "manifest.json").write_text(json.dumps({"llamantino": __version__, "stage": "sft", "settings": {
+        "model": str(tiny_model_dir), "adapter": str(tmp_path / "adapt")}}))
+    with pytest.raises(LlamantinoError, match="give that merged model"):
+        run(Config(model=str(adapter), output=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
