@@ -329,38 +329,37 @@ class Exporter:
         return Planned(name, source, shape, qtype, _nbytes(shape, qtype))
 
     def tensor(self, planned: Planned):
-        """The tensor's data as written: float32 numpy array, or quantised bytes."""
-        import numpy as np
+        """The tensor's data as written: a numpy array of F32, F16 or quantised bytes."""
         import torch
-        from gguf import GGMLQuantizationType as Q
-        from gguf import quants
 
         if planned.source is None:
-            data = self.extra[planned.name]
+            weight = torch.from_numpy(self.extra[planned.name])
         else:
             weight = self._read(planned.source)
             if self.adapter is not None:
                 weight = self.adapter.apply(planned.source, weight)
-            weight = weight.to(torch.float32)
             weight = self._transform(planned.source, weight)
-            data = weight.numpy()
-        if list(data.shape) != planned.shape:
-            raise LlamantinoError(f"{self.model}: tensor {planned.source}: shape {list(data.shape)} where the "
+        if list(weight.shape) != planned.shape:
+            raise LlamantinoError(f"{self.model}: tensor {planned.source}: shape {list(weight.shape)} where the "
                                   f"header announced {planned.shape}")
-        if planned.qtype == Q.F32:
-            return np.ascontiguousarray(data, dtype=np.float32)
-        if planned.qtype == Q.F16:
-            return np.ascontiguousarray(data, dtype=np.float16)
-        return quants.quantize(np.ascontiguousarray(data, dtype=np.float32), planned.qtype)
+        return convert(weight, planned.qtype)
 
     def _read(self, source: str):
-        from safetensors import safe_open
+        """One tensor, read with plain file reads at the offset the checked header gives (no
+        memory map: its pages would count in the process's memory until the file closes)."""
+        import torch
 
         if source == "lm_head.weight" and source not in self.folder.tensors:
             source = "model.embed_tokens.weight"  # a tied model whose output layer the adapter changed
         info = self.folder.tensors[source]
-        with safe_open(info.path, "pt") as handle:
-            return handle.get_tensor(source)
+        if info.dtype not in TORCH_DTYPES:
+            raise LlamantinoError(f"{info.path}: tensor {source} is {info.dtype}; export gguf reads F32, F16, BF16")
+        data = torch.empty(info.nbytes, dtype=torch.uint8)
+        with open(info.path, "rb") as handle:
+            handle.seek(info.start)
+            if handle.readinto(memoryview(data.numpy())) != info.nbytes:
+                raise LlamantinoError(f"{info.path}: tensor {source} is cut short")
+        return data.view(getattr(torch, TORCH_DTYPES[info.dtype])).reshape(info.shape)
 
     def _transform(self, source: str, weight):
         if self.arch == "llama":  # llama.cpp's rotary embedding takes the rows of each head interleaved
@@ -369,7 +368,7 @@ class Exporter:
             if source.endswith("self_attn.k_proj.weight"):
                 return permute(weight, self.heads, self.kv_heads)
         if self.arch in ("gemma2", "gemma3") and source.endswith("norm.weight"):
-            return weight + 1  # Gemma's RMSNorm scales by 1 + w; llama.cpp's by w
+            return weight.to(__import__("torch").float32) + 1  # Gemma's RMSNorm scales by 1 + w; llama.cpp's by w
         return weight
 
     # -- metadata -----------------------------------------------------------------------
@@ -438,6 +437,41 @@ class Exporter:
         if self.model_type == "mistral" and window and window < (c.get("max_position_embeddings") or 0):
             log.warning("%s: a sliding window of %d tokens; llama.cpp runs Mistral as `llama` and attends over "
                         "the whole context", self.model, window)
+
+
+CHUNK_ELEMENTS = 1 << 20  # values converted at a time (4 MiB in float32)
+TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def convert(weight, qtype):
+    """`weight` (a torch tensor of any float dtype) as the bytes of `qtype`, converted a few rows
+    at a time: memory holds the tensor, its converted form and one float32 chunk, never a float32
+    copy of the whole tensor. A float16 tensor written as F16 is its own memory."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    if qtype == Q.F16 and weight.dtype == torch.float16:
+        return weight.contiguous().numpy()
+    if qtype == Q.F32 and weight.dtype == torch.float32:
+        return weight.contiguous().numpy()
+    shape = list(weight.shape)
+    rows = weight.reshape(-1, shape[-1])
+    if qtype in (Q.F32, Q.F16):
+        out = np.empty(rows.shape, dtype=np.float32 if qtype == Q.F32 else np.float16)
+    else:
+        out = np.empty(quants.quant_shape_to_byte_shape(rows.shape, qtype), dtype=np.uint8)
+    step = max(1, CHUNK_ELEMENTS // max(1, shape[-1]))
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start:start + step].to(torch.float32).numpy()
+        if qtype in (Q.F32, Q.F16):
+            out[start:start + step] = chunk  # numpy rounds float32 to float16 to nearest even, as llama.cpp's converter
+        else:
+            out[start:start + step] = quants.quantize(chunk, qtype)
+    if qtype in (Q.F32, Q.F16):
+        return out.reshape(shape)
+    return out.reshape(quants.quant_shape_to_byte_shape(shape, qtype))
 
 
 def permute(weight, heads: int, kv_heads: int):
