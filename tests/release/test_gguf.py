@@ -95,6 +95,26 @@ def trained_model(source: Path, folder: Path) -> Path:
     return folder
 
 
+def moe_model(model_type: str, folder: Path) -> Path:
+    """A tiny mixture of experts (4 experts, 2 per token) with the Qwen 3 or the Mistral tokenizer
+    of tests/helpers/families.py; saved per expert, as transformers writes checkpoints."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from helpers.families import SIZES, build_tokenizer
+
+    family, extra = {"qwen3_moe": ("qwen3", dict(num_experts=4, moe_intermediate_size=32, head_dim=8,
+                                                  norm_topk_prob=True)),
+                     "mixtral": ("mistral", dict(num_local_experts=4, sliding_window=None))}[model_type]
+    tokenizer = build_tokenizer(FAMILIES[family])
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **SIZES, num_key_value_heads=2,
+                                  num_experts_per_tok=2, **extra)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory, family_dirs, tiny_model_dir):
     """Model folder by name: the seven families, the demo-style LLaMA (byte-level BPE), a
@@ -110,6 +130,21 @@ def sources(tmp_path_factory, family_dirs, tiny_model_dir):
                 built[name] = trained_model(tiny_model_dir, tmp_path_factory.mktemp("trained"))
             elif name == "spm":
                 built[name] = spm_model(tmp_path_factory.mktemp("spm"))
+            elif name in ("qwen3_moe", "mixtral"):
+                built[name] = moe_model(name, tmp_path_factory.mktemp(name))
+            elif name == "linear-rope":  # a LLaMA with linear RoPE scaling (factor 2)
+                folder = tmp_path_factory.mktemp("linear-rope")
+                shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+                config = json.loads((folder / "config.json").read_text())
+                config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0,
+                                             "rope_theta": config.get("rope_theta", 10000.0)}
+                (folder / "config.json").write_text(json.dumps(config))
+                built[name] = folder
+            elif name == "spm-json":  # the same tokenizer as tokenizer.json alone (no tokenizer.model)
+                folder = tmp_path_factory.mktemp("spm-json")
+                shutil.copytree(get("spm"), folder, dirs_exist_ok=True)
+                (folder / "tokenizer.model").unlink()
+                built[name] = folder
             elif name == "mistral":
                 folder = tmp_path_factory.mktemp("mistral-full")
                 shutil.copytree(family_dirs("mistral"), folder, dirs_exist_ok=True)
@@ -142,7 +177,8 @@ def exported(tmp_path_factory, sources):
     return get
 
 
-MODELS = sorted(FAMILIES) + ["demo", "spm"]
+MIXTURES = ("qwen3_moe",)
+MODELS = sorted(FAMILIES) + ["demo", "spm", "spm-json", "linear-rope", *MIXTURES]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -160,8 +196,14 @@ def test_f32_and_f16_logits_and_token_ids_match_the_source(name, sources, export
         read_back = load_gguf_tokenizer(path)
         assert read_back(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"], type_name
         logits = logits_of(load_gguf_model(path), tokenizer, SENTENCES)
-        error = float((logits - reference).abs().max() / reference.abs().max())
-        assert error <= tolerance, (name, type_name, error)
+        per_position = (logits - reference).abs().amax(-1) / reference.abs().max()
+        if name in MIXTURES and type_name == "f16":
+            # F16 rounding moves a token's hidden state enough to change which experts a near tie
+            # in the router picks, so a few positions take another path: the rest must agree
+            assert float((per_position <= tolerance).float().mean()) >= 0.99, (name, type_name)
+        else:
+            error = float(per_position.max())
+            assert error <= tolerance, (name, type_name, error)
         assert summary["kept_f16"] == []
     assert torch.isfinite(reference).all()
 
@@ -201,19 +243,25 @@ def test_metadata_as_llama_cpp_reads_it(sources, exported):
     assert spm["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.scores" in spm
 
 
-def test_vocab_extended_tokenizer_reads_back(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("name", ["demo", "spm"])
+def test_vocab_extended_tokenizer_reads_back(tmp_path, sources, name):
+    """`vocab extend` appends tokens and merges to a byte-level or a SentencePiece-style BPE; the
+    exported file tokenizes as the extended tokenizer does."""
     from helpers.vocab import extend
     from transformers import AutoTokenizer
 
     from llamantino.models.gguf_files import load_gguf_tokenizer
     from llamantino.release.gguf import export_gguf
 
-    extend(tiny_model_dir, tmp_path / "extended", add_tokens=40)
+    extend(sources(name), tmp_path / "extended", add_tokens=40)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "extended")
-    assert len(tokenizer) > len(AutoTokenizer.from_pretrained(tiny_model_dir))
-    export_gguf(tmp_path / "extended", tmp_path / "extended.gguf", type="f16")
+    assert len(tokenizer) > len(AutoTokenizer.from_pretrained(sources(name)))
+    summary = export_gguf(tmp_path / "extended", tmp_path / "extended.gguf", type="f16")
+    assert summary["tokenizer"] == ("llama" if name == "spm" else "gpt2")
     read_back = load_gguf_tokenizer(tmp_path / "extended.gguf")
-    assert read_back(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
+    ids = tokenizer(SENTENCES)["input_ids"]
+    assert read_back(SENTENCES)["input_ids"] == ids
+    assert max(max(row) for row in ids) >= len(AutoTokenizer.from_pretrained(sources(name)))  # new tokens in use
 
 
 def test_q8_0_keeps_greedy_choices_and_bits_per_byte(sources, exported):
@@ -481,3 +529,110 @@ def test_a_run_folder_stands_for_its_base_and_adapter(tmp_path, tiny_model_dir, 
     assert from_run["adapter"] == str(run) == explicit["adapter"]
     a, b = (GGUFReader(tmp_path / n).tensors for n in ("a.gguf", "b.gguf"))
     assert [t.data.tobytes() for t in a] == [t.data.tobytes() for t in b]
+
+
+def test_adapter_with_a_grown_vocabulary(tmp_path, tiny_model_dir):
+    """An adapter run that added tokens carries the grown embeddings and output layer whole
+    (modules_to_save) and its tokenizer: the export takes all three, and equals exporting the
+    merged model."""
+    import torch
+    from gguf import GGUFReader
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamantino.models.merge import merge_adapter
+    from llamantino.release.gguf import export_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|fine|>", "<|turno|>"]})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            modules_to_save=["embed_tokens", "lm_head"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    merge_adapter(tiny_model_dir, adapter, tmp_path / "merged")
+    summary = export_gguf(tiny_model_dir, tmp_path / "a.gguf", adapter=adapter, type="f32")
+    export_gguf(tmp_path / "merged", tmp_path / "b.gguf", type="f32")
+    a, b = GGUFReader(tmp_path / "a.gguf"), GGUFReader(tmp_path / "b.gguf")
+    assert {t.name: t.data.tobytes() for t in a.tensors} == {t.name: t.data.tobytes() for t in b.tensors}
+    tokens = a.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == len(tokenizer) and tokens[-2:] == ["<|fine|>", "<|turno|>"]
+    assert summary["tensors"] == len(a.tensors)
+
+
+@pytest.mark.parametrize("model_type, message", [("qwen2_moe", "mixture of experts; export gguf does not support MoE"),
+                                                 ("gemma3", "Gemma 3 vision-language checkpoint")])
+def test_moe_and_vision_language_checkpoints_are_refused(tmp_path, tiny_model_dir, model_type, message):
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.release.gguf import export_gguf
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LlamantinoError, match=message):
+        export_gguf(folder, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_mixtral_experts_stacked_as_llama_cpp_reads_them(sources, exported):
+    """Mixtral is llama.cpp's `llama` with experts, which transformers cannot read back from GGUF:
+    the file is compared with the checkpoint tensor by tensor (gguf.GGUFReader)."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.models.gguf_files import load_gguf_model
+    from llamantino.release.gguf import permute
+
+    summary, path = exported("mixtral", "f32")
+    reader = GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items()}
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.expert_count"] == 4 and fields["llama.expert_used_count"] == 2
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    with safe_open(sources("mixtral") / "model.safetensors", "pt") as handle:
+        for layer in range(2):
+            prefix = f"model.layers.{layer}.block_sparse_moe."
+            for gguf_name, hf in (("ffn_gate_exps", "w1"), ("ffn_down_exps", "w2"), ("ffn_up_exps", "w3")):
+                stacked = torch.stack([handle.get_tensor(f"{prefix}experts.{e}.{hf}.weight") for e in range(4)])
+                assert np.array_equal(tensors[f"blk.{layer}.{gguf_name}.weight"], stacked.numpy())
+            assert np.array_equal(tensors[f"blk.{layer}.ffn_gate_inp.weight"], handle.get_tensor(prefix + "gate.weight").numpy())
+            q = handle.get_tensor(f"model.layers.{layer}.self_attn.q_proj.weight")
+            assert np.array_equal(tensors[f"blk.{layer}.attn_q.weight"], permute(q, 4, 4).numpy())
+    with pytest.raises(LlamantinoError, match="transformers cannot read it back"):
+        load_gguf_model(path)
+
+
+def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported):
+    """A qwen3_moe checkpoint whose experts are fused (experts.gate_up_proj, experts.down_proj, as
+    transformers 5 holds them in memory) gives the same file as the per-expert checkpoint."""
+    import torch
+    from gguf import GGUFReader
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from llamantino.release.gguf import export_gguf
+
+    source = sources("qwen3_moe")
+    folder = tmp_path / "fused"
+    shutil.copytree(source, folder)
+    with safe_open(source / "model.safetensors", "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    for layer in range(2):
+        prefix = f"model.layers.{layer}.mlp.experts"
+        pop = {part: [tensors.pop(f"{prefix}.{e}.{part}.weight") for e in range(4)]
+               for part in ("gate_proj", "up_proj", "down_proj")}
+        tensors[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(pop["gate_proj"], pop["up_proj"])])
+        tensors[f"{prefix}.down_proj"] = torch.stack(pop["down_proj"])
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    export_gguf(folder, tmp_path / "fused.gguf", type="f32")
+    _, reference = exported("qwen3_moe", "f32")
+    fused = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "fused.gguf").tensors}
+    assert fused == {t.name: t.data.tobytes() for t in GGUFReader(reference).tensors}

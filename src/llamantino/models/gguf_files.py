@@ -64,6 +64,9 @@ def config_from_gguf(path):
     except (OSError, ValueError, NotImplementedError) as exc:
         raise LlamantinoError(f"{path}: transformers cannot read this GGUF file ({first_line(exc)})") from None
 
+    if arch == "llama" and metadata.get("llama.expert_count"):
+        raise LlamantinoError(f"{path}: a mixture of experts in llama.cpp's `llama` architecture (Mixtral); "
+                              "transformers cannot read it back from GGUF (llama.cpp and Ollama run it)")
     if arch == "llama" and config.model_type != "llama":
         # transformers takes a `llama` file whose general.name is "mistral" for Mistral, whose
         # tensors it then cannot name; llama.cpp runs it as llama (no sliding window) and so do we
@@ -88,6 +91,8 @@ def config_from_gguf(path):
         rope.update(rope_type=scaling, factor=float(get("rope.scaling.factor")))
         if scaling == "yarn":
             rope["original_max_position_embeddings"] = int(get("rope.scaling.original_context_length"))
+    if get("expert_feed_forward_length"):
+        config.moe_intermediate_size = int(get("expert_feed_forward_length"))
     if arch in ("gemma2", "gemma3"):
         # llama.cpp scales queries by 1/sqrt(head size), except in the 27B models (46 and 62
         # layers), which use hidden size / heads: transformers' query_pre_attn_scalar.

@@ -52,7 +52,9 @@ KIND = "export_gguf"
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # model_type (config.json) -> llama.cpp architecture. llama.cpp converts Mistral as `llama`.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                 "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3"}
+                 "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3",
+                 "mixtral": "llama", "qwen3_moe": "qwen3moe"}
+MOE = ("qwen2_moe",)  # mixtures of experts not written yet
 # A key of our own in every file llamantino writes: `--overwrite` replaces only such a file,
 # and a recipe skips an export whose settings are unchanged.
 RECORD_KEY = "llamantino.export"
@@ -139,8 +141,12 @@ class Adapter:
             elif "token_adapter" in key:
                 raise LlamantinoError(f"{self.path}: {key}: trainable token rows are not supported by export gguf; "
                                       "run `llamantino merge` and export the merged model")
-            else:
-                self.whole[name.replace(".modules_to_save", "").replace(".default.", ".")] = key
+            elif ".original_module." in key:
+                continue  # PEFT keeps the untrained module next to its trained copy
+            elif ".modules_to_save." in key:  # the trained copy of a module trained whole
+                self.whole[name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")] = key
+            else:  # the same copy under the module's own name (older PEFT files hold only this one)
+                self.whole.setdefault(name, key)
 
     def _scaling(self, module: str, rank: int) -> float:
         alpha = self.config.get("lora_alpha", 8)
@@ -194,6 +200,16 @@ class Planned:
     shape: list[int]     # numpy shape as written (rows, columns)
     qtype: object        # gguf.GGMLQuantizationType
     nbytes: int
+    experts: list[str] = dataclasses.field(default_factory=list)  # per-expert tensors stacked into this one
+    half: int | None = None  # of a fused gate-up tensor of experts: 0 the gate, 1 the up projection
+
+
+# One expert's weight in a mixture-of-experts checkpoint: llama.cpp stacks a layer's experts
+# into one 3-D tensor per projection (ffn_gate_exps, ffn_up_exps, ffn_down_exps).
+# transformers 5 keeps experts fused: `experts.gate_up_proj` (experts x 2 * width x hidden, the
+# gate first) and `experts.down_proj`; llama.cpp wants the gate and up projections apart.
+FUSED_EXPERTS = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\.(\d+)\.(\w+)\.weight$")
 
 
 def _rope(config: dict) -> dict:
@@ -265,6 +281,13 @@ class Exporter:
         self.model = model
         self.config = self.folder.config
         model_type = self.config.get("model_type")
+        if model_type == "gemma3":
+            raise LlamantinoError(f"{model / 'config.json'}: a Gemma 3 vision-language checkpoint "
+                                  "(Gemma3ForConditionalGeneration); export gguf writes Gemma 3 text models "
+                                  "(gemma3_text) only")
+        if model_type in MOE:
+            raise LlamantinoError(f"{model / 'config.json'}: model_type {model_type!r} is a mixture of experts; "
+                                  "export gguf does not support MoE models yet")
         if model_type not in ARCHITECTURES:
             raise LlamantinoError(f"{model / 'config.json'}: model_type {model_type!r} "
                                   f"({', '.join(self.config.get('architectures') or []) or 'no architectures'}) "
@@ -287,6 +310,7 @@ class Exporter:
         self.kept_f16: list[str] = []
         self.extra: dict = {}  # computed tensors by GGUF name
         self.plan = self._plan()
+        self.vocab_rows = next(p.shape[0] for p in self.plan if p.name == "token_embd.weight")
 
     # -- tensors ------------------------------------------------------------------------
 
@@ -307,9 +331,52 @@ class Exporter:
             factors = llama3_rope_factors(self.config, self.head_dim)
             self.extra["rope_freqs.weight"] = factors
             plan.append(self._planned("rope_freqs.weight", None, list(factors.shape)))
+        experts: dict[str, list[tuple[int, str]]] = {}
         for source in self._sources():
+            match = EXPERT.match(source)
+            if match:
+                experts.setdefault(f"{match[1]}.{match[3]}", []).append((int(match[2]), source))
+        grouped = {source for members in experts.values() for _, source in members}
+        if grouped and self.adapter is not None:
+            raise LlamantinoError(f"{self.adapter.folder}: export gguf merges adapters into dense models only; "
+                                  "run `llamantino merge` and export the merged model")
+        for stacked, members in experts.items():
+            members.sort()
+            if [e for e, _ in members] != list(range(len(members))):
+                raise LlamantinoError(f"{self.model}: experts of {stacked} are not numbered 0..{len(members) - 1}")
+            shapes = {tuple(self.folder.tensors[s].shape) for _, s in members}
+            if len(shapes) != 1:
+                raise LlamantinoError(f"{self.model}: experts of {stacked} differ in shape")
+            target = names.get_name(stacked)
+            if target is None:
+                raise LlamantinoError(f"{self.model}: {stacked} has no llama.cpp name for architecture {self.arch}")
+            planned = self._planned(target + ".weight", None, [len(members), *shapes.pop()])
+            planned.experts = [s for _, s in members]
+            plan.append(planned)
+        for source in self._sources():
+            if source in grouped:
+                continue
+            fused = FUSED_EXPERTS.match(source)
+            if fused:
+                if self.adapter is not None:
+                    raise LlamantinoError(f"{self.adapter.folder}: export gguf merges adapters into dense models "
+                                          "only; run `llamantino merge` and export the merged model")
+                shape = list(self.folder.tensors[source].shape)
+                if fused[2] == "down_proj":
+                    plan.append(self._planned(names.get_name(f"{fused[1]}.down_proj") + ".weight", source, shape))
+                    continue
+                if len(shape) != 3 or shape[1] % 2:
+                    raise LlamantinoError(f"{self.model}: {source} has shape {shape}, not experts x 2 * width x hidden")
+                for half, part in enumerate(("gate_proj", "up_proj")):
+                    planned = self._planned(names.get_name(f"{fused[1]}.{part}") + ".weight", source,
+                                            [shape[0], shape[1] // 2, shape[2]])
+                    planned.half = half
+                    plan.append(planned)
+                continue
             shape = self.folder.tensors[source].shape if source in self.folder.tensors else \
                 self.folder.tensors["model.embed_tokens.weight"].shape
+            if self.adapter is not None and source in self.adapter.whole:  # trained whole: e.g. grown vocabulary
+                shape = self.adapter.shapes[self.adapter.whole[source]]
             target = names.get_name(source, try_suffixes=(".weight", ".bias"))
             if target is None:
                 raise LlamantinoError(f"{self.model}: tensor {source} has no llama.cpp name for architecture "
@@ -321,8 +388,8 @@ class Exporter:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
         qtype = qtype_of(self.type_name)
-        if len(shape) < 2 or name == "rope_freqs.weight":
-            qtype = Q.F32  # norms, biases, RoPE factors: F32 as llama.cpp keeps them
+        if len(shape) < 2 or name == "rope_freqs.weight" or name.endswith("ffn_gate_inp.weight"):
+            qtype = Q.F32  # norms, biases, RoPE factors, expert routers: F32 as llama.cpp keeps them
         elif shape[-1] % GGML_QUANT_SIZES[qtype][0]:
             qtype = Q.F16  # rows that do not fill whole quantisation blocks
             self.kept_f16.append(name)
@@ -332,7 +399,14 @@ class Exporter:
         """The tensor's data as written: a numpy array of F32, F16 or quantised bytes."""
         import torch
 
-        if planned.source is None:
+        if planned.experts:  # a layer's experts stacked: the one tensor this holds in memory
+            weight = torch.stack([self._read(source) for source in planned.experts])
+        elif planned.half is not None:
+            fused = self._read(planned.source)
+            width = fused.shape[1] // 2
+            weight = fused[:, planned.half * width:(planned.half + 1) * width].contiguous()
+            del fused
+        elif planned.source is None:
             weight = torch.from_numpy(self.extra[planned.name])
         else:
             weight = self._read(planned.source)
@@ -391,12 +465,24 @@ class Exporter:
         writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
         rope = _rope(c)
         writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-        vocab = self.folder.tensors["model.embed_tokens.weight"].shape[0]
-        writer.add_vocab_size(vocab)
+        writer.add_vocab_size(self.vocab_rows)
         if self.arch in ("llama", "phi3"):
             rotary = int(self.head_dim * c.get("partial_rotary_factor", 1.0))
             writer.add_rope_dimension_count(rotary)
-        if self.arch in ("qwen3", "gemma2", "gemma3") or self.head_dim != c["hidden_size"] // self.heads:
+        experts = c.get("num_local_experts") or c.get("num_experts")
+        if experts:
+            writer.add_expert_count(int(experts))
+            writer.add_expert_used_count(int(c["num_experts_per_tok"]))
+            if c.get("moe_intermediate_size"):
+                writer.add_expert_feed_forward_length(int(c["moe_intermediate_size"]))
+            if self.model_type == "qwen3_moe" and not c.get("norm_topk_prob", False):
+                raise LlamantinoError(f"{self.model / 'config.json'}: norm_topk_prob is false; llama.cpp's qwen3moe "
+                                      "always renormalises the chosen experts' weights, so the file would compute "
+                                      "another model")
+            if self.model_type == "qwen3_moe" and (c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1):
+                raise LlamantinoError(f"{self.model / 'config.json'}: dense layers among the experts "
+                                      "(mlp_only_layers, decoder_sparse_step) are not supported by export gguf")
+        if self.arch in ("qwen3", "qwen3moe", "gemma2", "gemma3") or self.head_dim != c["hidden_size"] // self.heads:
             writer.add_key_length(self.head_dim)
             writer.add_value_length(self.head_dim)
         rope_type = rope.get("rope_type") or rope.get("type") or "default"
@@ -687,8 +773,7 @@ def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bo
     try:
         writer = gguf.GGUFWriter(tmp, exporter.arch)
         exporter.metadata(writer, model.name)
-        tok = write_tokenizer(writer, model, tokenizer_source,
-                              exporter.folder.tensors["model.embed_tokens.weight"].shape[0], exporter.config)
+        tok = write_tokenizer(writer, model, tokenizer_source, exporter.vocab_rows, exporter.config)
         writer.add_string(RECORD_KEY, _record(exporter, fingerprint))
         for planned in exporter.plan:
             # shape as numpy has it; the writer stores it reversed, as ggml does
