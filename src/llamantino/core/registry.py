@@ -72,6 +72,8 @@ REGISTRY = (
           "package a trained run as it is published (adapter or weight difference)"),
     Entry("export gguf", "export_gguf", "llamantino.release.gguf",
           "write a model (and a LoRA adapter merged into it) as one GGUF file for llama.cpp and Ollama"),
+    Entry("export ollama", "export_ollama", "llamantino.release.ollama",
+          "a folder for `ollama create`: the GGUF file and a Modelfile with the run's chat template and stop tokens"),
     Entry("vocab extend", "vocab_extend", "llamantino.data.vocab",
           "add target-language tokens to a model's vocabulary, with initialised embeddings"),
     Entry("report compare", "compare", "llamantino.evaluate.compare",
