@@ -531,6 +531,21 @@ def test_a_run_folder_stands_for_its_base_and_adapter(tmp_path, tiny_model_dir, 
     assert [t.data.tobytes() for t in a] == [t.data.tobytes() for t in b]
 
 
+def test_a_run_trained_on_a_merged_model_is_refused(tmp_path, tiny_model_dir, make_random_adapter):
+    """A run whose adapter was trained on base + another adapter (sft after adapt) does not stand
+    for base + its own adapter: exporting that would silently drop the first adapter."""
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.release.gguf import export_gguf
+
+    run = make_random_adapter(tmp_path / "run", seed=5)
+    (run / "manifest.json").write_text(json.dumps(
+        {"stage": "sft", "settings": {"model": str(tiny_model_dir), "adapter": str(tmp_path / "adapt")}}))
+    with pytest.raises(LlamantinoError, match="give that merged model") as err:
+        export_gguf(run, tmp_path / "a.gguf", type="f32")
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_adapter_with_a_grown_vocabulary(tmp_path, tiny_model_dir):
     """An adapter run that added tokens carries the grown embeddings and output layer whole
     (modules_to_save) and its tokenizer: the export takes all three, and equals exporting the

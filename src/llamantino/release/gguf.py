@@ -92,7 +92,11 @@ def resolve_source(model, adapter) -> tuple[Path, Path | None]:
         base = ""
         manifest = model / "manifest.json"
         if manifest.is_file():
-            base = (read_json_object(manifest, "run manifest").get("settings") or {}).get("model") or ""
+            settings = read_json_object(manifest, "run manifest").get("settings") or {}
+            base = settings.get("model") or ""
+            if settings.get("adapter"):  # trained on base + another adapter merged (sft after adapt)
+                raise LlamantinoError(f"{model}: trained on {base} with the adapter {settings['adapter']} merged "
+                                      f"into it; give that merged model (llamantino merge) and --adapter {model}")
         if not base:
             base = read_json_object(model / "adapter_config.json", "adapter config").get("base_model_name_or_path") or ""
         if not base or not Path(base).is_dir():

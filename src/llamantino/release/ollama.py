@@ -354,7 +354,6 @@ def write_files(folder: Path, model, adapter, *, name: str, type: str, prompt_fo
     from llamantino.models.modeling import adds_bos
     from llamantino.release.gguf import export_gguf, resolve_source
 
-    _refuse_chained_run(Path(model), adapter)
     model, adapter = resolve_source(model, adapter or None)
     gguf_name = f"{name}.gguf"
     # The Modelfile first: a format Ollama's template cannot express fails before the export.
@@ -369,18 +368,6 @@ def write_files(folder: Path, model, adapter, *, name: str, type: str, prompt_fo
     return {"name": name, "gguf": gguf_name, "type": type, "sha256": gguf["sha256"], "bytes": gguf["bytes"],
             "kept_f16": gguf["kept_f16"], "family": gguf["family"], **summary}
 
-
-def _refuse_chained_run(run: Path, adapter) -> None:
-    """A run folder given alone stands for its model with its adapter; an adapter trained on a
-    model with another adapter merged into it (sft after adapt) needs that merged model."""
-    from llamantino.core.manifest import read_manifest
-
-    if adapter or not (run / "adapter_config.json").is_file() or (run / "config.json").is_file():
-        return
-    settings = (read_manifest(run) or {}).get("settings") or {}
-    if settings.get("adapter"):
-        raise LlamantinoError(f"{run}: trained on {settings.get('model')} with the adapter {settings['adapter']} "
-                              f"merged into it; give that merged model (llamantino merge) and --adapter {run}")
 
 
 def export_into(folder: Path, cfg: Config, name: str) -> dict:
