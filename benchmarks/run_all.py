@@ -31,6 +31,7 @@ QUICK = {
     "gpu": ["--cpu-check", "--output", ".bench/gpu-speed-cpu-check.txt", "--adapt", "defaults", "trl-packing",
             "--instruct", "defaults"],  # the GPU script's CPU mode: its code paths, no figures
     "instruct": [],
+    "moe": ["--seq-length", "64", "--steps", "1"],
     "prefer": ["--steps", "2", "--warmup-steps", "1"],
     "stream_resume": [],
     "translate": [],

@@ -131,3 +131,30 @@ def make_random_adapter(tiny_model_dir):
         return folder
 
     return make
+
+
+# ---------------------------------------------------------------------------------------
+# Mixtures of experts: tiny Mixtral, Qwen3-MoE and gpt-oss (see tests/helpers/moe_families.py).
+
+from helpers.moe_families import MOE_FAMILIES  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moe_family_dirs(tmp_path_factory):
+    """Folder of a MoE family's tiny model by name, built on first use."""
+    from helpers.moe_families import save_moe_family
+
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = save_moe_family(name, tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=sorted(MOE_FAMILIES))
+def tiny_moe_family(request, moe_family_dirs):
+    """(family, folder) for each of gpt_oss, mixtral, qwen3_moe."""
+    return MOE_FAMILIES[request.param], moe_family_dirs(request.param)

@@ -505,3 +505,36 @@ def test_an_adapter_for_another_base_is_one_line(tmp_path, tiny_model_dir, famil
     assert cli(["eval", "bpb", str(text), "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "this adapter does not fit the model" in last and "size mismatch" in last
+
+
+def _old_fingerprint(kind: str, settings: dict, missing: str) -> str:
+    """The fingerprint a version of llamantino without the setting `missing` wrote for a run
+    whose manifest records `settings`."""
+    import dataclasses
+    import hashlib
+
+    from llamantino.core.recipes import stage_module
+
+    fields = dataclasses.fields(stage_module(kind).Config)
+    data = {f.name: settings[f.name] for f in fields if f.metadata.get("fingerprint", True) and f.name != missing}
+    blob = json.dumps({"stage": kind, "settings": data}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_a_run_made_before_a_setting_was_added_is_still_the_same_run(tmp_path, shards, capsys):
+    """An upgrade that adds a setting (at a default that keeps the old behaviour) leaves finished
+    runs finished: a chain does not stop on 'settings differ' for every stage made before it.
+    A run whose new setting is not at its default is a different run."""
+    out = tmp_path / "out"
+    assert clean(capsys, shards, "--output", out)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fingerprint"] == _old_fingerprint("clean", manifest["settings"], "")  # the rule as written
+    manifest["fingerprint"] = _old_fingerprint("clean", manifest["settings"], "max_chars")
+    del manifest["settings"]["max_chars"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    code, err = clean(capsys, shards, "--output", out)
+    assert code == 0, err
+    assert snapshot(out) == before
+    code, err = clean(capsys, shards, "--output", out, "--max-chars", 40000)
+    assert code == 2 and "settings differ: max_chars)" in err, err

@@ -1,10 +1,11 @@
 """The training loss's check against each model's own loss, shared by tests/models/test_families.py
-(today's families) and tests/models/test_loss.py (logit scaling, output bias, unknown heads)."""
+(today's families), tests/models/test_moe_layout.py (mixtures of experts) and tests/models/test_loss.py
+(logit scaling, output bias, unknown heads)."""
 
 import torch
 
 from llamantino.models.loss import IGNORE
-from llamantino.models.modeling import lora_targets
+from llamantino.models.modeling import lora_targets, moe_layout
 
 
 def loss_and_grads(model, chunk, ids, positions, labels):
@@ -22,7 +23,9 @@ def lora_model(base):
 
     with torch.no_grad():  # logits of realistic size (tens), where soft-capping and scaling matter
         base.get_output_embeddings().weight.mul_(60)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets(base), lora_dropout=0.0))
+    experts = moe_layout(base)["parameters"] or None  # a mixture of experts: LoRA on every expert too
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets(base), lora_dropout=0.0,
+                                            target_parameters=experts))
     torch.manual_seed(1)
     for name, p in model.named_parameters():  # non-zero B: the adapters take part in the loss
         if "lora_B" in name:

@@ -26,6 +26,7 @@ from llamantino.models.modeling import (adds_bos, choose_pad_token, document_end
                                         load_causal_lm, load_tokenizer, lora_targets, resolve_attention)
 
 from helpers.chunked_loss import assert_same_loss, lora_model, packed_batch
+from helpers.families import FAMILIES
 from helpers.family_runs import BRIEF, DIALOGUES, SMALL, answer_runs, write_jsonl
 
 
@@ -606,12 +607,13 @@ def reference_bpb(folder, adapter, texts):
 # Recipes beyond the paper: they resolve, and run on tiny stand-ins
 
 BEYOND_THE_PAPER = {"Llama-3.1-8B-ITA": "llama3", "Llama-3-8B-Instruct-ANITA-like-ITA": "llama3",
-                    "Qwen2.5-7B-Instruct-UltraChat-ITA": "qwen2"}
+                    "Qwen2.5-7B-Instruct-UltraChat-ITA": "qwen2", "Qwen3-30B-A3B-ITA": "qwen3_moe"}
 QUICK = {"max_length": 160, "batch_size": 2, "max_steps": 1, "save_steps": 0, "gradient_checkpointing": "false"}
 
 
 @pytest.mark.parametrize("name", sorted(BEYOND_THE_PAPER))
-def test_recipes_beyond_the_paper_resolve_and_run_on_tiny_stand_ins(name, family_dirs, tmp_path, capsys):
+def test_recipes_beyond_the_paper_resolve_and_run_on_tiny_stand_ins(name, family_dirs, moe_family_dirs, tmp_path,
+                                                                    capsys):
     assert main(["config", "show", name, "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["description"].startswith("Beyond the paper")
@@ -621,7 +623,8 @@ def test_recipes_beyond_the_paper_resolve_and_run_on_tiny_stand_ins(name, family
             (64, 16, 2e-4, "auto")
         if stage["kind"] == "sft":
             assert (stage["prompt_format"], stage["system_prompt"]) == ("auto", "paper-it")
-    folder = family_dirs(BEYOND_THE_PAPER[name])
+    stand_in = BEYOND_THE_PAPER[name]
+    folder = family_dirs(stand_in) if stand_in in FAMILIES else moe_family_dirs(stand_in)
     texts = write_jsonl(tmp_path / "it.jsonl", [{"text": f"{DOCS[i % 3]} Numero {i}."} for i in range(8)])
     chats = write_jsonl(tmp_path / "chat.jsonl", DIALOGUES)
     sets = []
@@ -636,3 +639,6 @@ def test_recipes_beyond_the_paper_resolve_and_run_on_tiny_stand_ins(name, family
     assert main(["run", name, "--run-dir", str(tmp_path / "run"), *sets]) == 0
     for stage in training:
         assert (tmp_path / "run" / stage / "adapter_model.safetensors").is_file()
+        if stand_in not in FAMILIES:  # a mixture of experts: every expert adapted
+            adapted = manifest(tmp_path / "run" / stage)["metrics"]["lora_target_parameters"]
+            assert adapted == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]

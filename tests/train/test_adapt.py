@@ -81,6 +81,7 @@ def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir, caps
     assert set(manifest["metrics"]["lora_targets"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                         "up_proj", "down_proj"}
     assert manifest["settings"]["lora_r"] == 64 and manifest["settings"]["lora_alpha"] == 16
+    assert manifest["metrics"]["parameters"] == expected_parameters(tiny_model_dir, r=64)
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 6
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -93,6 +94,19 @@ def test_adapt_writes_a_loadable_adapter_and_logs(tmp_path, tiny_model_dir, caps
     assert main(adapt_args(tiny_model_dir, corpus(tmp_path), out)) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "skipped (done)"
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()} == files
+
+
+def expected_parameters(folder, r: int) -> dict:
+    """The QLoRA parameter record, counted on the full-precision model: every linear layer's
+    weight inside the decoder blocks in 4-bit (their biases stay in full precision), the rest in
+    full precision; LoRA's r * (in + out) per linear layer trained."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    linear = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    four_bit = sum(m.weight.numel() for m in linear)
+    return {"base_4bit": four_bit, "base_full_precision": sum(p.numel() for p in model.parameters()) - four_bit,
+            "trainable": sum(r * (m.in_features + m.out_features) for m in linear)}
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_model_dir):

@@ -154,6 +154,12 @@ def test_a_stopped_run_exits_3_under_its_own_command(tmp_path, tiny_model_dir, d
     assert '"status": "stopped at step 2"' in capsys.readouterr().out
     assert cli.main(args + ["--resume"]) == 0
     assert read_manifest(out)["metrics"]["steps"] == 4
+    # Full fine-tuning: every weight of the base, in full precision, trains.
+    from transformers import AutoModelForCausalLM
+
+    whole = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    assert read_manifest(out)["metrics"]["parameters"] == {"base_4bit": 0, "base_full_precision": whole,
+                                                           "trainable": whole}
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,8 +183,9 @@ def test_fsdp_two_ranks_shard_and_match_one_process(tmp_path, tiny_model_dir, do
     m = manifest["metrics"]
     assert m["world_size"] == 2 and m["fsdp"] and m["gradient_accumulation"] == 1
     # (a) each rank held only its shard: about half of the parameters, together all of them.
-    held = [r["parameters"] for r in m["ranks"]]
-    assert sum(held) == m["parameters"] and all(0.4 < h / m["parameters"] < 0.6 for h in held), held
+    held, whole = [r["parameters"] for r in m["ranks"]], m["parameters"]["base_full_precision"]
+    assert sum(held) == whole and all(0.4 < h / whole < 0.6 for h in held), held
+    assert m["parameters"] == {"base_4bit": 0, "base_full_precision": whole, "trainable": whole}
     # ... and wrote only its shard of the checkpoint.
     assert len(list(checkpoint.checkpoint_path(out2, 2).glob("*.distcp"))) == 2
 

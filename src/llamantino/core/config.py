@@ -276,12 +276,23 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def fingerprint(kind: str, cfg) -> str:
-    """Hash of the settings that change a stage's result."""
+def fingerprint(kind: str, cfg, *, known: set | None = None) -> str:
+    """Hash of the settings that change a stage's result. `known`: the setting names an earlier
+    run recorded; a setting it did not have (added since) that is at its default is left out,
+    so a run made before an upgrade that only added settings is still the same run."""
     data = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if f.metadata.get("fingerprint", True)}
+            if f.metadata.get("fingerprint", True)
+            and (known is None or f.name in known or getattr(cfg, f.name) != _default(f))}
     blob = json.dumps({"stage": kind, "settings": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
 
 
 def differing_settings(a: dict, b: dict) -> list[str]:

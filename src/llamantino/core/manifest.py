@@ -156,6 +156,15 @@ def run_identity(kind: str, cfg) -> dict:
     return {"stage": kind, "fingerprint": fingerprint(kind, cfg), "settings": to_dict(cfg)}
 
 
+def same_run(record: dict | None, kind: str, cfg) -> bool:
+    """Whether a run record (manifest, run.json, result file) is this stage with these settings,
+    including a record written before settings at their default were added."""
+    if not isinstance(record, dict) or record.get("stage") != kind:
+        return False
+    return record.get("fingerprint") in (fingerprint(kind, cfg),
+                                         fingerprint(kind, cfg, known=set(record.get("settings") or {})))
+
+
 def check_output_location(output, cfg=None, inputs=()) -> Path:
     """Refuse an output that is a symbolic link, or that is, holds or lies inside one of the
     stage's inputs (its `path_input` settings and `inputs`), including any file or folder a
@@ -337,7 +346,7 @@ def prepare_output(folder, kind: str, cfg, *, overwrite: bool = False, resume: b
         listed = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise LlamantinoError(f"{folder}: output folder is not empty and holds no llamantino run ({listed}); "
                               "llamantino replaces only its own outputs: choose an empty or new folder")
-    same = other.get("stage") == kind and other.get("fingerprint") == ident["fingerprint"]
+    same = same_run(other, kind, cfg)
     if same and finished is not None:
         changed = changed_inputs(other.get("input_state"))
         if not changed:

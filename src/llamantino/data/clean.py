@@ -659,8 +659,8 @@ def _kept(progress: dict | None) -> str:
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Clean `cfg.inputs` (or part shard_index of num_shards of them) into `cfg.output`.
     An interrupted run always resumes (`resume` is accepted for the stage contract)."""
-    from llamantino.core.manifest import (RUN_INFO, describe_inputs, read_manifest, run_identity, start_run,
-                                          write_manifest)
+    from llamantino.core.manifest import (RUN_INFO, describe_inputs, read_manifest, same_run,
+                                          start_run, write_manifest)
 
     # Everything that can be checked before work starts is checked before the folder is touched.
     cfg, shard = sharding.resolve(cfg)
@@ -670,8 +670,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     reader = Reader(cfg, shard)
     lists = read_lists(cfg)
     done = read_manifest(out) if out.is_dir() else None
-    identity = run_identity(KIND, cfg)
-    if done and (done.get("stage"), done.get("fingerprint")) == (identity["stage"], identity["fingerprint"]):
+    if same_run(done, KIND, cfg):
         # The same run finished: skipped, unless its inputs changed (then refused or, with
         # --overwrite, replaced) or the folder is unsafe to use.
         if sharding.prepare(cfg, shard, KIND, overwrite=overwrite)[1] == "complete":

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Config:
-    model: str = setting("", "model folder or hub name", path_input=True)
+    model: str = setting("", "model folder, hub name or .gguf file", path_input=True)
     adapter: str = setting("", "PEFT adapter to apply on top of the model", path_input=True)
     data: list[str] = setting([], "JSON lines with `text`, or .txt files (one document per blank-line paragraph)", path_input=True)
     output: str = setting("", "where to write the result: a .json file, or a folder (gets manifest.json)")
@@ -165,7 +165,7 @@ class NllSum:
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.core.fileio import atomic_write_json
     from llamantino.core.manifest import (check_output_location, describe_inputs, prepare_output, read_manifest,
-                                          run_identity, write_manifest)
+                                          run_identity, same_run, write_manifest)
     from llamantino.data.records import iter_documents
     from llamantino.models.modeling import context_length, load_config, load_tokenizer, load_with_adapter
 
@@ -178,7 +178,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         check_output_location(cfg.output, cfg)
     if to_file and Path(cfg.output).exists():
         old = _own_result(Path(cfg.output))
-        if old.get("fingerprint") == run_identity(KIND, cfg)["fingerprint"]:
+        if same_run(old, KIND, cfg):
             return {"status": "skipped (done)", "headline": _headline(old), "metrics": old}
         if not overwrite:
             raise LlamantinoError(f"{cfg.output}: holds a different result; pass --overwrite to replace it")

@@ -594,9 +594,10 @@ def load_model(cfg: Config):
             from peft import PeftModel
 
             from llamantino.models.modeling import check_adapter
+            from llamantino.models.moe4bit import adapter_config
 
             check_adapter(cfg.adapter)
-            model = PeftModel.from_pretrained(model, cfg.adapter)
+            model = PeftModel.from_pretrained(model, cfg.adapter, config=adapter_config(model, cfg.adapter))
         model.eval()
         return model, tokenizer
     except (RuntimeError, ValueError, KeyError) as exc:

@@ -133,6 +133,37 @@ def loss_path(causal_lm, chunk: int, fused: str = "chunked") -> LossPath:
     return LossPath(chunk, head, kernel)
 
 
+@dataclasses.dataclass(frozen=True)
+class RouterLoss:
+    """The load-balancing loss a mixture-of-experts causal LM adds to its own loss when asked for
+    its router logits (`output_router_logits`): its family's `load_balancing_loss_func` on every
+    layer's router logits, padding left out by the attention mask, times `coef`
+    (`router_aux_loss_coef`)."""
+
+    function: Callable
+    coef: float
+    num_experts: int
+    top_k: int
+
+    def __call__(self, router_logits, attention_mask=None):
+        """The loss before `coef`, as the model's `aux_loss` output."""
+        return self.function(router_logits, self.num_experts, self.top_k, attention_mask)
+
+
+def router_loss(causal_lm) -> RouterLoss | None:
+    """The router's auxiliary loss of `causal_lm` (a transformers causal LM, sharded or not), as its
+    family's forward computes it; None for a model without one (dense, or a coefficient of 0)."""
+    import sys
+
+    coef = getattr(causal_lm, "router_aux_loss_coef", None)
+    function = next((getattr(sys.modules.get(cls.__module__), "load_balancing_loss_func", None)
+                     for cls in type(causal_lm).__mro__
+                     if hasattr(sys.modules.get(cls.__module__), "load_balancing_loss_func")), None)
+    if function is None or not coef:
+        return None
+    return RouterLoss(function, float(coef), int(causal_lm.num_experts), int(causal_lm.num_experts_per_tok))
+
+
 def target_positions(hidden, labels):
     """(hidden states, targets) of the positions that have a target, flattened: position i of a
     row predicts label i + 1, and `IGNORE` labels are left out."""

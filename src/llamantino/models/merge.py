@@ -16,8 +16,10 @@ add or multiply is rounded the same way by every IEEE machine); the base weight 
 in float64 and the result rounded once to the saved dtype. That method is versioned
 (`MERGE_METHOD`): the merged model's manifest records it, a weight difference made against
 a merge records it too, and `diff apply` and `build` refuse a difference made against
-another method's merge. Modules PEFT saves whole (`modules_to_save`) or by rows
-(`trainable_token_indices`) are copied as they are; DoRA adapters are refused.
+another method's merge. LoRA on a mixture of experts' fused weights (PEFT `target_parameters`)
+is folded the same way, one expert at a time. Modules PEFT saves whole (`modules_to_save`, a
+trained router) or by rows (`trainable_token_indices`) are copied as they are; DoRA adapters are
+refused.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def fold_lora(peft_model, adapter):
     from peft.tuners.lora import LoraLayer
     from peft.tuners.lora.layer import Embedding as LoraEmbedding
     from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora.layer import ParamWrapper
     from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
     from safetensors import safe_open
 
@@ -205,6 +208,10 @@ def fold_lora(peft_model, adapter):
             elif isinstance(module, LoraLinear):
                 a, b = factor(f"{name}.lora_A.weight"), factor(f"{name}.lora_B.weight")
                 left, right = (a.T, b.T) if module.fan_in_fan_out else (b, a)
+            elif isinstance(module, ParamWrapper):
+                fold_expert_lora(module, name, factor, float(module.scaling[active]), merged_storage, path)
+                count += 1
+                continue
             else:
                 raise LlamantinoError(f"{adapter}: layer {name} is a LoRA {type(module).__name__}; llamantino "
                                       "merges LoRA on linear and embedding layers only")
@@ -222,6 +229,33 @@ def fold_lora(peft_model, adapter):
     # LoRA layers give back their base layers (now merged); modules_to_save give their trained
     # copies; nothing is computed here.
     return peft_model.unload(), count
+
+
+def fold_expert_lora(module, name: str, factor, scaling: float, merged_storage: dict, path) -> None:
+    """LoRA on a parameter (PEFT `target_parameters`, a mixture of experts' fused weights) folded
+    in, expert by expert, by `merged_weight`. PEFT gives each of the E experts its own rank-r pair:
+    lora_A (r * E, in) holds expert e's A in rows e*r .. e*r + r - 1, lora_B (out, r * E) its B in
+    columns e, E + e, 2E + e, ...; the expert's delta is scaling * B_e @ A_e, an (out, in) matrix,
+    or its transpose where the experts module keeps its weights (experts, in, out) (`is_transposed`,
+    as gpt-oss). A 2-D parameter is one expert."""
+    weight = module.get_param()
+    storage = weight.untyped_storage().data_ptr()
+    if storage in merged_storage:
+        raise LlamantinoError(f"{path}: layers {merged_storage[storage]} and {name} carry LoRA on one weight")
+    merged_storage[storage] = name
+    a, b = factor(f"{name}.lora_A.weight"), factor(f"{name}.lora_B.weight")
+    experts = 1 if weight.ndim == 2 else weight.shape[0]
+    rank = a.shape[0] // experts
+    a = a.reshape(experts, rank, a.shape[-1])                      # experts x r x in
+    b = b.reshape(b.shape[0], rank, experts).permute(2, 0, 1)      # experts x out x r
+    transposed = weight.ndim == 3 and getattr(module.get_base_layer(), "is_transposed", False)
+    stacked = weight.data if weight.ndim == 3 else weight.data.unsqueeze(0)
+    try:
+        for e in range(experts):
+            left, right = (a[e].T, b[e].T) if transposed else (b[e], a[e])
+            stacked[e].copy_(merged_weight(stacked[e], left, right, scaling))
+    except ValueError as exc:
+        raise LlamantinoError(f"{path}: parameter {name}.{module.parameter_name}: {exc}") from None
 
 
 def copy_trained_module(wrapper, name: str, adapter) -> None:
@@ -292,6 +326,7 @@ def merge_into(folder, base, adapter, *, dtype: str = "float32", max_shard_size:
     return {"parameters": sum(p.numel() for p in merged.parameters()), "dtype": dtype,
             "merge_method": MERGE_METHOD, "lora_weights_merged": count,
             "lora_rank": adapter_config.get("r"), "target_modules": adapter_config.get("target_modules"),
+            "target_parameters": adapter_config.get("target_parameters"),
             "adapter_trained_on": adapter_config.get("base_model_name_or_path"),
             "vocab_size": merged.get_input_embeddings().weight.shape[0], "seconds": round(time.time() - t0, 1)}
 

@@ -57,6 +57,10 @@ def check_model_source(name_or_path: str) -> str:
 def load_config(name_or_path: str):
     from transformers import AutoConfig
 
+    from llamantino.models.gguf_files import config_from_gguf, is_gguf
+
+    if is_gguf(name_or_path):  # a GGUF file (llama.cpp's format) exported by `export gguf`
+        return config_from_gguf(name_or_path)
     source = check_model_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(source)
@@ -85,7 +89,16 @@ def load_tokenizer(name_or_path: str, *, tokenizer: str = ""):
     that is no token the model must learn (see `choose_pad_token`)."""
     from transformers import AutoTokenizer
 
+    from llamantino.models.gguf_files import is_gguf, load_gguf_tokenizer
+
     source = tokenizer or name_or_path
+    if is_gguf(source):
+        tok = load_gguf_tokenizer(source)
+        if tok.eos_token_id is None:
+            raise LlamantinoError(f"{source}: the GGUF file names no end-of-sequence (EOS) token")
+        if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+            tok.pad_token = choose_pad_token(tok)
+        return tok
     if is_local(source):
         path = Path(source).expanduser()
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -335,9 +348,19 @@ def _is_hopper(device) -> bool:
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: bool = False,
                    compute_dtype: str = "float32", device: str | None = None,
-                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True):
+                   attn_implementation: str | None = "auto", quant_type: str = "nf4", double_quant: bool = True,
+                   experts_4bit: bool = True):
     """Load a causal LM in full precision or 4-bit (QLoRA) on one device; `attn_implementation`
-    `auto` resolves as `resolve_attention` says."""
+    `auto` resolves as `resolve_attention` says. In 4-bit, a mixture of experts' fused experts are
+    quantized too (`moe4bit`), unless `experts_4bit` is off (they then stay in `compute_dtype`).
+    A path to a `.gguf` file loads that file (dequantised to `dtype`; see models/gguf_files.py)."""
+    from llamantino.models.gguf_files import is_gguf, load_gguf_model
+
+    if is_gguf(name_or_path):
+        if load_in_4bit:
+            raise LlamantinoError(f"{name_or_path}: a GGUF file loads dequantised; 4-bit loading is for model folders")
+        model = load_gguf_model(name_or_path, dtype=dtype, device=device or default_device())
+        return model
     source = check_model_source(name_or_path)
     config = load_config(source)  # fails early and clearly on a broken folder
     device = device or default_device()
@@ -348,6 +371,14 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     if load_in_4bit:
         kwargs["quantization_config"] = quantization_config(compute_dtype, double_quant, quant_type)
         kwargs["dtype"] = torch_dtype(compute_dtype)
+        if experts_4bit and is_mixture_of_experts(config):  # says, before loading, what stays in full precision
+            import torch
+
+            from llamantino.models.moe4bit import check_expert_layout
+
+            with torch.device("meta"):
+                check_expert_layout(auto_class(config).from_config(config), config.model_type,
+                                    torch_dtype(compute_dtype))
     else:
         kwargs["dtype"] = torch_dtype(dtype)
     try:
@@ -355,7 +386,22 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", load_in_4bit: b
     except (OSError, ValueError) as exc:
         raise LlamantinoError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     plain_4bit_on_every_cpu(model)
+    if load_in_4bit and experts_4bit and is_mixture_of_experts(config):
+        # bitsandbytes quantizes nn.Linear only; the fused 3-D experts are quantized here.
+        from llamantino.models.moe4bit import quantize_experts
+
+        n = quantize_experts(model, quant_type=quant_type, double_quant=double_quant)
+        log.info("%s: %.1fM expert weights held in 4-bit %s", type(model).__name__, n / 1e6, quant_type)
     return model
+
+
+MOE_CONFIG_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def is_mixture_of_experts(config) -> bool:
+    """Whether the language model of `config` routes tokens to experts (its config counts them)."""
+    text = text_config(config)
+    return any(isinstance(getattr(text, name, None), int) and getattr(text, name) > 1 for name in MOE_CONFIG_FIELDS)
 
 
 def plain_4bit_on_every_cpu(model) -> None:
@@ -397,16 +443,18 @@ def decoder_blocks(model) -> list:
 def lora_targets(model) -> list[str] | str:
     """The linear layers inside the language model's decoder blocks, as LoRA targets: their names
     (q_proj, ..., down_proj), or, when a linear layer elsewhere has one of those names (a vision
-    tower's q_proj), a pattern that matches them in the decoder blocks only."""
+    tower's q_proj), a pattern that matches them in the decoder blocks only. A mixture of experts'
+    router is never one of them (it stays frozen unless trained whole: `moe_layout`)."""
     import re
 
     import torch
 
     inside = {id(m) for block in decoder_blocks(model) for m in block.modules()}
+    routers = {id(m) for block in decoder_blocks(model) for m in _routers(block).values()}
     found, elsewhere = set(), set()
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
-        if is_linear:
+        if is_linear and id(module) not in routers:
             (found if id(module) in inside else elsewhere).add(name.rsplit(".", 1)[-1])
     if not found:
         raise LlamantinoError("no linear layers found inside the decoder blocks: unsupported architecture")
@@ -415,6 +463,68 @@ def lora_targets(model) -> list[str] | str:
     text = language_model(model)
     prefix = next(name for name, module in model.named_modules() if module is text)
     return rf"{re.escape(prefix)}\.layers\.\d+\..*\b({'|'.join(sorted(found))})"
+
+
+# Mixtures of experts. transformers keeps a MoE layer's experts in a module named `experts`
+# (Mixtral, Qwen2/3-MoE, gpt-oss, OLMoE, Granite MoE, DeepSeek, ...) and its router beside them,
+# named `gate` or `router`. Since transformers 5 the experts are fused 3-D parameters
+# (`gate_up_proj`, `down_proj`: experts x out x in, or experts x in x out where the experts module
+# says `is_transposed`), which LoRA reaches through PEFT's `target_parameters`; experts kept as
+# separate MLPs have linear layers, which `lora_targets` already names.
+EXPERTS = "experts"
+ROUTERS = ("gate", "router")
+
+
+def _routers(block) -> dict:
+    """{name within the block: module} of the routers beside the block's experts."""
+    import torch
+
+    found = {}
+    for name, module in block.named_modules():
+        if name.rsplit(".", 1)[-1] != EXPERTS:
+            continue
+        parent = name.rpartition(".")[0]
+        for router in ROUTERS:
+            child = getattr(block.get_submodule(parent) if parent else block, router, None)
+            if isinstance(child, torch.nn.Module):
+                found[f"{parent}.{router}" if parent else router] = child
+    return found
+
+
+def moe_layout(model) -> dict:
+    """What a mixture of experts' decoder blocks hold: {"parameters": the fused expert weights
+    as names within a block ("mlp.experts.gate_up_proj"), "routers": the routers' names within a
+    block ("mlp.gate"), "unknown": experts modules with neither fused weights nor linear layers}.
+    All empty for a dense model. Names within a block are what PEFT matches (as name suffixes)."""
+    import torch
+
+    parameters, routers, unknown = set(), set(), set()
+    for block in decoder_blocks(model):
+        routers.update(_routers(block))
+        for name, module in block.named_modules():
+            if name.rsplit(".", 1)[-1] != EXPERTS:
+                continue
+            fused = [p for p, t in module.named_parameters(recurse=False) if t.ndim == 3]
+            fused += getattr(module, "quantized_parameters", [])  # 4-bit experts (moe4bit): packed, same names
+            parameters.update(f"{name}.{p}" for p in fused)
+            linear = any(isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear4bit" for m in module.modules())
+            if not fused and not linear:
+                unknown.add(f"{name} ({type(module).__name__})")
+    return {"parameters": sorted(parameters), "routers": sorted(routers), "unknown": sorted(unknown)}
+
+
+def split_lora_targets(model, names: list[str]) -> tuple[list[str], list[str]]:
+    """A `lora_targets` list as (module names, parameter names): an entry naming a fused expert
+    weight (by its name within a block, or its end: "experts.down_proj") is a parameter target,
+    and a module target too where a linear layer in the blocks has that name (a dense or shared
+    expert's down_proj beside fused experts)."""
+    import torch
+
+    fused = moe_layout(model)["parameters"]
+    linear = {name.rsplit(".", 1)[-1] for block in decoder_blocks(model) for name, m in block.named_modules()
+              if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear4bit"}
+    parameters = [n for n in names if any(p == n or p.endswith(f".{n}") for p in fused)]
+    return [n for n in names if n not in parameters or n in linear], parameters
 
 
 def freeze_outside_language_model(model) -> int:

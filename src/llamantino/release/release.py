@@ -10,6 +10,13 @@ Next to them go a model card (README.md: metadata front-matter, the LLaMA 2 lice
 note, how to rebuild, the prompt format with an example, training settings and figures
 from the run's manifest) and SHA256SUMS, the sha256 of every released file in the format
 `sha256sum -c` reads. `--push REPO` uploads exactly those files to the Hugging Face hub.
+
+The card says how to serve the model: for an adapter vLLM can serve as a LoRA (no module
+trained whole, no trained token rows, no DoRA or LoRA bias, a rank vLLM accepts), the exact
+`vllm serve BASE --enable-lora --lora-modules NAME=PATH --max-lora-rank R` line; for any other,
+one line saying why, and the merged model to serve instead. `--gguf TYPE` adds the model as a
+GGUF file (`export gguf`, the adapter merged) with an Ollama Modelfile (`export ollama`), both
+in SHA256SUMS, and the llama.cpp and Ollama lines.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from llamantino.core.errors import LlamantinoError
 from llamantino.core.fileio import safe_join
 from llamantino.core.fileio import HUB_PREFIX
 from llamantino.release.build import CHECKSUMS
+from llamantino.release.gguf import TYPES as GGUF_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 CARD_PROMPT_FORMATS = ("llama2-chat", "alpaca-it", "alpaca", "chatml", "chat-template", "none")
 STAGE_PROMPT = {"sft": "llama2-chat", "prefer": "llama2-chat", "instruct": "alpaca-it", "adapt": "none"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The values vLLM's --max-lora-rank accepts (vllm/config/lora.py, MaxLoRARanks; 1 only in recent
+# releases, so a rank below 8 is served with 8, which every release accepts).
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# Module names whose weights are the embeddings or the output layer.
+EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings", "output_layer")
 # What the card says of the licence, by the base model's licence (the hub's identifiers).
 LICENCE_NOTES = {
     "llama2": ("Derived from Llama 2: use is subject to the [Llama 2 Community License]"
@@ -61,8 +74,11 @@ class Config:
     release_recipe: str = setting("", "recipe (name or YAML) whose release section describes the model: "
                                       "name, parent, datasets, prompt format, hub repository")
     name: str = setting("", "model name on the card (default: the recipe's name, else the run folder's)")
-    base: str = setting("", "instruct runs: model folder the difference is taken against "
-                            "(default: the run manifest's settings.model)", path_input=True)
+    base: str = setting("", "model folder the run was tuned from: an instruct run's difference is taken against "
+                            "it, --gguf merges an adapter into it (default: the run manifest's settings.model)",
+                        path_input=True)
+    gguf: str = setting("", "also release the model as a GGUF file of this type (the adapter merged into "
+                            "--base, default the run's model) with an Ollama Modelfile", choices=("", *GGUF_TYPES))
     base_model: str = setting("", "hub name of the parent model for the card (default: the recipe's "
                                   "parent, else the run's model)")
     datasets: list[str] = setting([], "datasets named on the card (default: the recipe's)")
@@ -101,6 +117,8 @@ class Card:
     settings: dict
     metrics: dict
     parent_adapter: str
+    serving: list[str] = dataclasses.field(default_factory=list)  # the card's "Serving" section, markdown lines
+    gguf: str = ""  # the GGUF file released with it, if any
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,6 +209,82 @@ def gather(cfg: Config, manifest: dict, released_as: str) -> Card:
                 hub_repo=(info.hub_repo if info else "") or cfg.push, chain=chain,
                 stage=stage, settings={k: _public(v) for k, v in settings.items()},
                 metrics=_public(manifest.get("metrics", {})), parent_adapter=str(_public(settings.get("adapter", ""))))
+
+
+# ---------------------------------------------------------------------------------------
+# Serving: vLLM, llama.cpp, Ollama
+
+
+@dataclasses.dataclass
+class VllmLora:
+    servable: bool
+    rank: int
+    max_lora_rank: int  # the --max-lora-rank to serve it with (0 when no accepted value is large enough)
+    reason: str          # why vLLM cannot serve it as a LoRA, one line ("" when it can)
+
+
+def vllm_lora(adapter: Path) -> VllmLora:
+    """Whether vLLM serves `adapter` as a LoRA: it loads LoRA factors of linear layers only
+    ("vLLM only supports modules_to_save being None"), no DoRA, no LoRA bias, ranks up to its
+    largest --max-lora-rank."""
+    from safetensors import safe_open
+
+    from llamantino.models.modeling import check_adapter
+
+    config = check_adapter(adapter)
+    ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    rank = max(int(r) for r in ranks if isinstance(r, (int, float)))
+    reasons = []
+    if config.get("peft_type") != "LORA":
+        reasons.append(f"it is a {config.get('peft_type')} adapter, not LoRA")
+    if config.get("modules_to_save"):
+        reasons.append(f"it trains whole modules ({', '.join(map(str, config['modules_to_save']))}: modules_to_save)")
+    if config.get("trainable_token_indices"):
+        reasons.append("it trains rows of the embeddings (trainable_token_indices)")
+    if config.get("use_dora"):
+        reasons.append("it is a DoRA adapter")
+    if config.get("lora_bias"):
+        reasons.append("it trains LoRA biases (lora_bias)")
+    weights = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
+    if weights.is_file() and not reasons:  # what the config does not say, the weights do
+        with safe_open(str(weights), framework="numpy") as handle:
+            whole = [k for k in handle.keys() if ".lora_A." not in k and ".lora_B." not in k]
+        if whole:
+            reasons.append(f"its weights hold whole tensors besides the LoRA factors ({whole[0]})")
+    max_rank = next((r for r in VLLM_LORA_RANKS if r >= rank), 0)
+    if not max_rank:
+        reasons.append(f"its rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]})")
+    reason = "; ".join(reasons)
+    return VllmLora(not reasons, rank, max_rank, reason and f"vLLM cannot serve this adapter as a LoRA: {reason}")
+
+
+def serving_lines(card: Card, *, folder_name: str, check: VllmLora | None, gguf: dict | None) -> list[str]:
+    """The card's "Serving" section: vLLM, and llama.cpp / Ollama when a GGUF file is included."""
+    lines = []
+    base = card.base_model
+    if check is not None and check.servable:
+        path = card.hub_repo or f"./{folder_name}"
+        merged = (f" (`{base}` with `{card.parent_adapter}` merged into it: `llamantino merge`)"
+                  if card.parent_adapter else "")
+        lines += [f"With vLLM, as a LoRA on its base model{merged}:", "", "```",
+                  f"vllm serve {base} --enable-lora --lora-modules {card.name}={path} "
+                  f"--max-lora-rank {check.max_lora_rank}", "```", "",
+                  f"Requests name the model `{card.name}`. The rank is {check.rank}; `--max-lora-rank` takes "
+                  f"one of {', '.join(map(str, VLLM_LORA_RANKS))}.", ""]
+    elif check is not None:
+        lines += [check.reason + ". Serve the merged model instead:", "", "```",
+                  "llamantino merge --base BASE --adapter THIS_FOLDER --output MERGED", "vllm serve MERGED", "```", ""]
+    else:
+        lines += ["With vLLM, the rebuilt model:", "", "```", "vllm serve MODEL_FOLDER", "```", ""]
+    if gguf:
+        name = gguf["name"]
+        lines += [f"With llama.cpp or Ollama: `{gguf['gguf']}` is the model ({gguf['type']}"
+                  + (", the adapter merged" if card.released_as == "adapter" else "")
+                  + f") as one GGUF file with its chat template; `Modelfile` gives Ollama the same prompt format, "
+                  "system prompt and stop tokens.", "", "```",
+                  f"llama-cli -m {gguf['gguf']} -cnv", f"llama-server -m {gguf['gguf']} --jinja",
+                  f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
@@ -364,6 +458,8 @@ def model_card(card: Card) -> str:
                   f"llamantino build {card.name} --base-dir MODELS --output {card.name}", "```", "",
                   f"Chain: `{card.chain}`. Inputs are read from `MODELS/<hub name>` "
                   "(`--download` fetches the missing ones).", ""]
+    if card.serving:
+        parts += ["## Serving", "", *card.serving]
     parts += ["## Prompt format", ""]
     example = card.example
     if card.prompt_format == "llama2-chat":
@@ -385,8 +481,11 @@ def model_card(card: Card) -> str:
     if card.metrics:
         parts += ["## Evaluation and training figures", "", _table(_flat(card.metrics), ("figure", "value")), ""]
     note = LICENCE_NOTES.get(card.license, "Derived from `{base}`: use is subject to its licence.")
-    parts += ["## Licence", "", note.format(base=card.base_model) + " " +
-              LICENCE_WEIGHTS.format(base=card.base_model, what=what), "", "## Files", "",
+    weights = LICENCE_WEIGHTS.format(base=card.base_model, what=what)
+    if card.gguf:
+        weights = (f"`{card.gguf}` holds the whole model's weights, derived from `{card.base_model}`: publish it "
+                   "only where that licence allows redistributing them.")
+    parts += ["## Licence", "", note.format(base=card.base_model) + " " + weights, "", "## Files", "",
               f"`{CHECKSUMS}` holds the sha256 of every file here: check a download with `sha256sum -c {CHECKSUMS}`.",
               ""]
     return "\n".join(parts)
@@ -423,6 +522,9 @@ def release_into(folder: Path, cfg: Config) -> dict:
                 shutil.copyfile(source, folder / name)
         public_adapter_config(folder / "adapter_config.json", card.base_model)
         base = ""
+        check = vllm_lora(run)
+        if not check.servable:
+            log.warning("%s", check.reason)
     elif (run / "config.json").is_file():
         released_as = "weight-diff"
         card = gather(cfg, manifest, released_as)
@@ -431,13 +533,39 @@ def release_into(folder: Path, cfg: Config) -> dict:
             raise LlamantinoError(f"{run}: the model it was tuned from ({base or 'unknown'}) is not a local "
                                   "folder; pass --base FOLDER")
         make_into(base, run, folder, base_name=card.base_model)
+        check = None
     else:
         raise LlamantinoError(f"{run}: holds neither an adapter (adapter_config.json) nor a model (config.json)")
+    gguf = release_gguf(folder, cfg, card, manifest) if cfg.gguf else None
+    card.serving = serving_lines(card, folder_name=Path(cfg.output).name, check=check, gguf=gguf)
+    card.gguf = gguf["gguf"] if gguf else ""
     (folder / CARD).write_text(model_card(card), encoding="utf-8")
     files = write_checksums(folder)
+    vllm = {"vllm_lora": check.servable, "max_lora_rank": check.max_lora_rank, "vllm_reason": check.reason} \
+        if check else {}
     return {"released_as": released_as, "name": card.name, "base_model": card.base_model, "base": str(base),
             "files": files, "bytes": sum((folder / f).stat().st_size for f in files),
-            "prompt_format": card.prompt_format}
+            "prompt_format": card.prompt_format, **vllm, **({"gguf": gguf} if gguf else {})}
+
+
+def release_gguf(folder: Path, cfg: Config, card: Card, manifest: dict) -> dict:
+    """The model as NAME.gguf (an adapter merged into the model it was trained on) and its
+    Modelfile (`export ollama`), in the release folder."""
+    from llamantino.release.ollama import ollama_name, write_files
+
+    run, settings = Path(cfg.run), manifest.get("settings", {})
+    if card.released_as == "adapter":
+        model = cfg.base or str(settings.get("model", ""))
+        if not cfg.base and settings.get("adapter"):
+            raise LlamantinoError(f"{run}: trained on {model} with the adapter {settings['adapter']} merged into it; "
+                                  "--gguf needs that merged model: pass --base MERGED_FOLDER (llamantino merge)")
+        if not model or not Path(model).is_dir():
+            raise LlamantinoError(f"{run}: the model the adapter was trained on ({model or 'unknown'}) is not a local "
+                                  "folder; pass --base FOLDER for --gguf")
+        adapter = str(run)
+    else:
+        model, adapter = str(run), None
+    return write_files(folder, model, adapter, name=ollama_name(card.name), type=cfg.gguf)
 
 
 def public_adapter_config(path: Path, base_model: str) -> None:

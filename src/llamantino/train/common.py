@@ -38,6 +38,48 @@ def peak_memory_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+# What a 4-bit tensor that is not bitsandbytes' Params4bit says about itself: an attribute of
+# this name holding the number of weights it stands for (a packed expert stack holds half as many
+# bytes as weights, plus its scales). bitsandbytes' tensors carry a `quant_state` with the shape
+# they were quantized from. Either way the tensor counts as that many weights, held in 4-bit.
+FOUR_BIT_NUMEL = "llamantino_4bit_numel"
+
+# Name parts PEFT gives the tensors it adds (LoRA factors, trained copies of whole modules,
+# trained rows of an embedding): what a stage trains, never part of the base.
+ADAPTER_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+                 ".modules_to_save.", "trainable_tokens_delta")
+
+
+def weight_count(tensor) -> tuple[int, bool]:
+    """(weights a tensor holds, whether in 4-bit): a 4-bit tensor counts its original weights once."""
+    numel = getattr(tensor, FOUR_BIT_NUMEL, None)
+    if numel is not None:
+        return int(numel), True
+    state = getattr(tensor, "quant_state", None)
+    if state is not None:
+        return int(math.prod(state.shape)), True
+    return tensor.numel(), False  # a DTensor (FSDP) gives the whole tensor's count
+
+
+def parameter_record(model) -> dict:
+    """{base_4bit, base_full_precision, trainable}: the weights of the base held in 4-bit and in
+    16/32 bits, and the weights the stage trains (LoRA, modules trained whole, or the whole model),
+    for every training stage's manifest. A base layer left out of the quantization shows as full
+    precision; a 4-bit buffer (not a parameter) counts too."""
+    record = {"base_4bit": 0, "base_full_precision": 0, "trainable": 0}
+    for name, param in model.named_parameters():
+        numel, four_bit = weight_count(param)
+        if param.requires_grad:
+            record["trainable"] += numel
+        if not any(part in name for part in ADAPTER_PARTS):
+            record["base_4bit" if four_bit else "base_full_precision"] += numel
+    for _, buffer in model.named_buffers():
+        numel, four_bit = weight_count(buffer)
+        if four_bit:
+            record["base_4bit"] += numel
+    return record
+
+
 # ---------------------------------------------------------------------------------------
 # Seeds and RNG state (part of every checkpoint, so a resumed run draws the same dropout)
 
@@ -210,7 +252,7 @@ class MetricsLog:
             self._replace()
         self.writer.writerow({"step": step, **{k: values.get(k, "") for k in self.fields if k != "step"}})
         self.handle.flush()
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s") + tuple(
+        for key in ("loss", "router_aux_loss", "lr", "grad_norm", "tokens_per_s") + tuple(
                 k for k in values if "/" in k and not k.startswith("eval_")):
             if values.get(key) not in (None, ""):  # and a stage's own figures: rewards/margins, ...
                 self.tb.add_scalar(f"train/{key}", values[key], step)

@@ -374,31 +374,45 @@ def summed_loss(model, batch: dict, autocast=contextlib.nullcontext, chunk: int 
     """Cross-entropy summed over the response tokens of a micro-batch (float32), padded or flattened
     (`collate`). With `chunk` > 0 (one process) the output layer runs on response positions only,
     `chunk` at a time, or in `fused` (Liger's fused linear cross-entropy): the full logits never exist."""
+    return batch_losses(model, batch, autocast, chunk, fused)[0]
+
+
+def batch_losses(model, batch: dict, autocast=contextlib.nullcontext, chunk: int = 0, fused=None,
+                 router=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(summed cross-entropy as `summed_loss`, the router's auxiliary loss or None): with `router`
+    (`loss.router_loss` of a mixture of experts) the forward also returns every layer's router
+    logits, and the load-balancing loss is computed from them as the model's own forward does
+    (padding left out through the batch's attention mask; a flattened batch has none)."""
     from llamantino.models.loss import full_logits_loss, output_head, summed_target_loss
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}  # ids, and a mask or positions + boundaries
+    if router is not None:
+        inputs["output_router_logits"] = True
     with autocast():
         if chunk:
-            hidden = model.model(**inputs, use_cache=False).last_hidden_state
-            return summed_target_loss(hidden, batch["labels"], output_head(model), chunk, fused)
-        logits = model(**inputs, use_cache=False).logits
-    return full_logits_loss(logits, batch["labels"])
+            out = model.model(**inputs, use_cache=False)
+            ce = summed_target_loss(out.last_hidden_state, batch["labels"], output_head(model), chunk, fused)
+            aux = router(out.router_logits, batch.get("attention_mask")) if router is not None else None
+            return ce, aux
+        out = model(**inputs, use_cache=False)
+    return full_logits_loss(out.logits, batch["labels"]), out.aux_loss if router is not None else None
 
 
 def training_loss(model, autocast, cfg: Config, world: int, fused_loss: str) -> tuple[functools.partial, str]:
-    """(`loss(batch)`, the micro-batch's summed cross-entropy; how it computes: liger, chunked or
-    own): chunked (or Liger's fused one) on one process for a model whose output layer gives its
+    """(`loss(batch)`, the micro-batch's summed cross-entropy and, for a mixture of experts, its
+    router's auxiliary loss (`batch_losses`); how it computes: liger, chunked or own): chunked (or Liger's fused one) on one process for a model whose output layer gives its
     own logits; the model's own loss under FSDP (whose root unshards the embeddings and output
     layer in the model's own forward only) or for an output head that does something unknown."""
     import torch
 
-    from llamantino.models.loss import loss_path
+    from llamantino.models.loss import loss_path, router_loss
 
     # A 16-token check, not worth compiling blocks for; in the training precision (FlashAttention
     # takes no float32), where the model's own forward and ours run the same kernels.
     with torch.compiler.set_stance("force_eager"), autocast():
         path = loss_path(model, cfg.loss_chunk_tokens if world == 1 else 0, fused_loss)
-    return functools.partial(summed_loss, model, autocast=autocast, chunk=path.chunk, fused=path.fused), path.name
+    return functools.partial(batch_losses, model, autocast=autocast, chunk=path.chunk, fused=path.fused,
+                             router=router_loss(model)), path.name
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -521,7 +535,8 @@ class Trainer:
     accumulation: int
     compute_dtype: str
     counters: dict          # step, epoch, index, tokens, world size, data digest: in every checkpoint
-    loss: object = None     # batch -> summed cross-entropy (training_loss)
+    loss: object = None     # batch -> (summed cross-entropy, router's auxiliary loss or None) (training_loss)
+    router: object = None   # loss.RouterLoss of a mixture of experts, else None
     flat: bool = False      # micro-batches flattened padding-free (FlashAttention's varlen kernel)
     guard: object = None    # speed.CompileGuard: compile errors in the first steps continue eagerly
     speed: dict = dataclasses.field(default_factory=dict)  # the speed paths taken, for the manifest
@@ -631,7 +646,7 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
                 total=total, accumulation=accumulation, compute_dtype=compute_dtype,
                 counters={"step": 0, "epoch": 0, "index": 0, "tokens_seen": 0, "trained_tokens_seen": 0,
                           "world_size": world, "examples": len(examples), "data_digest": digest},
-                loss=loss, speed={"attention": model.config._attn_implementation, **paths.settings(),
+                loss=loss, router=loss.keywords["router"], speed={"attention": model.config._attn_implementation, **paths.settings(),
                                   "fused_loss": loss_name, "fused_optimizer": fused_adamw},
                 flat=padding_free(model),
                 guard=speed.CompileGuard(paths.compile == "blocks"))
@@ -655,7 +670,11 @@ def setup(cfg: Config, accumulation: int, *, resume_from: bool, rank: int, world
              total, cfg.effective_batch_size, cfg.batch_size, world, accumulation, device, compute_dtype)
     log.info("speed paths: attention %s, loss %s, fused AdamW %s, %s", t.speed["attention"], t.speed["fused_loss"],
              "on" if fused_adamw else "off", speed.describe(paths))
-    t.metrics_log = common.MetricsLog(cfg.output, resume_step=t.start, enabled=rank == 0)
+    if t.router is not None:
+        log.info("mixture of experts: the router's load-balancing loss x %g is added to the loss (column "
+                 "router_aux_loss)", t.router.coef)
+    t.metrics_log = common.MetricsLog(cfg.output, resume_step=t.start, enabled=rank == 0,
+                                      extra_fields=("router_aux_loss",) if t.router is not None else ())
     t.progress = common.Progress(total, initial=t.start, enabled=rank == 0, desc=KIND)
     return t
 
@@ -678,12 +697,22 @@ def train_step(t: Trainer, step: int) -> None:
                for chunk in micro_batches(ids, t.examples, cfg.batch_size, t.world, t.rank)]
     rng = common.rng_state() if t.guard is not None and t.guard.left else None
 
+    # The router's loss is a mean over its micro-batch's tokens: the global batch's is the mean over
+    # all its micro-batches (one micro-batch: the model's own loss exactly).
+    n_micro = -(-len(ids) // cfg.batch_size)
+    aux_sum = torch.zeros((), device=t.device)
+
     def forward_backward():
         loss_sum = torch.zeros((), device=t.device)
+        aux_sum.zero_()
         for batch in batches:
-            ce = t.loss(batch)
+            ce, aux = t.loss(batch)
             # FSDP averages gradients over ranks: x world makes it the sum over the global batch.
-            (ce * t.world / n_trained).backward()
+            objective = ce * t.world / n_trained
+            if aux is not None:
+                objective = objective + t.router.coef * aux * t.world / n_micro
+                aux_sum.add_(aux.detach())
+            objective.backward()
             loss_sum += ce.detach()
         return loss_sum
 
@@ -699,6 +728,9 @@ def train_step(t: Trainer, step: int) -> None:
     t.optimizer.zero_grad(set_to_none=True)
 
     loss = distributed.all_reduce_sum(loss_sum.item(), t.device) / n_trained
+    extra = {}
+    if t.router is not None:
+        extra["router_aux_loss"] = distributed.all_reduce_sum(aux_sum.item(), t.device) / n_micro
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     t.recent = (t.recent + [loss])[-10:]
     t.tokens_this_run += n_tokens
@@ -708,7 +740,7 @@ def train_step(t: Trainer, step: int) -> None:
     rate = t.progress.update(n_tokens, loss, lr)
     if (step + 1) % cfg.logging_steps == 0 or step + 1 == t.total:
         t.metrics_log.log(step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=c["tokens_seen"],
-                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 1))
+                          tokens_per_s=rate, elapsed_s=round(time.time() - t.started, 1), **extra)
 
 
 def finish(t: Trainer) -> dict | None:
@@ -720,7 +752,7 @@ def finish(t: Trainer) -> dict | None:
     seconds = time.time() - t.started
     t.progress.close()
     t.metrics_log.close()
-    local, n_params = local_numel(t.model)
+    local, _ = local_numel(t.model)
     ranks = distributed.all_gather_object({"rank": t.rank, "parameters": local,
                                         "state_bytes": state_bytes(t.model, t.optimizer),
                                         "peak_memory_bytes": common.peak_memory_bytes(t.device)})
@@ -741,7 +773,7 @@ def finish(t: Trainer) -> dict | None:
         "effective_batch_size": cfg.effective_batch_size,
         "warmup_steps": common.warmup_steps(cfg.warmup_ratio, t.total),
         "compute_dtype": t.compute_dtype, "device": t.device.type, "fsdp": t.world > 1, **t.speed,
-        "parameters": n_params, "ranks": ranks,
+        "parameters": common.parameter_record(t.model), "ranks": ranks,
     }
     if t.guard is not None and t.guard.fell_back:  # compiled blocks failed at first: the run went on eagerly
         metrics.update(compile="none", compile_error=t.guard.fell_back)

@@ -61,10 +61,13 @@ def prepare_for_training(model, gradient_checkpointing: bool, compute_dtype: str
 
 def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_path: str | None = None):
     """4-bit base (or full precision when load_in_4bit is off) + fresh LoRA adapters on the
-    language model's decoder blocks (never a vision tower's)."""
+    language model's decoder blocks (never a vision tower's): its linear layers and, in a mixture
+    of experts, the fused expert weights (PEFT `target_parameters`: each expert gets its own
+    rank-`lora_r` pair). Returns (model, what carries LoRA and what trains whole)."""
     from peft import LoraConfig, get_peft_model
 
-    from llamantino.models.modeling import load_causal_lm, lora_targets
+    from llamantino.models import moe4bit
+    from llamantino.models.modeling import load_causal_lm
 
     model = load_causal_lm(base_path or cfg.model, dtype=compute_dtype, load_in_4bit=cfg.load_in_4bit,
                            compute_dtype=compute_dtype, device=str(device),
@@ -72,12 +75,45 @@ def build_peft_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_pat
                            double_quant=cfg.double_quant)
     log.info("%s: attention %s", type(model).__name__, model.config._attn_implementation)
     prepare_for_training(model, cfg.gradient_checkpointing, compute_dtype)
-    targets = cfg.lora_targets or lora_targets(model)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM",
-                      **embedding_options(cfg.train_embeddings, model, cfg.model))
-    model = get_peft_model(model, lora)
-    return model, targets
+    targets, parameters, routers = adapter_targets(model, cfg.lora_targets, cfg.train_router, cfg.model)
+    dropout = cfg.lora_dropout
+    if parameters and dropout:
+        log.warning("lora_dropout %g -> 0: PEFT's LoRA on fused expert weights has no dropout, and an adapter "
+                    "has one dropout for all its layers", dropout)
+        dropout = 0.0
+    options = embedding_options(cfg.train_embeddings, model, cfg.model)
+    # Trained whole: a copy PEFT saves with the adapter (as the embeddings' "all"), never quantized
+    # (a router is no linear layer bitsandbytes replaces), in the dtype the base holds it in.
+    if routers:
+        options["modules_to_save"] = options.get("modules_to_save", []) + routers
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
+                      target_modules=targets, target_parameters=parameters or None, bias="none",
+                      task_type="CAUSAL_LM", **options)
+    # 4-bit experts take their LoRA in PEFT's format through their own wrapper (models.moe4bit).
+    model = get_peft_model(model, moe4bit.lora_config(lora, model) if parameters else lora)
+    return model, {"lora_targets": targets, "lora_target_parameters": parameters, "lora_dropout": dropout,
+                   "routers_trained": routers}
+
+
+def adapter_targets(model, configured: list[str], train_router: bool, source: str) -> tuple:
+    """(modules that carry LoRA, parameters that carry LoRA, routers trained whole): `configured`
+    (lora_targets) split into modules and fused expert weights, or by default every linear layer
+    of the decoder blocks and every fused expert weight. Experts of an unknown layout, which the
+    default would leave out, and train_router on a model without routers are refused."""
+    from llamantino.models.modeling import lora_targets, moe_layout, split_lora_targets
+
+    layout = moe_layout(model)
+    if configured:
+        targets, parameters = split_lora_targets(model, configured)
+    elif layout["unknown"]:
+        raise LlamantinoError(f"{source}: experts in a layout llamantino does not know ({', '.join(layout['unknown'])}: "
+                              "neither fused 3-D weights nor linear layers), which LoRA would leave out; name "
+                              "lora_targets to adapt the other layers only")
+    else:
+        targets, parameters = lora_targets(model), layout["parameters"]
+    if train_router and not layout["routers"]:
+        raise LlamantinoError(f"{source}: train_router is set, but the model has no mixture-of-experts router")
+    return targets, parameters, layout["routers"] if train_router else []
 
 
 def embedding_options(mode: str, model, model_path: str) -> dict:
@@ -123,13 +159,16 @@ def new_token_ids(model_path: str) -> list[int]:
     return ids
 
 
-def parameter_groups(model, learning_rate: float, embedding_learning_rate: float) -> list[dict]:
-    """LoRA weights at the learning rate; trained embeddings (whole or new rows) at theirs,
-    a tenth of it unless given, as practitioners advise for embeddings."""
+def parameter_groups(model, learning_rate: float, embedding_learning_rate: float, routers=()) -> list[dict]:
+    """LoRA weights (and routers trained whole, named in `routers`) at the learning rate; trained
+    embeddings (whole or new rows) at theirs, a tenth of it unless given, as practitioners advise
+    for embeddings."""
     embedding, other = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (embedding if ("modules_to_save" in name or "trainable_tokens" in name) else other).append(param)
+            router = any(f".{r}.modules_to_save." in name for r in routers)
+            whole = "modules_to_save" in name and not router
+            (embedding if (whole or "trainable_tokens" in name) else other).append(param)
     groups = [{"params": other, "lr": learning_rate}]
     if embedding:
         groups.append({"params": embedding, "lr": embedding_learning_rate or learning_rate / 10})
@@ -343,8 +382,14 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     base_path = distributed.on_rank0(base_model) if base_model else None
     compute_dtype = common.resolve_compute_dtype(cfg.compute_dtype, device)
     common.seed_all(cfg.seed)
-    model, targets = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
-    groups = parameter_groups(model, cfg.learning_rate, cfg.embedding_learning_rate)
+    model, adapted = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
+    groups = parameter_groups(model, cfg.learning_rate, cfg.embedding_learning_rate, adapted["routers_trained"])
+    counts = common.parameter_record(model)
+    if rank == 0:
+        log.info("LoRA (r %d) on modules %s and parameters %s%s: %s trainable parameters; base %s in 4-bit, %s in "
+                 "full precision", cfg.lora_r, adapted["lora_targets"], adapted["lora_target_parameters"] or "none",
+                 f", routers {adapted['routers_trained']} trained whole" if adapted["routers_trained"] else "",
+                 f"{counts['trainable']:,}", f"{counts['base_4bit']:,}", f"{counts['base_full_precision']:,}")
     optimizer, optimizer_used = common.make_optimizer(groups, cfg.optimizer, cfg.learning_rate,
                                                         cfg.weight_decay, device)
     scheduler = common.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
@@ -359,11 +404,10 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                 optimizer=optimizer, scheduler=scheduler, compute_dtype=compute_dtype, accumulation=accum,
                 scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and compute_dtype == "float16"),
                 checkpoints=checkpoints, metrics_log=None, progress=None, counters=counters,
-                info={"lora_targets": targets, "optimizer": optimizer_used, **speed_info(model, loss, paths),
+                info={**adapted, "optimizer": optimizer_used, **speed_info(model, loss, paths),
                       "train_embeddings": cfg.train_embeddings,
                       "embedding_parameters": sum(p.numel() for p in groups[1]["params"]) if len(groups) > 1 else 0,
-                      "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                      "parameters": sum(p.numel() for p in model.parameters()),
+                      "trainable_parameters": counts["trainable"], "parameters": counts,
                       **(objective.info if objective else {})},
                 batch_digest=hashlib.sha256() if cfg.debug_rank_records else None, heldout=heldout,
                 guard=speed.CompileGuard(paths.compile == "blocks"), objective=objective)

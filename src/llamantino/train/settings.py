@@ -152,7 +152,10 @@ class LoraSettings(Settings):
     lora_r: int = setting(64, "LoRA rank", minimum=1)
     lora_alpha: int = setting(16, "LoRA alpha", minimum=1)
     lora_dropout: float = setting(0.1, "LoRA dropout", minimum=0, maximum=0.999)
-    lora_targets: list[str] = setting([], "LoRA target layers (default: every linear layer of the decoder blocks)")
+    lora_targets: list[str] = setting([], "LoRA target layers (default: every linear layer of the decoder blocks, "
+                                          "and a mixture of experts' fused expert weights)")
+    train_router: bool = setting(False, "mixture of experts: also train the routers, whole and unquantized "
+                                        "(frozen otherwise)")
     load_in_4bit: bool = setting(True, "quantize the frozen base to 4-bit (QLoRA)")
     quant_type: str = setting("nf4", "4-bit data type: nf4 (the paper's, NormalFloat) or fp4",
                               choices=("nf4", "fp4"))
