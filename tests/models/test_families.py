@@ -617,8 +617,12 @@ def test_recipes_beyond_the_paper_resolve_and_run_on_tiny_stand_ins(name, family
     assert main(["config", "show", name, "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["description"].startswith("Beyond the paper")
-    training = {k: v for k, v in shown["stages"].items() if v["kind"] in ("adapt", "sft")}
+    training = {k: v for k, v in shown["stages"].items() if v["kind"] in ("adapt", "sft", "prefer")
+                and not v.get("optional")}
     for stage in training.values():
+        if stage["kind"] == "prefer":  # ANITA's DPO settings
+            assert (stage["lora_r"], stage["lora_alpha"], stage["learning_rate"], stage["beta"]) == (64, 16, 5e-6, 0.1)
+            continue
         assert (stage["lora_r"], stage["lora_alpha"], stage["learning_rate"], stage["compute_dtype"]) == \
             (64, 16, 2e-4, "auto")
         if stage["kind"] == "sft":
@@ -627,12 +631,17 @@ def test_recipes_beyond_the_paper_resolve_and_run_on_tiny_stand_ins(name, family
     folder = family_dirs(stand_in) if stand_in in FAMILIES else moe_family_dirs(stand_in)
     texts = write_jsonl(tmp_path / "it.jsonl", [{"text": f"{DOCS[i % 3]} Numero {i}."} for i in range(8)])
     chats = write_jsonl(tmp_path / "chat.jsonl", DIALOGUES)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": [{"role": "user", "content": f"Come si dice 'cat' in italiano? ({i})"}],
+         "chosen": "Si dice 'gatto'.", "rejected": "It is said cat."} for i in range(4)])
     sets = []
     for stage, values in training.items():
-        data = chats if values["kind"] == "sft" else texts
+        data = {"sft": chats, "prefer": pairs}.get(values["kind"], texts)
         sets += [f"{stage}.data={data}"] + [f"{stage}.{k}={v}" for k, v in QUICK.items()]
-        if values["kind"] == "sft":  # the paper's system prompt alone is longer than the stand-ins' context
+        if values["kind"] in ("sft", "prefer"):  # the paper's system prompt alone is longer than the stand-ins' context
             sets.append(f"{stage}.system_prompt={BRIEF}")
+        if values["kind"] == "prefer":
+            sets.append(f"{stage}.max_prompt_length=96")
         if not str(values["model"]).startswith("${") and values["model"].count("/") == 1:
             sets.append(f"{stage}.model={folder}")
     sets = [item for s in sets for item in ("--set", s)]
