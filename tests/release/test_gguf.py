@@ -625,18 +625,13 @@ def test_mixtral_experts_stacked_as_llama_cpp_reads_them(sources, exported):
         load_gguf_model(path)
 
 
-def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported):
-    """A qwen3_moe checkpoint whose experts are fused (experts.gate_up_proj, experts.down_proj, as
-    transformers 5 holds them in memory) gives the same file as the per-expert checkpoint."""
+def fused_copy(source: Path, folder: Path) -> Path:
+    """`source` (a per-expert qwen3_moe checkpoint) with its experts fused as transformers 5 holds
+    them in memory (experts.gate_up_proj, the gate first, and experts.down_proj)."""
     import torch
-    from gguf import GGUFReader
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from llamantino.release.gguf import export_gguf
-
-    source = sources("qwen3_moe")
-    folder = tmp_path / "fused"
     shutil.copytree(source, folder)
     with safe_open(source / "model.safetensors", "pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -647,7 +642,75 @@ def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported)
         tensors[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(pop["gate_proj"], pop["up_proj"])])
         tensors[f"{prefix}.down_proj"] = torch.stack(pop["down_proj"])
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported):
+    """A qwen3_moe checkpoint whose experts are fused (experts.gate_up_proj, experts.down_proj, as
+    transformers 5 holds them in memory) gives the same file as the per-expert checkpoint."""
+    from gguf import GGUFReader
+
+    from llamantino.release.gguf import export_gguf
+
+    folder = fused_copy(sources("qwen3_moe"), tmp_path / "fused")
     export_gguf(folder, tmp_path / "fused.gguf", type="f32")
     _, reference = exported("qwen3_moe", "f32")
     fused = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "fused.gguf").tensors}
     assert fused == {t.name: t.data.tobytes() for t in GGUFReader(reference).tensors}
+
+
+def moe_adapter(source: Path, folder: Path, seed: int = 0, modules=("q_proj", "v_proj")) -> Path:
+    """A random LoRA adapter of a tiny MoE as `adapt` makes one: LoRA on every expert through PEFT
+    target_parameters (and on `modules`), the router trained whole (its copy moved off the base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(modules) or None,
+                                            target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                            modules_to_save=["mlp.gate"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    peft.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe", "qwen3_moe fused"])
+def test_moe_adapter_merged_on_export_equals_exporting_the_merged_model(tmp_path, sources, exported, name):
+    """A MoE adapter (LoRA on each expert of the fused weights, a router trained whole) merged while
+    exporting gives the file of the merged model (`llamantino merge`) tensor for tensor: per-expert
+    checkpoints (Mixtral's w1/w2/w3 under block_sparse_moe, Qwen3-MoE's gate/up/down_proj) and
+    fused ones (the gate and up halves of gate_up_proj folded apart)."""
+    from gguf import GGUFReader
+
+    from llamantino.models.merge import merge_adapter
+    from llamantino.release.gguf import export_gguf
+
+    model_type = name.split()[0]
+    source = sources(model_type)
+    adapter = moe_adapter(source, tmp_path / "adapter")
+    merge_adapter(source, adapter, tmp_path / "merged")
+    folder = fused_copy(source, tmp_path / "fused") if name.endswith("fused") else source
+    summary = export_gguf(folder, tmp_path / "a.gguf", adapter=adapter, type="f32")
+    export_gguf(tmp_path / "merged", tmp_path / "b.gguf", type="f32")
+    a, b = ({t.name: t.data.tobytes() for t in GGUFReader(tmp_path / n).tensors} for n in ("a.gguf", "b.gguf"))
+    assert a == b and summary["tensors"] == len(a)
+    base = {t.name: t.data.tobytes() for t in GGUFReader(exported(model_type, "f32")[1]).tensors}
+    changed = {n.split(".", 2)[2] for n in a if a[n] != base[n]}
+    assert changed == {"attn_q.weight", "attn_v.weight", "ffn_gate_inp.weight", "ffn_gate_exps.weight",
+                       "ffn_up_exps.weight", "ffn_down_exps.weight"}
+
+
+def test_a_moe_adapter_for_other_experts_is_refused(tmp_path, sources):
+    """LoRA on experts of another shape (an adapter of another base): one line, nothing written."""
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.release.gguf import export_gguf
+
+    adapter = moe_adapter(sources("qwen3_moe"), tmp_path / "adapter", modules=())
+    with pytest.raises(LlamantinoError, match="fits no expert weight of model.layers.0.mlp.experts") as err:
+        export_gguf(sources("mixtral"), tmp_path / "x.gguf", adapter=adapter)
+    assert "\n" not in str(err.value) and not (tmp_path / "x.gguf").exists()
