@@ -177,6 +177,9 @@ def fold_lora(peft_model, adapter):
     from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
     from safetensors import safe_open
 
+    from llamantino.models.moe4bit import refuse_4bit_experts
+
+    refuse_4bit_experts(peft_model, adapter, "merge the adapter into 4-bit experts")
     path = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
     merged_storage: dict[int, str] = {}
     count = 0
