@@ -714,3 +714,60 @@ def test_a_moe_adapter_for_other_experts_is_refused(tmp_path, sources):
     with pytest.raises(LlamantinoError, match="fits no expert weight of model.layers.0.mlp.experts") as err:
         export_gguf(sources("mixtral"), tmp_path / "x.gguf", adapter=adapter)
     assert "\n" not in str(err.value) and not (tmp_path / "x.gguf").exists()
+
+
+def test_end_of_turn_is_the_run_chat_formats(tmp_path, family_dirs, caplog):
+    """A Llama 3 vocabulary with ChatML tokens added (as Llama 3 models tuned in ChatML have it) holds
+    two known end-of-turn tokens, <|eot_id|> and <|im_end|>. The GGUF's end-of-turn is the one the
+    run's chat format ends answers with: its manifest's prompt_format, else the tokenizer's own chat
+    template; the first known token in the vocabulary only when neither says (with a warning). The
+    Ollama export writes the same one as its Modelfile stops at."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamantino import __version__
+    from llamantino.data.prompts import CHATML_TEMPLATE
+    from llamantino.release.gguf import END_OF_TURN, export_gguf
+    from llamantino.release.ollama import write_files
+
+    def folder_with(name, template, prompt_format=None, family="llama3", added=("<|im_start|>", "<|im_end|>")):
+        folder = tmp_path / name
+        tokenizer = AutoTokenizer.from_pretrained(family_dirs(family))
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
+        tokenizer.chat_template = template
+        model = AutoModelForCausalLM.from_pretrained(family_dirs(family), dtype=torch.float32)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if prompt_format:
+            (folder / "manifest.json").write_text(json.dumps({"llamantino": __version__, "stage": "instruct",
+                                                              "settings": {"prompt_format": prompt_format}}))
+        return folder
+
+    def eot(folder):
+        summary = export_gguf(folder, tmp_path / f"{folder.name}.gguf", type="f32")
+        fields = GGUFReader(tmp_path / f"{folder.name}.gguf").fields
+        tokens = fields["tokenizer.ggml.tokens"].contents()
+        return tokens[fields["tokenizer.ggml.eot_token_id"].contents()], summary["end_of_turn_from"]
+
+    llama3 = FAMILIES["llama3"].template
+    assert [t for t in END_OF_TURN if t in AutoTokenizer.from_pretrained(folder_with("both", llama3)).get_vocab()] \
+        == ["<|eot_id|>", "<|im_end|>"]
+    assert eot(folder_with("run-chatml", llama3, "chatml")) == ("<|im_end|>", "the run's prompt format chatml")
+    assert eot(folder_with("own-chatml", CHATML_TEMPLATE)) == ("<|im_end|>", "the chat template")
+    assert eot(folder_with("own-llama3", llama3)) == ("<|eot_id|>", "the chat template")
+    with caplog.at_level("WARNING", logger="llamantino.release.gguf"):
+        assert eot(folder_with("none", None)) == ("<|eot_id|>", "the first known end-of-turn token in the vocabulary")
+    assert "no prompt format and no chat template; the end-of-turn token written is <|eot_id|>" in caplog.text
+
+    # export ollama: a Qwen vocabulary that also holds <|eot_id|>; its ChatML template ends answers
+    # with <|im_end|>, which the Modelfile stops at and the GGUF calls its end of turn.
+    qwen = folder_with("qwen", FAMILIES["qwen2"].template, family="qwen2", added=("<|eot_id|>",))
+    out = tmp_path / "ollama"
+    out.mkdir()
+    summary = write_files(out, qwen, None, name="m", type="f32")
+    fields = GGUFReader(out / "m.gguf").fields
+    assert fields["tokenizer.ggml.tokens"].contents()[fields["tokenizer.ggml.eot_token_id"].contents()] == \
+        "<|im_end|>" == summary["end_of_turn"]
+    assert 'PARAMETER stop "<|im_end|>"' in (out / "Modelfile").read_text()

@@ -14,7 +14,8 @@ trains: llama (LLaMA 2 with SentencePiece, Llama 3 with byte-level BPE), mistral
 * the tokenizer: byte-level BPE (`gpt2`, with the `tokenizer.ggml.pre` llama.cpp knows for the
   tokenizer's split rule, see `pre_tokenizer_name`) or SentencePiece (`llama`, from
   tokenizer.model, or a SentencePiece-style BPE tokenizer.json), including tokens added by
-  `llamantino vocab extend`; BOS, EOS, end-of-turn, end-of-message, padding and unknown ids;
+  `llamantino vocab extend`; BOS, EOS, end-of-turn (the token the run's chat format ends an
+  answer with, as `chat` stops at it), end-of-message, padding and unknown ids;
   whether BOS is added; the chat template.
 
 The file is streamed: every tensor's name, shape and type is planned from the safetensors
@@ -664,6 +665,7 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRE_TOKENIZERS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 # Tokens that end a turn, by family (llama.cpp's end-of-generation ids): Llama 3, ChatML, Gemma, Phi-3.
+# Only when neither the run's prompt format nor the tokenizer's chat template says which (`end_of_turn`).
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 
 
@@ -698,13 +700,57 @@ def pre_tokenizer_name(state: dict, where) -> str:
                           f"(known: GPT-2's, {', '.join(sorted(PRE_TOKENIZERS.values()))})")
 
 
+def run_settings(model: Path, adapter: Path | None, *, strict: bool = True) -> dict:
+    """The settings of the run that chose the prompt format: the adapter run's, else the model
+    folder's (an instruct run); {} for a model no run of ours made. `strict`: a manifest.json
+    llamantino did not write is refused, else it says nothing."""
+    from llamantino.core.manifest import read_manifest
+
+    for folder in (adapter, model):
+        if folder is None:
+            continue
+        try:
+            manifest = read_manifest(folder) or {}
+        except LlamantinoError:
+            if strict:
+                raise
+            manifest = {}
+        settings = manifest.get("settings") or {}
+        if settings.get("prompt_format"):
+            return settings
+    return {}
+
+
+def end_of_turn(model: Path, adapter: Path | None, tokenizer) -> tuple[str | None, str]:
+    """(the token that ends an answer, what says so), as `chat` stops: the run's prompt format
+    (its manifest's prompt_format), else the tokenizer's own chat template (`auto`); (None, ...)
+    when neither says (no run of ours, no chat template, or one whose answers end with no special
+    token), and END_OF_TURN's first token in the vocabulary stands in."""
+    from llamantino.data.prompts import prompt_format
+
+    name = str(run_settings(model, adapter, strict=False).get("prompt_format") or "auto")
+    if name != "auto":
+        try:
+            return prompt_format(name, tokenizer, "none").end_of_turn, f"the run's prompt format {name}"
+        except LlamantinoError as exc:
+            raise LlamantinoError(f"export gguf: the run's prompt format {name}: {exc}") from None
+    if not tokenizer.chat_template:
+        return None, "no prompt format and no chat template"
+    try:
+        return prompt_format("auto", tokenizer, "none").end_of_turn, "the chat template"
+    except LlamantinoError as exc:
+        return None, f"the chat template ({first_line(exc)})"
+
+
 def _added(state: dict) -> dict[int, dict]:
     return {int(t["id"]): t for t in state.get("added_tokens") or []}
 
 
-def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int, config: dict) -> dict:
+def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int, config: dict, *,
+                    adapter: Path | None = None, end_of_turn_token: str | None = None) -> dict:
     """Tokenizer metadata from `tokenizer_source` (the adapter run's tokenizer when it saved one,
-    else the model's). Returns {"tokenizer": "gpt2"|"llama", "pre": ...}."""
+    else the model's). The end-of-turn id is `end_of_turn_token`'s when given, else the run's chat
+    format's (`end_of_turn`). Returns {"tokenizer": "gpt2"|"llama", "pre": ..., "eot": ...}."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -786,7 +832,16 @@ def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int
     if ids["pad"] is not None:
         writer.add_pad_token_id(ids["pad"])
     vocab_ids = tokenizer.get_vocab()
-    eot = next((vocab_ids[t] for t in END_OF_TURN if t in vocab_ids), None)
+    token, said = (end_of_turn_token, "given") if end_of_turn_token else end_of_turn(model, adapter, tokenizer)
+    if token is None:
+        token = next((t for t in END_OF_TURN if t in vocab_ids), None)
+        if token is not None:
+            log.warning("%s: %s; the end-of-turn token written is %s, the first of %s in the vocabulary",
+                        tokenizer_source, said, token, ", ".join(END_OF_TURN))
+            said = "the first known end-of-turn token in the vocabulary"
+    elif token not in vocab_ids:
+        raise LlamantinoError(f"{path}: the end-of-turn token {token!r} ({said}) is not in the vocabulary")
+    eot = vocab_ids[token] if token is not None else None
     if eot is not None:
         writer.add_eot_token_id(eot)
     if "<|eom_id|>" in vocab_ids:
@@ -796,7 +851,7 @@ def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int
     template = tokenizer.chat_template
     if isinstance(template, str) and template:
         writer.add_chat_template(template)
-    return {"tokenizer": kind, "pre": pre, "eot": eot}
+    return {"tokenizer": kind, "pre": pre, "eot": eot, "eot_token": token, "eot_from": said if token else None}
 
 
 # ---------------------------------------------------------------------------------------
@@ -838,8 +893,9 @@ def check_output(output: Path, inputs, overwrite: bool) -> None:
 
 
 def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bool = False,  # noqa: A002
-                fingerprint: str | None = None) -> dict:
-    """Write `model` (with `adapter` merged) to the GGUF file `output` and `output`.sha256.
+                fingerprint: str | None = None, end_of_turn: str | None = None) -> dict:
+    """Write `model` (with `adapter` merged) to the GGUF file `output` and `output`.sha256;
+    `end_of_turn`: the token that ends an answer (default: the run's chat format's).
     Returns {"output", "sha256", "type", "family", "tensors", "kept_f16", "bytes", ...}."""
     import gguf
 
@@ -856,7 +912,8 @@ def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bo
     try:
         writer = gguf.GGUFWriter(tmp, exporter.arch)
         exporter.metadata(writer, model.name)
-        tok = write_tokenizer(writer, model, tokenizer_source, exporter.vocab_rows, exporter.config)
+        tok = write_tokenizer(writer, model, tokenizer_source, exporter.vocab_rows, exporter.config,
+                              adapter=adapter, end_of_turn_token=end_of_turn)
         writer.add_string(RECORD_KEY, _record(exporter, fingerprint))
         for planned in exporter.plan:
             # shape as numpy has it; the writer stores it reversed, as ggml does
@@ -893,6 +950,7 @@ def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bo
     return {"output": str(output), "sha256": digest, "type": type, "family": exporter.model_type,
             "architecture": exporter.arch, "tensors": len(exporter.plan), "kept_f16": exporter.kept_f16,
             "bytes": size, "parameters": weights, "tokenizer": tok["tokenizer"], "pre_tokenizer": tok["pre"],
+            "end_of_turn": tok["eot_token"], "end_of_turn_from": tok["eot_from"],
             "adapter": str(adapter) if adapter else None, "seconds": round(time.time() - t0, 2)}
 
 
