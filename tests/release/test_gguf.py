@@ -771,3 +771,23 @@ def test_end_of_turn_is_the_run_chat_formats(tmp_path, family_dirs, caplog):
     assert fields["tokenizer.ggml.tokens"].contents()[fields["tokenizer.ggml.eot_token_id"].contents()] == \
         "<|im_end|>" == summary["end_of_turn"]
     assert 'PARAMETER stop "<|im_end|>"' in (out / "Modelfile").read_text()
+
+
+def test_lora_on_a_linear_layer_a_parameter_target_also_names(tmp_path, tiny_model_dir, make_random_adapter):
+    """A `lora_targets` entry naming both a fused expert weight and a linear layer (`down_proj`, as a
+    shared expert beside fused experts has) puts it in target_modules and target_parameters: the
+    linear layer's LoRA pair is merged as a linear layer's, not taken for LoRA on experts."""
+    from gguf import GGUFReader
+
+    from llamantino.release.gguf import export_gguf
+
+    adapter = make_random_adapter(tmp_path / "adapter", seed=3)
+    both = tmp_path / "both"
+    shutil.copytree(adapter, both)
+    config = json.loads((both / "adapter_config.json").read_text())
+    config["target_parameters"] = ["mlp.experts.down_proj", "q_proj"]
+    (both / "adapter_config.json").write_text(json.dumps(config))
+    export_gguf(tiny_model_dir, tmp_path / "a.gguf", adapter=adapter, type="f32")
+    export_gguf(tiny_model_dir, tmp_path / "b.gguf", adapter=both, type="f32")
+    a, b = (GGUFReader(tmp_path / n).tensors for n in ("a.gguf", "b.gguf"))
+    assert [t.data.tobytes() for t in a] == [t.data.tobytes() for t in b]

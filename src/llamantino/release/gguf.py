@@ -135,6 +135,9 @@ class Adapter:
         # module holding them: [(A key, B key)]; which parameter each pair adapts is settled by
         # `check`, from the shapes (PEFT nests one wrapper per parameter, `base_layer` inside).
         self.on_parameters: dict[str, list[tuple[str, str]]] = {}
+        # A pair whose module a parameter target also names (a linear `down_proj` and a target
+        # `down_proj`): `check` decides by whether the model has that module's weight.
+        self.either: dict[str, tuple[str, str, str]] = {}  # base tensor -> (module, A key, B key)
         self.experts: dict[str, tuple[str, str, float]] = {}  # fused parameter -> (A key, B key, scaling)
         targets = self.config.get("target_parameters") or []
         for key in self.shapes:
@@ -147,9 +150,12 @@ class Adapter:
                 if b_key not in self.shapes:
                     raise LlamantinoError(f"{self.path}: {key} has no matching {b_key}")
                 holder = module.replace(".base_layer", "")
-                if any(f"{holder}.{t.rpartition('.')[2]}" == t or f"{holder}.{t.rpartition('.')[2]}".endswith(f".{t}")
-                       for t in targets):
-                    self.on_parameters.setdefault(holder, []).append((key, b_key))
+                if not embedding and any(f"{holder}.{t.rpartition('.')[2]}" == t or
+                                         f"{holder}.{t.rpartition('.')[2]}".endswith(f".{t}") for t in targets):
+                    if holder != module:  # a wrapper nested in another: a parameter's for sure
+                        self.on_parameters.setdefault(holder, []).append((key, b_key))
+                    else:
+                        self.either[module + ".weight"] = (module, key, b_key)
                     continue
                 rank = self.shapes[key][0]
                 self.lora[module + ".weight"] = (key, b_key, embedding, self._scaling(module, rank))
@@ -178,6 +184,12 @@ class Adapter:
         `shapes`: the model's tensors under the names transformers gives them in memory (the
         adapter's names); `fused`: its experts' weights as transformers fuses them (experts x out
         x in), which LoRA on parameters adapts."""
+        for base, (module, a_key, b_key) in self.either.items():
+            if base in shapes:  # a linear layer's weight
+                self.lora[base] = (a_key, b_key, False, self._scaling(module, self.shapes[a_key][0]))
+            else:
+                self.on_parameters.setdefault(module, []).append((a_key, b_key))
+        self.either = {}
         for holder, pairs in self.on_parameters.items():
             for a_key, b_key in pairs:
                 a, b = self.shapes[a_key], self.shapes[b_key]
