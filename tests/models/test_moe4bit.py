@@ -240,3 +240,34 @@ def test_experts_it_cannot_quantize_are_named_before_loading(caplog):
     assert len(lines) == 1 and "\n" not in lines[0]
     assert "nemotron_h" in lines[0] and "NemotronHExperts" in lines[0] and "4,096 weights stay in bfloat16, 0.0 MiB" \
         in lines[0]
+
+
+def test_a_model_with_4bit_experts_is_never_saved_nor_merged_into(moe_family_dirs, tmp_path):
+    """save_pretrained on a model whose experts are packed in 4-bit would write bytes without their
+    scales (a folder no loader reads back): refused in one line, nothing written, the model keeps its
+    class's name; `merge`'s fold on such a model refused too. Its adapter saves, and merges into the
+    full-precision model, as before."""
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.models.merge import fold_lora
+
+    folder = moe_family_dirs("qwen3_moe")
+    model = load_4bit(folder)
+    assert type(model).__name__ == "Qwen3MoeForCausalLM"
+    with pytest.raises(LlamantinoError, match="experts are held packed in 4-bit") as err:
+        model.save_pretrained(tmp_path / "saved")
+    assert "\n" not in str(err.value) and not (tmp_path / "saved").exists()
+    peft = qlora_model(folder)
+    peft.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    with pytest.raises(LlamantinoError, match="cannot merge the adapter into 4-bit experts") as err:
+        fold_lora(peft, tmp_path / "adapter")
+    assert "\n" not in str(err.value)
+    with pytest.raises(LlamantinoError, match="experts are held packed in 4-bit"):
+        peft.get_base_model().save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    from peft import PeftModel
+
+    full = PeftModel.from_pretrained(load_causal_lm(str(folder), dtype="float32", device="cpu"),
+                                     str(tmp_path / "adapter"))
+    fold_lora(full, tmp_path / "adapter")[0].save_pretrained(tmp_path / "merged")
+    assert load_causal_lm(str(tmp_path / "merged"), dtype="float32", device="cpu") is not None

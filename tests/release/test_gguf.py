@@ -625,18 +625,13 @@ def test_mixtral_experts_stacked_as_llama_cpp_reads_them(sources, exported):
         load_gguf_model(path)
 
 
-def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported):
-    """A qwen3_moe checkpoint whose experts are fused (experts.gate_up_proj, experts.down_proj, as
-    transformers 5 holds them in memory) gives the same file as the per-expert checkpoint."""
+def fused_copy(source: Path, folder: Path) -> Path:
+    """`source` (a per-expert qwen3_moe checkpoint) with its experts fused as transformers 5 holds
+    them in memory (experts.gate_up_proj, the gate first, and experts.down_proj)."""
     import torch
-    from gguf import GGUFReader
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from llamantino.release.gguf import export_gguf
-
-    source = sources("qwen3_moe")
-    folder = tmp_path / "fused"
     shutil.copytree(source, folder)
     with safe_open(source / "model.safetensors", "pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -647,7 +642,152 @@ def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported)
         tensors[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(pop["gate_proj"], pop["up_proj"])])
         tensors[f"{prefix}.down_proj"] = torch.stack(pop["down_proj"])
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_fused_experts_as_transformers_5_holds_them(tmp_path, sources, exported):
+    """A qwen3_moe checkpoint whose experts are fused (experts.gate_up_proj, experts.down_proj, as
+    transformers 5 holds them in memory) gives the same file as the per-expert checkpoint."""
+    from gguf import GGUFReader
+
+    from llamantino.release.gguf import export_gguf
+
+    folder = fused_copy(sources("qwen3_moe"), tmp_path / "fused")
     export_gguf(folder, tmp_path / "fused.gguf", type="f32")
     _, reference = exported("qwen3_moe", "f32")
     fused = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "fused.gguf").tensors}
     assert fused == {t.name: t.data.tobytes() for t in GGUFReader(reference).tensors}
+
+
+def moe_adapter(source: Path, folder: Path, seed: int = 0, modules=("q_proj", "v_proj")) -> Path:
+    """A random LoRA adapter of a tiny MoE as `adapt` makes one: LoRA on every expert through PEFT
+    target_parameters (and on `modules`), the router trained whole (its copy moved off the base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(modules) or None,
+                                            target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                            modules_to_save=["mlp.gate"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    peft.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe", "qwen3_moe fused"])
+def test_moe_adapter_merged_on_export_equals_exporting_the_merged_model(tmp_path, sources, exported, name):
+    """A MoE adapter (LoRA on each expert of the fused weights, a router trained whole) merged while
+    exporting gives the file of the merged model (`llamantino merge`) tensor for tensor: per-expert
+    checkpoints (Mixtral's w1/w2/w3 under block_sparse_moe, Qwen3-MoE's gate/up/down_proj) and
+    fused ones (the gate and up halves of gate_up_proj folded apart)."""
+    from gguf import GGUFReader
+
+    from llamantino.models.merge import merge_adapter
+    from llamantino.release.gguf import export_gguf
+
+    model_type = name.split()[0]
+    source = sources(model_type)
+    adapter = moe_adapter(source, tmp_path / "adapter")
+    merge_adapter(source, adapter, tmp_path / "merged")
+    folder = fused_copy(source, tmp_path / "fused") if name.endswith("fused") else source
+    summary = export_gguf(folder, tmp_path / "a.gguf", adapter=adapter, type="f32")
+    export_gguf(tmp_path / "merged", tmp_path / "b.gguf", type="f32")
+    a, b = ({t.name: t.data.tobytes() for t in GGUFReader(tmp_path / n).tensors} for n in ("a.gguf", "b.gguf"))
+    assert a == b and summary["tensors"] == len(a)
+    base = {t.name: t.data.tobytes() for t in GGUFReader(exported(model_type, "f32")[1]).tensors}
+    changed = {n.split(".", 2)[2] for n in a if a[n] != base[n]}
+    assert changed == {"attn_q.weight", "attn_v.weight", "ffn_gate_inp.weight", "ffn_gate_exps.weight",
+                       "ffn_up_exps.weight", "ffn_down_exps.weight"}
+
+
+def test_a_moe_adapter_for_other_experts_is_refused(tmp_path, sources):
+    """LoRA on experts of another shape (an adapter of another base): one line, nothing written."""
+    from llamantino.core.errors import LlamantinoError
+    from llamantino.release.gguf import export_gguf
+
+    adapter = moe_adapter(sources("qwen3_moe"), tmp_path / "adapter", modules=())
+    with pytest.raises(LlamantinoError, match="fits no expert weight of model.layers.0.mlp.experts") as err:
+        export_gguf(sources("mixtral"), tmp_path / "x.gguf", adapter=adapter)
+    assert "\n" not in str(err.value) and not (tmp_path / "x.gguf").exists()
+
+
+def test_end_of_turn_is_the_run_chat_formats(tmp_path, family_dirs, caplog):
+    """A Llama 3 vocabulary with ChatML tokens added (as Llama 3 models tuned in ChatML have it) holds
+    two known end-of-turn tokens, <|eot_id|> and <|im_end|>. The GGUF's end-of-turn is the one the
+    run's chat format ends answers with: its manifest's prompt_format, else the tokenizer's own chat
+    template; the first known token in the vocabulary only when neither says (with a warning). The
+    Ollama export writes the same one as its Modelfile stops at."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamantino import __version__
+    from llamantino.data.prompts import CHATML_TEMPLATE
+    from llamantino.release.gguf import END_OF_TURN, export_gguf
+    from llamantino.release.ollama import write_files
+
+    def folder_with(name, template, prompt_format=None, family="llama3", added=("<|im_start|>", "<|im_end|>")):
+        folder = tmp_path / name
+        tokenizer = AutoTokenizer.from_pretrained(family_dirs(family))
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
+        tokenizer.chat_template = template
+        model = AutoModelForCausalLM.from_pretrained(family_dirs(family), dtype=torch.float32)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if prompt_format:
+            (folder / "manifest.json").write_text(json.dumps({"llamantino": __version__, "stage": "instruct",
+                                                              "settings": {"prompt_format": prompt_format}}))
+        return folder
+
+    def eot(folder):
+        summary = export_gguf(folder, tmp_path / f"{folder.name}.gguf", type="f32")
+        fields = GGUFReader(tmp_path / f"{folder.name}.gguf").fields
+        tokens = fields["tokenizer.ggml.tokens"].contents()
+        return tokens[fields["tokenizer.ggml.eot_token_id"].contents()], summary["end_of_turn_from"]
+
+    llama3 = FAMILIES["llama3"].template
+    assert [t for t in END_OF_TURN if t in AutoTokenizer.from_pretrained(folder_with("both", llama3)).get_vocab()] \
+        == ["<|eot_id|>", "<|im_end|>"]
+    assert eot(folder_with("run-chatml", llama3, "chatml")) == ("<|im_end|>", "the run's prompt format chatml")
+    assert eot(folder_with("own-chatml", CHATML_TEMPLATE)) == ("<|im_end|>", "the chat template")
+    assert eot(folder_with("own-llama3", llama3)) == ("<|eot_id|>", "the chat template")
+    with caplog.at_level("WARNING", logger="llamantino.release.gguf"):
+        assert eot(folder_with("none", None)) == ("<|eot_id|>", "the first known end-of-turn token in the vocabulary")
+    assert "no prompt format and no chat template; the end-of-turn token written is <|eot_id|>" in caplog.text
+
+    # export ollama: a Qwen vocabulary that also holds <|eot_id|>; its ChatML template ends answers
+    # with <|im_end|>, which the Modelfile stops at and the GGUF calls its end of turn.
+    qwen = folder_with("qwen", FAMILIES["qwen2"].template, family="qwen2", added=("<|eot_id|>",))
+    out = tmp_path / "ollama"
+    out.mkdir()
+    summary = write_files(out, qwen, None, name="m", type="f32")
+    fields = GGUFReader(out / "m.gguf").fields
+    assert fields["tokenizer.ggml.tokens"].contents()[fields["tokenizer.ggml.eot_token_id"].contents()] == \
+        "<|im_end|>" == summary["end_of_turn"]
+    assert 'PARAMETER stop "<|im_end|>"' in (out / "Modelfile").read_text()
+
+
+def test_lora_on_a_linear_layer_a_parameter_target_also_names(tmp_path, tiny_model_dir, make_random_adapter):
+    """A `lora_targets` entry naming both a fused expert weight and a linear layer (`down_proj`, as a
+    shared expert beside fused experts has) puts it in target_modules and target_parameters: the
+    linear layer's LoRA pair is merged as a linear layer's, not taken for LoRA on experts."""
+    from gguf import GGUFReader
+
+    from llamantino.release.gguf import export_gguf
+
+    adapter = make_random_adapter(tmp_path / "adapter", seed=3)
+    both = tmp_path / "both"
+    shutil.copytree(adapter, both)
+    config = json.loads((both / "adapter_config.json").read_text())
+    config["target_parameters"] = ["mlp.experts.down_proj", "q_proj"]
+    (both / "adapter_config.json").write_text(json.dumps(config))
+    export_gguf(tiny_model_dir, tmp_path / "a.gguf", adapter=adapter, type="f32")
+    export_gguf(tiny_model_dir, tmp_path / "b.gguf", adapter=both, type="f32")
+    a, b = (GGUFReader(tmp_path / n).tensors for n in ("a.gguf", "b.gguf"))
+    assert [t.data.tobytes() for t in a] == [t.data.tobytes() for t in b]

@@ -574,3 +574,57 @@ def test_card_of_a_run_beyond_llama2_takes_licence_language_and_format_from_the_
     assert "llama-2" not in front["tags"] and "Llama 2" not in card
     assert "<|im_start|>user\nQual è la capitale d'Italia?<|im_end|>" in card
     assert "released under the Apache License 2.0" in card
+
+
+def test_a_moe_chain_rebuilds_bit_for_bit(tmp_path, tiny_moe_family):
+    """A mixture of experts through the paper's chain: an adapter with LoRA on every expert (PEFT
+    target_parameters) and the router trained whole, released; the merged model tuned in full
+    (every weight nudged) and released as a weight difference; `build` from the base and the two
+    releases gives the merged model and the tuned one bit for bit."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from llamantino.release.release import run as release_run
+    from helpers.moe_families import EXPERTS, ROUTER
+
+    family, base = tiny_moe_family
+    run = tmp_path / "adapt"
+    torch.manual_seed(4)
+    experts = [f"{EXPERTS[family.name]}.gate_up_proj", f"{EXPERTS[family.name]}.down_proj"]
+    model = get_peft_model(load_model(base), LoraConfig(
+        r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], target_parameters=experts,
+        modules_to_save=[ROUTER[family.name]], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(run)
+    write_run_manifest(run, "adapt", {"model": str(base), "lora_r": 2}, {"final_loss": 2.0})
+    merged = tmp_path / "merged"
+    merge_adapter(base, run, merged)
+    before, after = tensor_hashes(base), tensor_hashes(merged)
+    changed = {name for name in before if before[name] != after[name]}
+    assert any(".experts." in name for name in changed) and any(".gate." in name or ".router." in name
+                                                                  for name in changed)
+
+    tuned = tmp_path / "tuned"
+    model = load_model(merged)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1e-3 * torch.randn_like(param))
+    model.save_pretrained(tuned)
+    shutil.copy(base / "tokenizer.json", tuned / "tokenizer.json")
+    shutil.copy(base / "tokenizer_config.json", tuned / "tokenizer_config.json")
+    write_run_manifest(tuned, "instruct", {"model": str(merged)}, {"final_loss": 1.0})
+    release_run(config_for("release", run=str(run), output=str(tmp_path / "release-adapter")))
+    release_run(config_for("release", run=str(tuned), output=str(tmp_path / "release-diff")))
+
+    adapter = f"adapter:{tmp_path / 'release-adapter'}"
+    build_chain(base, [adapter, "merge"], tmp_path / "built-merged")
+    assert tensor_hashes(tmp_path / "built-merged") == after
+    with torch.no_grad():  # and the rebuilt merge computes what the base with the adapter computes
+        unmerged = PeftModel.from_pretrained(load_model(base), tmp_path / "release-adapter").eval()(IDS).logits
+        rebuilt = load_model(tmp_path / "built-merged")(IDS).logits
+    assert torch.allclose(rebuilt, unmerged, rtol=1e-5, atol=1e-5)
+    report = build_chain(base, [adapter, "merge", f"diff:{tmp_path / 'release-diff'}"], tmp_path / "built")
+    assert tensor_hashes(tmp_path / "built") == tensor_hashes(tuned)
+    assert compare_models(tmp_path / "built", tuned)["identical"] and report["dtype"] == "float32"

@@ -177,6 +177,9 @@ def fold_lora(peft_model, adapter):
     from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
     from safetensors import safe_open
 
+    from llamantino.models.moe4bit import refuse_4bit_experts
+
+    refuse_4bit_experts(peft_model, adapter, "merge the adapter into 4-bit experts")
     path = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
     merged_storage: dict[int, str] = {}
     count = 0
@@ -232,30 +235,39 @@ def fold_lora(peft_model, adapter):
 
 
 def fold_expert_lora(module, name: str, factor, scaling: float, merged_storage: dict, path) -> None:
-    """LoRA on a parameter (PEFT `target_parameters`, a mixture of experts' fused weights) folded
-    in, expert by expert, by `merged_weight`. PEFT gives each of the E experts its own rank-r pair:
-    lora_A (r * E, in) holds expert e's A in rows e*r .. e*r + r - 1, lora_B (out, r * E) its B in
-    columns e, E + e, 2E + e, ...; the expert's delta is scaling * B_e @ A_e, an (out, in) matrix,
-    or its transpose where the experts module keeps its weights (experts, in, out) (`is_transposed`,
-    as gpt-oss). A 2-D parameter is one expert."""
+    """LoRA on a parameter (PEFT `target_parameters`, a mixture of experts' fused weights) of a
+    PEFT layer folded in, expert by expert (`fold_experts`)."""
     weight = module.get_param()
     storage = weight.untyped_storage().data_ptr()
     if storage in merged_storage:
         raise LlamantinoError(f"{path}: layers {merged_storage[storage]} and {name} carry LoRA on one weight")
     merged_storage[storage] = name
-    a, b = factor(f"{name}.lora_A.weight"), factor(f"{name}.lora_B.weight")
-    experts = 1 if weight.ndim == 2 else weight.shape[0]
-    rank = a.shape[0] // experts
-    a = a.reshape(experts, rank, a.shape[-1])                      # experts x r x in
-    b = b.reshape(b.shape[0], rank, experts).permute(2, 0, 1)      # experts x out x r
     transposed = weight.ndim == 3 and getattr(module.get_base_layer(), "is_transposed", False)
     stacked = weight.data if weight.ndim == 3 else weight.data.unsqueeze(0)
     try:
-        for e in range(experts):
-            left, right = (a[e].T, b[e].T) if transposed else (b[e], a[e])
-            stacked[e].copy_(merged_weight(stacked[e], left, right, scaling))
+        fold_experts(stacked, factor(f"{name}.lora_A.weight"), factor(f"{name}.lora_B.weight"), scaling,
+                     transposed=transposed)
     except ValueError as exc:
         raise LlamantinoError(f"{path}: parameter {name}.{module.parameter_name}: {exc}") from None
+
+
+def fold_experts(stacked, a, b, scaling: float, *, transposed: bool = False) -> None:
+    """PEFT's LoRA factors of a fused experts weight folded into `stacked` (experts x out x in, or
+    experts x in x out when `transposed`, as gpt-oss keeps them) in place, expert by expert, by
+    `merged_weight`. PEFT gives each of the E experts its own rank-r pair: lora_A (r * E, in) holds
+    expert e's A in rows e*r .. e*r + r - 1, lora_B (out, r * E) its B in columns e, E + e, 2E + e,
+    ...; the expert's delta is scaling * B_e @ A_e, an (out, in) matrix, or its transpose. Rows of
+    the output taken apart (a gate or up half of `gate_up_proj`) fold with the same rows of lora_B,
+    and give the same bits as the whole: each element is summed on its own."""
+    experts = stacked.shape[0]
+    if a.shape[0] % experts or b.shape[-1] != a.shape[0]:
+        raise ValueError(f"LoRA factors {tuple(a.shape)} and {tuple(b.shape)} do not fit {experts} experts")
+    rank = a.shape[0] // experts
+    a = a.reshape(experts, rank, a.shape[-1])                      # experts x r x in
+    b = b.reshape(b.shape[0], rank, experts).permute(2, 0, 1)      # experts x out x r
+    for e in range(experts):
+        left, right = (a[e].T, b[e].T) if transposed else (b[e], a[e])
+        stacked[e].copy_(merged_weight(stacked[e], left, right, scaling))
 
 
 def copy_trained_module(wrapper, name: str, adapter) -> None:

@@ -101,11 +101,44 @@ def quantize_experts(model, *, quant_type: str = "nf4", double_quant: bool = Tru
     for module in list(model.modules()):
         if can_quantize(module) and not isinstance(module, Experts4bit):
             total += Experts4bit.convert(module, quant_type=quant_type, double_quant=double_quant)
+    if total and not isinstance(model, SavesNo4bitExperts):
+        SavesNo4bitExperts.mix_into(model)
     return total
 
 
 def has_4bit_experts(model) -> bool:
     return any(isinstance(m, Experts4bit) for m in model.modules())
+
+
+def refuse_4bit_experts(model, where, doing: str) -> None:
+    """One line when `model` holds experts packed in 4-bit: its state dict holds them as bytes whose
+    scales are not in it (no loader reads them back), and an adapter cannot be folded into them."""
+    if has_4bit_experts(model):
+        raise LlamantinoError(f"{where}: cannot {doing}: the model's experts are held packed in 4-bit "
+                              "(load_in_4bit), which no loader reads back; load the model in 16 or 32 bits "
+                              "for that (a LoRA adapter trained on it saves and merges as usual)")
+
+
+class SavesNo4bitExperts:
+    """Mixed into the class of a model whose experts `quantize_experts` packed (keeping the class's
+    own name): `save_pretrained` refuses in one line, before writing anything, while experts are
+    4-bit, instead of writing packed expert tensors that no loader can read (transformers' own
+    4-bit serialization knows bitsandbytes' layers, not these). Saving a PEFT adapter on the model
+    is unchanged: PEFT writes the adapter's weights, not the model's."""
+
+    _classes: dict = {}
+
+    @classmethod
+    def mix_into(cls, model) -> None:
+        base = type(model)
+        if base not in cls._classes:
+            cls._classes[base] = type(base.__name__, (cls, base), {"__qualname__": base.__qualname__,
+                                                                   "__module__": base.__module__})
+        model.__class__ = cls._classes[base]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        refuse_4bit_experts(self, save_directory, "save the model")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class Experts4bit(torch.nn.Module):

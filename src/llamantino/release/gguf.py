@@ -14,13 +14,15 @@ trains: llama (LLaMA 2 with SentencePiece, Llama 3 with byte-level BPE), mistral
 * the tokenizer: byte-level BPE (`gpt2`, with the `tokenizer.ggml.pre` llama.cpp knows for the
   tokenizer's split rule, see `pre_tokenizer_name`) or SentencePiece (`llama`, from
   tokenizer.model, or a SentencePiece-style BPE tokenizer.json), including tokens added by
-  `llamantino vocab extend`; BOS, EOS, end-of-turn, end-of-message, padding and unknown ids;
+  `llamantino vocab extend`; BOS, EOS, end-of-turn (the token the run's chat format ends an
+  answer with, as `chat` stops at it), end-of-message, padding and unknown ids;
   whether BOS is added; the chat template.
 
 The file is streamed: every tensor's name, shape and type is planned from the safetensors
 headers first (so a bad input fails before anything is written), then each tensor is read,
 merged with its LoRA factors (`models.merge.merged_weight`: float64, the same bits as
-`llamantino merge`), converted and written before the next is read. Memory stays at a few
+`llamantino merge`; LoRA on a mixture of experts' fused weights one expert at a time,
+`models.merge.fold_experts`), converted and written before the next is read. Memory stays at a few
 copies of the largest tensor. The output is written under a temporary name, renamed when
 complete, and a `FILE.gguf.sha256` (the `sha256sum -c` format) is written next to it.
 
@@ -129,6 +131,15 @@ class Adapter:
         self.handle = safe_open(self.path, "pt")
         self.lora: dict[str, tuple[str, str, bool, float]] = {}  # base tensor -> (A key, B key, embedding, scaling)
         self.whole: dict[str, str] = {}  # base tensor -> adapter key
+        # LoRA on parameters (PEFT target_parameters: a mixture of experts' fused weights), by the
+        # module holding them: [(A key, B key)]; which parameter each pair adapts is settled by
+        # `check`, from the shapes (PEFT nests one wrapper per parameter, `base_layer` inside).
+        self.on_parameters: dict[str, list[tuple[str, str]]] = {}
+        # A pair whose module a parameter target also names (a linear `down_proj` and a target
+        # `down_proj`): `check` decides by whether the model has that module's weight.
+        self.either: dict[str, tuple[str, str, str]] = {}  # base tensor -> (module, A key, B key)
+        self.experts: dict[str, tuple[str, str, float]] = {}  # fused parameter -> (A key, B key, scaling)
+        targets = self.config.get("target_parameters") or []
         for key in self.shapes:
             name = key.removeprefix("base_model.model.")
             if ".lora_A." in key or key.endswith(".lora_embedding_A"):
@@ -138,6 +149,14 @@ class Adapter:
                     ".lora_A.", ".lora_B.")
                 if b_key not in self.shapes:
                     raise LlamantinoError(f"{self.path}: {key} has no matching {b_key}")
+                holder = module.replace(".base_layer", "")
+                if not embedding and any(f"{holder}.{t.rpartition('.')[2]}" == t or
+                                         f"{holder}.{t.rpartition('.')[2]}".endswith(f".{t}") for t in targets):
+                    if holder != module:  # a wrapper nested in another: a parameter's for sure
+                        self.on_parameters.setdefault(holder, []).append((key, b_key))
+                    else:
+                        self.either[module + ".weight"] = (module, key, b_key)
+                    continue
                 rank = self.shapes[key][0]
                 self.lora[module + ".weight"] = (key, b_key, embedding, self._scaling(module, rank))
             elif ".lora_B." in key or key.endswith(".lora_embedding_B"):
@@ -160,8 +179,32 @@ class Adapter:
                 break
         return alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
 
-    def check(self, shapes: dict[str, list[int]], model: Path) -> None:
-        """Every tensor the adapter changes exists in the model with the shape its factors make."""
+    def check(self, shapes: dict[str, list[int]], model: Path, fused: dict[str, list[int]]) -> None:
+        """Every tensor the adapter changes exists in the model with the shape its factors make.
+        `shapes`: the model's tensors under the names transformers gives them in memory (the
+        adapter's names); `fused`: its experts' weights as transformers fuses them (experts x out
+        x in), which LoRA on parameters adapts."""
+        for base, (module, a_key, b_key) in self.either.items():
+            if base in shapes:  # a linear layer's weight
+                self.lora[base] = (a_key, b_key, False, self._scaling(module, self.shapes[a_key][0]))
+            else:
+                self.on_parameters.setdefault(module, []).append((a_key, b_key))
+        self.either = {}
+        for holder, pairs in self.on_parameters.items():
+            for a_key, b_key in pairs:
+                a, b = self.shapes[a_key], self.shapes[b_key]
+                fits = [p for p, (experts, out, columns) in fused.items() if p.rpartition(".")[0] == holder
+                        and a[0] % experts == 0 and a[1] == columns and b == [out, a[0]]]
+                if not fits:
+                    where = [p for p in fused if p.rpartition(".")[0] == holder]
+                    raise LlamantinoError(f"{self.folder}: the adapter's LoRA {a_key} ({a} x {b}) fits no expert "
+                                          f"weight of {holder} in {model} "
+                                          f"({', '.join(f'{p} {fused[p]}' for p in where) or 'none there'}): an "
+                                          "adapter for another base model, or experts export gguf does not read")
+                if len(fits) > 1 or fits[0] in self.experts:
+                    raise LlamantinoError(f"{self.folder}: the adapter's LoRA {a_key} fits {' and '.join(fits)} "
+                                          "alike; run `llamantino merge` and export the merged model")
+                self.experts[fits[0]] = (a_key, b_key, self._scaling(fits[0], a[0] // fused[fits[0]][0]))
         for base, (a_key, b_key, embedding, _) in self.lora.items():
             if base not in shapes:
                 raise LlamantinoError(f"{self.folder}: the adapter changes {base}, which {model} does not have: "
@@ -178,6 +221,23 @@ class Adapter:
             if base in shapes and len(self.shapes[key]) != len(shapes[base]):
                 raise LlamantinoError(f"{self.folder}: {base} has shape {self.shapes[key]} in the adapter and "
                                       f"{shapes[base]} in {model}: an adapter for another base model")
+
+    def apply_experts(self, fused: str, half: int | None, stacked):
+        """`stacked` (experts x out x in, a float tensor of its own) with this adapter's LoRA on the
+        fused expert weight `fused` folded in, as `llamantino merge` folds it
+        (`models.merge.fold_experts`); `half` 0 or 1: `stacked` is the gate or the up half of a
+        fused gate-up weight, which takes the same half of lora_B's rows."""
+        from llamantino.models.merge import fold_experts
+
+        if fused not in self.experts:
+            return stacked
+        a_key, b_key, scaling = self.experts[fused]
+        a, b = self.handle.get_tensor(a_key), self.handle.get_tensor(b_key)
+        if half is not None:
+            width = b.shape[0] // 2
+            b = b[half * width:(half + 1) * width]
+        fold_experts(stacked, a, b, scaling)
+        return stacked
 
     def apply(self, name: str, weight):
         """`weight` with this adapter's change to tensor `name` (as `llamantino merge` computes it)."""
@@ -206,6 +266,7 @@ class Planned:
     nbytes: int
     experts: list[str] = dataclasses.field(default_factory=list)  # per-expert tensors stacked into this one
     half: int | None = None  # of a fused gate-up tensor of experts: 0 the gate, 1 the up projection
+    fused: str | None = None  # experts: the fused weight (transformers' name in memory) this is all or half of
 
 
 # One expert's weight in a mixture-of-experts checkpoint: llama.cpp stacks a layer's experts
@@ -214,6 +275,16 @@ class Planned:
 # gate first) and `experts.down_proj`; llama.cpp wants the gate and up projections apart.
 FUSED_EXPERTS = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\.(\d+)\.(\w+)\.weight$")
+# A per-expert checkpoint's projection -> (the fused weight transformers makes of it, which half):
+# gate_up_proj is the gate (Mixtral's w1) and the up projection (w3) concatenated, gate first.
+EXPERT_PARTS = {"gate_proj": ("gate_up_proj", 0), "w1": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+                "w3": ("gate_up_proj", 1), "down_proj": ("down_proj", None), "w2": ("down_proj", None)}
+
+
+def memory_name(source: str) -> str:
+    """A checkpoint tensor's name as transformers 5 names it in memory, and so as an adapter
+    names it: Mixtral's `block_sparse_moe` is `mlp` (transformers' conversion mapping)."""
+    return source.replace(".block_sparse_moe.", ".mlp.")
 
 
 def _rope(config: dict) -> dict:
@@ -305,7 +376,8 @@ class Exporter:
         if adapter is not None:
             refuse_links_outside(adapter, "adapter")
             self.adapter = Adapter(adapter)
-            self.adapter.check({n: t.shape for n, t in self.folder.tensors.items()}, model)
+            self.adapter.check({memory_name(n): t.shape for n, t in self.folder.tensors.items()}, model,
+                               self.fused_shapes())
         c = self.config
         self.heads = c["num_attention_heads"]
         self.kv_heads = c.get("num_key_value_heads") or self.heads
@@ -317,6 +389,24 @@ class Exporter:
         self.vocab_rows = next(p.shape[0] for p in self.plan if p.name == "token_embd.weight")
 
     # -- tensors ------------------------------------------------------------------------
+
+    def fused_shapes(self) -> dict[str, list[int]]:
+        """The experts' weights as transformers 5 fuses them in memory: {name: [experts, out, in]},
+        from fused tensors or from per-expert ones."""
+        shapes, parts = {}, {}
+        for source, info in self.folder.tensors.items():
+            fused, match = FUSED_EXPERTS.match(source), EXPERT.match(source)
+            if fused and len(info.shape) == 3:
+                shapes[source] = list(info.shape)
+            elif match and match[3] in EXPERT_PARTS:
+                name, half = EXPERT_PARTS[match[3]]
+                parts.setdefault(f"{memory_name(match[1])}.{name}", {}).setdefault(half, set()).add(
+                    (int(match[2]), tuple(info.shape)))
+        for name, halves in parts.items():
+            members = sorted(next(iter(halves.values())))
+            out = sum(next(iter(h))[1][0] for h in halves.values())
+            shapes[name] = [len(members), out, members[0][1][1]]
+        return shapes
 
     def _sources(self) -> list[str]:
         names = [n for n in self.folder.tensors if not n.endswith(".rotary_emb.inv_freq")]
@@ -341,9 +431,6 @@ class Exporter:
             if match:
                 experts.setdefault(f"{match[1]}.{match[3]}", []).append((int(match[2]), source))
         grouped = {source for members in experts.values() for _, source in members}
-        if grouped and self.adapter is not None:
-            raise LlamantinoError(f"{self.adapter.folder}: export gguf merges adapters into dense models only; "
-                                  "run `llamantino merge` and export the merged model")
         for stacked, members in experts.items():
             members.sort()
             if [e for e, _ in members] != list(range(len(members))):
@@ -356,31 +443,34 @@ class Exporter:
                 raise LlamantinoError(f"{self.model}: {stacked} has no llama.cpp name for architecture {self.arch}")
             planned = self._planned(target + ".weight", None, [len(members), *shapes.pop()])
             planned.experts = [s for _, s in members]
+            holder, _, part = stacked.rpartition(".")
+            if part in EXPERT_PARTS:
+                planned.fused = f"{memory_name(holder)}.{EXPERT_PARTS[part][0]}"
+                planned.half = EXPERT_PARTS[part][1]
             plan.append(planned)
         for source in self._sources():
             if source in grouped:
                 continue
             fused = FUSED_EXPERTS.match(source)
             if fused:
-                if self.adapter is not None:
-                    raise LlamantinoError(f"{self.adapter.folder}: export gguf merges adapters into dense models "
-                                          "only; run `llamantino merge` and export the merged model")
                 shape = list(self.folder.tensors[source].shape)
                 if fused[2] == "down_proj":
-                    plan.append(self._planned(names.get_name(f"{fused[1]}.down_proj") + ".weight", source, shape))
+                    planned = self._planned(names.get_name(f"{fused[1]}.down_proj") + ".weight", source, shape)
+                    planned.fused = source
+                    plan.append(planned)
                     continue
                 if len(shape) != 3 or shape[1] % 2:
                     raise LlamantinoError(f"{self.model}: {source} has shape {shape}, not experts x 2 * width x hidden")
                 for half, part in enumerate(("gate_proj", "up_proj")):
                     planned = self._planned(names.get_name(f"{fused[1]}.{part}") + ".weight", source,
                                             [shape[0], shape[1] // 2, shape[2]])
-                    planned.half = half
+                    planned.half, planned.fused = half, source
                     plan.append(planned)
                 continue
             shape = self.folder.tensors[source].shape if source in self.folder.tensors else \
                 self.folder.tensors["model.embed_tokens.weight"].shape
-            if self.adapter is not None and source in self.adapter.whole:  # trained whole: e.g. grown vocabulary
-                shape = self.adapter.shapes[self.adapter.whole[source]]
+            if self.adapter is not None and memory_name(source) in self.adapter.whole:  # e.g. grown vocabulary
+                shape = self.adapter.shapes[self.adapter.whole[memory_name(source)]]
             target = names.get_name(source, try_suffixes=(".weight", ".bias"))
             if target is None:
                 raise LlamantinoError(f"{self.model}: tensor {source} has no llama.cpp name for architecture "
@@ -415,8 +505,10 @@ class Exporter:
         else:
             weight = self._read(planned.source)
             if self.adapter is not None:
-                weight = self.adapter.apply(planned.source, weight)
+                weight = self.adapter.apply(memory_name(planned.source), weight)
             weight = self._transform(planned.source, weight)
+        if self.adapter is not None and planned.fused is not None:  # LoRA on the experts, one at a time
+            weight = self.adapter.apply_experts(planned.fused, planned.half, weight)
         if list(weight.shape) != planned.shape:
             raise LlamantinoError(f"{self.model}: tensor {planned.source}: shape {list(weight.shape)} where the "
                                   f"header announced {planned.shape}")
@@ -585,6 +677,7 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRE_TOKENIZERS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 # Tokens that end a turn, by family (llama.cpp's end-of-generation ids): Llama 3, ChatML, Gemma, Phi-3.
+# Only when neither the run's prompt format nor the tokenizer's chat template says which (`end_of_turn`).
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 
 
@@ -619,13 +712,57 @@ def pre_tokenizer_name(state: dict, where) -> str:
                           f"(known: GPT-2's, {', '.join(sorted(PRE_TOKENIZERS.values()))})")
 
 
+def run_settings(model: Path, adapter: Path | None, *, strict: bool = True) -> dict:
+    """The settings of the run that chose the prompt format: the adapter run's, else the model
+    folder's (an instruct run); {} for a model no run of ours made. `strict`: a manifest.json
+    llamantino did not write is refused, else it says nothing."""
+    from llamantino.core.manifest import read_manifest
+
+    for folder in (adapter, model):
+        if folder is None:
+            continue
+        try:
+            manifest = read_manifest(folder) or {}
+        except LlamantinoError:
+            if strict:
+                raise
+            manifest = {}
+        settings = manifest.get("settings") or {}
+        if settings.get("prompt_format"):
+            return settings
+    return {}
+
+
+def end_of_turn(model: Path, adapter: Path | None, tokenizer) -> tuple[str | None, str]:
+    """(the token that ends an answer, what says so), as `chat` stops: the run's prompt format
+    (its manifest's prompt_format), else the tokenizer's own chat template (`auto`); (None, ...)
+    when neither says (no run of ours, no chat template, or one whose answers end with no special
+    token), and END_OF_TURN's first token in the vocabulary stands in."""
+    from llamantino.data.prompts import prompt_format
+
+    name = str(run_settings(model, adapter, strict=False).get("prompt_format") or "auto")
+    if name != "auto":
+        try:
+            return prompt_format(name, tokenizer, "none").end_of_turn, f"the run's prompt format {name}"
+        except LlamantinoError as exc:
+            raise LlamantinoError(f"export gguf: the run's prompt format {name}: {exc}") from None
+    if not tokenizer.chat_template:
+        return None, "no prompt format and no chat template"
+    try:
+        return prompt_format("auto", tokenizer, "none").end_of_turn, "the chat template"
+    except LlamantinoError as exc:
+        return None, f"the chat template ({first_line(exc)})"
+
+
 def _added(state: dict) -> dict[int, dict]:
     return {int(t["id"]): t for t in state.get("added_tokens") or []}
 
 
-def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int, config: dict) -> dict:
+def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int, config: dict, *,
+                    adapter: Path | None = None, end_of_turn_token: str | None = None) -> dict:
     """Tokenizer metadata from `tokenizer_source` (the adapter run's tokenizer when it saved one,
-    else the model's). Returns {"tokenizer": "gpt2"|"llama", "pre": ...}."""
+    else the model's). The end-of-turn id is `end_of_turn_token`'s when given, else the run's chat
+    format's (`end_of_turn`). Returns {"tokenizer": "gpt2"|"llama", "pre": ..., "eot": ...}."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -707,7 +844,16 @@ def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int
     if ids["pad"] is not None:
         writer.add_pad_token_id(ids["pad"])
     vocab_ids = tokenizer.get_vocab()
-    eot = next((vocab_ids[t] for t in END_OF_TURN if t in vocab_ids), None)
+    token, said = (end_of_turn_token, "given") if end_of_turn_token else end_of_turn(model, adapter, tokenizer)
+    if token is None:
+        token = next((t for t in END_OF_TURN if t in vocab_ids), None)
+        if token is not None:
+            log.warning("%s: %s; the end-of-turn token written is %s, the first of %s in the vocabulary",
+                        tokenizer_source, said, token, ", ".join(END_OF_TURN))
+            said = "the first known end-of-turn token in the vocabulary"
+    elif token not in vocab_ids:
+        raise LlamantinoError(f"{path}: the end-of-turn token {token!r} ({said}) is not in the vocabulary")
+    eot = vocab_ids[token] if token is not None else None
     if eot is not None:
         writer.add_eot_token_id(eot)
     if "<|eom_id|>" in vocab_ids:
@@ -717,7 +863,7 @@ def write_tokenizer(writer, model: Path, tokenizer_source: Path, vocab_size: int
     template = tokenizer.chat_template
     if isinstance(template, str) and template:
         writer.add_chat_template(template)
-    return {"tokenizer": kind, "pre": pre, "eot": eot}
+    return {"tokenizer": kind, "pre": pre, "eot": eot, "eot_token": token, "eot_from": said if token else None}
 
 
 # ---------------------------------------------------------------------------------------
@@ -759,8 +905,9 @@ def check_output(output: Path, inputs, overwrite: bool) -> None:
 
 
 def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bool = False,  # noqa: A002
-                fingerprint: str | None = None) -> dict:
-    """Write `model` (with `adapter` merged) to the GGUF file `output` and `output`.sha256.
+                fingerprint: str | None = None, end_of_turn: str | None = None) -> dict:
+    """Write `model` (with `adapter` merged) to the GGUF file `output` and `output`.sha256;
+    `end_of_turn`: the token that ends an answer (default: the run's chat format's).
     Returns {"output", "sha256", "type", "family", "tensors", "kept_f16", "bytes", ...}."""
     import gguf
 
@@ -777,7 +924,8 @@ def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bo
     try:
         writer = gguf.GGUFWriter(tmp, exporter.arch)
         exporter.metadata(writer, model.name)
-        tok = write_tokenizer(writer, model, tokenizer_source, exporter.vocab_rows, exporter.config)
+        tok = write_tokenizer(writer, model, tokenizer_source, exporter.vocab_rows, exporter.config,
+                              adapter=adapter, end_of_turn_token=end_of_turn)
         writer.add_string(RECORD_KEY, _record(exporter, fingerprint))
         for planned in exporter.plan:
             # shape as numpy has it; the writer stores it reversed, as ggml does
@@ -814,6 +962,7 @@ def export_gguf(model, output, *, adapter=None, type: str = "f16", overwrite: bo
     return {"output": str(output), "sha256": digest, "type": type, "family": exporter.model_type,
             "architecture": exporter.arch, "tensors": len(exporter.plan), "kept_f16": exporter.kept_f16,
             "bytes": size, "parameters": weights, "tokenizer": tok["tokenizer"], "pre_tokenizer": tok["pre"],
+            "end_of_turn": tok["eot_token"], "end_of_turn_from": tok["eot_from"],
             "adapter": str(adapter) if adapter else None, "seconds": round(time.time() - t0, 2)}
 
 

@@ -38,7 +38,7 @@ from llamantino import __version__
 from llamantino.core.config import setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import PROMPT_FORMAT_HELP, SYSTEM_PROMPT_HELP
-from llamantino.release.gguf import TYPES
+from llamantino.release.gguf import TYPES, run_settings
 
 KIND = "export_ollama"
 MODELFILE = "Modelfile"
@@ -245,18 +245,6 @@ def training_length(model: Path, adapter: Path | None) -> tuple[int, str]:
     return length, "the model's context length"
 
 
-def run_settings(model: Path, adapter: Path | None) -> dict:
-    """The settings of the run that chose the prompt format: the adapter run's, else the model
-    folder's (an instruct run); {} for a model no run of ours made."""
-    from llamantino.core.manifest import read_manifest
-
-    for folder in (adapter, model):
-        settings = ((read_manifest(folder) or {}).get("settings") or {}) if folder is not None else {}
-        if settings.get("prompt_format"):
-            return settings
-    return {}
-
-
 def chat_tokenizer(model: Path, adapter: Path | None):
     """The tokenizer `chat` renders with: the adapter run's when it saved one, else the model's."""
     from llamantino.models.modeling import load_tokenizer
@@ -360,7 +348,7 @@ def write_files(folder: Path, model, adapter, *, name: str, type: str, prompt_fo
     add_bos = adds_bos(chat_tokenizer(model, adapter))
     text, summary = build_modelfile(model, adapter, gguf_name=gguf_name, add_bos=add_bos,
                                     prompt_format=prompt_format, system_prompt=system_prompt)
-    gguf = export_gguf(model, folder / gguf_name, adapter=adapter, type=type)
+    gguf = export_gguf(model, folder / gguf_name, adapter=adapter, type=type, end_of_turn=summary["end_of_turn"])
     written = bool(read_metadata(folder / gguf_name)[0].get("tokenizer.ggml.add_bos_token"))
     if written != add_bos:  # llama.cpp follows the file: the template must agree with it
         raise LlamantinoError(f"{gguf_name}: tokenizer.ggml.add_bos_token is {written}, the tokenizer's is {add_bos}")
