@@ -485,6 +485,9 @@ def test_full_finetuning_starts_at_ln2_and_resumes_bit_for_bit(tmp_path, tiny_mo
     assert manifest["finetuning"] == "full" and manifest["reference"].startswith("the model before the first step")
     assert manifest["parameters"]["trainable"] == manifest["parameters"]["base_full_precision"]
     assert manifest["eval_pairs_rewards/accuracies"] > 0.5
+    # Released as the whole model's exact difference from the model it was tuned from, as instruct is.
+    assert main(["release", str(whole), "--output", str(tmp_path / "release")]) == 0
+    assert json.loads((tmp_path / "release" / "manifest.json").read_text())["metrics"]["released_as"] == "weight-diff"
 
 
 def perturb(model, seed=3):
@@ -558,3 +561,33 @@ def test_full_finetuning_step_zero_is_ln2(tiny_tokenizer):
 ])
 def test_bad_reference_settings_are_one_line(settings, message):
     test_bad_settings_are_one_line(settings, message)
+
+
+def test_precomputed_reference_skips_the_reference_forward(tiny_tokenizer):
+    """Given the rows' reference log-probabilities, the step takes them and runs no reference forward."""
+    from peft import get_peft_model
+
+    model = get_peft_model(tiny_base(tiny_tokenizer), lora())
+    randomize_adapter(model)
+    cfg = Config(model="m", output="o", precompute_reference=True)
+    batch = collate_pairs(PAIRS, 0)
+    args = (batch.input_ids, batch.labels, float(batch.pairs), float(batch.chosen_tokens), None)
+    expected, _ = make_loss(cfg)(model, 3)(*args)
+    module = make_loss(cfg)(model, 3)
+    ref = module.reference_logps(batch.input_ids, batch.labels)
+    module.reference_logps = lambda *a: pytest.fail("reference forward with precomputed values")
+    loss, _ = module(*args, ref)
+    assert torch.equal(loss, expected)
+    shifted, _ = module(*args, ref + torch.tensor([1.0] * len(PAIRS) + [0.0] * len(PAIRS)))
+    assert float(shifted) != pytest.approx(float(expected))  # the values given are the ones used
+
+
+def test_full_finetuning_under_torchrun_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from llamantino.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is joined
+    assert main(prefer_args(tiny_model_dir, data, tmp_path / "run", "--finetuning", "full",
+                            "--precompute-reference")) == 2
+    assert "finetuning full trains on one process (2 started)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
