@@ -551,8 +551,9 @@ def reference_identity(cfg: Config) -> dict:
 
 def precompute_reference(t, cfg: Config, train_set, heldout: list, values: dict) -> None:
     """Fill `values` with the reference log-probabilities of the training pairs and every held-out
-    set of pairs (`reference.precompute`: read back and checked, or computed once with the model
-    as it is before the first step, adapter off). Rank 0 computes and writes; every rank reads."""
+    set of pairs (`reference.Pass`): read back and checked, or computed once with the model as it
+    is before the first step, adapter off. Every rank computes a share of the parts, rank 0 writes
+    them, every rank reads the file."""
     import torch
 
     from llamantino.core import distributed
@@ -572,17 +573,29 @@ def precompute_reference(t, cfg: Config, train_set, heldout: list, values: dict)
             ref = module.reference_logps(batch.input_ids.to(t.device), batch.labels.to(t.device))
         return ref[:batch.pairs], ref[batch.pairs:]
 
-    def on_rank0():
+    work = reference.Pass(cfg.output, sets, reference_identity(cfg))
+
+    def begin():
         record_outputs(cfg.output, *reference.OUTPUTS)
-        t.model.eval()  # no dropout in the reference
-        try:
-            return reference.precompute(cfg.output, sets, reference_identity(cfg), compute, cfg.eval_batch_size)[1]
-        finally:
-            t.model.train()
+        return work.begin()
 
     started = time.time()
-    record = distributed.on_rank0(on_rank0)
-    found, _ = reference.load(cfg.output, {"sets": record["sets"], "reference": record["reference"]})
+    committed = distributed.on_rank0(begin)
+    if committed is not None:
+        # Every rank computes one part of each round; rank 0 writes them in order and commits.
+        t.model.eval()  # no dropout in the reference
+        try:
+            for first in range(committed, work.total, t.world):
+                index = first + t.rank
+                mine = work.compute_part(index, compute, cfg.eval_batch_size) if index < work.total else None
+                gathered = distributed.all_gather_object(mine)
+                distributed.on_rank0(lambda: [work.commit(first + r, part) for r, part in enumerate(gathered)
+                                              if part is not None])
+        finally:
+            t.model.train()
+    record = distributed.on_rank0(lambda: work.finish() if committed is not None else
+                                  reference.load(cfg.output, work.expected)[1])
+    found, _ = reference.load(cfg.output, work.expected)
     values.update({name: (chosen.to(torch.float32), rejected.to(torch.float32))
                    for name, (chosen, rejected) in found.items()})
     t.info.update(reference_logps=reference.FILE, reference_logps_sha256=record["sha256"],

@@ -9,7 +9,7 @@ model before any step, with its adapter off) writes each pair's summed answer lo
 * `reference_logps.json`: what they were computed on (each set's pair count and fingerprint),
   from which reference (model, adapter, precision), and the sha256 of the safetensors file.
 
-The pass writes numbered parts (`reference-parts/`, committed with `data.parts.Parts`), so a pass
+The pass (`Pass`) writes numbered parts (`reference-parts/`, committed with `data.parts.Parts`), so a pass
 killed midway continues with the first part it had not committed. Read back, the file is checked
 against the recorded sha256 and the recorded pairs and reference against the run's: a mismatch is
 refused in one line, never silently computed again (the numbers could differ).
@@ -40,52 +40,70 @@ def _save(tensors: dict, path: Path) -> None:
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
-def precompute(run_dir, sets: list[tuple[str, list, str]], identity: dict,
-               compute: Callable[[list], tuple], batch_size: int) -> tuple[dict, dict]:
-    """The reference log-probabilities of `sets` ([(name, pairs, fingerprint)]): read from the run
-    folder when a complete pass is there, else computed with `compute(pairs) -> (chosen, rejected)`
-    (float32 tensors, one value per pair), `batch_size` pairs at a time, continuing an interrupted
-    pass. Returns ({name: (chosen, rejected)}, the JSON record)."""
-    import torch
+class Pass:
+    """The reference pass of one run folder over `sets` ([(name, pairs, fingerprint)]) with the
+    reference `identity`. Rank 0 calls `begin`, `commit` and `finish` (it alone writes); every rank
+    computes parts (`compute_part`), so on several processes each computes its share."""
 
-    from llamantino.data.parts import Parts
+    def __init__(self, run_dir, sets: list[tuple[str, list, str]], identity: dict):
+        from llamantino.data.parts import Parts
 
-    run_dir = Path(run_dir)
-    expected = {"sets": {name: {"pairs": len(pairs), "sha256": fingerprint} for name, pairs, fingerprint in sets},
-                "reference": identity}
-    if (run_dir / INFO).is_file():
-        return load(run_dir, expected)
-    flat = [pair for _, pairs, _ in sets for pair in pairs]
-    (run_dir / WORK).mkdir(exist_ok=True)
-    parts = Parts(run_dir / WORK, width=5, suffix=".safetensors")
-    progress = parts.read_progress()
-    if progress is not None and progress.get("expected") != expected:
-        raise LlamantinoError(f"{parts.progress}: an interrupted reference pass over other pairs or with another "
-                              "reference model; start again with --overwrite")
-    hashes = list(progress["parts"]) if progress else []
-    parts.remove_stale(len(hashes))
-    total = -(-len(flat) // PART_PAIRS)
-    if hashes:
-        log.info("reference pass: resuming at part %d of %d", len(hashes) + 1, total)
-    for index in range(len(hashes), total):
-        chunk = flat[index * PART_PAIRS:(index + 1) * PART_PAIRS]
+        self.run_dir = Path(run_dir)
+        self.sets = sets
+        self.expected = {"sets": {name: {"pairs": len(pairs), "sha256": fingerprint}
+                                  for name, pairs, fingerprint in sets}, "reference": identity}
+        self.flat = [pair for _, pairs, _ in sets for pair in pairs]
+        self.total = -(-len(self.flat) // PART_PAIRS)
+        self.parts = Parts(self.run_dir / WORK, width=5, suffix=".safetensors")
+        self.hashes: list[str] = []
+
+    def begin(self) -> int | None:
+        """Parts already committed by an interrupted pass (0: none), or None when a complete pass is
+        there (read it with `load`)."""
+        if (self.run_dir / INFO).is_file():
+            return None
+        (self.run_dir / WORK).mkdir(exist_ok=True)
+        progress = self.parts.read_progress()
+        if progress is not None and progress.get("expected") != self.expected:
+            raise LlamantinoError(f"{self.parts.progress}: an interrupted reference pass over other pairs or with "
+                                  "another reference model; start again with --overwrite")
+        self.hashes = list(progress["parts"]) if progress else []
+        self.parts.remove_stale(len(self.hashes))
+        if self.hashes:
+            log.info("reference pass: resuming at part %d of %d", len(self.hashes) + 1, self.total)
+        return len(self.hashes)
+
+    def compute_part(self, index: int, compute: Callable[[list], tuple], batch_size: int) -> dict:
+        """Part `index`: {chosen, rejected} of its pairs, `compute(pairs) -> (chosen, rejected)`
+        `batch_size` pairs at a time, float32 on the CPU."""
+        import torch
+
+        chunk = self.flat[index * PART_PAIRS:(index + 1) * PART_PAIRS]
         found = [compute(chunk[start:start + batch_size]) for start in range(0, len(chunk), batch_size)]
-        chosen = torch.cat([c.detach().float().cpu() for c, _ in found])
-        rejected = torch.cat([r.detach().float().cpu() for _, r in found])
-        write_part({"chosen": chosen, "rejected": rejected}, parts.path(index))
-        hashes.append(sha256_file(parts.path(index)))
-        parts.commit({"expected": expected, "parts": hashes})  # the commit point of this part
-    values = _join(parts, hashes, len(flat))
-    tensors, start = {}, 0
-    for name, pairs, _ in sets:
-        for side in ("chosen", "rejected"):
-            tensors[f"{name}.{side}"] = values[side][start:start + len(pairs)].clone()
-        start += len(pairs)
-    _save(tensors, run_dir / FILE)
-    atomic_write_json(run_dir / INFO, {**expected, "file": FILE, "dtype": "float32",
-                                       "sha256": sha256_file(run_dir / FILE)})
-    shutil.rmtree(run_dir / WORK)
-    return load(run_dir, expected)
+        return {"chosen": torch.cat([c.detach().float().cpu() for c, _ in found]),
+                "rejected": torch.cat([r.detach().float().cpu() for _, r in found])}
+
+    def commit(self, index: int, tensors: dict) -> None:
+        """Write part `index` (the next one) and record it in the progress file: the commit point."""
+        if index != len(self.hashes):
+            raise RuntimeError(f"reference part {index} committed out of order (next: {len(self.hashes)})")
+        write_part(tensors, self.parts.path(index))
+        self.hashes.append(sha256_file(self.parts.path(index)))
+        self.parts.commit({"expected": self.expected, "parts": self.hashes})
+
+    def finish(self) -> dict:
+        """Join the parts (each checked against its recorded sha256) into the file and its record."""
+        values = _join(self.parts, self.hashes, len(self.flat))
+        tensors, start = {}, 0
+        for name, pairs, _ in self.sets:
+            for side in ("chosen", "rejected"):
+                tensors[f"{name}.{side}"] = values[side][start:start + len(pairs)].clone()
+            start += len(pairs)
+        _save(tensors, self.run_dir / FILE)
+        record = {**self.expected, "file": FILE, "dtype": "float32", "sha256": sha256_file(self.run_dir / FILE)}
+        atomic_write_json(self.run_dir / INFO, record)
+        shutil.rmtree(self.run_dir / WORK)
+        return record
 
 
 def write_part(tensors: dict, path: Path) -> None:
