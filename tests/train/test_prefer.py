@@ -332,9 +332,12 @@ def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_mod
 
 
 @pytest.mark.distributed
-def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("extra", [[], ["--precompute-reference"]], ids=["reference-forward", "precomputed"])
+def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny_model_dir, extra, monkeypatch):
     """DDP: rank r takes every other pair of the epoch's order, so 2 ranks x 2 pairs see the pairs
-    1 process x 4 pairs sees, and the step (loss, rewards, adapter) is the same."""
+    1 process x 4 pairs sees, and the step (loss, rewards, adapter) is the same. Precomputed, each
+    rank computes a share of the reference pass's parts (parts of 4, 4 and 2 pairs: a round of two,
+    then one) and the file equals one process's."""
     import csv
     import os
     import subprocess
@@ -343,8 +346,13 @@ def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny
     from safetensors.torch import load_file
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
-    common = ["-m", "llamantino", *prefer_args(tiny_model_dir, data, "OUT", "--lora-dropout", "0")]
+    common = ["-m", "llamantino", *prefer_args(tiny_model_dir, data, "OUT", "--lora-dropout", "0", *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if extra:  # parts of 4 pairs (a module constant, set in the child processes through a startup hook)
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text("import llamantino.train.reference as r\nr.PART_PAIRS = 4\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
     runs = {}
     for name, launcher, batch in (("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "1"),
                                   ("one", [], "2")):
@@ -361,6 +369,10 @@ def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny
     a, b = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("ddp", "one"))
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-6), key
+    if extra:
+        ddp, one = (load_file(str(tmp_path / name / "reference_logps.safetensors")) for name in ("ddp", "one"))
+        for key in one:
+            assert torch.allclose(ddp[key], one[key], rtol=1e-6), key
 
 
 # ---------------------------------------------------------------------------------------
