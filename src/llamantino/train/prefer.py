@@ -537,6 +537,13 @@ def reference_kind(cfg: Config) -> str:
     return found
 
 
+def starting_adapter(cfg: Config) -> str:
+    if not cfg.adapter:
+        return "none"
+    trained = "the whole model trained" if cfg.finetuning == "full" else "a new adapter trained on top"
+    return f"merged into the base; {trained}"
+
+
 def reference_identity(cfg: Config) -> dict:
     """What the reference log-probabilities depend on besides the pairs: the model (and starting
     adapter), how they are loaded and the precision they run in."""
@@ -648,8 +655,7 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         evaluate=evaluate if heldout else None, eval_fields=tuple(c for h in heldout for c in h.columns),
         evaluate_first=True, text_eval=text_sets,
         info={"loss_type": cfg.loss_type, "reference": reference_kind(cfg), "finetuning": cfg.finetuning,
-              "starting_adapter": ("none" if not cfg.adapter else "merged into the base; the whole model trained"
-                                   if cfg.finetuning == "full" else "merged into the base; a new adapter trained on top")},
+              "starting_adapter": starting_adapter(cfg)},
         prepare=(lambda t: precompute_reference(t, cfg, loaded, heldout, cached)) if cfg.precompute_reference else None,
         full=cfg.finetuning == "full")
     inputs = list(expand_sources(cfg.data)) + [path for _, path in pair_sets] + prompt_files(cfg.prompt_format,
