@@ -603,3 +603,29 @@ def test_full_finetuning_under_torchrun_is_refused_in_one_line(tmp_path, tiny_mo
                             "--precompute-reference")) == 2
     assert "finetuning full trains on one process (2 started)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_full_finetuning_from_a_starting_adapter_trains_the_merged_model(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """With --adapter the adapter is merged first: the merged model is both the reference and the
+    start of the policy (step 1 at ln 2), and the result is a whole model."""
+    import json
+
+    from peft import get_peft_model
+
+    from llamantino.cli import main
+
+    adapter = get_peft_model(tiny_base(tiny_tokenizer), lora())
+    randomize_adapter(adapter)
+    adapter.save_pretrained(tmp_path / "sft")
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    run = tmp_path / "run"
+    assert main(prefer_args(tiny_model_dir, data, run, "--adapter", str(tmp_path / "sft"), "--finetuning", "full",
+                            "--precompute-reference", "--max-steps", "2")) == 0
+    train = [r for r in metrics_rows(run) if r["loss"]]
+    assert float(train[0]["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["metrics"]["starting_adapter"] == "merged into the base; the whole model trained"
+    assert "starting adapter merged in" in manifest["metrics"]["reference"]
+    assert json.loads((run / "reference_logps.json").read_text())["reference"]["adapter"]["path"] == \
+        str(tmp_path / "sft")
+    assert (run / "model.safetensors").is_file() and not (run / "merged-base").exists()
