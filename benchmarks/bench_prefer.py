@@ -8,6 +8,8 @@ process of its own:
   prefer     `llamantino prefer`'s step: chosen and rejected rows in one forward, the reference
              (adapter off, no gradient) first, per-answer log-probabilities through the chunked
              output layer, DPO loss, backward, AdamW step
+  prefer-cached  the same step with the reference log-probabilities precomputed
+             (`precompute_reference`: one pass before the steps, not timed): no reference forward
   sft        the same model trained with sft's loss on the same pairs' chosen rows (prompt +
              chosen answer, loss on the answer): the memory target is prefer <= 1.3 x sft
   trl-dpo    TRL 1.16 DPOTrainer's compute_loss on the same model (its own PEFT wrapping, same
@@ -35,7 +37,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("prefer", "sft", "trl-dpo")
+VARIANTS = ("prefer", "prefer-cached", "sft", "trl-dpo")
 
 
 def rss_mb() -> float:
@@ -131,12 +133,13 @@ def child(args) -> dict:
         return measure(args, step, batch.real_tokens)
     peft_model = get_peft_model(model, lora_config())
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-5)
-    if args.child == "prefer":
+    if args.child in ("prefer", "prefer-cached"):
         loss = make_loss(Config(model="m", output="o", beta=0.1))(peft_model, args.chunk)
         ids, labels = batch.input_ids.to(args.device), batch.labels.to(args.device)
+        ref = loss.reference_logps(ids, labels) if args.child == "prefer-cached" else None
 
         def step():
-            value, _ = loss(ids, labels, float(n), float(batch.chosen_tokens))
+            value, _ = loss(ids, labels, float(n), float(batch.chosen_tokens), None, ref)
             value.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -207,15 +210,21 @@ def main(argv=None) -> dict:
     print(f"\nprefer step vs sft step and TRL DPOTrainer ({args.device}; hidden {args.hidden}, {args.layers} layers, "
           f"vocabulary {args.vocab_size}; {args.pairs} pairs, prompt {args.prompt_length}, answers "
           f"{args.answer_length}/{args.answer_length * 3 // 4})\n")
-    print(f"{'variant':10} {'tokens/s':>10} {'s/step':>8} {'peak MB':>9} {'of which steps':>15}")
+    print(f"{'variant':14} {'tokens/s':>10} {'s/step':>8} {'peak MB':>9} {'of which steps':>15}")
     for name, r in results.items():
-        print(f"{name:10} {r['tokens_per_s']:10.0f} {r['s_per_step']:8.3f} {r['peak_mb']:9.1f} {r['step_mb']:15.1f}")
+        print(f"{name:14} {r['tokens_per_s']:10.0f} {r['s_per_step']:8.3f} {r['peak_mb']:9.1f} {r['step_mb']:15.1f}")
     if "prefer" in results and "sft" in results:
         ratio = results["prefer"]["peak_mb"] / max(1e-9, results["sft"]["peak_mb"])
         print(f"\nprefer / sft peak memory: {ratio:.2f}x (target <= 1.3x)")
         print("RESULT " + json.dumps({"benchmark": "prefer", "figure": "peak memory (MiB) vs an sft step",
                                       "ours": results["prefer"]["peak_mb"], "baseline": results["sft"]["peak_mb"],
                                       "baseline_name": "sft step on the chosen rows"}))
+    if "prefer" in results and "prefer-cached" in results:
+        cached, plain = results["prefer-cached"]["s_per_step"], results["prefer"]["s_per_step"]
+        print(f"prefer step with / without precomputed reference: {cached:.3f} / {plain:.3f} s ({plain / cached:.2f}x)")
+        print("RESULT " + json.dumps({"benchmark": "prefer", "figure": "s/step, precomputed reference",
+                                      "ours": cached, "baseline": plain,
+                                      "baseline_name": "reference forward at every step"}))
     if "prefer" in results and "trl-dpo" in results:
         speed = results["prefer"]["tokens_per_s"] / results["trl-dpo"]["tokens_per_s"]
         memory = results["prefer"]["peak_mb"] / max(1e-9, results["trl-dpo"]["peak_mb"])

@@ -332,9 +332,12 @@ def test_prefer_runs_logs_trl_figures_and_resumes_bit_for_bit(tmp_path, tiny_mod
 
 
 @pytest.mark.distributed
-def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("extra", [[], ["--precompute-reference"]], ids=["reference-forward", "precomputed"])
+def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny_model_dir, extra, monkeypatch):
     """DDP: rank r takes every other pair of the epoch's order, so 2 ranks x 2 pairs see the pairs
-    1 process x 4 pairs sees, and the step (loss, rewards, adapter) is the same."""
+    1 process x 4 pairs sees, and the step (loss, rewards, adapter) is the same. Precomputed, each
+    rank computes a share of the reference pass's parts (parts of 4, 4 and 2 pairs: a round of two,
+    then one) and the file equals one process's."""
     import csv
     import os
     import subprocess
@@ -343,8 +346,13 @@ def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny
     from safetensors.torch import load_file
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
-    common = ["-m", "llamantino", *prefer_args(tiny_model_dir, data, "OUT", "--lora-dropout", "0")]
+    common = ["-m", "llamantino", *prefer_args(tiny_model_dir, data, "OUT", "--lora-dropout", "0", *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if extra:  # parts of 4 pairs (a module constant, set in the child processes through a startup hook)
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text("import llamantino.train.reference as r\nr.PART_PAIRS = 4\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
     runs = {}
     for name, launcher, batch in (("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "1"),
                                   ("one", [], "2")):
@@ -361,3 +369,263 @@ def test_two_ranks_make_the_step_of_one_process_with_both_batches(tmp_path, tiny
     a, b = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("ddp", "one"))
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-6), key
+    if extra:
+        ddp, one = (load_file(str(tmp_path / name / "reference_logps.safetensors")) for name in ("ddp", "one"))
+        for key in one:
+            assert torch.allclose(ddp[key], one[key], rtol=1e-6), key
+
+
+# ---------------------------------------------------------------------------------------
+# Precomputed reference log-probabilities, full fine-tuning
+
+
+def adapter_or_model(run):
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if (run / "adapter_model.safetensors").is_file() else "model.safetensors"
+    return load_file(str(run / name))
+
+
+def test_precomputed_reference_run_equals_the_uncached_run(tmp_path, tiny_model_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    from llamantino.cli import main
+    from llamantino.core.fileio import sha256_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    held = write_jsonl(tmp_path / "held.jsonl", pair_rows(4))
+    evals = ["--eval-data", f"pairs={held}", "--eval-steps", "3"]
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    assert main(prefer_args(tiny_model_dir, data, plain, *evals)) == 0
+    assert main(prefer_args(tiny_model_dir, data, cached, *evals, "--precompute-reference")) == 0
+    a, b = adapter_or_model(plain), adapter_or_model(cached)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for mine, theirs in zip(metrics_rows(plain), metrics_rows(cached)):
+        for key in ("loss", "rewards/margins", "eval_pairs_rewards/margins"):
+            if mine[key]:
+                assert float(mine[key]) == pytest.approx(float(theirs[key]), rel=1e-5, abs=1e-7), key
+    # The file holds every training and held-out pair's reference log-probabilities, as recorded.
+    record = json.loads((cached / "reference_logps.json").read_text())
+    assert record["sha256"] == sha256_file(cached / "reference_logps.safetensors")
+    assert record["sets"]["train"]["pairs"] == 10 and record["sets"]["eval_pairs"]["pairs"] == 4
+    values = load_file(str(cached / "reference_logps.safetensors"))
+    assert values["train.chosen"].dtype == torch.float32 and values["eval_pairs.rejected"].shape == (4,)
+    assert not (cached / "reference-parts").exists()
+    manifest = json.loads((cached / "manifest.json").read_text())["metrics"]
+    assert "precomputed" in manifest["reference"] and manifest["reference_logps_sha256"] == record["sha256"]
+    assert "precomputed" not in json.loads((plain / "manifest.json").read_text())["metrics"]["reference"]
+
+
+def test_an_interrupted_reference_pass_resumes_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch):
+    from llamantino.cli import main
+    from llamantino.train import reference
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    monkeypatch.setattr(reference, "PART_PAIRS", 3)  # 10 pairs: 4 parts
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    args = ["--precompute-reference", "--max-steps", "2"]
+    assert main(prefer_args(tiny_model_dir, data, whole, *args)) == 0
+    written = []
+    real = reference.write_part
+
+    def killed_after_two(tensors, path):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # killed in the middle of the pass
+        written.append(path.name)
+        real(tensors, path)
+
+    monkeypatch.setattr(reference, "write_part", killed_after_two)
+    assert main(prefer_args(tiny_model_dir, data, parts, *args)) == 130  # Ctrl-C
+    assert sorted(p.name for p in (parts / "reference-parts").glob("part-*")) == written
+    written.clear()
+    monkeypatch.setattr(reference, "write_part", lambda tensors, path: (written.append(path.name),
+                                                                        real(tensors, path)))
+    assert main(prefer_args(tiny_model_dir, data, parts, *args, "--resume")) == 0
+    assert written == ["part-00002.safetensors", "part-00003.safetensors"]  # the first two were kept
+    assert (whole / "reference_logps.safetensors").read_bytes() == (parts / "reference_logps.safetensors").read_bytes()
+    a, b = adapter_or_model(whole), adapter_or_model(parts)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_changed_reference_file_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from llamantino.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    run = tmp_path / "run"
+    assert main(prefer_args(tiny_model_dir, data, run, "--precompute-reference", "--stop-after-steps", "2")) == 2 + 1
+    values = load_file(str(run / "reference_logps.safetensors"))
+    values["train.chosen"][0] += 1.0
+    save_file(values, str(run / "reference_logps.safetensors"))
+    capsys.readouterr()
+    assert main(prefer_args(tiny_model_dir, data, run, "--precompute-reference", "--resume")) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in err, errors  # one line
+    assert "reference_logps.safetensors: sha256" in errors[0] and "changed since it was written" in errors[0]
+
+
+def test_full_finetuning_starts_at_ln2_and_resumes_bit_for_bit(tmp_path, tiny_model_dir):
+    import json
+
+    from llamantino.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    held = write_jsonl(tmp_path / "held.jsonl", pair_rows(4))
+    args = ["--finetuning", "full", "--precompute-reference", "--learning-rate", "1e-3", "--eval-data",
+            f"pairs={held}"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(prefer_args(tiny_model_dir, data, whole, *args)) == 0
+    assert main(prefer_args(tiny_model_dir, data, parts, *args, "--stop-after-steps", "3")) == 3
+    assert main(prefer_args(tiny_model_dir, data, parts, *args, "--resume")) == 0
+    assert not (whole / "adapter_model.safetensors").exists()
+    a, b = adapter_or_model(whole), adapter_or_model(parts)
+    assert a.keys() == b.keys() and len(a) > 10  # every weight of the model
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    train = [r for r in metrics_rows(whole) if r["loss"]]
+    assert float(train[0]["loss"]) == pytest.approx(math.log(2), abs=1e-6)  # policy = reference at step 0
+    assert float(train[0]["rewards/margins"]) == 0.0
+    assert float(train[-1]["rewards/margins"]) > 0
+    assert [r["loss"] for r in train] == [r["loss"] for r in metrics_rows(parts) if r["loss"]]
+    manifest = json.loads((whole / "manifest.json").read_text())["metrics"]
+    assert manifest["finetuning"] == "full" and manifest["reference"].startswith("the model before the first step")
+    assert manifest["parameters"]["trainable"] == manifest["parameters"]["base_full_precision"]
+    assert manifest["eval_pairs_rewards/accuracies"] > 0.5
+    # Released as the whole model's exact difference from the model it was tuned from, as instruct is.
+    assert main(["release", str(whole), "--output", str(tmp_path / "release")]) == 0
+    assert json.loads((tmp_path / "release" / "manifest.json").read_text())["metrics"]["released_as"] == "weight-diff"
+
+
+def perturb(model, seed=3):
+    """Policy weights moved away from the reference's."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+
+
+@pytest.mark.parametrize("precompute", [False, True], ids=["ref_model", "precompute_ref_log_probs"])
+@pytest.mark.parametrize("loss_type", ["dpo", "ipo"])
+def test_full_finetuning_loss_and_gradients_equal_trl(tmp_path, tiny_tokenizer, precompute, loss_type):
+    """A model trained whole against a frozen reference: ours (reference precomputed by the same
+    module) = TRL's DPOTrainer with ref_model, or with the reference log-probabilities in the batch."""
+    import copy
+
+    from trl import DPOConfig, DPOTrainer
+
+    from datasets import Dataset
+
+    reference_model = tiny_base(tiny_tokenizer)
+    policy = copy.deepcopy(reference_model)
+    perturb(policy)
+    cfg = Config(model="m", output="o", loss_type=loss_type, beta=0.2, finetuning="full", precompute_reference=True,
+                 load_in_4bit=False)
+    batch = collate_pairs(PAIRS, 0)
+    ref = make_loss(cfg)(reference_model, 3).reference_logps(batch.input_ids, batch.labels)
+    module = make_loss(cfg)(policy, 3)
+    loss, _ = module(batch.input_ids, batch.labels, float(batch.pairs), float(batch.chosen_tokens), None, ref)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in policy.named_parameters()}
+
+    options = {"output_dir": str(tmp_path / "trl"), "use_cpu": True, "bf16": False, "report_to": [], "beta": 0.2,
+               "loss_type": "sigmoid" if loss_type == "dpo" else "ipo", "precompute_ref_log_probs": precompute}
+    trl_policy = copy.deepcopy(policy)
+    trl_policy.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]})
+        trainer = DPOTrainer(model=trl_policy, ref_model=None if precompute else copy.deepcopy(reference_model),
+                             args=DPOConfig(**options), train_dataset=data, processing_class=tiny_tokenizer)
+    inputs = trl_dpo_inputs(PAIRS)
+    if precompute:
+        inputs.update(ref_chosen_logps=ref[:len(PAIRS)], ref_rejected_logps=ref[len(PAIRS):])
+    trl_loss = trainer.compute_loss(trainer.model, inputs)
+    trl_loss.backward()
+    assert abs(float(loss) - float(trl_loss)) <= 1e-5 * abs(float(trl_loss))
+    trl_grads = {n: p.grad for n, p in trainer.model.named_parameters()}
+    assert grads.keys() == trl_grads.keys()
+    for name in grads:
+        assert relative(grads[name], trl_grads[name]) <= 1e-5, name
+
+
+def test_full_finetuning_step_zero_is_ln2(tiny_tokenizer):
+    cfg = Config(model="m", output="o", finetuning="full", precompute_reference=True, load_in_4bit=False)
+    model = tiny_base(tiny_tokenizer)
+    batch = collate_pairs(PAIRS, 0)
+    module = make_loss(cfg)(model, 3)
+    ref = module.reference_logps(batch.input_ids, batch.labels)  # the model before its first step
+    loss, figures = module(batch.input_ids, batch.labels, float(batch.pairs), float(batch.chosen_tokens), None, ref)
+    assert abs(float(loss) - math.log(2)) <= 1e-6 and float(figures[3]) == 0.0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())  # every weight trains
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"finetuning": "full", "load_in_4bit": False}, "needs precompute_reference"),
+    ({"finetuning": "full", "precompute_reference": True}, "set load_in_4bit false"),
+    ({"loss_type": "simpo", "precompute_reference": True}, "there is no reference to precompute"),
+])
+def test_bad_reference_settings_are_one_line(settings, message):
+    test_bad_settings_are_one_line(settings, message)
+
+
+def test_precomputed_reference_skips_the_reference_forward(tiny_tokenizer):
+    """Given the rows' reference log-probabilities, the step takes them and runs no reference forward."""
+    from peft import get_peft_model
+
+    model = get_peft_model(tiny_base(tiny_tokenizer), lora())
+    randomize_adapter(model)
+    cfg = Config(model="m", output="o", precompute_reference=True)
+    batch = collate_pairs(PAIRS, 0)
+    args = (batch.input_ids, batch.labels, float(batch.pairs), float(batch.chosen_tokens), None)
+    expected, _ = make_loss(cfg)(model, 3)(*args)
+    module = make_loss(cfg)(model, 3)
+    ref = module.reference_logps(batch.input_ids, batch.labels)
+    module.reference_logps = lambda *a: pytest.fail("reference forward with precomputed values")
+    loss, _ = module(*args, ref)
+    assert torch.equal(loss, expected)
+    shifted, _ = module(*args, ref + torch.tensor([1.0] * len(PAIRS) + [0.0] * len(PAIRS)))
+    assert float(shifted) != pytest.approx(float(expected))  # the values given are the ones used
+
+
+def test_full_finetuning_under_torchrun_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from llamantino.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is joined
+    assert main(prefer_args(tiny_model_dir, data, tmp_path / "run", "--finetuning", "full",
+                            "--precompute-reference")) == 2
+    assert "finetuning full trains on one process (2 started)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_full_finetuning_from_a_starting_adapter_trains_the_merged_model(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """With --adapter the adapter is merged first: the merged model is both the reference and the
+    start of the policy (step 1 at ln 2), and the result is a whole model."""
+    import json
+
+    from peft import get_peft_model
+
+    from llamantino.cli import main
+
+    adapter = get_peft_model(tiny_base(tiny_tokenizer), lora())
+    randomize_adapter(adapter)
+    adapter.save_pretrained(tmp_path / "sft")
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    run = tmp_path / "run"
+    assert main(prefer_args(tiny_model_dir, data, run, "--adapter", str(tmp_path / "sft"), "--finetuning", "full",
+                            "--precompute-reference", "--max-steps", "2")) == 0
+    train = [r for r in metrics_rows(run) if r["loss"]]
+    assert float(train[0]["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["metrics"]["starting_adapter"] == "merged into the base; the whole model trained"
+    assert "starting adapter merged in" in manifest["metrics"]["reference"]
+    assert json.loads((run / "reference_logps.json").read_text())["reference"]["adapter"]["path"] == \
+        str(tmp_path / "sft")
+    assert (run / "model.safetensors").is_file() and not (run / "merged-base").exists()

@@ -24,15 +24,18 @@ held-out evaluation, DDP) with its own objective:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from llamantino.core.config import override, setting
 from llamantino.core.errors import LlamantinoError
 from llamantino.data.prompts import SYSTEM_PROMPT_HELP
 from llamantino.models.weight_files import DTYPES
+from llamantino.train import reference
 from llamantino.train.settings import QLoraSettings
 
 KIND = "prefer"
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 LOSS_TYPES = ("dpo", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
+FINETUNING = ("lora", "full")
 # The figures of every step, with TRL's names.
 FIELDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
           "logps/rejected", "nll_loss")
@@ -81,6 +85,13 @@ class Config(QLoraSettings):
                                 minimum=0, maximum=1000)
     sft_weight: float = setting(0.0, "weight of an added NLL term on the chosen answers (TRL's rpo_alpha); dpo, ipo, "
                                      "simpo", minimum=0, maximum=1000)
+    finetuning: str = setting("lora", "lora: train a LoRA adapter on the frozen base (4-bit with load_in_4bit: QLoRA); "
+                                      "full: train every weight of the model in float32, one process (dpo and ipo "
+                                      "take their reference from precompute_reference)", choices=FINETUNING)
+    precompute_reference: bool = setting(False, "dpo, ipo: compute the reference log-probabilities of every training "
+                                                "and held-out pair once, before the first step, into the run folder "
+                                                "(reference_logps.safetensors, checked by sha256 when read back), "
+                                                "and skip the reference forward at every step")
     eval_data: list[str] = override([], "held-out sets as NAME=PATH: preference pairs (JSON lines with chosen and "
                                         "rejected) give reward accuracy, text gives bits per byte, e.g. "
                                         "pairs=heldout.jsonl it=heldout_it.txt")
@@ -94,7 +105,21 @@ class Config(QLoraSettings):
                                   f"within max_length {self.max_length}")
         if self.loss_type == "orpo" and self.sft_weight:
             raise LlamantinoError(f"{source}: sft_weight is not used with orpo (its NLL term is part of the loss)")
-        if self.train_embeddings != "none":
+        if self.precompute_reference and self.loss_type in REFERENCE_FREE:
+            raise LlamantinoError(f"{source}: precompute_reference: {self.loss_type} is reference-free, there is no "
+                                  "reference to precompute")
+        if self.finetuning == "full":
+            if self.loss_type not in REFERENCE_FREE and not self.precompute_reference:
+                raise LlamantinoError(f"{source}: finetuning full with {self.loss_type} needs precompute_reference: "
+                                      "true (its reference is computed once, never a second copy of the model kept "
+                                      "in memory)")
+            if self.load_in_4bit:
+                raise LlamantinoError(f"{source}: finetuning full trains every weight in float32: set load_in_4bit "
+                                      "false (--no-load-in-4bit)")
+            if self.train_embeddings != "none":
+                raise LlamantinoError(f"{source}: train_embeddings {self.train_embeddings}: finetuning full trains "
+                                      "every weight, the embeddings included; leave it at none")
+        elif self.train_embeddings != "none":
             raise LlamantinoError(f"{source}: train_embeddings {self.train_embeddings}: prefer trains a LoRA adapter "
                                   "only (its reference is the model with the adapter off)")
 
@@ -207,6 +232,8 @@ def collate_pairs(pairs, pad_id: int | None, *, prompt_nll: bool = False) -> Pai
 
 
 def _module():
+    import contextlib
+
     import torch
 
     class PreferenceLoss(torch.nn.Module):
@@ -218,8 +245,11 @@ def _module():
             super().__init__()
             from llamantino.models.loss import loss_path
 
+            from llamantino.train.qlora import causal_lm
+
             self.model, self.cfg = model, cfg
-            self.path = loss_path(model.get_base_model(), chunk, "chunked")  # per-answer sums: never Liger's
+            self.causal_lm = causal_lm(model)  # a PEFT model's base, or the model trained whole
+            self.path = loss_path(self.causal_lm, chunk, "chunked")  # per-answer sums: never Liger's
             self.flatten = False
 
         def logps(self, input_ids, *label_sets):
@@ -229,26 +259,40 @@ def _module():
             if not self.path.chunk:
                 logits = self.model(input_ids=input_ids, use_cache=False).logits
                 return [row_target_logps_from_logits(logits, labels) for labels in label_sets]
-            hidden = self.model.get_base_model().model(input_ids=input_ids, use_cache=False).last_hidden_state
+            hidden = self.causal_lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
             return [row_target_logps(hidden, labels, self.path.head, self.path.chunk) for labels in label_sets]
 
-        def pair_logps(self, input_ids, labels, prompt_labels=None) -> tuple[PairLogps, object]:
+        def reference_logps(self, input_ids, labels):
+            """Per-row answer log-probability sums of the reference: the model with its adapter off
+            (a model trained whole has its reference precomputed, before its first step: itself)."""
+            from llamantino.train.qlora import is_adapter
+
+            with torch.no_grad(), (self.model.disable_adapter() if is_adapter(self.model)
+                                   else contextlib.nullcontext()):
+                ((ref, _),) = self.logps(input_ids, labels)
+            return ref
+
+        def pair_logps(self, input_ids, labels, prompt_labels=None, ref=None) -> tuple[PairLogps, object]:
             """The pairs' log-probabilities, and the chosen prompts' summed log-probability (with
-            `prompt_labels`; else 0)."""
+            `prompt_labels`; else 0). `ref`: the rows' reference log-probabilities, precomputed
+            (chosen rows, then rejected); else they are computed here."""
+            from llamantino.train.qlora import is_adapter
+
             n = input_ids.shape[0] // 2
-            ref = None
-            if self.cfg.loss_type not in REFERENCE_FREE:
-                with torch.no_grad(), self.model.disable_adapter():
-                    ((ref, _),) = self.logps(input_ids, labels)
+            if ref is None and self.cfg.loss_type not in REFERENCE_FREE:
+                if not is_adapter(self.model):  # validated away; never a reference from the trained weights
+                    raise LlamantinoError("finetuning full: no precomputed reference log-probabilities")
+                ref = self.reference_logps(input_ids, labels)
             found = self.logps(input_ids, labels, *(() if prompt_labels is None else (prompt_labels,)))
             logps, counts = found[0]
             prompts = found[1][0][:n].sum() if prompt_labels is not None else logps.new_zeros(())
             return PairLogps(logps[:n], logps[n:], counts[:n], counts[n:],
                              None if ref is None else ref[:n], None if ref is None else ref[n:]), prompts
 
-        def forward(self, input_ids, labels, n_pairs, n_chosen_tokens, prompt_labels=None):
-            """(this micro-batch's share of the step's loss, its figures summed over pairs)."""
-            lp, prompts = self.pair_logps(input_ids, labels, prompt_labels)
+        def forward(self, input_ids, labels, n_pairs, n_chosen_tokens, prompt_labels=None, ref=None):
+            """(this micro-batch's share of the step's loss, its figures summed over pairs); `ref`:
+            precomputed reference log-probabilities of the rows."""
+            lp, prompts = self.pair_logps(input_ids, labels, prompt_labels, ref)
             losses, chosen_rewards, rejected_rewards, chosen, rejected = pair_losses(self.cfg, lp)
             nll = -(lp.chosen.float().sum() + prompts)
             loss = losses.sum() / n_pairs
@@ -289,22 +333,30 @@ class PairSource:
         order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         return order.tolist()[self.rank::self.world]
 
-    def next_pair(self):
+    def next_index(self) -> int | None:
+        """The position in `pairs` of the next pair (None: there are none)."""
         if not self._order:
             return None
         if self.index >= len(self._order):
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._shuffled()
-        pair = self.pairs[self._order[self.index]]
+        found = self._order[self.index]
         self.index += 1
         self.read += 1
-        return pair
+        return found
+
+    def next_pair(self):
+        found = self.next_index()
+        return None if found is None else self.pairs[found]
+
+    def take_indices(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n and (found := self.next_index()) is not None:
+            out.append(found)
+        return out
 
     def take(self, n: int) -> list:
-        out = []
-        while len(out) < n and (pair := self.next_pair()) is not None:
-            out.append(pair)
-        return out
+        return [self.pairs[i] for i in self.take_indices(n)]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "read": self.read,
@@ -336,10 +388,11 @@ def _autocast(t):
                           enabled=t.device.type == "cuda" and t.compute_dtype != "float32")
 
 
-def step(t) -> bool:
+def step(t, reference: dict | None = None) -> bool:
     """One optimizer step over `accumulation` micro-batches of `batch_size` pairs. The loss is
     the mean over the step's pairs on every rank (the NLL term: over its chosen tokens), the
-    same update as one process with one big batch."""
+    same update as one process with one big batch. `reference`: the precomputed reference
+    log-probabilities ({"train": (chosen, rejected)}, filled before the first step), or empty."""
     import contextlib
 
     import torch
@@ -349,12 +402,14 @@ def step(t) -> bool:
 
     if t.step == 0 and t.rank == 0 and t.counters.get("first_eval"):
         write_before(t.cfg, t.counters["first_eval"])  # scored before this step (Objective.evaluate_first)
-    micro = []
+    micro, refs = [], []
     for _ in range(t.accumulation):
-        pairs = t.source.take(t.cfg.batch_size)
-        if not pairs:
+        indices = t.source.take_indices(t.cfg.batch_size)
+        if not indices:
             return False
-        micro.append(collate_pairs(pairs, t.tokenizer.pad_token_id, prompt_nll=t.cfg.loss_type == "orpo"))
+        micro.append(collate_pairs([t.source.pairs[i] for i in indices], t.tokenizer.pad_token_id,
+                                   prompt_nll=t.cfg.loss_type == "orpo"))
+        refs.append(cached_reference(reference, "train", indices))
     n_pairs, n_chosen = sum(b.pairs for b in micro), sum(b.chosen_tokens for b in micro)
     if t.world > 1:  # DDP averages gradients: / (global count / world) makes them the global batch's mean
         n_pairs, n_chosen = (v / t.world for v in distributed.all_reduce_sums([n_pairs, n_chosen], t.device))
@@ -365,13 +420,25 @@ def step(t) -> bool:
         with sync, _autocast(t):
             loss, sums = t.loss(batch.input_ids.to(t.device), batch.labels.to(t.device), float(n_pairs),
                                 float(max(1, n_chosen)),
-                                None if batch.prompt_labels is None else batch.prompt_labels.to(t.device))
+                                None if batch.prompt_labels is None else batch.prompt_labels.to(t.device),
+                                None if refs[i] is None else refs[i].to(t.device))
         t.scaler.scale(loss).backward()
         loss_sum += loss.detach().double()
         figures += sums
     apply_update(t, float(loss_sum), sum(b.positions for b in micro), sum(b.real_tokens for b in micro),
                  extra=_step_figures(t, figures, sum(b.pairs for b in micro), sum(b.chosen_tokens for b in micro)))
     return True
+
+
+def cached_reference(reference: dict | None, name: str, indices: list[int]):
+    """The precomputed reference log-probabilities of these pairs as the batch's rows (chosen, then
+    rejected), or None without a precomputed reference."""
+    import torch
+
+    if not reference or name not in reference:
+        return None
+    chosen, rejected = reference[name]
+    return torch.cat([chosen[indices], rejected[indices]])
 
 
 def _step_figures(t, figures, pairs: int, chosen_tokens: int) -> dict:
@@ -388,8 +455,9 @@ class HeldOutPairs:
     """A held-out set of pairs scored while training: TRL's reward accuracy and margin, and the
     share of pairs the model itself prefers the chosen answer of."""
 
-    def __init__(self, name: str, source: str, pairs: list):
-        self.name, self.source, self.pairs = name, source, pairs
+    def __init__(self, name: str, source: str, pairs: list, fingerprint: str = "", reference: dict | None = None):
+        self.name, self.source, self.pairs, self.fingerprint = name, source, pairs, fingerprint
+        self.reference = reference  # the stage's precomputed reference log-probabilities, once filled
 
     @property
     def columns(self) -> list[str]:
@@ -401,14 +469,17 @@ class HeldOutPairs:
         from llamantino.core import distributed
 
         module = getattr(t.loss, "module", t.loss)
-        mine = self.pairs[t.rank::t.world]
+        mine = list(range(len(self.pairs)))[t.rank::t.world]
         sums = [0.0, 0.0, 0.0, 0.0]
         t.model.eval()
         try:
             with torch.no_grad(), _autocast(t):
                 for start in range(0, len(mine), t.cfg.eval_batch_size):
-                    batch = collate_pairs(mine[start:start + t.cfg.eval_batch_size], t.tokenizer.pad_token_id)
-                    lp, _ = module.pair_logps(batch.input_ids.to(t.device), batch.labels.to(t.device))
+                    indices = mine[start:start + t.cfg.eval_batch_size]
+                    batch = collate_pairs([self.pairs[i] for i in indices], t.tokenizer.pad_token_id)
+                    ref = cached_reference(self.reference, f"eval_{self.name}", indices)
+                    lp, _ = module.pair_logps(batch.input_ids.to(t.device), batch.labels.to(t.device),
+                                              ref=None if ref is None else ref.to(t.device))
                     _, chosen_rewards, rejected_rewards, chosen, rejected = pair_losses(t.cfg, lp)
                     sums[0] += float((chosen_rewards > rejected_rewards).float().sum())
                     sums[1] += float((chosen_rewards - rejected_rewards).sum())
@@ -454,9 +525,91 @@ def _holds_pairs(path: str) -> bool:
 def reference_kind(cfg: Config) -> str:
     if cfg.loss_type in REFERENCE_FREE:
         return f"none ({cfg.loss_type} is reference-free)"
-    if cfg.adapter:
-        return "the model with the new adapter off: the base with the starting adapter merged in"
-    return "the model with the adapter off: the base"
+    base = "the base with the starting adapter merged in" if cfg.adapter else "the base"
+    if cfg.finetuning == "full":
+        found = f"the model before the first step: {base}"
+    elif cfg.adapter:
+        found = f"the model with the new adapter off: {base}"
+    else:
+        found = "the model with the adapter off: the base"
+    if cfg.precompute_reference:
+        return f"{found}, precomputed once before the first step ({reference.FILE})"
+    return found
+
+
+def starting_adapter(cfg: Config) -> str:
+    if not cfg.adapter:
+        return "none"
+    trained = "the whole model trained" if cfg.finetuning == "full" else "a new adapter trained on top"
+    return f"merged into the base; {trained}"
+
+
+def reference_identity(cfg: Config) -> dict:
+    """What the reference log-probabilities depend on besides the pairs: the model (and starting
+    adapter), how they are loaded and the precision they run in."""
+    from llamantino.core.manifest import describe_inputs
+
+    return {"model": describe_inputs([cfg.model])[0], "adapter": describe_inputs([cfg.adapter])[0] if cfg.adapter
+            else None, "merge_dtype": cfg.merge_dtype if cfg.adapter else None, "finetuning": cfg.finetuning,
+            "load_in_4bit": cfg.load_in_4bit, "quant_type": cfg.quant_type if cfg.load_in_4bit else None,
+            "double_quant": cfg.double_quant if cfg.load_in_4bit else None, "compute_dtype": cfg.compute_dtype,
+            "attn_implementation": cfg.attn_implementation}
+
+
+def precompute_reference(t, cfg: Config, train_set, heldout: list, values: dict) -> None:
+    """Fill `values` with the reference log-probabilities of the training pairs and every held-out
+    set of pairs (`reference.Pass`): read back and checked, or computed once with the model as it
+    is before the first step, adapter off. Every rank computes a share of the parts, rank 0 writes
+    them, every rank reads the file."""
+    import torch
+
+    from llamantino.core import distributed
+    from llamantino.core.manifest import record_outputs
+    from llamantino.train.qlora import is_adapter
+
+    if not is_adapter(t.model) and t.step > 0 and not (t.run_dir / reference.INFO).is_file():
+        raise LlamantinoError(f"{t.run_dir / reference.INFO}: missing after step {t.step}: the reference of a model "
+                              "trained whole is the model before its first step; start again with --overwrite")
+    module = getattr(t.loss, "module", t.loss)
+    sets = [("train", train_set.pairs, train_set.fingerprint)] + [(f"eval_{h.name}", h.pairs, h.fingerprint)
+                                                                    for h in heldout]
+
+    def compute(pairs):
+        batch = collate_pairs(pairs, t.tokenizer.pad_token_id)
+        with _autocast(t):
+            ref = module.reference_logps(batch.input_ids.to(t.device), batch.labels.to(t.device))
+        return ref[:batch.pairs], ref[batch.pairs:]
+
+    work = reference.Pass(cfg.output, sets, reference_identity(cfg))
+
+    def begin():
+        record_outputs(cfg.output, *reference.OUTPUTS)
+        return work.begin()
+
+    started = time.time()
+    committed = distributed.on_rank0(begin)
+    if committed is not None:
+        # Every rank computes one part of each round; rank 0 writes them in order and commits.
+        t.model.eval()  # no dropout in the reference
+        try:
+            for first in range(committed, work.total, t.world):
+                index = first + t.rank
+                mine = work.compute_part(index, compute, cfg.eval_batch_size) if index < work.total else None
+                gathered = distributed.all_gather_object(mine)
+                distributed.on_rank0(lambda: [work.commit(first + r, part) for r, part in enumerate(gathered)
+                                              if part is not None])
+        finally:
+            t.model.train()
+    record = distributed.on_rank0(lambda: work.finish() if committed is not None else
+                                  reference.load(cfg.output, work.expected)[1])
+    found, _ = reference.load(cfg.output, work.expected)
+    values.update({name: (chosen.to(torch.float32), rejected.to(torch.float32))
+                   for name, (chosen, rejected) in found.items()})
+    t.info.update(reference_logps=reference.FILE, reference_logps_sha256=record["sha256"],
+                  reference_seconds=round(time.time() - started, 2))
+    if t.rank == 0:
+        log.info("reference log-probabilities of %d pairs: %s (sha256 %s)", sum(len(s[1]) for s in sets),
+                 reference.FILE, record["sha256"][:12])
 
 
 def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
@@ -468,6 +621,9 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     from llamantino.train.qlora import Objective, train
     from llamantino.train.sft import merged_base
 
+    if cfg.finetuning == "full" and dist_env()[1] > 1:
+        raise LlamantinoError(f"finetuning full trains on one process ({dist_env()[1]} started): launch it without "
+                              "torchrun, or use finetuning lora (DDP)")
     tokenizer = check_inputs(cfg)
     if cfg.adapter:
         from llamantino.models.modeling import check_adapter
@@ -482,7 +638,9 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
     if not loaded.pairs:
         raise LlamantinoError(f"{', '.join(cfg.data)}: no preference pair to train on")
     text_sets, pair_sets = split_eval_data(cfg.eval_data)
-    heldout = [HeldOutPairs(name, path, load_pairs([path], tokenizer, **options).pairs) for name, path in pair_sets]
+    cached: dict = {}  # the precomputed reference log-probabilities, filled before the first step
+    heldout = [HeldOutPairs(name, path, found.pairs, found.fingerprint, cached)
+               for name, path in pair_sets for found in [load_pairs([path], tokenizer, **options)]]
     summary = {"pairs": len(loaded.pairs), "pairs_cut": loaded.cut, "pairs_skipped": loaded.skipped,
                "pairs_sha256": loaded.fingerprint, "prompt_format": chat.name, "end_of_turn": chat.end_of_turn}
 
@@ -493,11 +651,13 @@ def run(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict:
         return out
 
     objective = Objective(
-        make_loss=make_loss(cfg), step=step, fields=FIELDS,
+        make_loss=make_loss(cfg), step=functools.partial(step, reference=cached), fields=FIELDS,
         evaluate=evaluate if heldout else None, eval_fields=tuple(c for h in heldout for c in h.columns),
         evaluate_first=True, text_eval=text_sets,
-        info={"loss_type": cfg.loss_type, "reference": reference_kind(cfg),
-              "starting_adapter": "merged into the base; a new adapter trained on top" if cfg.adapter else "none"})
+        info={"loss_type": cfg.loss_type, "reference": reference_kind(cfg), "finetuning": cfg.finetuning,
+              "starting_adapter": starting_adapter(cfg)},
+        prepare=(lambda t: precompute_reference(t, cfg, loaded, heldout, cached)) if cfg.precompute_reference else None,
+        full=cfg.finetuning == "full")
     inputs = list(expand_sources(cfg.data)) + [path for _, path in pair_sets] + prompt_files(cfg.prompt_format,
                                                                                              cfg.system_prompt)
     result = train(KIND, cfg, lambda rank, world: PairSource(loaded.pairs, seed=cfg.seed, rank=rank, world=world,

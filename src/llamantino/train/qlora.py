@@ -235,6 +235,51 @@ def varlen_kwargs(position_ids: torch.Tensor, row_length: int, device=None) -> d
             "max_length_k": int(row_length)}
 
 
+def is_adapter(model) -> bool:
+    """Whether `model` is a PEFT model (an adapter on a frozen base), not a model trained whole."""
+    return hasattr(model, "get_base_model")
+
+
+def causal_lm(model):
+    """The transformers causal LM: a PEFT model's base, or the model trained whole itself."""
+    return model.get_base_model() if is_adapter(model) else model
+
+
+def build_full_model(cfg: QLoraSettings, device, compute_dtype: str, *, base_path: str | None = None):
+    """The whole model in float32 (the master weights; autocast gives the compute dtype), every
+    weight of its language model trained. Returns (model, what trains), as `build_peft_model`."""
+    from llamantino.models.modeling import freeze_outside_language_model, load_causal_lm
+
+    model = load_causal_lm(base_path or cfg.model, dtype="float32", device=str(device),
+                           attn_implementation=cfg.attn_implementation)
+    log.info("%s: attention %s, every weight trained", type(model).__name__, model.config._attn_implementation)
+    model.config.use_cache = False
+    frozen = freeze_outside_language_model(model)
+    if frozen:
+        log.info("vision-language model: %.1fM parameters outside the language model stay frozen", frozen / 1e6)
+    return model, {"lora_targets": [], "lora_target_parameters": [], "lora_dropout": 0.0, "routers_trained": []}
+
+
+class ModelState:
+    """The weights of a model trained whole as a checkpoint part (one process writes and reads them)."""
+
+    FILE = "model.safetensors"
+
+    def __init__(self, model):
+        self.model = model
+
+    def save_to(self, folder: Path, rank: int) -> None:
+        from safetensors.torch import save_model
+
+        if rank == 0:
+            save_model(self.model, str(folder / self.FILE))  # tied weights once
+
+    def load_from(self, folder: Path, rank: int) -> None:
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(folder / self.FILE), device=str(next(self.model.parameters()).device))
+
+
 class AdapterState:
     """The LoRA weights as a checkpoint part: rank 0 writes them, every rank reads them."""
 
@@ -279,6 +324,10 @@ class Objective:
     evaluate_first: bool = False
     text_eval: list | None = None  # the eval_data entries scored in bits per byte (None: all)
     info: dict = dataclasses.field(default_factory=dict)  # for the manifest
+    # Called once the model is set up (and a checkpoint loaded), before anything is scored or trained.
+    prepare: Callable | None = None
+    # Train every weight of the model in float32 (no adapter, no 4-bit base); one process.
+    full: bool = False
 
 
 @dataclasses.dataclass
@@ -322,7 +371,8 @@ class Trainer:
 
     def parts(self) -> tuple[dict, dict]:
         """The checkpoint's shared parts and this rank's own."""
-        return ({"adapter": AdapterState(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
+        weights = AdapterState(self.model) if is_adapter(self.model) else ModelState(self.model)
+        return ({"adapter" if is_adapter(self.model) else "model": weights, "optimizer": self.optimizer, "scheduler": self.scheduler,
                  "trainer": self.counters}, {"data": self.source, "rng": RNG})
 
 
@@ -348,6 +398,8 @@ def train(kind: str, cfg: QLoraSettings, make_source, *, tokenizer, overwrite: b
     scored = bool(t.heldout or (objective and objective.evaluate))
     stop = common.StopRequest()
     with t.progress:  # closed on an error too: the error line starts a line of its own
+        if objective and objective.prepare:
+            objective.prepare(t)
         if scored and objective and objective.evaluate_first and t.step == 0:
             evaluate_heldout(t)
             t.counters["first_eval"] = dict(t.last_eval)
@@ -382,10 +434,11 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
     base_path = distributed.on_rank0(base_model) if base_model else None
     compute_dtype = common.resolve_compute_dtype(cfg.compute_dtype, device)
     common.seed_all(cfg.seed)
-    model, adapted = build_peft_model(cfg, device, compute_dtype, base_path=base_path)
+    build = build_full_model if objective is not None and objective.full else build_peft_model
+    model, adapted = build(cfg, device, compute_dtype, base_path=base_path)
     groups = parameter_groups(model, cfg.learning_rate, cfg.embedding_learning_rate, adapted["routers_trained"])
     counts = common.parameter_record(model)
-    if rank == 0:
+    if rank == 0 and is_adapter(model):
         log.info("LoRA (r %d) on modules %s and parameters %s%s: %s trainable parameters; base %s in 4-bit, %s in "
                  "full precision", cfg.lora_r, adapted["lora_targets"], adapted["lora_target_parameters"] or "none",
                  f", routers {adapted['routers_trained']} trained whole" if adapted["routers_trained"] else "",
@@ -394,7 +447,7 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
                                                         cfg.weight_decay, device)
     scheduler = common.make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_steps)
     counters = {"step": 0, "tokens": 0, "real_tokens": 0, "world_size": world}
-    paths = speed.resolve(cfg, device, model.get_base_model().config.model_type, compute_dtype)
+    paths = speed.resolve(cfg, device, causal_lm(model).config.model_type, compute_dtype)
     # The loss checks the model's head: before compiling.
     loss = (objective.make_loss if objective else CausalLMLoss)(model, cfg.loss_chunk_tokens, fused=paths.fused_loss)
     apply_speed(model, paths, cfg.lora_r)
@@ -432,14 +485,14 @@ def setup(kind: str, cfg: QLoraSettings, make_source, tokenizer, *, resume_from:
 
 def apply_speed(model, paths: speed.Speed, lora_rank: int) -> None:
     """The run's speed paths (kernels, checkpointing, compiled blocks) on the PEFT model's base, in place."""
-    causal_lm = model.get_base_model()
-    speed.apply(causal_lm, paths, lora_rank=lora_rank)
-    log.info("speed paths: attention %s, %s", causal_lm.config._attn_implementation, speed.describe(paths))
+    base = causal_lm(model)
+    speed.apply(base, paths, lora_rank=lora_rank if is_adapter(model) else 0)
+    log.info("speed paths: attention %s, %s", base.config._attn_implementation, speed.describe(paths))
 
 
 def speed_info(model, loss: CausalLMLoss, paths: speed.Speed) -> dict:
     """What the manifest reports about the speed paths taken (the loss as it runs: liger, chunked or own)."""
-    return {"attention": model.get_base_model().config._attn_implementation,
+    return {"attention": causal_lm(model).config._attn_implementation,
             **paths.settings(), "fused_loss": loss.path.name}
 
 
@@ -596,7 +649,8 @@ def _write_rank_record(t: Trainer) -> None:
     from peft import get_peft_model_state_dict
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(get_peft_model_state_dict(t.model).items()):
+    state = get_peft_model_state_dict(t.model) if is_adapter(t.model) else t.model.state_dict()
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     if t.rank == 0:
