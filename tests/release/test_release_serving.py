@@ -70,6 +70,9 @@ def test_an_adapter_with_trained_embeddings_is_offered_merged(tmp_path, tiny_mod
     ({"r": 600}, 0, "its rank 600 is above vLLM's largest --max-lora-rank (512)"),
     ({"trainable_token_indices": [3, 4]}, 8, "it trains rows of the embeddings (trainable_token_indices)"),
     ({"use_dora": True}, 8, "it is a DoRA adapter"),
+    ({"target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}, 8,
+     "it adapts weights that are not linear layers (mlp.experts.gate_up_proj, mlp.experts.down_proj: "
+     "target_parameters, a mixture of experts' fused experts)"),
 ])
 def test_vllm_lora_check(tmp_path_factory, tiny_model_dir, values, rank, reason):
     folder = _adapter_run(tmp_path_factory.mktemp("a"), tiny_model_dir, r=8)

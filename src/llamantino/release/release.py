@@ -225,8 +225,8 @@ class VllmLora:
 
 def vllm_lora(adapter: Path) -> VllmLora:
     """Whether vLLM serves `adapter` as a LoRA: it loads LoRA factors of linear layers only
-    ("vLLM only supports modules_to_save being None"), no DoRA, no LoRA bias, ranks up to its
-    largest --max-lora-rank."""
+    ("vLLM only supports modules_to_save being None"; PEFT's target_parameters on fused experts
+    are not linear layers), no DoRA, no LoRA bias, ranks up to its largest --max-lora-rank."""
     from safetensors import safe_open
 
     from llamantino.models.modeling import check_adapter
@@ -245,6 +245,9 @@ def vllm_lora(adapter: Path) -> VllmLora:
         reasons.append("it is a DoRA adapter")
     if config.get("lora_bias"):
         reasons.append("it trains LoRA biases (lora_bias)")
+    if config.get("target_parameters"):  # PEFT's LoRA on fused 3-D expert weights, not on linear layers
+        reasons.append(f"it adapts weights that are not linear layers ({', '.join(map(str, config['target_parameters']))}: "
+                       "target_parameters, a mixture of experts' fused experts)")
     weights = safe_join(adapter, "adapter_model.safetensors", f"adapter {adapter}")
     if weights.is_file() and not reasons:  # what the config does not say, the weights do
         with safe_open(str(weights), framework="numpy") as handle:
