@@ -1,9 +1,10 @@
-"""The GPU measurements of the project in three parts, each under 7 minutes on one H200 with its
+"""The GPU measurements of the project in four parts, each under 7 minutes on one H200 with its
 model building, so each fits the time a GPU is lent for:
 
     python benchmarks/bench_gpu.py --part 1   # the headline: adapt with its defaults against TRL
     python benchmarks/bench_gpu.py --part 2   # instruct: the training step's speed paths and MFU
     python benchmarks/bench_gpu.py --part 3   # the `gpu` tests, llamantino doctor (--smoke), 4-bit costs
+    python benchmarks/bench_gpu.py --part 4   # prefer's DPO step against TRL; MoE experts in 4-bit or not
     python benchmarks/bench_gpu.py --cpu-check [--part N]   # every part at tiny sizes on CPU: plumbing only
 
 Part 1: a 7B-shaped LLaMA (random weights, saved once in 4-bit NF4 with double quantisation),
@@ -21,6 +22,13 @@ weights): `defaults`, `plain` and the speed paths, with MFU against the GPU's pe
 Part 3: `pytest -m gpu` (FlashAttention 2/3 and flex attention on packed documents, compiled
 blocks, selective checkpointing, Liger, each against the plain path), `llamantino doctor` and
 `doctor --smoke`, and the cost of 4-bit dequantisation per LoRA-wrapped layer.
+Part 4: the new stages' steps, each beside its baseline, tokens/s and peak memory
+(max_memory_allocated after the warm-up), each run in a process of its own. One DPO step of
+`llamantino prefer` (bench_prefer.py's step: LoRA r=16, checkpointing, 4 pairs of 1024 tokens) on
+part 1's 7B 4-bit model (built here when part 1 has not run), with and without the reference
+log-probabilities precomputed, against TRL's DPOTrainer on the same model and batch. Then
+bench_moe.py's QLoRA step on a Qwen3-MoE of 0.7B weights (64 experts a layer, 8 routed per token,
+4 x 1024 tokens): experts in 4-bit against experts left in bf16.
 
 Each part prints its table and writes it to --output (default gpu-speed-partN.txt, with the raw
 figures in a .json beside it). A part stops starting runs when --budget-s is spent; what did not
