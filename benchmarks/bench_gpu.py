@@ -1,9 +1,10 @@
-"""The GPU measurements of the project in three parts, each under 7 minutes on one H200 with its
+"""The GPU measurements of the project in four parts, each under 7 minutes on one H200 with its
 model building, so each fits the time a GPU is lent for:
 
     python benchmarks/bench_gpu.py --part 1   # the headline: adapt with its defaults against TRL
     python benchmarks/bench_gpu.py --part 2   # instruct: the training step's speed paths and MFU
     python benchmarks/bench_gpu.py --part 3   # the `gpu` tests, llamantino doctor (--smoke), 4-bit costs
+    python benchmarks/bench_gpu.py --part 4   # prefer's DPO step against TRL; MoE experts in 4-bit or not
     python benchmarks/bench_gpu.py --cpu-check [--part N]   # every part at tiny sizes on CPU: plumbing only
 
 Part 1: a 7B-shaped LLaMA (random weights, saved once in 4-bit NF4 with double quantisation),
@@ -21,6 +22,13 @@ weights): `defaults`, `plain` and the speed paths, with MFU against the GPU's pe
 Part 3: `pytest -m gpu` (FlashAttention 2/3 and flex attention on packed documents, compiled
 blocks, selective checkpointing, Liger, each against the plain path), `llamantino doctor` and
 `doctor --smoke`, and the cost of 4-bit dequantisation per LoRA-wrapped layer.
+Part 4: the new stages' steps, each beside its baseline, tokens/s and peak memory
+(max_memory_allocated after the warm-up), each run in a process of its own. One DPO step of
+`llamantino prefer` (bench_prefer.py's step: LoRA r=16, checkpointing, 4 pairs of 1024 tokens) on
+part 1's 7B 4-bit model (built here when part 1 has not run), with and without the reference
+log-probabilities precomputed, against TRL's DPOTrainer on the same model and batch. Then
+bench_moe.py's QLoRA step on a Qwen3-MoE of 0.7B weights (64 experts a layer, 8 routed per token,
+4 x 1024 tokens): experts in 4-bit against experts left in bf16.
 
 Each part prints its table and writes it to --output (default gpu-speed-partN.txt, with the raw
 figures in a .json beside it). A part stops starting runs when --budget-s is spent; what did not
@@ -42,6 +50,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -54,9 +63,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.e
 
 import bench_adapt  # noqa: E402
 import bench_instruct  # noqa: E402
+import bench_moe  # noqa: E402
+import bench_prefer  # noqa: E402
 
 PART1 = ["defaults", "trl-packing", "trl-tuned", "unsloth"]  # the headline row first
 PART2 = ["defaults", "plain", "compile", "liger", "no-checkpointing"]
+PART4_PREFER = ["prefer", "prefer-cached", "trl-dpo"]  # ours first, TRL the baseline
+PART4_MOE = ["moe-4bit-experts", "moe-full-experts"]  # the second the baseline
 BUDGET_S = 400  # per part, model building included: under 7 minutes with the report
 SIZES = {
     "gpu": {"adapt": ["--device", "cuda", "--hidden-size", "4096", "--layers", "32", "--intermediate-size", "11008",
@@ -67,7 +80,16 @@ SIZES = {
             "instruct": ["--device", "cuda", "--hidden-size", "2048", "--layers", "24", "--intermediate-size", "5632",
                          "--heads", "16", "--vocab-size", "32000", "--seq-length", "1024", "--batch-size", "8",
                          "--steps", "20", "--warmup-steps", "3"],
-            "dequant": {"hidden": 4096, "intermediate": 11008, "tokens": 8 * 1024}},
+            "dequant": {"hidden": 4096, "intermediate": 11008, "tokens": 8 * 1024},
+            # 4 pairs: 8 rows of 1024 tokens (prompt 512, answers 512 and 384) on part 1's 7B model
+            "prefer": ["--device", "cuda", "--pairs", "4", "--prompt-length", "512", "--answer-length", "512",
+                       "--steps", "4", "--warmup-steps", "1"],
+            # Qwen3-MoE: 0.70B weights, 86% of them in 64 experts a layer, 8 routed per token
+            "moe": {"shape": {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
+                              "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 32000},
+                    "experts": {"num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 256,
+                                "intermediate_size": 256},
+                    "seq_length": 1024, "steps": 3}},
     "cpu": {"adapt": ["--device", "cpu", "--hidden-size", "64", "--layers", "2", "--intermediate-size", "128",
                       "--heads", "4", "--vocab-size", "512", "--seq-length", "64", "--batch-size", "4",
                       "--steps", "3", "--warmup-steps", "1", "--docs", "40"],
@@ -76,7 +98,14 @@ SIZES = {
             "instruct": ["--device", "cpu", "--hidden-size", "64", "--layers", "2", "--intermediate-size", "128",
                          "--heads", "4", "--vocab-size", "512", "--seq-length", "64", "--batch-size", "2",
                          "--steps", "2", "--warmup-steps", "1"],
-            "dequant": {"hidden": 64, "intermediate": 128, "tokens": 256}},
+            "dequant": {"hidden": 64, "intermediate": 128, "tokens": 256},
+            "prefer": ["--device", "cpu", "--pairs", "2", "--prompt-length", "16", "--answer-length", "16",
+                       "--steps", "1", "--warmup-steps", "1", "--chunk", "64"],
+            "moe": {"shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                              "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512},
+                    "experts": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                                "intermediate_size": 64},
+                    "seq_length": 32, "steps": 1}},
 }
 GOALS = "goals: adapt >= 2.0x TRL's tokens/s at <= 0.6x its peak memory, >= 1.0x unsloth's; instruct >= 40% MFU"
 
@@ -328,15 +357,117 @@ def dequantisation(sizes: dict, device: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# Part 4: prefer's DPO step against TRL's DPOTrainer; MoE experts in 4-bit against unquantized
 
 
-def run_child(name: str, mode: str, deadline: float) -> dict:
+def part4(mode: str, args, deadline: float) -> tuple[list[str], dict]:
+    def measure(name: str) -> dict:
+        if mode == "gpu":  # a process each: a clean GPU and its own peak memory
+            return run_child(name, mode, deadline, ["--workdir", args.workdir])
+        try:  # check mode: in this process, as the tiny runs' imports would cost more than their steps
+            return child_part4(name, mode, args.workdir)
+        except Exception as error:  # noqa: BLE001  (reported in the table, as a child's failure is)
+            return {"failed": f"{type(error).__name__}: {error}"[:200]}
+
+    prefer, moe = {}, {}
+    built = measure("prefer-model")
+    for name in PART4_PREFER:
+        prefer[name] = measure(f"prefer:{name}") if "failed" not in built else {"skipped": "model not built"}
+    built = measure("moe-model")
+    for name in PART4_MOE:
+        moe[name] = measure(f"moe:{name}") if "failed" not in built else {"skipped": "model not built"}
+    a = bench_prefer.parse_args(SIZES[mode]["prefer"])
+    sizes = SIZES[mode]["adapt"]
+    lines = [f"prefer (DPO, LoRA r=16 on every linear layer, checkpointing) on part 1's model: LLaMA hidden "
+             f"{option(sizes, '--hidden-size')} x {option(sizes, '--layers')} layers in 4-bit NF4, {a.pairs} pairs "
+             f"(prompt {a.prompt_length}, answers {a.answer_length}/{a.answer_length * 3 // 4}), {a.steps} timed "
+             f"steps after {a.warmup_steps} warm-up (peak memory from then)",
+             *figures_table(prefer, "trl-dpo", [("tokens/s", "tokens_per_s", 1), ("s/step", "s_per_step", 0),
+                                                ("peak GiB", "peak_mb", 2**10)]), ""]
+    s = SIZES[mode]["moe"]
+    shape = {**bench_moe.SHAPE, **s["shape"], **s["experts"]}
+    lines += [f"MoE QLoRA step (Qwen3-MoE hidden {shape['hidden_size']} x {shape['num_hidden_layers']} layers, "
+              f"{shape['num_experts']} experts of {shape['moe_intermediate_size']}, {shape['num_experts_per_tok']} "
+              f"a token; LoRA on attention and every expert), 4 x {s['seq_length']} tokens, {s['steps']} timed "
+              "steps after 1 warm-up",
+              *figures_table(moe, "moe-full-experts", [("tokens/s", "tokens_per_s", 1),
+                                                       ("step peak GiB", "step_peak_bytes", 2**30),
+                                                       ("load peak GiB", "load_peak_bytes", 2**30),
+                                                       ("model GiB", "held_bytes", 2**30)])]
+    return lines, {"prefer": prefer, "moe": moe}
+
+
+def figures_table(results: dict, baseline: str, columns: list[tuple[str, str, int]]) -> list[str]:
+    """One row a run, the figures in `columns` (title, key, divisor: 1 whole numbers, 0 three
+    decimals, else GiB), then the ratio of tokens/s and of the first memory column to `baseline`."""
+    base = results.get(baseline, {})
+    memory = next(key for _, key, divisor in columns if divisor > 1)
+    rows, notes = [["variant", *(title for title, _, _ in columns), f"vs {baseline} (tok/s, mem)"]], []
+    for name, r in results.items():
+        if "tokens_per_s" not in r:
+            notes.append(f"{name}: " + (f"skipped ({r['skipped']})" if "skipped" in r else f"FAILED: {r['failed']}"))
+            continue
+        cells = [f"{r[key]:,.0f}" if divisor == 1 else f"{r[key]:.3f}" if divisor == 0 else f"{r[key] / divisor:.2f}"
+                 for _, key, divisor in columns]
+        ratio = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x, {r[memory] / base[memory]:.2f}x"
+                 if "tokens_per_s" in base and base[memory] else "-")
+        rows.append([name, *cells, ratio])
+    return table(rows, left=1) + notes
+
+
+def child_part4(name: str, mode: str, workdir: str) -> dict:
+    """prefer-model / moe-model: build the model once (prefer's is part 1's, reused when there);
+    prefer:VARIANT / moe:VARIANT: bench_prefer's and bench_moe's own step on it."""
+    if name.startswith("prefer"):
+        from llamantino.models.modeling import load_causal_lm
+        from llamantino.train.qlora import prepare_for_training
+
+        shape = bench_adapt.parse_args(SIZES[mode]["adapt"])
+        folder = Path(workdir) / mode / "adapt" / "model"  # where part 1 builds it
+        if name == "prefer-model":
+            if not (folder / "config.json").is_file():
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                bench_adapt.build_model(folder, shape, in_4bit=mode == "gpu")
+            return {"model": str(folder)}
+        variant = name.split(":", 1)[1]
+        args = bench_prefer.parse_args([*SIZES[mode]["prefer"], "--vocab-size", str(shape.vocab_size),
+                                        "--child", variant])
+        compute = "bfloat16" if mode == "gpu" else "float32"
+        model = load_causal_lm(str(folder), load_in_4bit=True, compute_dtype=compute, device=args.device,
+                               attn_implementation="sdpa")
+        if variant != "trl-dpo":  # as the prefer stage does; TRL prepares a 4-bit model its own way
+            prepare_for_training(model, False, compute)
+        return bench_prefer.child(args, model)
+    s = SIZES[mode]["moe"]
+    # bench_moe takes its model's shape from these dicts: this part's size replaces its default
+    bench_moe.SHAPE.update(s["shape"])
+    bench_moe.MOE.update(s["experts"])
+    folder = Path(workdir) / mode / "moe"
+    if name == "moe-model":
+        if not (folder / "moe" / "config.json").is_file():
+            partial = folder.with_name("moe.partial")  # renamed when complete: a broken build is never reused
+            shutil.rmtree(partial, ignore_errors=True)
+            bench_moe.build("moe", partial)
+            folder.mkdir(parents=True, exist_ok=True)
+            (partial / "moe").rename(folder / "moe")
+            shutil.rmtree(partial)
+        return {"model": str(folder / "moe")}
+    from types import SimpleNamespace
+
+    return bench_moe.worker(SimpleNamespace(worker=name.split(":", 1)[1], folder=str(folder),
+                                            seq_length=s["seq_length"], steps=s["steps"], threads=0))
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def run_child(name: str, mode: str, deadline: float, extra: list[str] = ()) -> dict:
     """A measurement in a process of its own (a clean GPU, compilation caches of its own)."""
     left = deadline - time.time()
     if left < 30:
         return {"skipped": "not run: the time budget was spent"}
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--mode", mode], capture_output=True,
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--mode", mode, *extra], capture_output=True,
                               text=True, timeout=left, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired:
         return {"failed": "stopped: the time budget was spent"}
@@ -348,7 +479,9 @@ def run_child(name: str, mode: str, deadline: float) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-PARTS = {1: part1, 2: part2, 3: part3}
+PARTS = {1: part1, 2: part2, 3: part3, 4: part4}
+CHILDREN = ["packed-attention", "prefer-model", *(f"prefer:{v}" for v in PART4_PREFER), "moe-model",
+            *(f"moe:{v}" for v in PART4_MOE)]
 
 
 def goals(raw: dict) -> list[str]:
@@ -376,7 +509,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", type=int, choices=sorted(PARTS), help="the part to run (default: 1; "
-                                                                         "--cpu-check: all three)")
+                                                                         "--cpu-check: all four)")
     parser.add_argument("--cpu-check", action="store_true", help="tiny sizes on CPU: check that every path runs")
     parser.add_argument("--adapt", nargs="*", choices=[*bench_adapt.VARIANTS, *bench_adapt.BASELINES],
                         help=f"part 1's adapt runs (default: {' '.join(PART1)}; none: skip them)")
@@ -389,11 +522,13 @@ def main(argv=None) -> int:
                         help="the 7B model and corpus are built here once and reused")
     parser.add_argument("--output", default="", help="the table goes here too, the raw figures in a .json beside it "
                                                      "(default gpu-speed-partN.txt)")
-    parser.add_argument("--child", choices=["packed-attention"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["gpu", "cpu"], default="gpu", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child_packed_attention(args.mode)))
+        result = (child_packed_attention(args.mode) if args.child == "packed-attention"
+                  else child_part4(args.child, args.mode, args.workdir))
+        print("RESULT " + json.dumps(result))
         return 0
     import torch
 
@@ -402,7 +537,7 @@ def main(argv=None) -> int:
     mode = "cpu" if args.cpu_check else "gpu"
     if mode == "cpu":
         os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: one thread each, no spinning on a busy machine
-    parts = [args.part] if args.part else ([1, 2, 3] if mode == "cpu" else [1])
+    parts = [args.part] if args.part else ([1, 2, 3, 4] if mode == "cpu" else [1])
     device = torch.cuda.get_device_name(0) if mode == "gpu" else "CPU (check mode: plumbing, no figures)"
     sections, raw = [f"llamantino speed on {device}, torch {torch.__version__}"], {}
     for part in parts:

@@ -96,14 +96,15 @@ def measure(args, step, tokens: int) -> dict:
             "s_per_step": seconds / args.steps}
 
 
-def child(args) -> dict:
+def child(args, model=None) -> dict:
+    """One variant's steps on `model` (default: a random full-precision LLaMA of the args' shape)."""
     import torch
     from peft import get_peft_model
 
     from llamantino.train.prefer import Config, collate_pairs, make_loss
 
     batch = collate_pairs(pairs(args), 0)
-    model = build(args)
+    model = build(args) if model is None else model
     model.train()
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -822,6 +822,8 @@ def test_the_gpu_benchmarks_arguments_parse():
     import bench_adapt
     import bench_gpu
     import bench_instruct
+    import bench_moe
+    import bench_prefer
 
     adapt = bench_adapt.parse_args([*bench_gpu.SIZES["gpu"]["adapt"], "--variants", *bench_gpu.PART1])
     assert (adapt.hidden_size, adapt.layers, adapt.seq_length, adapt.compute_dtype) == (4096, 32, 1024, "bfloat16")
@@ -833,6 +835,11 @@ def test_the_gpu_benchmarks_arguments_parse():
     # 7B: 6.5G frozen weights in the blocks and the output layer, 160M LoRA weights at r=64
     assert bench_adapt.flops_per_token(config, 64, 1024) == pytest.approx(
         4 * 6.607e9 + 6 * 159.9e6 + 12 * 32 * 4096 * 1024, rel=2e-3)
+    prefer = bench_prefer.parse_args([*bench_gpu.SIZES["gpu"]["prefer"], "--variants", *bench_gpu.PART4_PREFER])
+    assert (prefer.device, prefer.pairs, prefer.prompt_length + prefer.answer_length) == ("cuda", 4, 1024)
+    moe = bench_gpu.SIZES["gpu"]["moe"]  # replaces bench_moe's shape: the same keys, nothing new
+    assert set(moe["shape"]) <= set(bench_moe.SHAPE) and set(moe["experts"]) <= set(bench_moe.MOE)
+    assert set(bench_gpu.PART4_MOE) <= set(bench_moe.VARIANTS)
     rows = bench_gpu.packed_positions(8, 1024, 500)
     assert len(rows) == 8 and all(len(r) == 1024 for r in rows)
     assert sum(r.count(0) for r in rows) > 8  # documents packed back to back, positions restarting
@@ -849,14 +856,16 @@ def test_the_gpu_benchmark_runs_end_to_end_on_cpu(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     text = out.read_text()
     for line in ("== part 1", "defaults (headline)", "trl-packing", "vs trl-packing", "sdpa (dense block-diagonal "
-                 "mask)", "== part 2", "instruct step", "== part 3", "smoke test:", "CTranslate2", "dequantisation"):
+                 "mask)", "== part 2", "instruct step", "== part 3", "smoke test:", "CTranslate2", "dequantisation",
+                 "== part 4", "vs trl-dpo", "prefer-cached", "moe-4bit-experts", "vs moe-full-experts"):
         assert line in text, (line, text)
     assert "FAILED" not in text, text
     assert "liger: skipped (liger-kernel not installed, or no GPU)" in text  # the guarded paths say why
     assert "trl-tuned: skipped (liger-kernel not installed, or no GPU)" in text
     assert text.index("defaults (headline)") < text.index("trl-packing  ")  # the headline row first
     raw = json.loads(out.with_suffix(".json").read_text())
-    assert set(raw) >= {"adapt", "attention", "instruct", "doctor"} and raw["doctor"]["exit"] == 0
+    assert set(raw) >= {"adapt", "attention", "instruct", "doctor", "prefer", "moe"} and raw["doctor"]["exit"] == 0
+    assert all("tokens_per_s" in r for r in [*raw["prefer"].values(), *raw["moe"].values()]), raw
 
 
 # ---------------------------------------------------------------------------------------
