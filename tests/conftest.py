@@ -76,11 +76,16 @@ def family_dirs(tmp_path_factory):
     """Folder of a family's tiny model by name, built on first use (for tests about one family)."""
     from helpers.families import save_family
 
+    return built_on_first_use(save_family, tmp_path_factory)
+
+
+def built_on_first_use(save, tmp_path_factory):
+    """name -> folder, saved by `save(name, folder)` the first time a test asks for it."""
     built = {}
 
     def get(name):
         if name not in built:
-            built[name] = save_family(name, tmp_path_factory.mktemp(name))
+            built[name] = save(name, tmp_path_factory.mktemp(name))
         return built[name]
 
     return get
@@ -144,14 +149,7 @@ def moe_family_dirs(tmp_path_factory):
     """Folder of a MoE family's tiny model by name, built on first use."""
     from helpers.moe_families import save_moe_family
 
-    built = {}
-
-    def get(name):
-        if name not in built:
-            built[name] = save_moe_family(name, tmp_path_factory.mktemp(name))
-        return built[name]
-
-    return get
+    return built_on_first_use(save_moe_family, tmp_path_factory)
 
 
 @pytest.fixture(scope="session", params=sorted(MOE_FAMILIES))

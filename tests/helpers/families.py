@@ -189,10 +189,13 @@ def build_model(family: Family, tokenizer, seed: int = 0):
 
 
 def save_family(name: str, folder: Path) -> Path:
-    family = FAMILIES[name]
+    return save_built(FAMILIES[name], build_model, folder)
+
+
+def save_built(family: Family, build, folder: Path) -> Path:
+    """The family's tokenizer and the model `build(family, tokenizer)` makes, saved as a checkpoint."""
     tokenizer = build_tokenizer(family)
-    model = build_model(family, tokenizer)
-    model.save_pretrained(folder)
+    build(family, tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helpers.families import FAMILIES, Family, build_model, build_tokenizer, read_template
+from helpers.families import FAMILIES, Family, build_model, read_template, save_built
 
 MOE = dict(num_experts_per_tok=2)
 
@@ -79,9 +79,4 @@ def build_moe_model(family: MoeFamily, tokenizer, seed: int = 0):
 
 
 def save_moe_family(name: str, folder: Path) -> Path:
-    family = MOE_FAMILIES[name]
-    tokenizer = build_tokenizer(family)
-    model = build_moe_model(family, tokenizer)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_built(MOE_FAMILIES[name], build_moe_model, folder)
